@@ -1,0 +1,10 @@
+//! The content-addressed kernel cache: [`layout`] says where things live (pure), [`meta`] what
+//! an entry records (pure), [`store`] is the only code that touches the cache's files.
+
+pub mod layout;
+pub mod meta;
+pub mod store;
+
+pub use layout::Layout;
+pub use meta::{EntryMeta, FileDigest};
+pub use store::{CacheError, CacheStore, Entry, KeyLock, Lookup, Scanned};

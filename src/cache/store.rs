@@ -1,0 +1,465 @@
+//! The cache's file side: atomic inserts (assemble in `tmp/`, write `meta.json` last, rename the
+//! folder into place), verified reads (every byte handed out matches its recorded sha256),
+//! per-key advisory locks, listing, verification and clearing.
+//!
+//! A damaged entry is never loaded: lookups report it, and the next insert of that key replaces it.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::cache::layout::{self, Layout};
+use crate::cache::meta::{EntryMeta, FileDigest, META_FORMAT};
+use crate::key::{Key, sha256};
+use crate::spec::KernelSpec;
+use crate::target::Arch;
+use crate::tile::Tile;
+
+/// A cache failure (I/O, or a request the cache cannot satisfy).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// A file operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An entry failed verification.
+    #[error("damaged cache entry {path}: {reason}")]
+    Damaged {
+        /// The entry folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No entry has this key (prefix).
+    #[error("no cache entry has a key starting with '{0}'")]
+    NotFound(String),
+    /// Several entries match a key prefix.
+    #[error("{count} cache entries have keys starting with '{prefix}': give more digits")]
+    Ambiguous {
+        /// The prefix.
+        prefix: String,
+        /// How many match.
+        count: usize,
+    },
+    /// No cache folder could be chosen.
+    #[error("no cache folder: set FLASHEVA_CACHE_DIR or pass --cache-dir DIR")]
+    NoCacheDir,
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CacheError + 'a {
+    move |source| CacheError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A verified entry: its folder and metadata.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The entry folder.
+    pub dir: PathBuf,
+    /// Its metadata (seal checked).
+    pub meta: EntryMeta,
+}
+
+/// Result of looking up one key.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Present and every file verified.
+    Hit(Box<Entry>),
+    /// Not present.
+    Miss,
+    /// Present but damaged: treat as a miss, and warn.
+    Damaged(String),
+}
+
+/// One entry folder found by a scan, verified or not.
+#[derive(Debug)]
+pub struct Scanned {
+    /// The folder.
+    pub dir: PathBuf,
+    /// The entry, or why it is damaged.
+    pub entry: Result<Entry, String>,
+}
+
+/// An exclusive advisory lock on one key, held until dropped.
+#[derive(Debug)]
+pub struct KeyLock {
+    _file: File,
+}
+
+/// A cache folder.
+#[derive(Clone, Debug)]
+pub struct CacheStore {
+    layout: Layout,
+}
+
+/// The default cache folder: `$FLASHEVA_CACHE_DIR`, else `<user cache dir>/flasheva`.
+pub fn default_root() -> Result<PathBuf, CacheError> {
+    if let Some(v) = std::env::var_os("FLASHEVA_CACHE_DIR")
+        && !v.is_empty()
+    {
+        return Ok(PathBuf::from(v));
+    }
+    dirs::cache_dir()
+        .map(|d| d.join("flasheva"))
+        .ok_or(CacheError::NoCacheDir)
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> Result<(), CacheError> {
+    let mut f = File::create(path).map_err(io("create", path))?;
+    f.write_all(data).map_err(io("write", path))?;
+    f.sync_all().map_err(io("sync", path))?;
+    Ok(())
+}
+
+/// Reads and fully verifies the entry in `dir` (seal, key, location, every file's size and hash).
+pub fn verify_dir(dir: &Path) -> Result<Entry, String> {
+    let meta_path = dir.join(layout::META_FILE);
+    let bytes =
+        fs::read(&meta_path).map_err(|e| format!("cannot read {}: {e}", layout::META_FILE))?;
+    let meta = parse_meta(&bytes)?;
+    check_location(dir, &meta)?;
+    for (name, digest) in &meta.files {
+        let data = fs::read(dir.join(name)).map_err(|e| format!("cannot read {name}: {e}"))?;
+        check_digest(name, &data, digest)?;
+    }
+    Ok(Entry {
+        dir: dir.to_path_buf(),
+        meta,
+    })
+}
+
+fn parse_meta(bytes: &[u8]) -> Result<EntryMeta, String> {
+    let meta: EntryMeta = serde_json::from_slice(bytes)
+        .map_err(|e| format!("{} does not parse: {e}", layout::META_FILE))?;
+    if meta.format != META_FORMAT {
+        return Err(format!(
+            "metadata format {} is not {META_FORMAT}",
+            meta.format
+        ));
+    }
+    if !meta.seal_ok() {
+        return Err(format!(
+            "{} was modified (seal mismatch)",
+            layout::META_FILE
+        ));
+    }
+    for required in [layout::PTX_FILE, layout::CUBIN_FILE] {
+        if !meta.files.contains_key(required) {
+            return Err(format!("metadata lists no {required}"));
+        }
+    }
+    Ok(meta)
+}
+
+fn check_location(dir: &Path, meta: &EntryMeta) -> Result<(), String> {
+    let comps: Vec<String> = dir
+        .components()
+        .rev()
+        .take(4)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let expect = [
+        meta.key.hex(),
+        meta.arch.to_string(),
+        meta.tile.name(meta.spec.op),
+        meta.spec.name(),
+    ];
+    if comps.len() != 4 || comps.iter().zip(expect.iter()).any(|(a, b)| a != b) {
+        return Err(format!(
+            "folder does not match its metadata (expected .../{}/{}/{}/{})",
+            expect[3], expect[2], expect[1], expect[0]
+        ));
+    }
+    Ok(())
+}
+
+fn check_digest(name: &str, data: &[u8], digest: &FileDigest) -> Result<(), String> {
+    if data.len() as u64 != digest.bytes {
+        return Err(format!(
+            "{name} has {} bytes, {} recorded",
+            data.len(),
+            digest.bytes
+        ));
+    }
+    if sha256(data).hex() != digest.sha256 {
+        return Err(format!("{name} does not match its sha256"));
+    }
+    Ok(())
+}
+
+impl CacheStore {
+    /// Opens (creating if needed) the cache at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<CacheStore, CacheError> {
+        let layout = Layout::new(root);
+        for d in [layout.kernels_dir(), layout.locks_dir(), layout.tmp_dir()] {
+            fs::create_dir_all(&d).map_err(io("create folder", &d))?;
+        }
+        Ok(CacheStore { layout })
+    }
+
+    /// Opens the default cache (see [`default_root`]).
+    pub fn open_default() -> Result<CacheStore, CacheError> {
+        CacheStore::open(default_root()?)
+    }
+
+    /// The paths of this cache.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// Looks up one key, verifying every file of a present entry.
+    pub fn lookup(&self, spec: &KernelSpec, tile: &Tile, arch: Arch, key: &Key) -> Lookup {
+        let dir = self.layout.entry_dir(spec, tile, arch, key);
+        if !dir.exists() {
+            return Lookup::Miss;
+        }
+        match verify_dir(&dir) {
+            Ok(e) => Lookup::Hit(Box::new(e)),
+            Err(reason) => Lookup::Damaged(format!("{}: {reason}", dir.display())),
+        }
+    }
+
+    /// Entries of (spec, tile, arch) whose metadata verifies, newest first; damaged ones are
+    /// returned separately as (folder, reason). Artifacts are verified when read
+    /// ([`CacheStore::read_verified`]).
+    pub fn candidates(
+        &self,
+        spec: &KernelSpec,
+        tile: &Tile,
+        arch: Arch,
+    ) -> (Vec<Entry>, Vec<(PathBuf, String)>) {
+        let dir = self.layout.variant_dir(spec, tile, arch);
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return (good, bad);
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            let r = fs::read(path.join(layout::META_FILE))
+                .map_err(|e| format!("cannot read {}: {e}", layout::META_FILE))
+                .and_then(|b| parse_meta(&b))
+                .and_then(|m| check_location(&path, &m).map(|_| m));
+            match r {
+                Ok(meta) => good.push(Entry { dir: path, meta }),
+                Err(reason) => bad.push((path, reason)),
+            }
+        }
+        good.sort_by(|a, b| {
+            b.meta
+                .created_unix
+                .cmp(&a.meta.created_unix)
+                .then(a.meta.key.cmp(&b.meta.key))
+        });
+        (good, bad)
+    }
+
+    /// Reads one file of an entry and checks it against the recorded digest.
+    pub fn read_verified(&self, entry: &Entry, name: &str) -> Result<Vec<u8>, CacheError> {
+        let damaged = |reason: String| CacheError::Damaged {
+            path: entry.dir.clone(),
+            reason,
+        };
+        let digest = entry
+            .meta
+            .files
+            .get(name)
+            .ok_or_else(|| damaged(format!("metadata lists no {name}")))?;
+        let path = entry.dir.join(name);
+        let data = fs::read(&path).map_err(|e| damaged(format!("cannot read {name}: {e}")))?;
+        check_digest(name, &data, digest).map_err(damaged)?;
+        Ok(data)
+    }
+
+    /// Takes the advisory lock of `key` (blocking until other processes release it).
+    pub fn lock(&self, key: &Key) -> Result<KeyLock, CacheError> {
+        let path = self.layout.lock_file(key);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open lock", &path))?;
+        file.lock().map_err(io("lock", &path))?;
+        Ok(KeyLock { _file: file })
+    }
+
+    /// Inserts an entry atomically. `meta.files` and `meta.seal` are filled in here from `files`.
+    /// If a valid entry with this key already exists (another process won the race) it is kept
+    /// and returned; a damaged one is replaced.
+    pub fn insert(
+        &self,
+        mut meta: EntryMeta,
+        files: &[(&str, &[u8])],
+    ) -> Result<Entry, CacheError> {
+        let tmp_root = self.layout.tmp_dir();
+        fs::create_dir_all(&tmp_root).map_err(io("create folder", &tmp_root))?;
+        let tmp = tempfile::Builder::new()
+            .prefix("entry-")
+            .tempdir_in(&tmp_root)
+            .map_err(io("create temporary folder in", &tmp_root))?;
+        meta.files.clear();
+        for (name, data) in files {
+            write_synced(&tmp.path().join(name), data)?;
+            meta.files.insert(name.to_string(), FileDigest::of(data));
+        }
+        let meta = meta.sealed();
+        write_synced(&tmp.path().join(layout::META_FILE), &meta.to_json())?;
+        let final_dir = self
+            .layout
+            .entry_dir(&meta.spec, &meta.tile, meta.arch, &meta.key);
+        let parent = final_dir.parent().expect("entry folder has a parent");
+        fs::create_dir_all(parent).map_err(io("create folder", parent))?;
+        let staged = tmp.keep();
+        for _ in 0..3 {
+            match fs::rename(&staged, &final_dir) {
+                Ok(()) => {
+                    if let Ok(d) = File::open(parent) {
+                        let _ = d.sync_all();
+                    }
+                    return Ok(Entry {
+                        dir: final_dir,
+                        meta,
+                    });
+                }
+                Err(e) if final_dir.exists() => match verify_dir(&final_dir) {
+                    Ok(existing) => {
+                        let _ = fs::remove_dir_all(&staged);
+                        return Ok(existing);
+                    }
+                    Err(_) => {
+                        self.discard(&final_dir)?;
+                        let _ = e;
+                    }
+                },
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&staged);
+                    return Err(CacheError::Io {
+                        action: "move into place",
+                        path: final_dir,
+                        source: e,
+                    });
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&staged);
+        Err(CacheError::Damaged {
+            path: final_dir,
+            reason: "could not replace the damaged entry".into(),
+        })
+    }
+
+    /// Moves a folder out of sight (into `tmp/`) and deletes it.
+    pub fn discard(&self, dir: &Path) -> Result<(), CacheError> {
+        let trash = tempfile::Builder::new()
+            .prefix("trash-")
+            .tempdir_in(self.layout.tmp_dir())
+            .map_err(io("create temporary folder in", &self.layout.tmp_dir()))?;
+        let target = trash.path().join("x");
+        match fs::rename(dir, &target) {
+            Ok(()) => Ok(()),
+            Err(e) if !dir.exists() => {
+                let _ = e;
+                Ok(())
+            }
+            Err(e) => Err(CacheError::Io {
+                action: "move aside",
+                path: dir.to_path_buf(),
+                source: e,
+            }),
+        }
+        // `trash` is deleted with its content when dropped here.
+    }
+
+    /// Every entry folder under `kernels/`, verified, sorted by path.
+    pub fn scan(&self) -> Result<Vec<Scanned>, CacheError> {
+        let mut out = Vec::new();
+        let root = self.layout.kernels_dir();
+        let mut dirs = vec![(root.clone(), 0usize)];
+        while let Some((d, depth)) = dirs.pop() {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("read folder", &d)(e)),
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if !p.is_dir() {
+                    continue;
+                }
+                if depth == 3 {
+                    let entry = verify_dir(&p);
+                    out.push(Scanned { dir: p, entry });
+                } else {
+                    dirs.push((p, depth + 1));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.dir.cmp(&b.dir));
+        Ok(out)
+    }
+
+    /// The entry whose key starts with `prefix` (at least 4 hex digits).
+    pub fn find_by_key(&self, prefix: &str) -> Result<Scanned, CacheError> {
+        let prefix = prefix.to_ascii_lowercase();
+        if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(CacheError::NotFound(prefix));
+        }
+        let mut hits: Vec<Scanned> = self
+            .scan()?
+            .into_iter()
+            .filter(|s| {
+                s.dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .collect();
+        match hits.len() {
+            0 => Err(CacheError::NotFound(prefix)),
+            1 => Ok(hits.remove(0)),
+            count => Err(CacheError::Ambiguous { prefix, count }),
+        }
+    }
+
+    /// Removes every kernel entry (and tuning data); returns how many entries there were.
+    pub fn clear(&self) -> Result<usize, CacheError> {
+        let n = self.scan()?.len();
+        let v = self.layout.root().join(layout::VERSION_DIR);
+        if v.exists() {
+            self.discard(&v)?;
+        }
+        fs::create_dir_all(self.layout.kernels_dir())
+            .map_err(io("create folder", &self.layout.kernels_dir()))?;
+        Ok(n)
+    }
+
+    /// Total bytes of files under the root.
+    pub fn size_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let Ok(rd) = fs::read_dir(p) else { return 0 };
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(self.layout.root())
+    }
+}

@@ -1,0 +1,80 @@
+//! Flags shared by several subcommands: a kernel spec, a tile override, a target list.
+
+use clap::Args;
+use flasheva::spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
+use flasheva::target::Arch;
+use flasheva::tile::Tile;
+
+use super::usage;
+
+/// The flags that describe one kernel spec. Every op accepts all of them and ignores those it
+/// does not use.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SpecFlags {
+    /// Head dimension D: 32, 64, 96, 128 or 256.
+    #[arg(long, value_name = "D")]
+    pub head_dim: Option<u32>,
+    /// Local window W in tokens (prefill, decode); a multiple of the chunk.
+    #[arg(long, value_name = "W")]
+    pub window: Option<u32>,
+    /// Chunk size C in tokens: one summary per C tokens.
+    #[arg(long, value_name = "C")]
+    pub chunk: Option<u32>,
+    /// Local mode: block (fixed windows of W) or sliding (the W most recent tokens). Default block.
+    #[arg(long, value_name = "MODE", value_parser = |s: &str| s.parse::<LocalMode>())]
+    pub local: Option<LocalMode>,
+    /// Storage type: f16 or bf16. Default bf16.
+    #[arg(long, value_name = "TYPE", value_parser = |s: &str| s.parse::<DType>())]
+    pub dtype: Option<DType>,
+    /// Query heads per key/value head (decode specializes on it). Default 1.
+    #[arg(long, value_name = "G")]
+    pub group: Option<u32>,
+}
+
+impl SpecFlags {
+    /// The validated spec of `op`.
+    pub fn spec(&self, op: Op) -> anyhow::Result<KernelSpec> {
+        let p = SpecParams {
+            head_dim: self.head_dim,
+            window: self.window,
+            chunk: self.chunk,
+            local: self.local,
+            dtype: self.dtype,
+            group: self.group,
+        };
+        KernelSpec::new(op, &p).map_err(usage)
+    }
+
+    /// Whether any spec flag was given.
+    pub fn any(&self) -> bool {
+        self.head_dim.is_some()
+            || self.window.is_some()
+            || self.chunk.is_some()
+            || self.local.is_some()
+            || self.dtype.is_some()
+            || self.group.is_some()
+    }
+}
+
+/// Parses an op name for clap.
+pub fn parse_op(s: &str) -> Result<Op, flasheva::spec::SpecError> {
+    s.parse()
+}
+
+/// Parses a comma-separated arch list for clap.
+pub fn parse_archs(s: &str) -> Result<Vec<Arch>, flasheva::target::ArchError> {
+    Arch::parse_list(s)
+}
+
+/// The tile for `spec` on `arch`: the default, with `overrides` (`field=value,...`) applied.
+pub fn tile_for(spec: &KernelSpec, arch: Arch, overrides: Option<&str>) -> anyhow::Result<Tile> {
+    let t = Tile::default_for(spec, arch);
+    match overrides {
+        Some(o) => {
+            let t = t.with_overrides(spec.op, o).map_err(usage)?;
+            t.validate_for(spec, arch).map_err(usage)?;
+            Ok(t)
+        }
+        None => Ok(t),
+    }
+}

@@ -1,0 +1,194 @@
+//! `flasheva compile`: compile a preset (or one spec) for a list of archs into the cache, in
+//! parallel, with a progress bar and a summary table. Cached entries are not compiled again.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use flasheva::compile::nvrtc::Nvrtc;
+use flasheva::pipeline::{Pipeline, Status};
+use flasheva::presets::Presets;
+use flasheva::spec::{KernelSpec, Op};
+use flasheva::target::{Arch, DEFAULT_ARCHS};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use super::args::{SpecFlags, parse_archs, parse_op, tile_for};
+use super::{open_store, table, usage};
+
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    /// Compile every spec of this preset (see autotune/presets.toml). Without a preset or an op,
+    /// the file's default preset is compiled.
+    #[arg(long, value_name = "NAME", conflicts_with = "op")]
+    pub preset: Option<String>,
+    /// Compile one spec of this op (chunk_mean, chunk_summarize, prefill, decode) instead.
+    #[arg(value_parser = parse_op)]
+    pub op: Option<Op>,
+    #[command(flatten)]
+    pub spec: SpecFlags,
+    /// Tile overrides for a single spec, e.g. block_m=64,block_n=32 (default: each arch's default tile).
+    #[arg(long, value_name = "FIELD=VALUE,...", requires = "op")]
+    pub tile: Option<String>,
+    /// Target archs, comma-separated (accepted: sm_80, sm_86, sm_87, sm_89, sm_90, sm_90a, sm_100, sm_100a, sm_120).
+    #[arg(long, value_name = "LIST", value_parser = parse_archs)]
+    pub arch: Option<Vec<Arch>>,
+    /// Compiles to run at once (default: one per core).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+/// Resolves the specs named by `--preset` / `<op> <spec flags>`.
+pub fn specs_of(
+    preset: Option<&str>,
+    op: Option<Op>,
+    flags: &SpecFlags,
+) -> anyhow::Result<(String, Vec<KernelSpec>)> {
+    match op {
+        Some(op) => {
+            let s = flags.spec(op)?;
+            Ok((s.name(), vec![s]))
+        }
+        None => {
+            if flags.any() {
+                return Err(usage(
+                    "spec flags (--head-dim, --window, ...) need an op: flasheva compile <op> --head-dim D ...",
+                ));
+            }
+            let presets = Presets::builtin();
+            let (name, p) = presets.get(preset).map_err(usage)?;
+            Ok((format!("preset {name}"), p.specs(name).map_err(usage)?))
+        }
+    }
+}
+
+pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let (what, specs) = specs_of(a.preset.as_deref(), a.op, &a.spec)?;
+    let archs: Vec<Arch> = a.arch.clone().unwrap_or_else(|| DEFAULT_ARCHS.to_vec());
+    let mut jobs = Vec::new();
+    for spec in &specs {
+        for &arch in &archs {
+            jobs.push((*spec, arch, tile_for(spec, arch, a.tile.as_deref())?));
+        }
+    }
+    let nvrtc = Nvrtc::load()?;
+    let store = open_store(cache_dir)?;
+    let threads = a
+        .jobs
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("starting compile threads")?;
+
+    eprintln!(
+        "compiling {what}: {} spec(s) x {} arch(s) with nvrtc {}.{} on {threads} thread(s) into {}",
+        specs.len(),
+        archs.len(),
+        nvrtc.info().version.0,
+        nvrtc.info().version.1,
+        store.root().display()
+    );
+    let pb = ProgressBar::new(jobs.len() as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} eta {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    let t0 = Instant::now();
+    let pipeline = Pipeline::new(&store, &nvrtc);
+    let results: Vec<_> = pool.install(|| {
+        jobs.par_iter()
+            .map(|(spec, arch, tile)| {
+                let r = pipeline.ensure(spec, tile, *arch);
+                pb.inc(1);
+                pb.set_message(format!("{spec} {arch}"));
+                (spec, *arch, tile, r)
+            })
+            .collect()
+    });
+    pb.finish_and_clear();
+    let wall = t0.elapsed();
+
+    let (mut compiled, mut cached, mut failed) = (0, 0, 0);
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    for (spec, arch, tile, r) in results {
+        match r {
+            Ok(b) => {
+                for w in &b.warnings {
+                    eprintln!("flasheva: warning: {w} (treated as a miss and replaced)");
+                }
+                let m = &b.entry.meta;
+                let regs = m
+                    .resources
+                    .iter()
+                    .find(|u| u.function == spec.name())
+                    .map(|u| u.registers.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let (status, time) = match b.status {
+                    Status::Compiled => {
+                        compiled += 1;
+                        ("compiled", format!("{:.0} ms", m.compile_ms))
+                    }
+                    Status::Cached => {
+                        cached += 1;
+                        ("cached", "-".into())
+                    }
+                };
+                rows.push(vec![
+                    spec.name(),
+                    arch.to_string(),
+                    tile.name(spec.op),
+                    status.into(),
+                    time,
+                    regs,
+                    m.key.short(),
+                ]);
+            }
+            Err(e) => {
+                failed += 1;
+                rows.push(vec![
+                    spec.name(),
+                    arch.to_string(),
+                    tile.name(spec.op),
+                    "FAILED".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]);
+                errors.push(format!("{spec} {arch}: {e}"));
+            }
+        }
+    }
+    print!(
+        "{}",
+        table::format(
+            &["kernel", "arch", "tile", "status", "compile", "regs", "key"],
+            &rows
+        )
+    );
+    println!(
+        "{} compiled, {} cached, {} failed in {:.1} s ({} in the cache at {})",
+        compiled,
+        cached,
+        failed,
+        wall.as_secs_f64(),
+        compiled + cached,
+        store.root().display()
+    );
+    if failed > 0 {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        return Err(anyhow!("{failed} of {} compiles failed", rows.len()));
+    }
+    Ok(())
+}

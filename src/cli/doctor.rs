@@ -1,0 +1,64 @@
+//! `flasheva doctor`: what this machine offers flasheva (NVRTC, driver, GPUs) and the cache.
+
+use std::path::PathBuf;
+
+use flasheva::compile::nvrtc::Nvrtc;
+use flasheva::gpu::driver;
+
+use super::{open_store, table};
+
+pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    println!("flasheva {}", env!("CARGO_PKG_VERSION"));
+    match Nvrtc::load() {
+        Ok(n) => {
+            let i = n.info();
+            let at = i
+                .dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| "found by the dynamic loader".into());
+            let archs: Vec<String> = i.archs.iter().map(|a| format!("sm_{a}")).collect();
+            println!(
+                "nvrtc:  {}.{} ({at}); targets {}",
+                i.version.0,
+                i.version.1,
+                archs.join(" ")
+            );
+        }
+        Err(e) => println!("nvrtc:  not available: {e}"),
+    }
+    match driver::probe() {
+        Ok(d) => {
+            let (isa_major, isa_minor) = driver::max_ptx_isa(d.version);
+            println!(
+                "driver: CUDA {} (accepts PTX ISA up to {isa_major}.{isa_minor})",
+                d.version_string()
+            );
+            for g in &d.devices {
+                println!(
+                    "gpu {}:  {}, sm_{}{}, {} SMs, {} memory, {} shared memory per block, {} L2",
+                    g.ordinal,
+                    g.name,
+                    g.capability.0,
+                    g.capability.1,
+                    g.sm_count,
+                    table::bytes(g.total_mem as u64),
+                    table::bytes(g.smem_per_block_optin as u64),
+                    table::bytes(g.l2_bytes as u64)
+                );
+            }
+        }
+        Err(e) => println!("driver: {e}"),
+    }
+    let store = open_store(cache_dir)?;
+    let scanned = store.scan()?;
+    let damaged = scanned.iter().filter(|s| s.entry.is_err()).count();
+    println!(
+        "cache:  {} ({} entries, {} damaged, {})",
+        store.root().display(),
+        scanned.len(),
+        damaged,
+        table::bytes(store.size_bytes())
+    );
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The command-line edge: clap definitions (their doc comments are the help), dispatch, and the
+//! mapping of errors to one line on stderr and an exit code (2 for bad input, 1 for failures).
+
+mod args;
+mod cache_cmd;
+mod compile_cmd;
+mod doctor;
+mod render_cmd;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// flasheva: FlashEVA attention kernels for NVIDIA GPUs: render, compile with NVRTC, cache, tune and run.
+#[derive(Parser, Debug)]
+#[command(name = "flasheva", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Cache folder (default: $FLASHEVA_CACHE_DIR, else <user cache dir>/flasheva).
+    #[arg(long, global = true, value_name = "DIR", env = "FLASHEVA_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the CUDA source of one kernel spec.
+    Render(render_cmd::RenderArgs),
+    /// Compile a preset or one spec into the cache, for one or more archs (no GPU needed).
+    Compile(compile_cmd::CompileArgs),
+    /// Inspect, verify or clear the kernel cache.
+    Cache(cache_cmd::CacheArgs),
+    /// Report NVRTC, the CUDA driver, GPUs and the cache.
+    Doctor,
+}
+
+/// Input errors: bad flags, specs, tiles, archs, presets, keys. Exit code 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Usage {}
+
+/// Wraps an input error so that it exits with code 2.
+pub fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Usage(e.to_string()))
+}
+
+fn is_usage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<Usage>()
+            || c.is::<flasheva::spec::SpecError>()
+            || c.is::<flasheva::tile::TileError>()
+            || c.is::<flasheva::target::ArchError>()
+            || c.is::<flasheva::presets::PresetError>()
+            || c.is::<flasheva::key::KeyParseError>()
+    })
+}
+
+/// One line: the whole chain of an error.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+/// Parses the arguments, runs, and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("flasheva: error: {first} (see flasheva --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let text = one_line(&e);
+            // Compile errors carry a log and a source excerpt: keep them, after the one line.
+            let mut lines = text.lines();
+            eprintln!("flasheva: error: {}", lines.next().unwrap_or(""));
+            for l in lines {
+                eprintln!("{l}");
+            }
+            if is_usage(&e) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cache_dir = cli.cache_dir.clone();
+    match cli.command {
+        Command::Render(a) => render_cmd::run(a),
+        Command::Compile(a) => compile_cmd::run(a, cache_dir),
+        Command::Cache(a) => cache_cmd::run(a, cache_dir),
+        Command::Doctor => doctor::run(cache_dir),
+    }
+}
+
+/// Opens the cache chosen by `--cache-dir` / `FLASHEVA_CACHE_DIR` / the default.
+pub fn open_store(dir: Option<PathBuf>) -> anyhow::Result<flasheva::cache::CacheStore> {
+    Ok(match dir {
+        Some(d) => flasheva::cache::CacheStore::open(d)?,
+        None => flasheva::cache::CacheStore::open_default()?,
+    })
+}

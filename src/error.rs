@@ -1,0 +1,47 @@
+//! The crate's error: one variant per stage of the pipeline, each wrapping that stage's typed
+//! error. Messages are lowercase and name the value and what would fix it.
+
+use crate::cache::CacheError;
+use crate::compile::CompileError;
+use crate::spec::SpecError;
+use crate::target::ArchError;
+use crate::tile::TileError;
+
+/// Any flasheva failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A spec failed validation.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A tile failed validation.
+    #[error(transparent)]
+    Tile(#[from] TileError),
+    /// An unknown arch.
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    /// Rendering failed.
+    #[cfg(feature = "compiler")]
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
+    /// Compiling failed, or no compiler.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The GPU or driver failed.
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+    /// A kernel call was given tensors that do not fit.
+    #[error(transparent)]
+    Launch(#[from] crate::gpu::LaunchError),
+    /// The loader found no artifact and may not compile.
+    #[error("{0}")]
+    NotCached(String),
+    /// Anything else, with its context.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

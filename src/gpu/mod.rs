@@ -1,0 +1,9 @@
+//! The GPU side: [`driver`] is the only code that calls the CUDA driver (probing, devices,
+//! modules, memory, launches, events); [`params`] holds the kernel parameter blocks (plain
+//! `#[repr(C)]` mirrors of the templates' structs) and the pure launch planning.
+
+pub mod driver;
+pub mod params;
+
+pub use driver::{DeviceInfo, DriverInfo, GpuError};
+pub use params::LaunchError;

@@ -1,0 +1,40 @@
+//! flasheva: FlashEVA attention kernels for NVIDIA GPUs, from a spec to a launch.
+//!
+//! The data flows one way:
+//!
+//! ```text
+//! KernelSpec + Tile ──render──▶ CUDA source ──compile (NVRTC)──▶ PTX + cubin
+//!        │                                                          │
+//!        └────────────── key (sha256) ──────────────▶ cache ◀──────┘
+//!                                                      │
+//!                                   tune (winners) ──▶ loader ──▶ launch
+//! ```
+//!
+//! - pure values: [`spec`], [`tile`], [`target`], [`key`], [`render`], [`cache::layout`],
+//!   [`cache::meta`], [`gpu::params`], [`reference`];
+//! - side effects, each in one home: [`compile::nvrtc`] (NVRTC), [`cache::store`] (cache files),
+//!   [`gpu::driver`] (the CUDA driver).
+//!
+//! Without the default features the crate is the light loader: it reads the cache and launches,
+//! with neither tera nor NVRTC.
+
+pub mod cache;
+pub mod compile;
+pub mod error;
+pub mod gpu;
+pub mod key;
+#[cfg(feature = "compiler")]
+pub mod pipeline;
+pub mod presets;
+pub mod reference;
+#[cfg(feature = "compiler")]
+pub mod render;
+pub mod spec;
+pub mod target;
+pub mod tile;
+
+pub use error::{Error, Result};
+pub use key::Key;
+pub use spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
+pub use target::Arch;
+pub use tile::Tile;

@@ -1,0 +1,250 @@
+//! Rendering: `KernelSpec` + `Tile` -> self-contained CUDA C++ source, through tera templates
+//! embedded in the binary. Pure and deterministic: the context is a plain struct (fixed field
+//! order), templates never see time or environment.
+//!
+//! Template syntax: blocks are `<% ... %>`, variables `{{ ... }}`, comments `<# ... #>`, so that
+//! inline PTX such as `"{%0,%1}"` needs no escaping.
+
+use std::sync::OnceLock;
+
+use serde::Serialize;
+
+use crate::key::{Key, sha256};
+use crate::spec::{KernelSpec, Op};
+use crate::tile::{DECODE_ROWS, SMEM_PAD, Tile, TileError};
+
+/// The templates, by name, exactly as embedded.
+pub const TEMPLATES: [(&str, &str); 6] = [
+    ("common.cuh", include_str!("../../templates/common.cuh")),
+    (
+        "attention.cuh",
+        include_str!("../../templates/attention.cuh"),
+    ),
+    (
+        "chunk_mean.cu",
+        include_str!("../../templates/chunk_mean.cu"),
+    ),
+    (
+        "chunk_summarize.cu",
+        include_str!("../../templates/chunk_summarize.cu"),
+    ),
+    ("prefill.cu", include_str!("../../templates/prefill.cu")),
+    ("decode.cu", include_str!("../../templates/decode.cu")),
+];
+
+/// A failure to render.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The tile breaks a rule of the op.
+    #[error(transparent)]
+    Tile(#[from] TileError),
+    /// The template engine failed (a bug in a template).
+    #[error("rendering {template} failed: {message}")]
+    Template {
+        /// The template.
+        template: &'static str,
+        /// tera's message.
+        message: String,
+    },
+}
+
+/// Everything a template may use. Field order is fixed, so rendering is deterministic.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct RenderContext {
+    /// Entry-point name (the spec's name).
+    pub name: String,
+    /// The tile's name.
+    pub tile_name: String,
+    /// `f16` or `bf16`.
+    pub dtype: &'static str,
+    /// D.
+    pub head_dim: u32,
+    /// W (0 for chunk ops).
+    pub window: u32,
+    /// C.
+    pub chunk: u32,
+    /// Sliding local mode.
+    pub sliding: bool,
+    /// Query heads per kv head (decode; 1 otherwise).
+    pub group: u32,
+    /// 16-row MMA tiles per kv head in decode.
+    pub head_tiles: u32,
+    /// Rows of a decode query tile.
+    pub decode_rows: u32,
+    /// Tile fields.
+    pub block_m: u32,
+    /// Tile fields.
+    pub block_n: u32,
+    /// Tile fields.
+    pub warps: u32,
+    /// Tile fields.
+    pub stages: u32,
+    /// Shared-memory row padding (elements).
+    pub pad: u32,
+}
+
+impl RenderContext {
+    /// The context of `spec` with `tile`.
+    pub fn new(spec: &KernelSpec, tile: &Tile) -> RenderContext {
+        let group = spec.group_or_one();
+        RenderContext {
+            name: spec.name(),
+            tile_name: tile.name(spec.op),
+            dtype: spec.dtype.as_str(),
+            head_dim: spec.head_dim,
+            window: spec.window_or_zero(),
+            chunk: spec.chunk,
+            sliding: spec.sliding(),
+            group,
+            head_tiles: group.div_ceil(DECODE_ROWS),
+            decode_rows: DECODE_ROWS,
+            block_m: tile.block_m,
+            block_n: tile.block_n,
+            warps: tile.warps,
+            stages: tile.stages,
+            pad: SMEM_PAD,
+        }
+    }
+}
+
+fn template_name(op: Op) -> &'static str {
+    match op {
+        Op::ChunkMean => "chunk_mean.cu",
+        Op::ChunkSummarize => "chunk_summarize.cu",
+        Op::Prefill => "prefill.cu",
+        Op::Decode => "decode.cu",
+    }
+}
+
+fn engine() -> &'static Result<tera::Tera, String> {
+    static ENGINE: OnceLock<Result<tera::Tera, String>> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut t = tera::Tera::default();
+        t.set_delimiters(tera::Delimiters {
+            block_start: "<%".into(),
+            block_end: "%>".into(),
+            variable_start: "{{".into(),
+            variable_end: "}}".into(),
+            comment_start: "<#".into(),
+            comment_end: "#>".into(),
+        })
+        .map_err(|e| e.to_string())?;
+        t.autoescape_on(Vec::<&str>::new());
+        t.add_raw_templates(TEMPLATES).map_err(|e| e.to_string())?;
+        Ok(t)
+    })
+}
+
+/// Renders the CUDA source of `spec` with `tile` (which must satisfy the op's tile rules).
+pub fn render(spec: &KernelSpec, tile: &Tile) -> Result<String, RenderError> {
+    tile.validate(spec)?;
+    let template = template_name(spec.op);
+    let tera = engine().as_ref().map_err(|m| RenderError::Template {
+        template,
+        message: m.clone(),
+    })?;
+    let ctx = tera::Context::from_serialize(&RenderContext::new(spec, tile)).map_err(|e| {
+        RenderError::Template {
+            template,
+            message: e.to_string(),
+        }
+    })?;
+    tera.render(template, &ctx)
+        .map_err(|e| RenderError::Template {
+            template,
+            message: format!("{e:#}"),
+        })
+}
+
+/// sha256 over every embedded template, in order: identifies the template set of this build.
+pub fn templates_digest() -> Key {
+    let mut all = Vec::new();
+    for (name, text) in TEMPLATES {
+        all.extend_from_slice(name.as_bytes());
+        all.push(0);
+        all.extend_from_slice(text.as_bytes());
+        all.push(0);
+    }
+    sha256(&all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{DType, LocalMode, SpecParams};
+    use crate::target::Arch;
+
+    fn all_specs() -> Vec<KernelSpec> {
+        let mut v = Vec::new();
+        for op in Op::ALL {
+            for d in crate::spec::HEAD_DIMS {
+                for local in LocalMode::ALL {
+                    for dtype in DType::ALL {
+                        let p = SpecParams {
+                            head_dim: Some(d),
+                            window: Some(128),
+                            chunk: Some(16),
+                            local: Some(local),
+                            dtype: Some(dtype),
+                            group: Some(4),
+                        };
+                        v.push(KernelSpec::new(op, &p).unwrap());
+                    }
+                }
+            }
+        }
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn rendering_is_deterministic_and_complete() {
+        for spec in all_specs() {
+            let tile = Tile::default_for(&spec, Arch::new(9, 0));
+            let a = render(&spec, &tile).unwrap();
+            let b = render(&spec, &tile).unwrap();
+            assert_eq!(a, b);
+            assert!(a.contains("void __launch_bounds__"), "{spec}");
+            assert!(a.contains(&spec.name()));
+            assert!(
+                !a.contains("{{") && !a.contains("<%"),
+                "unrendered tag in {spec}"
+            );
+            assert!(!a.contains("#include"), "{spec} must be self-contained");
+        }
+    }
+
+    #[test]
+    fn specializations_are_compile_time_constants() {
+        let p = SpecParams {
+            head_dim: Some(128),
+            window: Some(512),
+            chunk: Some(64),
+            local: Some(LocalMode::Sliding),
+            dtype: Some(DType::F16),
+            group: Some(4),
+        };
+        let spec = KernelSpec::new(Op::Prefill, &p).unwrap();
+        let src = render(&spec, &Tile::default_for(&spec, Arch::new(9, 0))).unwrap();
+        for needle in [
+            "constexpr int FE_D = 128;",
+            "constexpr int W = 512;",
+            "constexpr int C = 64;",
+            "constexpr bool SLIDING = true;",
+            "#define FE_BF16 0",
+            "constexpr int BM = 128;",
+        ] {
+            assert!(src.contains(needle), "missing {needle}");
+        }
+    }
+
+    #[test]
+    fn invalid_tiles_do_not_render() {
+        let spec = all_specs()[0];
+        let bad = Tile {
+            warps: 3,
+            ..Tile::default_for(&spec, Arch::new(9, 0))
+        };
+        assert!(matches!(render(&spec, &bad), Err(RenderError::Tile(_))));
+    }
+}

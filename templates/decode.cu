@@ -1,0 +1,223 @@
+// flasheva decode: {{ name }}
+// One new query per sequence at position p = len[b] - 1 against the raw ring buffer (token t in slot
+// t mod W) and the summary cache; visible sets are exactly prefill's for row p.
+// Split-KV: grid.x splits the visible items of a sequence; the {{ group }} query heads of a kv head are
+// one 16-row MMA tile ({{ head_tiles }} tile(s) per kv head), so every K/V byte is read once per tile.
+// Within a CTA each of the {{ warps }} warps streams its own K/V tiles ({{ block_n }} keys, {{ stages }}
+// stages); warps, then splits (in {{ name }}_combine), are merged with the log-sum-exp rule.
+<% include "common.cuh" %>
+<% include "attention.cuh" %>
+
+constexpr int W = {{ window }};
+constexpr int C = {{ chunk }};
+constexpr bool SLIDING = {{ sliding }};
+constexpr int G = {{ group }};
+constexpr int HT = {{ head_tiles }};
+constexpr int ROWS = {{ decode_rows }};
+constexpr int BN = {{ block_n }};
+constexpr int NW = {{ warps }};
+constexpr int STAGES = {{ stages }};
+constexpr int THREADS = NW * 32;
+constexpr bool QREGS = FE_D <= 128;
+constexpr int COMBINE_THREADS = 128;
+
+// Must match `DecodeParams` in src/gpu/params.rs field for field.
+struct DecodeParams {
+  const u16* q;
+  const u16* kr;
+  const u16* vr;
+  const u16* ks;
+  const u16* vs;
+  const int* len;
+  u16* o;
+  float* lse;
+  float* ws_o;   // [splits, B, H, D] unnormalized partial outputs (splits > 1)
+  float* ws_ml;  // [splits, B, H, 2] partial (max, sum), log2 domain
+  i64 q_sb, q_sh;
+  i64 kr_sb, kr_ss, kr_sh;
+  i64 vr_sb, vr_ss, vr_sh;
+  i64 ks_sb, ks_st, ks_sh;
+  i64 vs_sb, vs_st, vs_sh;
+  i64 o_sb, o_sh;
+  i64 lse_sb, lse_sh;
+  int b;       // batch
+  int h;       // query heads
+  int hkv;     // key/value heads
+  int max_nc;  // summary slots in ks/vs
+  int splits;
+  float scale_log2;
+};
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const DecodeParams p) {
+  extern __shared__ __align__(16) unsigned char fe_smem[];
+  u16* sQ = (u16*)fe_smem;
+  u16* sKV = sQ + ROWS * FE_DP + (threadIdx.x >> 5) * (STAGES * 2 * BN * FE_DP);
+  float* scratch = (float*)(sQ + ROWS * FE_DP);
+
+  const int split = blockIdx.x;
+  const int hk = blockIdx.y / HT;
+  const int h0 = hk * G + (blockIdx.y % HT) * ROWS;
+  const int nrows = min(ROWS, G - (int)(blockIdx.y % HT) * ROWS);
+  const int b = blockIdx.z;
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int pos = p.len[b] - 1;
+
+  const u16* qg = p.q + b * p.q_sb;
+  fe_load_rows<ROWS, THREADS>(sQ, tid, qg, [&](int r) -> const u16* {
+    return (r < nrows && pos >= 0) ? qg + (h0 + r) * p.q_sh : nullptr;
+  });
+  fe_cp_commit();
+
+  const int lo = pos < 0 ? 0 : (SLIDING ? max(0, pos - W + 1) : (pos / W) * W);
+  const int n_local = pos < 0 ? 0 : pos - lo + 1;
+  const int ns = pos < 0 ? 0 : min(pos / C, p.max_nc);
+  const int t_local = (n_local + BN - 1) / BN;
+  const int n_tiles = t_local + (ns + BN - 1) / BN;
+  const int t_begin = (int)(((i64)n_tiles * split) / p.splits);
+  const int t_end = (int)(((i64)n_tiles * (split + 1)) / p.splits);
+  // This warp's tiles: t_begin + warp, t_begin + warp + NW, ...
+  const int my_tiles = t_end - t_begin > warp ? (t_end - t_begin - warp + NW - 1) / NW : 0;
+
+  const u16* krg = p.kr + b * p.kr_sb + hk * p.kr_sh;
+  const u16* vrg = p.vr + b * p.vr_sb + hk * p.vr_sh;
+  const u16* ksg = p.ks + b * p.ks_sb + hk * p.ks_sh;
+  const u16* vsg = p.vs + b * p.vs_sb + hk * p.vs_sh;
+
+  auto load_tile = [&](int k, int stage) {
+    const int t = t_begin + warp + k * NW;
+    u16* dk = sKV + stage * 2 * BN * FE_DP;
+    u16* dv = dk + BN * FE_DP;
+    if (t < t_local) {
+      const int u0 = t * BN;
+      fe_load_rows<BN, 32>(dk, lane, krg, [&](int r) -> const u16* {
+        return u0 + r < n_local ? krg + ((lo + u0 + r) % W) * p.kr_ss : nullptr;
+      });
+      fe_load_rows<BN, 32>(dv, lane, vrg, [&](int r) -> const u16* {
+        return u0 + r < n_local ? vrg + ((lo + u0 + r) % W) * p.vr_ss : nullptr;
+      });
+    } else {
+      const int c0 = (t - t_local) * BN;
+      fe_load_rows<BN, 32>(dk, lane, ksg, [&](int r) -> const u16* {
+        return c0 + r < ns ? ksg + (c0 + r) * p.ks_st : nullptr;
+      });
+      fe_load_rows<BN, 32>(dv, lane, vsg, [&](int r) -> const u16* {
+        return c0 + r < ns ? vsg + (c0 + r) * p.vs_st : nullptr;
+      });
+    }
+  };
+
+  // The query tile is shared by all warps: wait for it before the per-warp pipelines start.
+  fe_cp_wait<0>();
+  __syncthreads();
+  const u32 q_addr = fe_smem_addr(sQ);
+  u32 qa[QREGS ? FE_KT : 1][4];
+  if (QREGS) fe_load_q(qa, q_addr, lane);
+
+  FeRowState st;
+  fe_state_init(st);
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < my_tiles) load_tile(s, s);
+    fe_cp_commit();
+  }
+  for (int k = 0; k < my_tiles; ++k) {
+    const int kn = k + STAGES - 1;
+    if (kn < my_tiles) load_tile(kn, kn % STAGES);
+    fe_cp_commit();
+    fe_cp_wait<STAGES - 1>();
+    __syncwarp();
+    const int t = t_begin + warp + k * NW;
+    const int valid = t < t_local ? min(BN, n_local - t * BN) : min(BN, ns - (t - t_local) * BN);
+    const u32 k_addr = fe_smem_addr(sKV + (k % STAGES) * 2 * BN * FE_DP);
+    const u32 v_addr = k_addr + BN * FE_DP * 2;
+    if (valid == BN) {
+      fe_attend_tile<BN, false, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane,
+                                       [](int, int) { return true; });
+    } else {
+      fe_attend_tile<BN, true, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane,
+                                      [&](int, int c) { return c < valid; });
+    }
+    __syncwarp();
+  }
+  fe_cp_wait<0>();
+  fe_state_finish(st);
+
+  // Merge the warps through shared memory (the K/V buffers are free now).
+  __syncthreads();
+  {
+    float* wo = scratch + warp * (ROWS * FE_D + 2 * ROWS);
+    float* wm = wo + ROWS * FE_D;
+    float* wl = wm + ROWS;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = (lane >> 2) + r * 8;
+#pragma unroll
+      for (int dt = 0; dt < FE_DT; ++dt) {
+        wo[row * FE_D + dt * 8 + (lane & 3) * 2] = st.o[dt][2 * r];
+        wo[row * FE_D + dt * 8 + (lane & 3) * 2 + 1] = st.o[dt][2 * r + 1];
+      }
+      if ((lane & 3) == 0) {
+        wm[row] = st.m[r];
+        wl[row] = st.l[r];
+      }
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < nrows * FE_D; idx += THREADS) {
+    const int r = idx / FE_D;
+    const int d = idx % FE_D;
+    float mmax = FE_NEG_INF;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) mmax = fmaxf(mmax, scratch[w * (ROWS * FE_D + 2 * ROWS) + ROWS * FE_D + r]);
+    float lsum = 0.f, acc = 0.f;
+    if (mmax != FE_NEG_INF) {
+#pragma unroll
+      for (int w = 0; w < NW; ++w) {
+        const float* wo = scratch + w * (ROWS * FE_D + 2 * ROWS);
+        const float f = fe_exp2(wo[ROWS * FE_D + r] - mmax);
+        lsum += wo[ROWS * FE_D + ROWS + r] * f;
+        acc += wo[r * FE_D + d] * f;
+      }
+    }
+    const int h = h0 + r;
+    if (p.splits == 1) {
+      p.o[b * p.o_sb + h * p.o_sh + d] = fe_from_f32(lsum > 0.f ? acc / lsum : 0.f);
+      if (d == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = lsum > 0.f ? (mmax + fe_log2(lsum)) * FE_LN2 : FE_NEG_INF;
+    } else {
+      const i64 row = ((i64)split * p.b + b) * p.h + h;
+      p.ws_o[row * FE_D + d] = acc;
+      if (d == 0) {
+        p.ws_ml[row * 2] = mmax;
+        p.ws_ml[row * 2 + 1] = lsum;
+      }
+    }
+  }
+}
+
+// Merges the per-split partial results of {{ name }}. grid (H, B), COMBINE_THREADS threads.
+extern "C" __global__ void __launch_bounds__(COMBINE_THREADS) {{ name }}_combine(const DecodeParams p) {
+  const int h = blockIdx.x;
+  const int b = blockIdx.y;
+  float mmax = FE_NEG_INF;
+  for (int s = 0; s < p.splits; ++s) mmax = fmaxf(mmax, p.ws_ml[(((i64)s * p.b + b) * p.h + h) * 2]);
+  float lsum = 0.f;
+  if (mmax != FE_NEG_INF) {
+    for (int s = 0; s < p.splits; ++s) {
+      const i64 row = ((i64)s * p.b + b) * p.h + h;
+      lsum += p.ws_ml[row * 2 + 1] * fe_exp2(p.ws_ml[row * 2] - mmax);
+    }
+  }
+  for (int d = threadIdx.x; d < FE_D; d += COMBINE_THREADS) {
+    float acc = 0.f;
+    if (mmax != FE_NEG_INF) {
+      for (int s = 0; s < p.splits; ++s) {
+        const i64 row = ((i64)s * p.b + b) * p.h + h;
+        acc += p.ws_o[row * FE_D + d] * fe_exp2(p.ws_ml[row * 2] - mmax);
+      }
+    }
+    p.o[b * p.o_sb + h * p.o_sh + d] = fe_from_f32(lsum > 0.f ? acc / lsum : 0.f);
+  }
+  if (threadIdx.x == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = lsum > 0.f ? (mmax + fe_log2(lsum)) * FE_LN2 : FE_NEG_INF;
+}
