@@ -18,11 +18,14 @@
 //! Without the default features the crate is the light loader: it reads the cache and launches,
 //! with neither tera nor NVRTC.
 
+pub mod bench;
 pub mod cache;
 pub mod compile;
 pub mod error;
 pub mod gpu;
+pub mod hostdata;
 pub mod key;
+pub mod loader;
 #[cfg(feature = "compiler")]
 pub mod pipeline;
 pub mod presets;
@@ -32,8 +35,12 @@ pub mod render;
 pub mod spec;
 pub mod target;
 pub mod tile;
+pub mod verify;
 
 pub use error::{Error, Result};
+
+/// The crate version: part of every cache key, and the loader uses only entries of its own.
+pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use key::Key;
 pub use spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
 pub use target::Arch;

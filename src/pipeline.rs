@@ -12,8 +12,7 @@ use crate::spec::KernelSpec;
 use crate::target::Arch;
 use crate::tile::Tile;
 
-/// The crate version, part of every key.
-pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::CRATE_VERSION;
 
 /// Whether an artifact came from the cache or was compiled now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,6 +20,8 @@ struct ChunkMeanParams {
   int nc;  // complete chunks
   int g;   // heads
 };
+static_assert(sizeof(ChunkMeanParams) == 72, "ChunkMeanParams must match src/gpu/params.rs");
+
 
 extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const ChunkMeanParams p) {
   const int c = blockIdx.x;

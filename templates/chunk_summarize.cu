@@ -26,6 +26,8 @@ struct ChunkSummarizeParams {
   float scale;
   int reserved;
 };
+static_assert(sizeof(ChunkSummarizeParams) == 144, "ChunkSummarizeParams must match src/gpu/params.rs");
+
 
 extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const ChunkSummarizeParams p) {
   extern __shared__ __align__(16) unsigned char fe_smem[];

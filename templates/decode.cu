@@ -47,6 +47,8 @@ struct DecodeParams {
   int splits;
   float scale_log2;
 };
+static_assert(sizeof(DecodeParams) == 248, "DecodeParams must match src/gpu/params.rs");
+
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const DecodeParams p) {
   extern __shared__ __align__(16) unsigned char fe_smem[];

@@ -39,6 +39,8 @@ struct PrefillParams {
   float scale_log2;  // scale * log2(e)
   int reserved;
 };
+static_assert(sizeof(PrefillParams) == 240, "PrefillParams must match src/gpu/params.rs");
+
 
 FE_DEV int fe_window_start(int i) { return SLIDING ? (i - W + 1 > 0 ? i - W + 1 : 0) : (i / W) * W; }
 

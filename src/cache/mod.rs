@@ -1,6 +1,7 @@
 //! The content-addressed kernel cache: [`layout`] says where things live (pure), [`meta`] what
 //! an entry records (pure), [`store`] is the only code that touches the cache's files.
 
+pub mod compat;
 pub mod layout;
 pub mod meta;
 pub mod store;

@@ -78,3 +78,46 @@ pub fn tile_for(spec: &KernelSpec, arch: Arch, overrides: Option<&str>) -> anyho
         None => Ok(t),
     }
 }
+
+/// Problem sizes for benchmarks and tuning.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ShapeFlags {
+    /// Batch size B.
+    #[arg(long, value_name = "B")]
+    pub batch: Option<usize>,
+    /// Tokens N (prefill, chunk ops).
+    #[arg(long, value_name = "N")]
+    pub seq_len: Option<usize>,
+    /// Query heads H (chunk_mean: the heads of X).
+    #[arg(long, value_name = "H")]
+    pub heads: Option<usize>,
+    /// Key/value heads Hkv.
+    #[arg(long, value_name = "HKV")]
+    pub kv_heads: Option<usize>,
+    /// Decode query position p (every sequence has p + 1 tokens).
+    #[arg(long, value_name = "P")]
+    pub position: Option<usize>,
+}
+
+impl ShapeFlags {
+    /// The workload of `spec` from these flags (defaults: B=1, N=4096, H=16, Hkv=H/group).
+    pub fn workload(&self, spec: &KernelSpec) -> anyhow::Result<flasheva::bench::Workload> {
+        let h = self.heads.unwrap_or(16);
+        let hkv = self.kv_heads.unwrap_or(h / spec.group_or_one() as usize);
+        if hkv == 0 || h % hkv != 0 {
+            return Err(usage(format!("--heads {h} must be a multiple of --kv-heads {hkv}")));
+        }
+        if spec.op == Op::Decode && h / hkv != spec.group_or_one() as usize {
+            return Err(usage(format!(
+                "decode with --group {} needs --heads = {} x --kv-heads, got {h} and {hkv}",
+                spec.group_or_one(),
+                spec.group_or_one()
+            )));
+        }
+        let n = match spec.op {
+            Op::Decode => self.position.unwrap_or(4095) + 1,
+            _ => self.seq_len.unwrap_or(4096),
+        };
+        Ok(flasheva::bench::Workload { spec: *spec, b: self.batch.unwrap_or(1), n, h, hkv })
+    }
+}

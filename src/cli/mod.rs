@@ -2,10 +2,12 @@
 //! mapping of errors to one line on stderr and an exit code (2 for bad input, 1 for failures).
 
 mod args;
+mod bench_cmd;
 mod cache_cmd;
 mod compile_cmd;
 mod doctor;
 mod render_cmd;
+mod run_cmd;
 mod table;
 
 use std::path::PathBuf;
@@ -35,6 +37,10 @@ pub enum Command {
     Cache(cache_cmd::CacheArgs),
     /// Report NVRTC, the CUDA driver, GPUs and the cache.
     Doctor,
+    /// Run one op on the GPU on tensors from a safetensors file.
+    Run(run_cmd::RunArgs),
+    /// Time kernels on the GPU (median of many launches, rotated inputs).
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Input errors: bad flags, specs, tiles, archs, presets, keys. Exit code 2.
@@ -128,6 +134,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compile(a) => compile_cmd::run(a, cache_dir),
         Command::Cache(a) => cache_cmd::run(a, cache_dir),
         Command::Doctor => doctor::run(cache_dir),
+        Command::Run(a) => run_cmd::run(a, cache_dir),
+        Command::Bench(a) => bench_cmd::run(a, cache_dir),
     }
 }
 

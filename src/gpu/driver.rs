@@ -192,3 +192,212 @@ mod tests {
         assert!(!ptx_isa_accepted("x", 13000));
     }
 }
+
+// ---- contexts, modules, launches, timing -----------------------------------------------------
+
+use std::ffi::{CString, c_void};
+use std::sync::Arc;
+
+pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::{DevicePtr, DeviceRepr};
+
+/// One device, its primary context and what the loader needs to know about it.
+#[derive(Clone, Debug)]
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    info: DeviceInfo,
+    driver_version: i32,
+}
+
+impl Gpu {
+    /// Opens device `ordinal` (probing for the driver first, so a machine without one gets an
+    /// error, not a panic). Cross-stream event tracking is off: callers order their streams.
+    pub fn open(ordinal: usize) -> Result<Gpu, GpuError> {
+        let d = probe()?;
+        if ordinal >= d.devices.len() {
+            return Err(GpuError::BadOrdinal {
+                ordinal,
+                count: d.devices.len(),
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(drv("cuDevicePrimaryCtxRetain"))?;
+        // SAFETY: no stream of this context exists yet.
+        unsafe { ctx.disable_event_tracking() };
+        Ok(Gpu {
+            ctx,
+            info: d.devices[ordinal].clone(),
+            driver_version: d.version,
+        })
+    }
+
+    /// Wraps a context the caller already has (e.g. a serving stack's).
+    pub fn from_context(ctx: Arc<CudaContext>) -> Result<Gpu, GpuError> {
+        let d = probe()?;
+        let info = d
+            .devices
+            .get(ctx.ordinal())
+            .cloned()
+            .ok_or(GpuError::BadOrdinal {
+                ordinal: ctx.ordinal(),
+                count: d.devices.len(),
+            })?;
+        Ok(Gpu {
+            ctx,
+            info,
+            driver_version: d.version,
+        })
+    }
+
+    /// The cudarc context (memory, streams).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The device.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// `cuDriverGetVersion`.
+    pub fn driver_version(&self) -> i32 {
+        self.driver_version
+    }
+
+    /// Loads a module from a cubin, or from PTX text (which the driver JIT-compiles).
+    pub fn load_module(&self, image: &[u8], is_ptx: bool) -> Result<Arc<Module>, GpuError> {
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        let mut owned;
+        let data: &[u8] = if is_ptx {
+            owned = image.to_vec();
+            owned.push(0);
+            &owned
+        } else {
+            image
+        };
+        // SAFETY: `data` is a complete cubin or NUL-terminated PTX and outlives the call.
+        let raw = unsafe { result::module::load_data(data.as_ptr() as *const c_void) }.map_err(drv("cuModuleLoadData"))?;
+        Ok(Arc::new(Module {
+            raw,
+            ctx: self.ctx.clone(),
+        }))
+    }
+}
+
+/// A loaded module; unloaded when the last handle goes.
+#[derive(Debug)]
+pub struct Module {
+    raw: sys::CUmodule,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: CUmodule handles may be used from any thread once the context is bound.
+unsafe impl Send for Module {}
+// SAFETY: as above; the driver serializes module use internally.
+unsafe impl Sync for Module {}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: loaded by load_data and unloaded once.
+        let _ = unsafe { result::module::unload(self.raw) };
+    }
+}
+
+impl Module {
+    /// The kernel `name`.
+    pub fn function(self: &Arc<Self>, name: &str) -> Result<Function, GpuError> {
+        let c = CString::new(name).map_err(|_| GpuError::Driver {
+            call: "cuModuleGetFunction",
+            message: format!("bad name {name:?}"),
+        })?;
+        // SAFETY: the module is loaded.
+        let raw = unsafe { result::module::get_function(self.raw, c) }.map_err(drv("cuModuleGetFunction"))?;
+        Ok(Function {
+            raw,
+            module: self.clone(),
+        })
+    }
+}
+
+/// A kernel of a loaded module.
+#[derive(Clone, Debug)]
+pub struct Function {
+    raw: sys::CUfunction,
+    module: Arc<Module>,
+}
+
+// SAFETY: CUfunction handles are usable from any thread; the module outlives them.
+unsafe impl Send for Function {}
+// SAFETY: as above.
+unsafe impl Sync for Function {}
+
+impl Function {
+    /// Allows `bytes` of dynamic shared memory (needed above 48 KiB).
+    pub fn set_max_dynamic_smem(&self, bytes: u32) -> Result<(), GpuError> {
+        self.module.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        // SAFETY: valid function handle.
+        unsafe {
+            result::function::set_function_attribute(
+                self.raw,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+        }
+        .map_err(drv("cuFuncSetAttribute"))
+    }
+
+    /// Registers per thread, as the driver reports.
+    pub fn registers(&self) -> Result<i32, GpuError> {
+        // SAFETY: valid function handle.
+        unsafe { result::function::get_function_attribute(self.raw, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS) }
+            .map_err(drv("cuFuncGetAttribute"))
+    }
+
+    /// Enqueues the kernel on `stream` with one by-value parameter block.
+    ///
+    /// # Safety
+    /// `P` must be the kernel's parameter struct, and every device address in it must be valid
+    /// for the accesses the kernel makes until the launch completes.
+    pub unsafe fn launch<P: Copy>(&self, stream: &CudaStream, grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32, params: &P) -> Result<(), GpuError> {
+        self.module.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        let mut p = *params;
+        let mut args = [&mut p as *mut P as *mut c_void];
+        // SAFETY: upheld by the caller; the parameter block is copied by the driver at launch.
+        unsafe { result::launch_kernel(self.raw, grid, block, smem, stream.cu_stream(), &mut args) }.map_err(drv("cuLaunchKernel"))
+    }
+}
+
+/// The device address of a cudarc buffer, for a [`crate::gpu::TensorArg`].
+pub fn device_address<T: DeviceRepr>(buf: &CudaSlice<T>, stream: &Arc<CudaStream>) -> u64 {
+    let (ptr, _sync) = buf.device_ptr(stream);
+    ptr
+}
+
+/// Times work on a stream with CUDA events.
+pub struct EventTimer {
+    start: cudarc::driver::CudaEvent,
+    stop: cudarc::driver::CudaEvent,
+}
+
+impl EventTimer {
+    /// Two timing events of `gpu`'s context.
+    pub fn new(gpu: &Gpu) -> Result<EventTimer, GpuError> {
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        Ok(EventTimer {
+            start: gpu.ctx.new_event(flags).map_err(drv("cuEventCreate"))?,
+            stop: gpu.ctx.new_event(flags).map_err(drv("cuEventCreate"))?,
+        })
+    }
+
+    /// Records the start.
+    pub fn start(&self, stream: &CudaStream) -> Result<(), GpuError> {
+        self.start.record(stream).map_err(drv("cuEventRecord"))
+    }
+
+    /// Records the stop, waits for it, and returns the milliseconds since the start.
+    pub fn stop_ms(&self, stream: &CudaStream) -> Result<f32, GpuError> {
+        self.stop.record(stream).map_err(drv("cuEventRecord"))?;
+        self.stop.synchronize().map_err(drv("cuEventSynchronize"))?;
+        self.start.elapsed_ms(&self.stop).map_err(drv("cuEventElapsedTime"))
+    }
+}

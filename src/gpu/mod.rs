@@ -5,5 +5,5 @@
 pub mod driver;
 pub mod params;
 
-pub use driver::{DeviceInfo, DriverInfo, GpuError};
-pub use params::LaunchError;
+pub use driver::{CudaContext, CudaSlice, CudaStream, DeviceInfo, DriverInfo, EventTimer, Function, Gpu, GpuError, Module, device_address};
+pub use params::{ElemType, LaunchError, TensorArg};

@@ -1,0 +1,151 @@
+//! `flasheva bench`: time kernels on the GPU with CUDA events (warm-up, median of many launches,
+//! rotated inputs) and report ms, effective TFLOP/s or GB/s, and the comparisons that matter:
+//! dense causal attention at the same rate (prefill) and the device's copy bandwidth (decode).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use flasheva::bench::{Bencher, Timing, Workload, copy_bandwidth};
+use flasheva::gpu::Gpu;
+use flasheva::loader::{Runtime, RuntimeOptions};
+use flasheva::presets::Presets;
+use flasheva::spec::{KernelSpec, Op};
+
+use super::args::{ShapeFlags, SpecFlags, parse_op, tile_for};
+use super::{open_store, table, usage};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Benchmark every spec of this preset at its shapes (see autotune/presets.toml).
+    #[arg(long, value_name = "NAME", conflicts_with = "op")]
+    pub preset: Option<String>,
+    /// Benchmark one spec of this op instead.
+    #[arg(value_parser = parse_op)]
+    pub op: Option<Op>,
+    #[command(flatten)]
+    pub spec: SpecFlags,
+    #[command(flatten)]
+    pub shape: ShapeFlags,
+    /// Tile overrides, e.g. block_m=64,block_n=64 (default: tuned winner, else the default tile).
+    #[arg(long, value_name = "FIELD=VALUE,...", requires = "op")]
+    pub tile: Option<String>,
+    /// Timed launches per kernel (the median is reported).
+    #[arg(long, default_value_t = 50)]
+    pub iters: usize,
+    /// Untimed launches first.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// GPU ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    kernel: String,
+    tile: String,
+    workload: String,
+    timing: Timing,
+    tflops: f64,
+    gbps: f64,
+    dense_causal_ms_at_rate: Option<f64>,
+}
+
+/// The workloads of `--preset` or of one spec with shape flags.
+pub fn workloads(preset: Option<&str>, op: Option<Op>, spec: &SpecFlags, shape: &ShapeFlags) -> anyhow::Result<Vec<Workload>> {
+    match op {
+        Some(op) => {
+            let s = spec.spec(op)?;
+            Ok(vec![shape.workload(&s)?])
+        }
+        None => {
+            let presets = Presets::builtin();
+            let (name, p) = presets.get(preset).map_err(usage)?;
+            p.specs(name)
+                .map_err(usage)?
+                .into_iter()
+                .map(|s| Ok(preset_workload(p, &s, shape)))
+                .collect()
+        }
+    }
+}
+
+/// A preset spec's workload: the preset's shapes, overridden by any shape flag.
+pub fn preset_workload(p: &flasheva::presets::Preset, s: &KernelSpec, shape: &ShapeFlags) -> Workload {
+    let (b, n) = match s.op {
+        Op::Decode => (shape.batch.unwrap_or(p.decode_batch), shape.position.map(|x| x + 1).unwrap_or(p.decode_position + 1)),
+        _ => (shape.batch.unwrap_or(p.batch), shape.seq_len.unwrap_or(p.seq_len)),
+    };
+    let h = shape.heads.unwrap_or(p.heads as usize);
+    let hkv = shape.kv_heads.unwrap_or(p.kv_heads as usize);
+    Workload { spec: *s, b, n, h, hkv }
+}
+
+pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let loads = workloads(a.preset.as_deref(), a.op, &a.spec, &a.shape)?;
+    if a.iters == 0 {
+        return Err(usage("--iters must be at least 1"));
+    }
+    let gpu = Gpu::open(a.device).context("flasheva bench needs a CUDA GPU")?;
+    let stream = gpu.context().new_stream().context("creating a stream")?;
+    let rt = Runtime::with_gpu(gpu.clone(), open_store(cache_dir)?, RuntimeOptions::default());
+    let info = gpu.info().clone();
+    eprintln!("measuring device-to-device copy bandwidth on {} ...", info.name);
+    let copy = copy_bandwidth(&gpu, &stream, 1 << 30, 20)?;
+    let mut rows = Vec::new();
+    let mut out_rows = Vec::new();
+    for w in loads {
+        let tile = match &a.tile {
+            Some(_) => tile_for(&w.spec, rt.arch(), a.tile.as_deref())?,
+            None => rt.tile_for_workload(&w),
+        };
+        let kernel = rt.kernel_with_tile(&w.spec, &tile)?;
+        for warn in rt.take_warnings() {
+            eprintln!("flasheva: warning: {warn}");
+        }
+        let bench = Bencher::new(&gpu, &stream, w)?;
+        eprintln!("timing {} {} ({} rotating input sets) ...", w.spec, w.describe(), bench.sets());
+        let t = bench.time(&kernel, a.warmup, a.iters)?;
+        let secs = t.median_ms * 1e-3;
+        let tflops = w.flops() / secs / 1e12;
+        let gbps = w.bytes() / secs / 1e9;
+        let dense = (w.spec.op == Op::Prefill).then(|| w.dense_causal_flops() / (tflops * 1e12) * 1e3);
+        let rate = match w.spec.op {
+            Op::Prefill => format!("{tflops:.1} TFLOP/s (dense causal: {:.2} ms at this rate)", dense.unwrap_or(0.0)),
+            Op::Decode => format!("{gbps:.0} GB/s = {:.0}% of copy", 100.0 * w.bytes() / secs / copy),
+            _ => format!("{gbps:.0} GB/s"),
+        };
+        rows.push(vec![
+            w.spec.name(),
+            tile.name(w.spec.op),
+            w.describe(),
+            format!("{:.4}", t.median_ms),
+            format!("{:.4}", t.min_ms),
+            format!("{:.4}", t.max_ms),
+            rate,
+        ]);
+        out_rows.push(Row {
+            kernel: w.spec.name(),
+            tile: tile.name(w.spec.op),
+            workload: w.describe(),
+            timing: t,
+            tflops,
+            gbps,
+            dense_causal_ms_at_rate: dense,
+        });
+    }
+    println!(
+        "device: {} (sm_{}{}, {} SMs); device-to-device copy {:.0} GB/s (read + write); {} timed launches per kernel after {} warm-up",
+        info.name, info.capability.0, info.capability.1, info.sm_count, copy / 1e9, a.iters, a.warmup
+    );
+    print!("{}", table::format(&["kernel", "tile", "workload", "median ms", "min", "max", "rate"], &rows));
+    if let Some(path) = a.json {
+        let doc = serde_json::json!({ "device": info.name, "copy_gbps": copy / 1e9, "results": out_rows });
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

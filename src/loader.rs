@@ -1,0 +1,307 @@
+//! The runtime loader: a [`Runtime`] bound to one device finds the artifact of a (spec, tile) in
+//! the cache (cubin for the device's arch first, then PTX the driver accepts), loads each module
+//! once, and hands out [`Kernel`]s whose typed launchers check their tensors and launch on the
+//! caller's stream. With the `compiler` feature a miss is compiled (NVRTC) and stored; the
+//! loader-only build reports the miss instead.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::cache::compat::{Usable, usable_on};
+use crate::cache::{CacheStore, Entry, layout};
+use crate::error::{Error, Result};
+use crate::gpu::driver::{CudaStream, Function, Gpu};
+use crate::gpu::params::{
+    self, ChunkMeanArgs, ChunkSummarizeArgs, DecodeArgs, LaunchPlan, PrefillArgs,
+};
+use crate::key::Key;
+use crate::spec::KernelSpec;
+use crate::target::Arch;
+use crate::tile::Tile;
+
+/// Where a loaded kernel came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A cached cubin.
+    Cubin {
+        /// Cache key.
+        key: Key,
+        /// Its arch.
+        arch: Arch,
+    },
+    /// Cached PTX, JIT-compiled by the driver.
+    Ptx {
+        /// Cache key.
+        key: Key,
+        /// Its arch.
+        arch: Arch,
+    },
+    /// Compiled by this process (and stored).
+    Compiled {
+        /// Cache key.
+        key: Key,
+    },
+}
+
+/// A loaded kernel: its spec, tile, provenance and entry points.
+#[derive(Debug)]
+pub struct Kernel {
+    /// The spec.
+    pub spec: KernelSpec,
+    /// The tile it was compiled with.
+    pub tile: Tile,
+    /// Where it came from.
+    pub origin: Origin,
+    functions: Vec<Function>,
+    sm_count: u32,
+}
+
+/// How the runtime behaves.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// Compile missing kernels with NVRTC (only with the `compiler` feature).
+    pub compile_on_miss: bool,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            compile_on_miss: cfg!(feature = "compiler"),
+        }
+    }
+}
+
+/// A device plus a cache: loads kernels and keeps them loaded.
+pub struct Runtime {
+    gpu: Gpu,
+    store: CacheStore,
+    options: RuntimeOptions,
+    kernels: Mutex<HashMap<(KernelSpec, Tile), Arc<Kernel>>>,
+    warnings: Mutex<Vec<String>>,
+}
+
+/// Every arch flasheva targets, newest first (the order PTX candidates are tried in).
+fn known_archs() -> Vec<Arch> {
+    let mut v: Vec<Arch> = crate::target::SUPPORTED.split(", ").filter_map(|s| s.parse().ok()).collect();
+    v.sort_by(|a, b| b.cmp(a));
+    v
+}
+
+impl Runtime {
+    /// A runtime on device `ordinal` over `store`.
+    pub fn new(ordinal: usize, store: CacheStore) -> Result<Runtime> {
+        Ok(Runtime::with_gpu(Gpu::open(ordinal)?, store, RuntimeOptions::default()))
+    }
+
+    /// A runtime on an opened device, with options.
+    pub fn with_gpu(gpu: Gpu, store: CacheStore, options: RuntimeOptions) -> Runtime {
+        Runtime {
+            gpu,
+            store,
+            options,
+            kernels: Mutex::new(HashMap::new()),
+            warnings: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The cache.
+    pub fn store(&self) -> &CacheStore {
+        &self.store
+    }
+
+    /// The device's plain arch (e.g. `sm_90`), the arch a miss is compiled for.
+    pub fn arch(&self) -> Arch {
+        let (a, b) = self.gpu.info().capability;
+        Arch::from_capability(a, b)
+    }
+
+    /// Damaged or unusable entries met so far (each was skipped), oldest first; clears the list.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut self.warnings.lock().expect("warnings lock"))
+    }
+
+    fn warn(&self, w: String) {
+        self.warnings.lock().expect("warnings lock").push(w);
+    }
+
+    /// The tile used for `spec` when the caller names none: the default of the device's arch.
+    pub fn default_tile(&self, spec: &KernelSpec) -> Tile {
+        Tile::default_for(spec, self.arch())
+    }
+
+    /// The tile for a workload: the default tile of the device's arch.
+    pub fn tile_for_workload(&self, w: &crate::bench::Workload) -> Tile {
+        self.default_tile(&w.spec)
+    }
+
+    /// The kernel for `spec` with the default tile.
+    pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
+        self.kernel_with_tile(spec, &self.default_tile(spec))
+    }
+
+    /// The kernel for `spec` with `tile`, loading (or compiling) it on first use.
+    pub fn kernel_with_tile(&self, spec: &KernelSpec, tile: &Tile) -> Result<Arc<Kernel>> {
+        let k = (*spec, *tile);
+        if let Some(hit) = self.kernels.lock().expect("kernel map lock").get(&k) {
+            return Ok(hit.clone());
+        }
+        let loaded = Arc::new(self.load(spec, tile)?);
+        Ok(self.kernels.lock().expect("kernel map lock").entry(k).or_insert(loaded).clone())
+    }
+
+    fn load(&self, spec: &KernelSpec, tile: &Tile) -> Result<Kernel> {
+        tile.validate(spec)?;
+        let cc = self.gpu.info().capability;
+        let mut cubins: Vec<Entry> = Vec::new();
+        let mut ptxs: Vec<Entry> = Vec::new();
+        for arch in known_archs() {
+            let (good, bad) = self.store.candidates(spec, tile, arch);
+            for (dir, reason) in bad {
+                self.warn(format!("skipped damaged cache entry {}: {reason}", dir.display()));
+            }
+            for e in good {
+                match usable_on(&e.meta, cc, self.gpu.driver_version(), crate::CRATE_VERSION) {
+                    Ok(Usable::Cubin) => cubins.push(e),
+                    Ok(Usable::Ptx) => ptxs.push(e),
+                    Err(_) => {}
+                }
+            }
+        }
+        // Arch-specific cubins first (sm_90a before sm_90), then PTX of the newest arch.
+        for (entry, is_ptx) in cubins.iter().map(|e| (e, false)).chain(ptxs.iter().map(|e| (e, true))) {
+            let file = if is_ptx { layout::PTX_FILE } else { layout::CUBIN_FILE };
+            let image = match self.store.read_verified(entry, file) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.warn(format!("skipped {e}"));
+                    continue;
+                }
+            };
+            let origin = if is_ptx {
+                Origin::Ptx { key: entry.meta.key, arch: entry.meta.arch }
+            } else {
+                Origin::Cubin { key: entry.meta.key, arch: entry.meta.arch }
+            };
+            return self.instantiate(spec, tile, &image, is_ptx, origin);
+        }
+        self.compile_missing(spec, tile)
+    }
+
+    #[cfg(feature = "compiler")]
+    fn compile_missing(&self, spec: &KernelSpec, tile: &Tile) -> Result<Kernel> {
+        if !self.options.compile_on_miss {
+            return Err(self.not_cached(spec, tile));
+        }
+        let nvrtc = crate::compile::nvrtc::Nvrtc::load()?;
+        let built = crate::pipeline::Pipeline::new(&self.store, &nvrtc).ensure(spec, tile, self.arch())?;
+        for w in built.warnings {
+            self.warn(w);
+        }
+        let image = self.store.read_verified(&built.entry, layout::CUBIN_FILE)?;
+        self.instantiate(spec, tile, &image, false, Origin::Compiled { key: built.entry.meta.key })
+    }
+
+    #[cfg(not(feature = "compiler"))]
+    fn compile_missing(&self, spec: &KernelSpec, tile: &Tile) -> Result<Kernel> {
+        let _ = &self.options;
+        Err(self.not_cached(spec, tile))
+    }
+
+    fn not_cached(&self, spec: &KernelSpec, tile: &Tile) -> Error {
+        Error::NotCached(format!(
+            "no cached kernel {spec} (tile {}) usable on {} in {}; compile it there with `flasheva compile {} ... --arch {}` or import a bundle that has it",
+            tile.name(spec.op),
+            self.arch(),
+            self.store.root().display(),
+            spec.op,
+            self.arch()
+        ))
+    }
+
+    fn instantiate(&self, spec: &KernelSpec, tile: &Tile, image: &[u8], is_ptx: bool, origin: Origin) -> Result<Kernel> {
+        let module = self.gpu.load_module(image, is_ptx)?;
+        let mut functions = Vec::new();
+        for name in spec.entry_points() {
+            functions.push(module.function(&name)?);
+        }
+        let smem = tile.smem_bytes(spec);
+        if smem > 48 * 1024 {
+            functions[0].set_max_dynamic_smem(smem)?;
+        }
+        Ok(Kernel {
+            spec: *spec,
+            tile: *tile,
+            origin,
+            functions,
+            sm_count: self.gpu.info().sm_count,
+        })
+    }
+
+    /// The cache folder of this runtime.
+    pub fn cache_root(&self) -> PathBuf {
+        self.store.root().to_path_buf()
+    }
+}
+
+fn launch<P: Copy>(f: &Function, stream: &CudaStream, plan: &LaunchPlan<P>) -> Result<()> {
+    // SAFETY: the plan was built by `gpu::params` from tensors whose shapes, strides, dtypes and
+    // alignment were checked against the kernel's spec; the caller owns the memory.
+    unsafe { f.launch(stream, plan.grid, plan.block, plan.smem, &plan.params) }?;
+    Ok(())
+}
+
+impl Kernel {
+    /// Prefill: `q, k, v, ks, vs -> o, lse` on `stream`. Nothing is launched for B = 0 or N = 0.
+    pub fn prefill(&self, stream: &CudaStream, args: &PrefillArgs) -> Result<()> {
+        if let Some(plan) = params::plan_prefill(&self.spec, &self.tile, args)? {
+            launch(&self.functions[0], stream, &plan)?;
+        }
+        Ok(())
+    }
+
+    /// The split count a decode of `b` sequences over `hkv` kv heads uses, the longest visible
+    /// set being `max_items` raw keys plus summaries.
+    pub fn decode_splits(&self, b: usize, hkv: usize, max_items: usize) -> usize {
+        params::decode_splits(&self.spec, &self.tile, b, hkv, max_items, self.sm_count)
+    }
+
+    /// Decode: `q, k_ring, v_ring, ks, vs, len -> o, lse` on `stream` with `splits` splits (see
+    /// [`Kernel::decode_splits`]); splits > 1 need `workspace` = (device address, fp32
+    /// elements) of at least [`params::decode_workspace_elems`].
+    pub fn decode(&self, stream: &CudaStream, args: &DecodeArgs, splits: usize, workspace: Option<(u64, usize)>) -> Result<()> {
+        if let Some((main, combine)) = params::plan_decode(&self.spec, &self.tile, args, splits, workspace)? {
+            launch(&self.functions[0], stream, &main)?;
+            if let Some(c) = combine {
+                launch(&self.functions[1], stream, &c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// chunk_mean: `x -> xbar` on `stream`.
+    pub fn chunk_mean(&self, stream: &CudaStream, args: &ChunkMeanArgs) -> Result<()> {
+        if let Some(plan) = params::plan_chunk_mean(&self.spec, &self.tile, args)? {
+            launch(&self.functions[0], stream, &plan)?;
+        }
+        Ok(())
+    }
+
+    /// chunk_summarize: `k, v, omega -> vs` on `stream`.
+    pub fn chunk_summarize(&self, stream: &CudaStream, args: &ChunkSummarizeArgs) -> Result<()> {
+        if let Some(plan) = params::plan_chunk_summarize(&self.spec, &self.tile, args)? {
+            launch(&self.functions[0], stream, &plan)?;
+        }
+        Ok(())
+    }
+
+    /// Registers per thread of the main kernel, as the driver reports.
+    pub fn registers(&self) -> Result<i32> {
+        Ok(self.functions[0].registers()?)
+    }
+}
