@@ -8,9 +8,12 @@ use std::sync::Arc;
 use rand::RngExt;
 
 use crate::error::Result;
-use crate::gpu::driver::{CudaSlice, CudaStream, EventTimer, Gpu, drv};
-use crate::gpu::params::{ChunkMeanArgs, ChunkSummarizeArgs, DecodeArgs, ElemType, PrefillArgs, TensorArg, decode_workspace_elems};
 use crate::gpu::device_address;
+use crate::gpu::driver::{CudaSlice, CudaStream, EventTimer, Gpu, drv};
+use crate::gpu::params::{
+    ChunkMeanArgs, ChunkSummarizeArgs, DecodeArgs, ElemType, PrefillArgs, TensorArg,
+    decode_workspace_elems,
+};
 use crate::hostdata::{HostTensor, fresh_rng, to_bits};
 use crate::loader::Kernel;
 use crate::reference::{count_prefill_pairs, key_range, summaries_visible};
@@ -37,7 +40,13 @@ impl Workload {
     /// Short text, e.g. `B=1 N=16384 H=16 Hkv=16`.
     pub fn describe(&self) -> String {
         match self.spec.op {
-            Op::Decode => format!("B={} H={} Hkv={} pos={}", self.b, self.h, self.hkv, self.n.saturating_sub(1)),
+            Op::Decode => format!(
+                "B={} H={} Hkv={} pos={}",
+                self.b,
+                self.h,
+                self.hkv,
+                self.n.saturating_sub(1)
+            ),
             _ => format!("B={} N={} H={} Hkv={}", self.b, self.n, self.h, self.hkv),
         }
     }
@@ -58,10 +67,15 @@ impl Workload {
         let w = self.spec.window_or_zero() as usize;
         let c = self.spec.chunk as usize;
         match self.spec.op {
-            Op::Prefill => 4.0 * d * (self.b * self.h) as f64 * count_prefill_pairs(self.n, w, c, self.local()) as f64,
+            Op::Prefill => {
+                4.0 * d
+                    * (self.b * self.h) as f64
+                    * count_prefill_pairs(self.n, w, c, self.local()) as f64
+            }
             Op::Decode => {
                 let p = self.n - 1;
-                let items = key_range(p, w, self.local()).len() + summaries_visible(p, c, self.max_nc());
+                let items =
+                    key_range(p, w, self.local()).len() + summaries_visible(p, c, self.max_nc());
                 4.0 * d * (self.b * self.h * items) as f64
             }
             Op::ChunkMean => (self.b * self.n * self.h) as f64 * d,
@@ -78,12 +92,17 @@ impl Workload {
         let nc = self.n / c;
         let v = match self.spec.op {
             Op::Prefill => {
-                self.b * self.n * d * e * (2 * self.h + 2 * self.hkv) + self.b * nc * self.hkv * d * e * 2 + self.b * self.h * self.n * 4
+                self.b * self.n * d * e * (2 * self.h + 2 * self.hkv)
+                    + self.b * nc * self.hkv * d * e * 2
+                    + self.b * self.h * self.n * 4
             }
             Op::Decode => {
                 let p = self.n - 1;
-                let items = key_range(p, w, self.local()).len() + summaries_visible(p, c, self.max_nc());
-                self.b * self.hkv * items * d * e * 2 + self.b * self.h * (2 * d * e + 4) + self.b * 4
+                let items =
+                    key_range(p, w, self.local()).len() + summaries_visible(p, c, self.max_nc());
+                self.b * self.hkv * items * d * e * 2
+                    + self.b * self.h * (2 * d * e + 4)
+                    + self.b * 4
             }
             Op::ChunkMean => self.b * (self.n + nc) * self.h * d * e,
             Op::ChunkSummarize => self.b * (2 * self.n + 2 * nc) * self.hkv * d * e,
@@ -133,10 +152,29 @@ impl Timing {
 }
 
 enum Inputs {
-    Prefill { q: DeviceTensor, k: DeviceTensor, v: DeviceTensor, ks: DeviceTensor, vs: DeviceTensor },
-    Decode { q: DeviceTensor, kr: DeviceTensor, vr: DeviceTensor, ks: DeviceTensor, vs: DeviceTensor, len: (CudaSlice<i32>, TensorArg) },
-    ChunkMean { x: DeviceTensor },
-    ChunkSummarize { k: DeviceTensor, v: DeviceTensor, omega: DeviceTensor },
+    Prefill {
+        q: DeviceTensor,
+        k: DeviceTensor,
+        v: DeviceTensor,
+        ks: DeviceTensor,
+        vs: DeviceTensor,
+    },
+    Decode {
+        q: DeviceTensor,
+        kr: DeviceTensor,
+        vr: DeviceTensor,
+        ks: DeviceTensor,
+        vs: DeviceTensor,
+        len: (CudaSlice<i32>, TensorArg),
+    },
+    ChunkMean {
+        x: DeviceTensor,
+    },
+    ChunkSummarize {
+        k: DeviceTensor,
+        v: DeviceTensor,
+        omega: DeviceTensor,
+    },
 }
 
 /// Rotating input sets and outputs of one workload on one stream.
@@ -158,9 +196,19 @@ pub const MAX_BENCH_SPLITS: usize = 64;
 fn random_like(src: &HostTensor, rng: &mut impl rand::Rng, shape: &[usize]) -> HostTensor {
     // Fresh values are costly for 100M-element tensors: reuse one random pool, offset randomly.
     let n: usize = shape.iter().product();
-    let off = if src.len() > n { rng.random_range(0..src.len() - n) } else { 0 };
-    let bits = (0..n).map(|i| src.bits[(off + i) % src.len().max(1)]).collect();
-    HostTensor { dtype: src.dtype, shape: shape.to_vec(), bits }
+    let off = if src.len() > n {
+        rng.random_range(0..src.len() - n)
+    } else {
+        0
+    };
+    let bits = (0..n)
+        .map(|i| src.bits[(off + i) % src.len().max(1)])
+        .collect();
+    HostTensor {
+        dtype: src.dtype,
+        shape: shape.to_vec(),
+        bits,
+    }
 }
 
 impl Bencher {
@@ -185,7 +233,9 @@ impl Bencher {
         let nc = w.n / spec.chunk as usize;
         let mut sets = Vec::new();
         for _ in 0..nsets {
-            let mut up = |name: &str, shape: &[usize]| upload(stream, name, &random_like(&pool, &mut rng, shape), 0, junk);
+            let mut up = |name: &str, shape: &[usize]| {
+                upload(stream, name, &random_like(&pool, &mut rng, shape), 0, junk)
+            };
             sets.push(match spec.op {
                 Op::Prefill => Inputs::Prefill {
                     q: up("q", &[w.b, w.n, w.h, d])?,
@@ -198,7 +248,12 @@ impl Bencher {
                     let win = spec.window_or_zero() as usize;
                     let lens = vec![w.n as i32; w.b];
                     let buf = stream.clone_htod(&lens).map_err(drv("cuMemcpyHtoD"))?;
-                    let arg = TensorArg::contiguous("len", device_address(&buf, stream), ElemType::I32, &[w.b]);
+                    let arg = TensorArg::contiguous(
+                        "len",
+                        device_address(&buf, stream),
+                        ElemType::I32,
+                        &[w.b],
+                    );
                     Inputs::Decode {
                         q: up("q", &[w.b, w.h, d])?,
                         kr: up("k_ring", &[w.b, win, w.hkv, d])?,
@@ -208,7 +263,9 @@ impl Bencher {
                         len: (buf, arg),
                     }
                 }
-                Op::ChunkMean => Inputs::ChunkMean { x: up("x", &[w.b, w.n, w.h, d])? },
+                Op::ChunkMean => Inputs::ChunkMean {
+                    x: up("x", &[w.b, w.n, w.h, d])?,
+                },
                 Op::ChunkSummarize => Inputs::ChunkSummarize {
                     k: up("k", &[w.b, w.n, w.hkv, d])?,
                     v: up("v", &[w.b, w.n, w.hkv, d])?,
@@ -217,13 +274,37 @@ impl Bencher {
             });
         }
         let (out, lse) = match spec.op {
-            Op::Prefill => (alloc_output(stream, "o", dt, &[w.b, w.n, w.h, d], 0)?, Some(alloc_f32(stream, "lse", &[w.b, w.h, w.n])?)),
-            Op::Decode => (alloc_output(stream, "o", dt, &[w.b, w.h, d], 0)?, Some(alloc_f32(stream, "lse", &[w.b, w.h])?)),
-            Op::ChunkMean => (alloc_output(stream, "xbar", dt, &[w.b, nc.max(1), w.h, d], 0)?, None),
-            Op::ChunkSummarize => (alloc_output(stream, "vs", dt, &[w.b, nc.max(1), w.hkv, d], 0)?, None),
+            Op::Prefill => (
+                alloc_output(stream, "o", dt, &[w.b, w.n, w.h, d], 0)?,
+                Some(alloc_f32(stream, "lse", &[w.b, w.h, w.n])?),
+            ),
+            Op::Decode => (
+                alloc_output(stream, "o", dt, &[w.b, w.h, d], 0)?,
+                Some(alloc_f32(stream, "lse", &[w.b, w.h])?),
+            ),
+            Op::ChunkMean => (
+                alloc_output(stream, "xbar", dt, &[w.b, nc.max(1), w.h, d], 0)?,
+                None,
+            ),
+            Op::ChunkSummarize => (
+                alloc_output(stream, "vs", dt, &[w.b, nc.max(1), w.hkv, d], 0)?,
+                None,
+            ),
         };
-        let ws_elems = if spec.op == Op::Decode { decode_workspace_elems(w.b, w.h, d, MAX_BENCH_SPLITS) } else { 0 };
-        let ws = if ws_elems > 0 { Some(stream.alloc_zeros::<f32>(ws_elems).map_err(drv("cuMemAlloc"))?) } else { None };
+        let ws_elems = if spec.op == Op::Decode {
+            decode_workspace_elems(w.b, w.h, d, MAX_BENCH_SPLITS)
+        } else {
+            0
+        };
+        let ws = if ws_elems > 0 {
+            Some(
+                stream
+                    .alloc_zeros::<f32>(ws_elems)
+                    .map_err(drv("cuMemAlloc"))?,
+            )
+        } else {
+            None
+        };
         Ok(Bencher {
             stream: stream.clone(),
             workload: w,
@@ -244,7 +325,9 @@ impl Bencher {
     /// The decode splits `kernel` uses on this workload.
     pub fn splits(&self, kernel: &Kernel) -> usize {
         let w = &self.workload;
-        kernel.decode_splits(w.b, w.hkv, w.spec.window_or_zero() as usize + w.max_nc()).min(MAX_BENCH_SPLITS)
+        kernel
+            .decode_splits(w.b, w.hkv, w.spec.window_or_zero() as usize + w.max_nc())
+            .min(MAX_BENCH_SPLITS)
     }
 
     /// Launches `kernel` once on input set `set`.
@@ -264,8 +347,18 @@ impl Bencher {
                     scale: None,
                 },
             ),
-            Inputs::Decode { q, kr, vr, ks, vs, len } => {
-                let ws = self.ws.as_ref().map(|b| (device_address(b, s), self.ws_elems));
+            Inputs::Decode {
+                q,
+                kr,
+                vr,
+                ks,
+                vs,
+                len,
+            } => {
+                let ws = self
+                    .ws
+                    .as_ref()
+                    .map(|b| (device_address(b, s), self.ws_elems));
                 kernel.decode(
                     s,
                     &DecodeArgs {
@@ -283,7 +376,13 @@ impl Bencher {
                     ws,
                 )
             }
-            Inputs::ChunkMean { x } => kernel.chunk_mean(s, &ChunkMeanArgs { x: x.arg.clone(), xbar: self.out.arg.clone() }),
+            Inputs::ChunkMean { x } => kernel.chunk_mean(
+                s,
+                &ChunkMeanArgs {
+                    x: x.arg.clone(),
+                    xbar: self.out.arg.clone(),
+                },
+            ),
             Inputs::ChunkSummarize { k, v, omega } => kernel.chunk_summarize(
                 s,
                 &ChunkSummarizeArgs {
@@ -303,7 +402,9 @@ impl Bencher {
         for i in 0..warmup {
             self.launch(kernel, i)?;
         }
-        self.stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
+        self.stream
+            .synchronize()
+            .map_err(drv("cuStreamSynchronize"))?;
         let mut samples = Vec::with_capacity(iters);
         for i in 0..iters {
             self.timer.start(&self.stream)?;
@@ -319,26 +420,39 @@ impl Bencher {
         let dt = self.workload.spec.dtype;
         let n = self.out.buf.len();
         let poison = vec![crate::hostdata::poison_bits(dt); n];
-        self.stream.memcpy_htod(&poison, &mut self.out.buf).map_err(drv("cuMemcpyHtoD"))?;
+        self.stream
+            .memcpy_htod(&poison, &mut self.out.buf)
+            .map_err(drv("cuMemcpyHtoD"))?;
         self.launch(kernel, 0)?;
-        self.stream.synchronize().map_err(drv("cuStreamSynchronize (a kernel failed)"))?;
+        self.stream
+            .synchronize()
+            .map_err(drv("cuStreamSynchronize (a kernel failed)"))?;
         self.out.download(&self.stream, dt)
     }
 }
 
 /// Device-to-device copy bandwidth, bytes read plus written per second (median of `iters`).
-pub fn copy_bandwidth(gpu: &Gpu, stream: &Arc<CudaStream>, bytes: usize, iters: usize) -> Result<f64> {
+pub fn copy_bandwidth(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    bytes: usize,
+    iters: usize,
+) -> Result<f64> {
     let n = bytes / 4;
     let src = stream.alloc_zeros::<u32>(n).map_err(drv("cuMemAlloc"))?;
     let mut dst = stream.alloc_zeros::<u32>(n).map_err(drv("cuMemAlloc"))?;
     let timer = EventTimer::new(gpu)?;
     for _ in 0..3 {
-        stream.memcpy_dtod(&src, &mut dst).map_err(drv("cuMemcpyDtoD"))?;
+        stream
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(drv("cuMemcpyDtoD"))?;
     }
     let mut s = Vec::new();
     for _ in 0..iters {
         timer.start(stream)?;
-        stream.memcpy_dtod(&src, &mut dst).map_err(drv("cuMemcpyDtoD"))?;
+        stream
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(drv("cuMemcpyDtoD"))?;
         s.push(timer.stop_ms(stream)? as f64);
     }
     let t = Timing::from_samples(s);
@@ -358,10 +472,22 @@ mod tests {
         assert_eq!(t.max_ms, 10.0);
         let spec = KernelSpec::new(
             Op::Prefill,
-            &SpecParams { head_dim: Some(128), window: Some(512), chunk: Some(64), dtype: Some(DType::Bf16), ..Default::default() },
+            &SpecParams {
+                head_dim: Some(128),
+                window: Some(512),
+                chunk: Some(64),
+                dtype: Some(DType::Bf16),
+                ..Default::default()
+            },
         )
         .unwrap();
-        let w = Workload { spec, b: 1, n: 16384, h: 16, hkv: 16 };
+        let w = Workload {
+            spec,
+            b: 1,
+            n: 16384,
+            h: 16,
+            hkv: 16,
+        };
         // per query: (i mod 512) + 1 local keys and floor(i / 64) summaries
         let pairs: u64 = (0..16384u64).map(|i| (i % 512) + 1 + i / 64).sum();
         assert_eq!(w.flops(), 4.0 * 128.0 * 16.0 * pairs as f64);

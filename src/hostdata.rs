@@ -51,7 +51,9 @@ impl HostTensor {
     /// Elements drawn uniformly from `[-amp, amp]`, rounded to `dtype`.
     pub fn uniform(rng: &mut impl Rng, dtype: DType, shape: &[usize], amp: f64) -> HostTensor {
         let n: usize = shape.iter().product();
-        let bits = (0..n).map(|_| to_bits(rng.random_range(-amp..=amp), dtype)).collect();
+        let bits = (0..n)
+            .map(|_| to_bits(rng.random_range(-amp..=amp), dtype))
+            .collect();
         HostTensor {
             dtype,
             shape: shape.to_vec(),
@@ -70,7 +72,10 @@ impl HostTensor {
 
     /// Every element as float64.
     pub fn to_f64(&self) -> Vec<f64> {
-        self.bits.iter().map(|&b| from_bits(b, self.dtype)).collect()
+        self.bits
+            .iter()
+            .map(|&b| from_bits(b, self.dtype))
+            .collect()
     }
 
     /// Number of elements.
@@ -91,8 +96,14 @@ mod tests {
     #[test]
     fn rounding_and_poison() {
         assert_eq!(from_bits(to_bits(1.0, DType::Bf16), DType::Bf16), 1.0);
-        assert_eq!(from_bits(to_bits(1.0 + 1.0 / 512.0, DType::Bf16), DType::Bf16), 1.0);
-        assert_eq!(from_bits(to_bits(1.0 + 1.0 / 512.0, DType::F16), DType::F16), 1.0 + 1.0 / 512.0);
+        assert_eq!(
+            from_bits(to_bits(1.0 + 1.0 / 512.0, DType::Bf16), DType::Bf16),
+            1.0
+        );
+        assert_eq!(
+            from_bits(to_bits(1.0 + 1.0 / 512.0, DType::F16), DType::F16),
+            1.0 + 1.0 / 512.0
+        );
         assert!(from_bits(poison_bits(DType::F16), DType::F16).is_nan());
         assert!(from_bits(poison_bits(DType::Bf16), DType::Bf16).is_nan());
         let (mut rng, _) = fresh_rng();

@@ -83,7 +83,10 @@ pub struct Runtime {
 
 /// Every arch flasheva targets, newest first (the order PTX candidates are tried in).
 fn known_archs() -> Vec<Arch> {
-    let mut v: Vec<Arch> = crate::target::SUPPORTED.split(", ").filter_map(|s| s.parse().ok()).collect();
+    let mut v: Vec<Arch> = crate::target::SUPPORTED
+        .split(", ")
+        .filter_map(|s| s.parse().ok())
+        .collect();
     v.sort_by(|a, b| b.cmp(a));
     v
 }
@@ -91,7 +94,11 @@ fn known_archs() -> Vec<Arch> {
 impl Runtime {
     /// A runtime on device `ordinal` over `store`.
     pub fn new(ordinal: usize, store: CacheStore) -> Result<Runtime> {
-        Ok(Runtime::with_gpu(Gpu::open(ordinal)?, store, RuntimeOptions::default()))
+        Ok(Runtime::with_gpu(
+            Gpu::open(ordinal)?,
+            store,
+            RuntimeOptions::default(),
+        ))
     }
 
     /// A runtime on an opened device, with options.
@@ -152,7 +159,13 @@ impl Runtime {
             return Ok(hit.clone());
         }
         let loaded = Arc::new(self.load(spec, tile)?);
-        Ok(self.kernels.lock().expect("kernel map lock").entry(k).or_insert(loaded).clone())
+        Ok(self
+            .kernels
+            .lock()
+            .expect("kernel map lock")
+            .entry(k)
+            .or_insert(loaded)
+            .clone())
     }
 
     fn load(&self, spec: &KernelSpec, tile: &Tile) -> Result<Kernel> {
@@ -163,7 +176,10 @@ impl Runtime {
         for arch in known_archs() {
             let (good, bad) = self.store.candidates(spec, tile, arch);
             for (dir, reason) in bad {
-                self.warn(format!("skipped damaged cache entry {}: {reason}", dir.display()));
+                self.warn(format!(
+                    "skipped damaged cache entry {}: {reason}",
+                    dir.display()
+                ));
             }
             for e in good {
                 match usable_on(&e.meta, cc, self.gpu.driver_version(), crate::CRATE_VERSION) {
@@ -174,8 +190,16 @@ impl Runtime {
             }
         }
         // Arch-specific cubins first (sm_90a before sm_90), then PTX of the newest arch.
-        for (entry, is_ptx) in cubins.iter().map(|e| (e, false)).chain(ptxs.iter().map(|e| (e, true))) {
-            let file = if is_ptx { layout::PTX_FILE } else { layout::CUBIN_FILE };
+        for (entry, is_ptx) in cubins
+            .iter()
+            .map(|e| (e, false))
+            .chain(ptxs.iter().map(|e| (e, true)))
+        {
+            let file = if is_ptx {
+                layout::PTX_FILE
+            } else {
+                layout::CUBIN_FILE
+            };
             let image = match self.store.read_verified(entry, file) {
                 Ok(b) => b,
                 Err(e) => {
@@ -184,9 +208,15 @@ impl Runtime {
                 }
             };
             let origin = if is_ptx {
-                Origin::Ptx { key: entry.meta.key, arch: entry.meta.arch }
+                Origin::Ptx {
+                    key: entry.meta.key,
+                    arch: entry.meta.arch,
+                }
             } else {
-                Origin::Cubin { key: entry.meta.key, arch: entry.meta.arch }
+                Origin::Cubin {
+                    key: entry.meta.key,
+                    arch: entry.meta.arch,
+                }
             };
             return self.instantiate(spec, tile, &image, is_ptx, origin);
         }
@@ -199,12 +229,21 @@ impl Runtime {
             return Err(self.not_cached(spec, tile));
         }
         let nvrtc = crate::compile::nvrtc::Nvrtc::load()?;
-        let built = crate::pipeline::Pipeline::new(&self.store, &nvrtc).ensure(spec, tile, self.arch())?;
+        let built =
+            crate::pipeline::Pipeline::new(&self.store, &nvrtc).ensure(spec, tile, self.arch())?;
         for w in built.warnings {
             self.warn(w);
         }
         let image = self.store.read_verified(&built.entry, layout::CUBIN_FILE)?;
-        self.instantiate(spec, tile, &image, false, Origin::Compiled { key: built.entry.meta.key })
+        self.instantiate(
+            spec,
+            tile,
+            &image,
+            false,
+            Origin::Compiled {
+                key: built.entry.meta.key,
+            },
+        )
     }
 
     #[cfg(not(feature = "compiler"))]
@@ -224,7 +263,14 @@ impl Runtime {
         ))
     }
 
-    fn instantiate(&self, spec: &KernelSpec, tile: &Tile, image: &[u8], is_ptx: bool, origin: Origin) -> Result<Kernel> {
+    fn instantiate(
+        &self,
+        spec: &KernelSpec,
+        tile: &Tile,
+        image: &[u8],
+        is_ptx: bool,
+        origin: Origin,
+    ) -> Result<Kernel> {
         let module = self.gpu.load_module(image, is_ptx)?;
         let mut functions = Vec::new();
         for name in spec.entry_points() {
@@ -274,8 +320,16 @@ impl Kernel {
     /// Decode: `q, k_ring, v_ring, ks, vs, len -> o, lse` on `stream` with `splits` splits (see
     /// [`Kernel::decode_splits`]); splits > 1 need `workspace` = (device address, fp32
     /// elements) of at least [`params::decode_workspace_elems`].
-    pub fn decode(&self, stream: &CudaStream, args: &DecodeArgs, splits: usize, workspace: Option<(u64, usize)>) -> Result<()> {
-        if let Some((main, combine)) = params::plan_decode(&self.spec, &self.tile, args, splits, workspace)? {
+    pub fn decode(
+        &self,
+        stream: &CudaStream,
+        args: &DecodeArgs,
+        splits: usize,
+        workspace: Option<(u64, usize)>,
+    ) -> Result<()> {
+        if let Some((main, combine)) =
+            params::plan_decode(&self.spec, &self.tile, args, splits, workspace)?
+        {
             launch(&self.functions[0], stream, &main)?;
             if let Some(c) = combine {
                 launch(&self.functions[1], stream, &c)?;

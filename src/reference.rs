@@ -90,7 +90,9 @@ pub fn prefill(
     vs: &[f64],
     scale: f64,
 ) -> (Vec<f64>, Vec<f64>) {
-    let AttnShape { b, n, h, hkv, d, .. } = *s;
+    let AttnShape {
+        b, n, h, hkv, d, ..
+    } = *s;
     let g = h / hkv;
     let nc = (n / s.chunk).min(nc_rows);
     let mut o = vec![0.0; b * n * h * d];
@@ -181,7 +183,9 @@ pub fn chunk_mean(x: &[f64], b: usize, n: usize, g: usize, d: usize, chunk: usiz
         for c in 0..nc {
             for gi in 0..g {
                 for di in 0..d {
-                    let s: f64 = (0..chunk).map(|t| x[((bi * n + c * chunk + t) * g + gi) * d + di]).sum();
+                    let s: f64 = (0..chunk)
+                        .map(|t| x[((bi * n + c * chunk + t) * g + gi) * d + di])
+                        .sum();
                     out[((bi * nc + c) * g + gi) * d + di] = s / chunk as f64;
                 }
             }
@@ -241,7 +245,11 @@ pub fn rel_error(out: &[f64], reference: &[f64]) -> f64 {
             den += r * r;
         }
     }
-    if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
 }
 
 /// Largest `|out − ref|`, treating equal infinities as exact; infinite on NaN.
@@ -290,7 +298,16 @@ mod tests {
     #[test]
     fn prefill_without_summaries_is_local_softmax() {
         // One token: the output is its own value, lse its own logit.
-        let s = AttnShape { b: 1, n: 1, h: 1, hkv: 1, d: 2, window: 4, chunk: 2, local: LocalMode::Block };
+        let s = AttnShape {
+            b: 1,
+            n: 1,
+            h: 1,
+            hkv: 1,
+            d: 2,
+            window: 4,
+            chunk: 2,
+            local: LocalMode::Block,
+        };
         let (o, lse) = prefill(&s, 0, &[1.0, 2.0], &[3.0, 4.0], &[5.0, 6.0], &[], &[], 0.5);
         assert_eq!(o, vec![5.0, 6.0]);
         assert!((lse[0] - 0.5 * 11.0).abs() < 1e-12);
@@ -308,7 +325,16 @@ mod tests {
         let ks: Vec<f64> = (0..nc * hkv * d).map(|i| f(i + 7)).collect();
         let vs: Vec<f64> = (0..nc * hkv * d).map(|i| f(i + 11)).collect();
         for local in [LocalMode::Block, LocalMode::Sliding] {
-            let s = AttnShape { b: 1, n, h, hkv, d, window: w, chunk: c, local };
+            let s = AttnShape {
+                b: 1,
+                n,
+                h,
+                hkv,
+                d,
+                window: w,
+                chunk: c,
+                local,
+            };
             let (o, lse) = prefill(&s, nc, &q, &k, &v, &ks, &vs, 0.7);
             let p = n - 1;
             let mut kr = vec![0.0; w * hkv * d];
@@ -319,7 +345,23 @@ mod tests {
                 vr[slot * hkv * d..][..hkv * d].copy_from_slice(&v[t * hkv * d..][..hkv * d]);
             }
             let qd = &q[p * h * d..][..h * d];
-            let (od, lsed) = decode(1, h, hkv, d, w, c, local, nc, &[n as i32], qd, &kr, &vr, &ks, &vs, 0.7);
+            let (od, lsed) = decode(
+                1,
+                h,
+                hkv,
+                d,
+                w,
+                c,
+                local,
+                nc,
+                &[n as i32],
+                qd,
+                &kr,
+                &vr,
+                &ks,
+                &vs,
+                0.7,
+            );
             for hi in 0..h {
                 assert!((lsed[hi] - lse[hi * n + p]).abs() < 1e-12);
                 for di in 0..d {

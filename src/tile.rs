@@ -19,13 +19,13 @@ pub const SMEM_PAD: u32 = 8;
 /// Tile parameters. Fields an op does not use are 0 after [`Tile::normalized`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Tile {
-    /// Query rows per CTA (prefill): 16 per warp.
+    /// Query rows per CTA (prefill): 16 or 32 per warp (one or two MMA row tiles).
     #[serde(default)]
     pub block_m: u32,
     /// Keys per pipeline tile (prefill: per CTA; decode: per warp).
     #[serde(default)]
     pub block_n: u32,
-    /// Warps per CTA (prefill: block_m / 16).
+    /// Warps per CTA.
     #[serde(default)]
     pub warps: u32,
     /// Shared-memory pipeline depth (1 = no overlap of copy and compute).
@@ -107,13 +107,7 @@ impl Tile {
     /// The tile with the fields `op` does not use set to 0 and derived fields filled in.
     pub fn normalized(self, op: Op) -> Tile {
         match op {
-            Op::Prefill => Tile {
-                block_m: self.block_m,
-                block_n: self.block_n,
-                warps: self.block_m / 16,
-                stages: self.stages,
-                splits: 0,
-            },
+            Op::Prefill => Tile { splits: 0, ..self },
             Op::Decode => Tile { block_m: 0, ..self },
             Op::ChunkMean | Op::ChunkSummarize => Tile {
                 warps: self.warps,
@@ -137,13 +131,8 @@ impl Tile {
         let op = spec.op;
         match op {
             Op::Prefill => {
-                one_of(
-                    op,
-                    "block_m",
-                    self.block_m,
-                    &[16, 32, 64, 128],
-                    "16, 32, 64, 128",
-                )?;
+                let m_set = [16, 32, 64, 128, 256];
+                one_of(op, "block_m", self.block_m, &m_set, "16, 32, 64, 128, 256")?;
                 one_of(
                     op,
                     "block_n",
@@ -151,7 +140,18 @@ impl Tile {
                     &[16, 32, 64, 128],
                     "16, 32, 64, 128",
                 )?;
+                one_of(op, "warps", self.warps, &[1, 2, 4, 8], "1, 2, 4, 8")?;
                 one_of(op, "stages", self.stages, &[1, 2, 3], "1, 2, 3")?;
+                let rows = self.warps * 16;
+                let mt = self.block_m / rows;
+                if self.block_m % rows != 0 || !(1..=2).contains(&mt) || mt * spec.head_dim > 256 {
+                    return Err(TileError::Field {
+                        op,
+                        field: "block_m",
+                        value: self.block_m,
+                        accepted: "16 x warps, or 32 x warps when head_dim <= 128 (one or two 16-row tiles per warp)",
+                    });
+                }
             }
             Op::Decode => {
                 one_of(op, "block_n", self.block_n, &[16, 32, 64], "16, 32, 64")?;
@@ -222,7 +222,10 @@ impl Tile {
     /// The readable name of the tile for `op`, e.g. `m128_n64_s2`.
     pub fn name(&self, op: Op) -> String {
         match op {
-            Op::Prefill => format!("m{}_n{}_s{}", self.block_m, self.block_n, self.stages),
+            Op::Prefill => format!(
+                "m{}_n{}_w{}_s{}",
+                self.block_m, self.block_n, self.warps, self.stages
+            ),
             Op::Decode => format!(
                 "n{}_w{}_s{}_k{}",
                 self.block_n, self.warps, self.stages, self.splits
@@ -239,12 +242,12 @@ impl Tile {
             Op::Prefill => {
                 let mut v = Vec::new();
                 if d <= 128 {
-                    v.push(prefill(128, 64, 2));
-                    v.push(prefill(128, 32, 2));
+                    v.push(prefill(128, 64, 8, 2));
+                    v.push(prefill(128, 32, 8, 2));
                 }
-                v.push(prefill(64, 32, 2));
-                v.push(prefill(64, 32, 1));
-                v.push(prefill(32, 16, 1));
+                v.push(prefill(64, 32, 4, 2));
+                v.push(prefill(64, 32, 4, 1));
+                v.push(prefill(32, 16, 2, 1));
                 v
             }
             Op::Decode => vec![decode(16, 4, 2), decode(16, 2, 2), decode(16, 1, 1)],
@@ -260,6 +263,11 @@ impl Tile {
 
     /// Applies `field=value,...` overrides to this tile, then normalizes for `op`.
     pub fn with_overrides(mut self, op: Op, text: &str) -> Result<Tile, TileError> {
+        self.set_fields(text)?;
+        Ok(self.normalized(op))
+    }
+
+    fn set_fields(&mut self, text: &str) -> Result<(), TileError> {
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part
                 .split_once('=')
@@ -277,15 +285,15 @@ impl Tile {
                 _ => return Err(TileError::Syntax(text.to_string())),
             }
         }
-        Ok(self.normalized(op))
+        Ok(())
     }
 }
 
-fn prefill(block_m: u32, block_n: u32, stages: u32) -> Tile {
+fn prefill(block_m: u32, block_n: u32, warps: u32, stages: u32) -> Tile {
     Tile {
         block_m,
         block_n,
-        warps: block_m / 16,
+        warps,
         stages,
         splits: 0,
     }
@@ -322,17 +330,9 @@ impl FromStr for Tile {
     type Err = TileError;
     /// Parses the `field=value,...` form that `Display` prints (not normalized).
     fn from_str(s: &str) -> Result<Tile, TileError> {
-        Tile::zero().with_overrides(Op::Decode, s).map(|mut t| {
-            // `with_overrides` normalizes; undo the decode normalization of block_m.
-            if let Some(m) = s
-                .split(',')
-                .filter_map(|p| p.split_once('='))
-                .find(|(k, _)| matches!(k.trim(), "block_m" | "m"))
-            {
-                t.block_m = m.1.trim().parse().unwrap_or(0);
-            }
-            t
-        })
+        let mut t = Tile::zero();
+        t.set_fields(s)?;
+        Ok(t)
     }
 }
 
@@ -369,30 +369,33 @@ mod tests {
             }
         }
         let h100 = Tile::default_for(&spec(Op::Prefill, 128), Arch::new(9, 0));
-        assert_eq!(h100.name(Op::Prefill), "m128_n64_s2");
+        assert_eq!(h100.name(Op::Prefill), "m128_n64_w8_s2");
         let ada = Tile::default_for(&spec(Op::Prefill, 128), Arch::new(8, 9));
-        assert_eq!(ada.name(Op::Prefill), "m128_n32_s2");
+        assert_eq!(ada.name(Op::Prefill), "m128_n32_w8_s2");
     }
 
     #[test]
     fn limits_name_the_numbers() {
         let s = spec(Op::Prefill, 256);
-        let t = prefill(128, 128, 3);
+        let t = prefill(128, 128, 8, 3);
         let e = t.validate_for(&s, Arch::new(8, 9)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "tile m128_n128_s3 needs 462 KiB of shared memory, sm_89 allows 99 KiB: lower block_n, block_m or stages"
+            "tile m128_n128_w8_s3 needs 462 KiB of shared memory, sm_89 allows 99 KiB: lower block_n, block_m or stages"
         );
-        let e = prefill(48, 64, 2).validate(&s).unwrap_err();
+        let e = prefill(48, 64, 2, 2).validate(&s).unwrap_err();
         assert!(e.to_string().contains("block_m = 48"), "{e}");
+        // two row tiles per warp only up to D = 128
+        assert!(prefill(128, 64, 4, 2).validate(&s).is_err());
+        assert!(prefill(128, 64, 8, 2).validate(&s).is_ok());
     }
 
     #[test]
     fn overrides_parse_and_normalize() {
         let t = Tile::default_for(&spec(Op::Prefill, 64), Arch::new(9, 0))
-            .with_overrides(Op::Prefill, "block_m=64, n=32,splits=9")
+            .with_overrides(Op::Prefill, "block_m=64, w=4, n=32,splits=9")
             .unwrap();
-        assert_eq!(t, prefill(64, 32, 2));
+        assert_eq!(t, prefill(64, 32, 4, 2));
         assert!(matches!(
             Tile::zero().with_overrides(Op::Decode, "block_x=3"),
             Err(TileError::Syntax(_))
@@ -400,6 +403,6 @@ mod tests {
         let p: Tile = "block_m=128,block_n=64,warps=8,stages=2,splits=0"
             .parse()
             .unwrap();
-        assert_eq!(p, prefill(128, 64, 2));
+        assert_eq!(p, prefill(128, 64, 8, 2));
     }
 }

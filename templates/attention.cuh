@@ -22,13 +22,25 @@ FE_DEV u32 fe_lane_off_b(int lane) {
   return (u32)((((lane >> 4) * 8 + (lane & 7)) * FE_DP + ((lane >> 3) & 1) * 8) * 2);
 }
 
-// Loads the warp's 16 x D query fragments from shared memory (q_addr = address of its row 0).
-template <int KT>
-FE_DEV void fe_load_q(u32 (&qa)[KT][4], u32 q_addr, int lane) {
+// Loads the warp's MT x 16 x D query fragments from shared memory (q_addr = address of its row 0).
+template <int MT, int KT>
+FE_DEV void fe_load_q(u32 (&qa)[MT][KT][4], u32 q_addr, int lane) {
   const u32 a = q_addr + fe_lane_off_a(lane);
 #pragma unroll
-  for (int kk = 0; kk < KT; ++kk) fe_ldsm_x4(qa[kk], a + kk * 32);
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) fe_ldsm_x4(qa[mt][kk], a + (u32)(mt * 16 * FE_DP * 2 + kk * 32));
+  }
 }
+
+template <int N>
+struct FeLog2 {
+  static constexpr int value = 1 + FeLog2<N / 2>::value;
+};
+template <>
+struct FeLog2<1> {
+  static constexpr int value = 0;
+};
 
 struct FeRowState {
   float o[FE_DT][4];
@@ -46,95 +58,163 @@ FE_DEV void fe_state_init(FeRowState& st) {
   st.l[0] = st.l[1] = 0.f;
 }
 
-// One tile of BN keys. `vis(r, c)` (r: row 0..15 of the warp, c: key 0..BN-1) is only called when
-// MASKED. Q comes from registers (QREGS) or is re-read from shared memory at q_addr.
-template <int BN, bool MASKED, bool QREGS, class Vis>
-FE_DEV void fe_attend_tile(FeRowState& st, const u32 (&qa)[QREGS ? FE_KT : 1][4], u32 q_addr, u32 k_addr,
-                           u32 v_addr, float scale_log2, int lane, Vis vis) {
-  float s[BN / 8][4];
+// One tile of BN keys for MT 16-row m-tiles of the warp.
+//  - Only the 16-key sub-tiles [sub_lo, sub_hi) are computed (the rest is invisible to every row of
+//    the warp: skipped, not masked).
+//  - When MASKED, `cols(r, lo, hi)` gives row r (0..16*MT-1 of the warp) its visible key columns
+//    [lo, hi] of the tile; outside them the logit is -inf.
+//  - Q comes from registers (QREGS) or is re-read from shared memory at q_addr (row 0 of the warp).
+//  - Each K and V fragment read from shared memory feeds all MT m-tiles.
+//  - scale_log2 must be positive: row maxima are taken on raw scores and scaled once, and the
+//    scale is folded into the exponent's FFMA.
+template <int MT, int BN, bool MASKED, bool QREGS, class Cols>
+FE_DEV void fe_attend_tile(FeRowState (&st)[MT], const u32 (&qa)[QREGS ? MT : 1][QREGS ? FE_KT : 1][4],
+                           u32 q_addr, u32 k_addr, u32 v_addr, float scale_log2, int lane, int sub_lo,
+                           int sub_hi, Cols cols) {
+  float s[MT][BN / 8][4];
 #pragma unroll
-  for (int i = 0; i < BN / 8; ++i) {
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) s[i][e] = 0.f;
+    for (int i = 0; i < BN / 8; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[mt][i][e] = 0.f;
+    }
   }
   const u32 kb = k_addr + fe_lane_off_b(lane);
   const u32 qb = q_addr + fe_lane_off_a(lane);
 #pragma unroll
   for (int kk = 0; kk < FE_KT; ++kk) {
-    u32 a[4];
-    if (QREGS) {
+    u32 a[MT][4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) a[e] = qa[QREGS ? kk : 0][e];
-    } else {
-      fe_ldsm_x4(a, qb + kk * 32);
+    for (int mt = 0; mt < MT; ++mt) {
+      if (QREGS) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[mt][e] = qa[QREGS ? mt : 0][QREGS ? kk : 0][e];
+      } else {
+        fe_ldsm_x4(a[mt], qb + (u32)(mt * 16 * FE_DP * 2 + kk * 32));
+      }
     }
 #pragma unroll
     for (int nn = 0; nn < BN / 16; ++nn) {
+      if (nn < sub_lo || nn >= sub_hi) continue;
       u32 b[4];
       fe_ldsm_x4(b, kb + (u32)(nn * 16 * FE_DP * 2 + kk * 32));
-      fe_mma(s[2 * nn], a, b[0], b[1]);
-      fe_mma(s[2 * nn + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        fe_mma(s[mt][2 * nn], a[mt], b[0], b[1]);
+        fe_mma(s[mt][2 * nn + 1], a[mt], b[2], b[3]);
+      }
     }
   }
 
-  // Scale into the log2 domain, mask, and find the tile's row maxima.
-  float mx[2] = {FE_NEG_INF, FE_NEG_INF};
 #pragma unroll
-  for (int nt = 0; nt < BN / 8; ++nt) {
+  for (int mt = 0; mt < MT; ++mt) {
+    // Mask (raw scores), then row maxima by a tree over the thread's BN/4 values per row.
+    if (MASKED) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float x = s[nt][e] * scale_log2;
-      if (MASKED) {
-        const int r = (lane >> 2) + (e >> 1) * 8;
-        const int c = nt * 8 + (lane & 3) * 2 + (e & 1);
-        if (!vis(r, c)) x = FE_NEG_INF;
+      for (int r = 0; r < 2; ++r) {
+        int lo, hi;
+        cols(mt * 16 + (lane >> 2) + r * 8, lo, hi);
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int c = nt * 8 + (lane & 3) * 2 + e;
+            if (c < lo || c > hi) s[mt][nt][2 * r + e] = FE_NEG_INF;
+          }
+        }
       }
-      s[nt][e] = x;
-      mx[e >> 1] = fmaxf(mx[e >> 1], x);
+    } else {
+      // Sub-tiles outside [sub_lo, sub_hi) were skipped: they hold zeros, and must not count.
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        if (nt / 2 < sub_lo || nt / 2 >= sub_hi) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][nt][e] = FE_NEG_INF;
+        }
+      }
     }
-  }
-  float base[2];
+    float red[2][BN / 4];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    const float m_new = fmaxf(st.m[r], mx[r]);
-    // A row that has seen nothing yet keeps m = -inf; use 0 as the reference so exp2 gives 0, not NaN.
-    base[r] = (m_new == FE_NEG_INF) ? 0.f : m_new;
-    const float alpha = fe_exp2(st.m[r] - base[r]);
-    st.m[r] = m_new;
-    st.l[r] *= alpha;
+    for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
-    for (int dt = 0; dt < FE_DT; ++dt) {
-      st.o[dt][2 * r] *= alpha;
-      st.o[dt][2 * r + 1] *= alpha;
+      for (int e = 0; e < 4; ++e) red[e >> 1][nt * 2 + (e & 1)] = s[mt][nt][e];
     }
-  }
 #pragma unroll
-  for (int nt = 0; nt < BN / 8; ++nt) {
+    for (int lvl = 0; lvl < FeLog2<BN / 4>::value; ++lvl) {
+      const int w = (BN / 8) >> lvl;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float pv = fe_exp2(s[nt][e] - base[e >> 1]);
-      s[nt][e] = pv;
-      st.l[e >> 1] += pv;
+      for (int i = 0; i < BN / 8; ++i) {
+        if (i < w) {
+          red[0][i] = fmaxf(red[0][i], red[0][i + w]);
+          red[1][i] = fmaxf(red[1][i], red[1][i + w]);
+        }
+      }
     }
+    float base[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = red[r][0];
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(st[mt].m[r], mx * scale_log2);
+      // A row that has seen nothing yet keeps m = -inf; use 0 as the reference so exp2 gives 0, not NaN.
+      base[r] = (m_new == FE_NEG_INF) ? 0.f : m_new;
+      const float alpha = fe_exp2(st[mt].m[r] - base[r]);
+      st[mt].m[r] = m_new;
+      st[mt].l[r] *= alpha;
+#pragma unroll
+      for (int dt = 0; dt < FE_DT; ++dt) {
+        st[mt].o[dt][2 * r] *= alpha;
+        st[mt].o[dt][2 * r + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float pv = fe_exp2(fmaf(s[mt][nt][e], scale_log2, -base[e >> 1]));
+        s[mt][nt][e] = pv;
+        red[e >> 1][nt * 2 + (e & 1)] = pv;
+      }
+    }
+#pragma unroll
+    for (int lvl = 0; lvl < FeLog2<BN / 4>::value; ++lvl) {
+      const int w = (BN / 8) >> lvl;
+#pragma unroll
+      for (int i = 0; i < BN / 8; ++i) {
+        if (i < w) {
+          red[0][i] += red[0][i + w];
+          red[1][i] += red[1][i + w];
+        }
+      }
+    }
+    st[mt].l[0] += red[0][0];
+    st[mt].l[1] += red[1][0];
   }
 
   // O += P * V, P straight from the S registers.
   const u32 vb = v_addr + fe_lane_off_a(lane);
 #pragma unroll
   for (int kk = 0; kk < BN / 16; ++kk) {
-    u32 a[4];
-    a[0] = fe_pack2(s[2 * kk][0], s[2 * kk][1]);
-    a[1] = fe_pack2(s[2 * kk][2], s[2 * kk][3]);
-    a[2] = fe_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    a[3] = fe_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    if (kk < sub_lo || kk >= sub_hi) continue;
+    u32 a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      a[mt][0] = fe_pack2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+      a[mt][1] = fe_pack2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+      a[mt][2] = fe_pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+      a[mt][3] = fe_pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+    }
 #pragma unroll
     for (int dn = 0; dn < FE_D / 16; ++dn) {
       u32 b[4];
       fe_ldsm_x4_t(b, vb + (u32)(kk * 16 * FE_DP * 2 + dn * 32));
-      fe_mma(st.o[2 * dn], a, b[0], b[1]);
-      fe_mma(st.o[2 * dn + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        fe_mma(st[mt].o[2 * dn], a[mt], b[0], b[1]);
+        fe_mma(st[mt].o[2 * dn + 1], a[mt], b[2], b[3]);
+      }
     }
   }
 }
@@ -148,16 +228,84 @@ FE_DEV void fe_state_finish(FeRowState& st) {
   }
 }
 
-// Asynchronously copies BN rows, D wide, of a token-major tensor into a padded shared tile. Row r
-// comes from `row_ptr(r)`; a row whose pointer is null is zero-filled without a read (`any` is a
-// valid global address of the tensor, given to the copy as a harmless source).
-template <int BN, int NTHREADS, class RowPtr>
-FE_DEV void fe_load_rows(u16* dst, int tid, const u16* any, RowPtr row_ptr) {
+// Asynchronously copies BN rows, D wide, of a token-major tensor into a padded shared tile: row r
+// starts at `base + r * stride` and is read only if r < valid (otherwise zero-filled without a
+// read). The trip count is a compile-time constant, so the loop unrolls without remainder code.
+template <int BN, int NTHREADS>
+FE_DEV void fe_load_rows(u16* dst, int tid, const u16* base, i64 stride, int valid) {
+  constexpr int TOTAL = BN * FE_CH;
+  constexpr int ITERS = (TOTAL + NTHREADS - 1) / NTHREADS;
+  if (NTHREADS % FE_CH == 0) {
+    // Each thread keeps one 16-byte column and walks rows NTHREADS / FE_CH apart.
+    constexpr int STEP = NTHREADS / FE_CH;
+    const int r0 = tid / FE_CH;
+    const int c = tid % FE_CH;
+    const u16* src = base + r0 * stride + c * 8;
+    const u32 d0 = fe_smem_addr(dst + r0 * FE_DP + c * 8);
 #pragma unroll
-  for (int i = tid; i < BN * FE_CH; i += NTHREADS) {
+    for (int k = 0; k < ITERS; ++k) {
+      const int r = r0 + k * STEP;
+      if (TOTAL % NTHREADS != 0 && r >= BN) break;
+      const bool ok = r < valid;
+      fe_cp_async16(d0 + (u32)(k * STEP * FE_DP * 2), ok ? src + (i64)k * STEP * stride : base, ok);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < ITERS; ++k) {
+      const int i = tid + k * NTHREADS;
+      if (TOTAL % NTHREADS != 0 && i >= TOTAL) break;
+      const int r = i / FE_CH;
+      const int c = i % FE_CH;
+      const bool ok = r < valid;
+      fe_cp_async16(fe_smem_addr(dst + r * FE_DP + c * 8), ok ? base + r * stride + c * 8 : base, ok);
+    }
+  }
+}
+
+// As fe_load_rows, for rows that are not evenly strided (the decode ring buffer): row r starts at
+// `row_ptr(r)`, or is zero-filled when that is null (`any` is then given to the copy as a harmless
+// source address).
+template <int BN, int NTHREADS, class RowPtr>
+FE_DEV void fe_load_rows_map(u16* dst, int tid, const u16* any, RowPtr row_ptr) {
+  constexpr int TOTAL = BN * FE_CH;
+  constexpr int ITERS = (TOTAL + NTHREADS - 1) / NTHREADS;
+#pragma unroll
+  for (int k = 0; k < ITERS; ++k) {
+    const int i = tid + k * NTHREADS;
+    if (TOTAL % NTHREADS != 0 && i >= TOTAL) break;
     const int r = i / FE_CH;
     const int c = i % FE_CH;
     const u16* src = row_ptr(r);
     fe_cp_async16(fe_smem_addr(dst + r * FE_DP + c * 8), src ? src + c * 8 : any, src != nullptr);
+  }
+}
+
+// Writes a warp's rows of normalized output through shared memory (`stage`, FE_DP-strided rows the
+// warp owns), so that global stores are whole 16-byte chunks. Row r goes to `out + r * stride` if
+// r < valid. lane-level: call from all 32 lanes.
+template <int MT>
+FE_DEV void fe_store_rows(FeRowState (&st)[MT], u16* stage, u16* out, i64 stride, int valid, int lane) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float inv = st[mt].l[r] > 0.f ? 1.f / st[mt].l[r] : 0.f;
+      u16* row = stage + (mt * 16 + (lane >> 2) + r * 8) * FE_DP + (lane & 3) * 2;
+#pragma unroll
+      for (int dt = 0; dt < FE_DT; ++dt) {
+        *reinterpret_cast<u32*>(row + dt * 8) = fe_pack2(st[mt].o[dt][2 * r] * inv, st[mt].o[dt][2 * r + 1] * inv);
+      }
+    }
+  }
+  __syncwarp();
+  constexpr int CHUNKS = MT * 16 * FE_CH;
+#pragma unroll
+  for (int i = lane; i < CHUNKS; i += 32) {
+    const int r = i / FE_CH;
+    const int c = i % FE_CH;
+    if (r < valid) {
+      const fe_u32x4 v = *reinterpret_cast<const fe_u32x4*>(stage + r * FE_DP + c * 8);
+      fe_st16(out + r * stride + c * 8, v);
+    }
   }
 }

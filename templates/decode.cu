@@ -45,7 +45,7 @@ struct DecodeParams {
   int hkv;     // key/value heads
   int max_nc;  // summary slots in ks/vs
   int splits;
-  float scale_log2;
+  float scale_log2;  // scale * log2(e), > 0
 };
 static_assert(sizeof(DecodeParams) == 248, "DecodeParams must match src/gpu/params.rs");
 
@@ -67,9 +67,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
   const int pos = p.len[b] - 1;
 
   const u16* qg = p.q + b * p.q_sb;
-  fe_load_rows<ROWS, THREADS>(sQ, tid, qg, [&](int r) -> const u16* {
-    return (r < nrows && pos >= 0) ? qg + (h0 + r) * p.q_sh : nullptr;
-  });
+  fe_load_rows<ROWS, THREADS>(sQ, tid, qg + h0 * p.q_sh, p.q_sh, pos >= 0 ? nrows : 0);
   fe_cp_commit();
 
   const int lo = pos < 0 ? 0 : (SLIDING ? max(0, pos - W + 1) : (pos / W) * W);
@@ -93,20 +91,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     u16* dv = dk + BN * FE_DP;
     if (t < t_local) {
       const int u0 = t * BN;
-      fe_load_rows<BN, 32>(dk, lane, krg, [&](int r) -> const u16* {
+      fe_load_rows_map<BN, 32>(dk, lane, krg, [&](int r) -> const u16* {
         return u0 + r < n_local ? krg + ((lo + u0 + r) % W) * p.kr_ss : nullptr;
       });
-      fe_load_rows<BN, 32>(dv, lane, vrg, [&](int r) -> const u16* {
+      fe_load_rows_map<BN, 32>(dv, lane, vrg, [&](int r) -> const u16* {
         return u0 + r < n_local ? vrg + ((lo + u0 + r) % W) * p.vr_ss : nullptr;
       });
     } else {
       const int c0 = (t - t_local) * BN;
-      fe_load_rows<BN, 32>(dk, lane, ksg, [&](int r) -> const u16* {
-        return c0 + r < ns ? ksg + (c0 + r) * p.ks_st : nullptr;
-      });
-      fe_load_rows<BN, 32>(dv, lane, vsg, [&](int r) -> const u16* {
-        return c0 + r < ns ? vsg + (c0 + r) * p.vs_st : nullptr;
-      });
+      fe_load_rows<BN, 32>(dk, lane, ksg + c0 * p.ks_st, p.ks_st, ns - c0);
+      fe_load_rows<BN, 32>(dv, lane, vsg + c0 * p.vs_st, p.vs_st, ns - c0);
     }
   };
 
@@ -114,11 +108,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
   fe_cp_wait<0>();
   __syncthreads();
   const u32 q_addr = fe_smem_addr(sQ);
-  u32 qa[QREGS ? FE_KT : 1][4];
+  u32 qa[1][QREGS ? FE_KT : 1][4];
   if (QREGS) fe_load_q(qa, q_addr, lane);
 
-  FeRowState st;
-  fe_state_init(st);
+  FeRowState st[1];
+  fe_state_init(st[0]);
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < my_tiles) load_tile(s, s);
@@ -135,16 +129,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     const u32 k_addr = fe_smem_addr(sKV + (k % STAGES) * 2 * BN * FE_DP);
     const u32 v_addr = k_addr + BN * FE_DP * 2;
     if (valid == BN) {
-      fe_attend_tile<BN, false, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane,
-                                       [](int, int) { return true; });
+      fe_attend_tile<1, BN, false, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane, 0, BN / 16,
+                                          [](int, int&, int&) {});
     } else {
-      fe_attend_tile<BN, true, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane,
-                                      [&](int, int c) { return c < valid; });
+      fe_attend_tile<1, BN, true, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane, 0, (valid + 15) / 16,
+                                         [&](int, int& clo, int& chi) {
+                                           clo = 0;
+                                           chi = valid - 1;
+                                         });
     }
     __syncwarp();
   }
   fe_cp_wait<0>();
-  fe_state_finish(st);
+  fe_state_finish(st[0]);
 
   // Merge the warps through shared memory (the K/V buffers are free now).
   __syncthreads();
@@ -157,12 +154,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
       const int row = (lane >> 2) + r * 8;
 #pragma unroll
       for (int dt = 0; dt < FE_DT; ++dt) {
-        wo[row * FE_D + dt * 8 + (lane & 3) * 2] = st.o[dt][2 * r];
-        wo[row * FE_D + dt * 8 + (lane & 3) * 2 + 1] = st.o[dt][2 * r + 1];
+        wo[row * FE_D + dt * 8 + (lane & 3) * 2] = st[0].o[dt][2 * r];
+        wo[row * FE_D + dt * 8 + (lane & 3) * 2 + 1] = st[0].o[dt][2 * r + 1];
       }
       if ((lane & 3) == 0) {
-        wm[row] = st.m[r];
-        wl[row] = st.l[r];
+        wm[row] = st[0].m[r];
+        wl[row] = st[0].l[r];
       }
     }
   }

@@ -1,8 +1,9 @@
 // flasheva prefill: {{ name }}
 // O_i = softmax([s q_i.k_j for visible local j] ++ [s q_i.ks_c for visible summaries c]) . ([v_j] ++ [vs_c])
-// tile {{ tile_name }}: {{ block_m }} query rows per CTA ({{ warps }} warps x 16), {{ block_n }} keys per
-// tile, {{ stages }}-stage cp.async pipeline. One pass over the local keys, then the summaries; tiles a
-// warp cannot see are skipped, fully visible ones run without a mask.
+// tile {{ tile_name }}: {{ block_m }} query rows per CTA ({{ warps }} warps x {{ warp_rows }} rows), {{ block_n }}
+// keys per tile, {{ stages }}-stage cp.async pipeline with one barrier per tile. One pass over the
+// local keys, then the summaries. Per warp, 16-key sub-tiles no row can see are skipped; fully
+// visible tiles run without a mask; the rest are masked by per-row column ranges.
 <% include "common.cuh" %>
 <% include "attention.cuh" %>
 
@@ -12,9 +13,11 @@ constexpr bool SLIDING = {{ sliding }};
 constexpr int BM = {{ block_m }};
 constexpr int BN = {{ block_n }};
 constexpr int NW = {{ warps }};
+constexpr int MT = BM / (16 * NW);  // 16-row m-tiles per warp
 constexpr int STAGES = {{ stages }};
 constexpr int THREADS = NW * 32;
-constexpr bool QREGS = FE_D <= 128;
+constexpr bool QREGS = MT == 1 && FE_D <= 128;
+static_assert(MT * 16 * NW == BM, "block_m must be 16 x warps x m-tiles");
 
 // Must match `PrefillParams` in src/gpu/params.rs field for field.
 struct PrefillParams {
@@ -36,12 +39,12 @@ struct PrefillParams {
   int h;      // query heads
   int hkv;    // key/value heads
   int nc;     // summary rows present in ks/vs
-  float scale_log2;  // scale * log2(e)
+  float scale_log2;  // scale * log2(e), > 0
   int reserved;
 };
 static_assert(sizeof(PrefillParams) == 240, "PrefillParams must match src/gpu/params.rs");
 
-
+// First raw key query i sees.
 FE_DEV int fe_window_start(int i) { return SLIDING ? (i - W + 1 > 0 ? i - W + 1 : 0) : (i / W) * W; }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const PrefillParams p) {
@@ -69,10 +72,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Prefil
   const u16* vsg = p.vs + b * p.vs_sb + hk * p.vs_sh;
 
   // Q tile (its own cp.async group, complete before the first K/V tile is used).
-  fe_load_rows<BM, THREADS>(sQ, tid, qg, [&](int r) -> const u16* {
-    const int i = m0 + r;
-    return i < N ? qg + i * p.q_st : nullptr;
-  });
+  fe_load_rows<BM, THREADS>(sQ, tid, qg + m0 * p.q_st, p.q_st, N - m0);
   fe_cp_commit();
 
   // The tiles this CTA visits: local keys [lo, m_end), BN-aligned, then summaries [0, ns).
@@ -86,20 +86,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Prefil
     u16* dv = sV + stage * BN * FE_DP;
     if (t < n_local) {
       const int j0 = lo + t * BN;
-      fe_load_rows<BN, THREADS>(dk, tid, kg, [&](int r) -> const u16* {
-        return j0 + r < N ? kg + (j0 + r) * p.k_st : nullptr;
-      });
-      fe_load_rows<BN, THREADS>(dv, tid, vg, [&](int r) -> const u16* {
-        return j0 + r < N ? vg + (j0 + r) * p.v_st : nullptr;
-      });
+      fe_load_rows<BN, THREADS>(dk, tid, kg + j0 * p.k_st, p.k_st, N - j0);
+      fe_load_rows<BN, THREADS>(dv, tid, vg + j0 * p.v_st, p.v_st, N - j0);
     } else {
       const int c0 = (t - n_local) * BN;
-      fe_load_rows<BN, THREADS>(dk, tid, ksg, [&](int r) -> const u16* {
-        return c0 + r < ns ? ksg + (c0 + r) * p.ks_st : nullptr;
-      });
-      fe_load_rows<BN, THREADS>(dv, tid, vsg, [&](int r) -> const u16* {
-        return c0 + r < ns ? vsg + (c0 + r) * p.vs_st : nullptr;
-      });
+      fe_load_rows<BN, THREADS>(dk, tid, ksg + c0 * p.ks_st, p.ks_st, ns - c0);
+      fe_load_rows<BN, THREADS>(dv, tid, vsg + c0 * p.vs_st, p.vs_st, ns - c0);
     }
   };
 
@@ -110,21 +102,35 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Prefil
   }
 
   // This warp's rows [r_lo, r_hi]; a warp past the end still takes part in loads and barriers.
-  const int r_lo = m0 + warp * 16;
-  const int r_hi = min(r_lo + 15, N - 1);
+  const int r_lo = m0 + warp * 16 * MT;
+  const int r_hi = min(r_lo + 16 * MT - 1, N - 1);
   const bool active = r_lo < N;
-  const u32 q_addr = fe_smem_addr(sQ + warp * 16 * FE_DP);
+  u16* sQw = sQ + warp * 16 * MT * FE_DP;
+  const u32 q_addr = fe_smem_addr(sQw);
+  const int vis_lo = min(r_lo / C, p.nc);  // summaries every row of the warp sees
+  const int vis_hi = min(r_hi / C, p.nc);  // summaries some row of the warp sees
 
-  FeRowState st;
-  fe_state_init(st);
-  u32 qa[QREGS ? FE_KT : 1][4];
+  FeRowState st[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) fe_state_init(st[mt]);
+  u32 qa[QREGS ? MT : 1][QREGS ? FE_KT : 1][4];
 
   for (int t = 0; t < n_tiles; ++t) {
-    const int tn = t + STAGES - 1;
-    if (tn < n_tiles) load_tile(tn, tn % STAGES);
-    fe_cp_commit();
-    fe_cp_wait<STAGES - 1>();
+    if (STAGES == 1) {
+      load_tile(t, 0);
+      fe_cp_commit();
+      fe_cp_wait<0>();
+    } else {
+      fe_cp_wait<(STAGES > 1 ? STAGES - 2 : 0)>();
+    }
+    // Tile t is visible to every thread, and every warp is done with tile t - 1, whose stage the
+    // next prefetch overwrites.
     __syncthreads();
+    if (STAGES > 1) {
+      const int tn = t + STAGES - 1;
+      if (tn < n_tiles) load_tile(tn, tn % STAGES);
+      fe_cp_commit();
+    }
     if (QREGS && t == 0) fe_load_q(qa, q_addr, lane);
 
     const int stage = t % STAGES;
@@ -133,51 +139,53 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Prefil
     if (active) {
       if (t < n_local) {
         const int j0 = lo + t * BN;
-        const int j1 = j0 + BN - 1;
-        const bool any = j0 <= r_hi && j1 >= fe_window_start(r_lo);
-        const bool full = j1 <= r_lo && (SLIDING ? j0 > r_hi - W : (j0 / W) == (r_hi / W));
+        // Columns some row of the warp sees: [window_start(r_lo) - j0, r_hi - j0].
+        const int sub_lo = max(0, fe_window_start(r_lo) - j0) / 16;
+        const int sub_hi = (min(BN, r_hi - j0 + 1) + 15) / 16;
+        const bool full = j0 + BN - 1 <= r_lo && (SLIDING ? j0 > r_hi - W : (j0 / W) == (r_hi / W));
         if (full) {
-          fe_attend_tile<BN, false, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane,
-                                           [](int, int) { return true; });
-        } else if (any) {
-          fe_attend_tile<BN, true, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane,
-                                          [&](int r, int c) {
-                                            const int i = r_lo + r;
-                                            const int j = j0 + c;
-                                            return j <= i && (SLIDING ? j > i - W : (j / W) == (i / W));
-                                          });
+          fe_attend_tile<MT, BN, false, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane, 0, BN / 16,
+                                               [](int, int&, int&) {});
+        } else if (sub_lo < sub_hi) {
+          fe_attend_tile<MT, BN, true, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane, sub_lo, sub_hi,
+                                              [&](int r, int& clo, int& chi) {
+                                                const int i = r_lo + r;
+                                                clo = fe_window_start(i) - j0;
+                                                chi = i - j0;
+                                              });
         }
       } else {
         const int c0 = (t - n_local) * BN;
-        const int vis_lo = min(r_lo / C, p.nc);  // summaries every row of the warp sees
-        const int vis_hi = min(r_hi / C, p.nc);  // summaries some row of the warp sees
         if (c0 + BN <= vis_lo) {
-          fe_attend_tile<BN, false, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane,
-                                           [](int, int) { return true; });
+          fe_attend_tile<MT, BN, false, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane, 0, BN / 16,
+                                               [](int, int&, int&) {});
         } else if (c0 < vis_hi) {
-          fe_attend_tile<BN, true, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane,
-                                          [&](int r, int c) { return c0 + c < min((r_lo + r) / C, p.nc); });
+          fe_attend_tile<MT, BN, true, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane, 0,
+                                              (min(BN, vis_hi - c0) + 15) / 16,
+                                              [&](int r, int& clo, int& chi) {
+                                                clo = 0;
+                                                chi = min((r_lo + r) / C, p.nc) - 1 - c0;
+                                              });
         }
       }
     }
-    __syncthreads();
+    if (STAGES == 1) __syncthreads();
   }
   fe_cp_wait<0>();
 
   if (!active) return;
-  fe_state_finish(st);
+  // The warp's own Q rows in shared memory stage its output (no other warp reads them).
   u16* og = p.o + b * p.o_sb + h * p.o_sh;
   float* lg = p.lse + b * p.lse_sb + h * p.lse_sh;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = r_lo + (lane >> 2) + r * 8;
-    if (i >= N) continue;
-    const float inv = 1.f / st.l[r];
-    u16* orow = og + i * p.o_st + (lane & 3) * 2;
+  for (int mt = 0; mt < MT; ++mt) {
+    fe_state_finish(st[mt]);
 #pragma unroll
-    for (int dt = 0; dt < FE_DT; ++dt) {
-      *reinterpret_cast<u32*>(orow + dt * 8) = fe_pack2(st.o[dt][2 * r] * inv, st.o[dt][2 * r + 1] * inv);
+    for (int r = 0; r < 2; ++r) {
+      const int i = r_lo + mt * 16 + (lane >> 2) + r * 8;
+      if (i < N && (lane & 3) == 0) lg[i] = (st[mt].m[r] + fe_log2(st[mt].l[r])) * FE_LN2;
     }
-    if ((lane & 3) == 0) lg[i] = (st.m[r] + fe_log2(st.l[r])) * FE_LN2;
   }
+  __syncwarp();
+  fe_store_rows<MT>(st, sQw, og + r_lo * p.o_st, p.o_st, N - r_lo, lane);
 }

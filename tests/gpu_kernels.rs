@@ -16,7 +16,8 @@ use flasheva::{Arch, Tile};
 
 fn cache_dir() -> &'static std::path::Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path()
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
 }
 
 fn gpu(test: &str) -> Option<(Runtime, Arc<CudaStream>)> {
@@ -24,7 +25,10 @@ fn gpu(test: &str) -> Option<(Runtime, Arc<CudaStream>)> {
         Ok(g) => {
             let stream = g.context().new_stream().expect("stream");
             let store = CacheStore::open(cache_dir()).expect("cache");
-            Some((Runtime::with_gpu(g, store, RuntimeOptions::default()), stream))
+            Some((
+                Runtime::with_gpu(g, store, RuntimeOptions::default()),
+                stream,
+            ))
         }
         Err(e) => {
             if std::env::var("FLASHEVA_REQUIRE_GPU").is_ok_and(|v| v == "1") {
@@ -53,30 +57,82 @@ fn spec(op: Op, d: u32, w: u32, c: u32, local: LocalMode, dtype: DType, g: u32) 
 
 fn settle(name: &str, reports: Vec<Report>) {
     let failed: Vec<&Report> = reports.iter().filter(|r| !r.pass).collect();
-    let worst = reports.iter().map(|r| r.rel_err / r.tol.rel).fold(0.0, f64::max);
-    println!("SUMMARY {name}: {} checks, {} failed, worst error/tolerance {:.3}", reports.len(), failed.len(), worst);
+    let worst = reports
+        .iter()
+        .map(|r| r.rel_err / r.tol.rel)
+        .fold(0.0, f64::max);
+    println!(
+        "SUMMARY {name}: {} checks, {} failed, worst error/tolerance {:.3}",
+        reports.len(),
+        failed.len(),
+        worst
+    );
     for r in &reports {
         if !r.pass || std::env::var("FLASHEVA_VERBOSE").is_ok() {
             println!("  {r}");
         }
     }
-    assert!(failed.is_empty(), "{name}: {} of {} checks failed", failed.len(), reports.len());
+    assert!(
+        failed.is_empty(),
+        "{name}: {} of {} checks failed",
+        failed.len(),
+        reports.len()
+    );
 }
 
 fn prefill_cases(w: usize, c: usize) -> Vec<PrefillCase> {
-    let base = PrefillCase { b: 1, n: 1, h: 4, hkv: 4, extra_summaries: 0, large_logits: false, strided: false, scale: None };
+    let base = PrefillCase {
+        b: 1,
+        n: 1,
+        h: 4,
+        hkv: 4,
+        extra_summaries: 0,
+        large_logits: false,
+        strided: false,
+        scale: None,
+    };
     let mut v = Vec::new();
-    for n in [1, c.saturating_sub(1).max(1), w.saturating_sub(1).max(1), w + c + 3, 3 * w + 5] {
+    for n in [
+        1,
+        c.saturating_sub(1).max(1),
+        w.saturating_sub(1).max(1),
+        w + c + 3,
+        3 * w + 5,
+    ] {
         v.push(PrefillCase { n, ..base.clone() });
     }
-    v.push(PrefillCase { b: 2, n: 2 * w + 7, h: 8, hkv: 2, extra_summaries: 3, ..base.clone() });
-    v.push(PrefillCase { b: 2, n: w + 17, h: 4, hkv: 1, large_logits: true, ..base.clone() });
-    v.push(PrefillCase { b: 1, n: 2 * w + 1, h: 2, hkv: 2, strided: true, scale: Some(0.3), ..base.clone() });
+    v.push(PrefillCase {
+        b: 2,
+        n: 2 * w + 7,
+        h: 8,
+        hkv: 2,
+        extra_summaries: 3,
+        ..base.clone()
+    });
+    v.push(PrefillCase {
+        b: 2,
+        n: w + 17,
+        h: 4,
+        hkv: 1,
+        large_logits: true,
+        ..base.clone()
+    });
+    v.push(PrefillCase {
+        b: 1,
+        n: 2 * w + 1,
+        h: 2,
+        hkv: 2,
+        strided: true,
+        scale: Some(0.3),
+        ..base.clone()
+    });
     v
 }
 
 fn run_prefill_grid(name: &str, dims: &[u32], shapes: &[(u32, u32)]) {
-    let Some((rt, stream)) = gpu(name) else { return };
+    let Some((rt, stream)) = gpu(name) else {
+        return;
+    };
     let mut reports = Vec::new();
     for &d in dims {
         for &(w, c) in shapes {
@@ -85,7 +141,10 @@ fn run_prefill_grid(name: &str, dims: &[u32], shapes: &[(u32, u32)]) {
                     let s = spec(Op::Prefill, d, w, c, local, dtype, 1);
                     let k = rt.kernel(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
                     for case in prefill_cases(w as usize, c as usize) {
-                        reports.push(verify::check_prefill(&stream, &k, &case).unwrap_or_else(|e| panic!("{s}: {e}")));
+                        reports.push(
+                            verify::check_prefill(&stream, &k, &case)
+                                .unwrap_or_else(|e| panic!("{s}: {e}")),
+                        );
                     }
                 }
             }
@@ -96,7 +155,11 @@ fn run_prefill_grid(name: &str, dims: &[u32], shapes: &[(u32, u32)]) {
 
 #[test]
 fn prefill_d64_d128_grid() {
-    run_prefill_grid("prefill D=64,128", &[64, 128], &[(128, 8), (64, 16), (96, 32)]);
+    run_prefill_grid(
+        "prefill D=64,128",
+        &[64, 128],
+        &[(128, 8), (64, 16), (96, 32)],
+    );
 }
 
 #[test]
@@ -111,21 +174,58 @@ fn prefill_other_head_dims() {
 
 #[test]
 fn prefill_every_tile_shape() {
-    let Some((rt, stream)) = gpu("prefill tiles") else { return };
+    let Some((rt, stream)) = gpu("prefill tiles") else {
+        return;
+    };
     let mut reports = Vec::new();
-    for (d, local, dtype) in [(128, LocalMode::Block, DType::Bf16), (64, LocalMode::Sliding, DType::F16)] {
+    for (d, local, dtype) in [
+        (128, LocalMode::Block, DType::Bf16),
+        (64, LocalMode::Sliding, DType::F16),
+    ] {
         let s = spec(Op::Prefill, d, 128, 16, local, dtype, 1);
-        for bm in [16, 32, 64, 128] {
+        for bm in [16, 32, 64, 128, 256] {
             for bn in [16, 32, 64, 128] {
-                for stages in [1, 2, 3] {
-                    let t = Tile { block_m: bm, block_n: bn, warps: bm / 16, stages, splits: 0 };
+                for (warps, stages) in [
+                    (bm / 16, 1),
+                    (bm / 16, 2),
+                    (bm / 32, 2),
+                    (bm / 32, 3),
+                    (bm / 16, 3),
+                ] {
+                    let t = Tile {
+                        block_m: bm,
+                        block_n: bn,
+                        warps,
+                        stages,
+                        splits: 0,
+                    };
                     if t.validate_for(&s, Arch::new(9, 0)).is_err() {
                         continue;
                     }
-                    let k = rt.kernel_with_tile(&s, &t).unwrap_or_else(|e| panic!("{s} {t}: {e}"));
+                    let k = rt
+                        .kernel_with_tile(&s, &t)
+                        .unwrap_or_else(|e| panic!("{s} {t}: {e}"));
                     for case in [
-                        PrefillCase { b: 1, n: 300, h: 2, hkv: 1, extra_summaries: 0, large_logits: false, strided: false, scale: None },
-                        PrefillCase { b: 2, n: 77, h: 2, hkv: 2, extra_summaries: 1, large_logits: true, strided: false, scale: None },
+                        PrefillCase {
+                            b: 1,
+                            n: 300,
+                            h: 2,
+                            hkv: 1,
+                            extra_summaries: 0,
+                            large_logits: false,
+                            strided: false,
+                            scale: None,
+                        },
+                        PrefillCase {
+                            b: 2,
+                            n: 77,
+                            h: 2,
+                            hkv: 2,
+                            extra_summaries: 1,
+                            large_logits: true,
+                            strided: false,
+                            scale: None,
+                        },
                     ] {
                         reports.push(verify::check_prefill(&stream, &k, &case).unwrap());
                     }
@@ -140,19 +240,58 @@ fn decode_cases(w: i32, c: i32, h: usize) -> Vec<DecodeCase> {
     let lens = vec![1, c - 1, c, w, w + 1, 3 * w + c + 5, 9 * w + 3];
     let max_nc = (9 * w as usize + 3) / c as usize + 2;
     vec![
-        DecodeCase { h, lens: lens.clone(), max_nc, splits: None, large_logits: false },
-        DecodeCase { h, lens: lens.clone(), max_nc, splits: Some(1), large_logits: false },
-        DecodeCase { h, lens: lens.clone(), max_nc, splits: Some(3), large_logits: true },
-        DecodeCase { h, lens: vec![9 * w + 3], max_nc, splits: Some(7), large_logits: false },
-        DecodeCase { h, lens: vec![2], max_nc, splits: Some(4), large_logits: false },
+        DecodeCase {
+            h,
+            lens: lens.clone(),
+            max_nc,
+            splits: None,
+            large_logits: false,
+        },
+        DecodeCase {
+            h,
+            lens: lens.clone(),
+            max_nc,
+            splits: Some(1),
+            large_logits: false,
+        },
+        DecodeCase {
+            h,
+            lens: lens.clone(),
+            max_nc,
+            splits: Some(3),
+            large_logits: true,
+        },
+        DecodeCase {
+            h,
+            lens: vec![9 * w + 3],
+            max_nc,
+            splits: Some(7),
+            large_logits: false,
+        },
+        DecodeCase {
+            h,
+            lens: vec![2],
+            max_nc,
+            splits: Some(4),
+            large_logits: false,
+        },
     ]
 }
 
 #[test]
 fn decode_grid() {
-    let Some((rt, stream)) = gpu("decode") else { return };
+    let Some((rt, stream)) = gpu("decode") else {
+        return;
+    };
     let mut reports = Vec::new();
-    for (d, w, c) in [(64u32, 128u32, 8u32), (128, 512, 64), (128, 64, 16), (32, 32, 8), (96, 64, 32), (256, 64, 16)] {
+    for (d, w, c) in [
+        (64u32, 128u32, 8u32),
+        (128, 512, 64),
+        (128, 64, 16),
+        (32, 32, 8),
+        (96, 64, 32),
+        (256, 64, 16),
+    ] {
         for local in LocalMode::ALL {
             for dtype in DType::ALL {
                 for (g, h) in [(1u32, 4usize), (4, 8), (20, 40)] {
@@ -162,7 +301,10 @@ fn decode_grid() {
                     let s = spec(Op::Decode, d, w, c, local, dtype, g);
                     let k = rt.kernel(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
                     for case in decode_cases(w as i32, c as i32, h) {
-                        reports.push(verify::check_decode(&stream, &k, &case).unwrap_or_else(|e| panic!("{s}: {e}")));
+                        reports.push(
+                            verify::check_decode(&stream, &k, &case)
+                                .unwrap_or_else(|e| panic!("{s}: {e}")),
+                        );
                     }
                 }
             }
@@ -173,13 +315,21 @@ fn decode_grid() {
 
 #[test]
 fn decode_every_tile_shape() {
-    let Some((rt, stream)) = gpu("decode tiles") else { return };
+    let Some((rt, stream)) = gpu("decode tiles") else {
+        return;
+    };
     let mut reports = Vec::new();
     let s = spec(Op::Decode, 128, 128, 16, LocalMode::Sliding, DType::Bf16, 4);
     for bn in [16, 32, 64] {
         for warps in [1, 2, 4, 8] {
             for stages in [1, 2, 3] {
-                let t = Tile { block_m: 0, block_n: bn, warps, stages, splits: 0 };
+                let t = Tile {
+                    block_m: 0,
+                    block_n: bn,
+                    warps,
+                    stages,
+                    splits: 0,
+                };
                 if t.validate_for(&s, Arch::new(9, 0)).is_err() {
                     continue;
                 }
@@ -195,15 +345,23 @@ fn decode_every_tile_shape() {
 
 #[test]
 fn decode_equals_the_prefill_row() {
-    let Some((rt, stream)) = gpu("decode vs prefill") else { return };
+    let Some((rt, stream)) = gpu("decode vs prefill") else {
+        return;
+    };
     let mut reports = Vec::new();
     for (d, w, c) in [(64u32, 128u32, 8u32), (128, 512, 64)] {
         for local in LocalMode::ALL {
             for dtype in DType::ALL {
-                let dec = rt.kernel(&spec(Op::Decode, d, w, c, local, dtype, 4)).unwrap();
-                let pre = rt.kernel(&spec(Op::Prefill, d, w, c, local, dtype, 1)).unwrap();
+                let dec = rt
+                    .kernel(&spec(Op::Decode, d, w, c, local, dtype, 4))
+                    .unwrap();
+                let pre = rt
+                    .kernel(&spec(Op::Prefill, d, w, c, local, dtype, 1))
+                    .unwrap();
                 for len in [1usize, c as usize, w as usize + 1, 3 * w as usize + 7] {
-                    reports.push(verify::check_decode_vs_prefill(&stream, &dec, &pre, 8, len).unwrap());
+                    reports.push(
+                        verify::check_decode_vs_prefill(&stream, &dec, &pre, 8, len).unwrap(),
+                    );
                 }
             }
         }
@@ -213,28 +371,75 @@ fn decode_equals_the_prefill_row() {
 
 #[test]
 fn chunk_ops_grid() {
-    let Some((rt, stream)) = gpu("chunk ops") else { return };
+    let Some((rt, stream)) = gpu("chunk ops") else {
+        return;
+    };
     let mut reports = Vec::new();
     for d in [32u32, 64, 96, 128, 256] {
         for c in [1u32, 8, 64, 100] {
             for dtype in DType::ALL {
-                let m = rt.kernel(&spec(Op::ChunkMean, d, c, c, LocalMode::Block, dtype, 1)).unwrap();
-                let s = rt.kernel(&spec(Op::ChunkSummarize, d, c, c, LocalMode::Block, dtype, 1)).unwrap();
-                for (b, n, g) in [(1usize, c as usize - 1, 4usize), (2, 5 * c as usize + 3, 3), (1, 7 * c as usize, 12)] {
+                let m = rt
+                    .kernel(&spec(Op::ChunkMean, d, c, c, LocalMode::Block, dtype, 1))
+                    .unwrap();
+                let s = rt
+                    .kernel(&spec(
+                        Op::ChunkSummarize,
+                        d,
+                        c,
+                        c,
+                        LocalMode::Block,
+                        dtype,
+                        1,
+                    ))
+                    .unwrap();
+                for (b, n, g) in [
+                    (1usize, c as usize - 1, 4usize),
+                    (2, 5 * c as usize + 3, 3),
+                    (1, 7 * c as usize, 12),
+                ] {
                     reports.push(verify::check_chunk_mean(&stream, &m, b, n, g, false).unwrap());
-                    reports.push(verify::check_chunk_summarize(&stream, &s, b, n, g, false).unwrap());
+                    reports
+                        .push(verify::check_chunk_summarize(&stream, &s, b, n, g, false).unwrap());
                 }
-                reports.push(verify::check_chunk_mean(&stream, &m, 2, 3 * c as usize, 5, true).unwrap());
-                reports.push(verify::check_chunk_summarize(&stream, &s, 1, 4 * c as usize, 2, true).unwrap());
+                reports.push(
+                    verify::check_chunk_mean(&stream, &m, 2, 3 * c as usize, 5, true).unwrap(),
+                );
+                reports.push(
+                    verify::check_chunk_summarize(&stream, &s, 1, 4 * c as usize, 2, true).unwrap(),
+                );
             }
         }
     }
     for warps in [1, 2, 8] {
-        let sp = spec(Op::ChunkSummarize, 128, 64, 64, LocalMode::Block, DType::Bf16, 1);
-        let k = rt.kernel_with_tile(&sp, &Tile { warps, ..Tile::default_for(&sp, Arch::new(9, 0)) }).unwrap();
+        let sp = spec(
+            Op::ChunkSummarize,
+            128,
+            64,
+            64,
+            LocalMode::Block,
+            DType::Bf16,
+            1,
+        );
+        let k = rt
+            .kernel_with_tile(
+                &sp,
+                &Tile {
+                    warps,
+                    ..Tile::default_for(&sp, Arch::new(9, 0))
+                },
+            )
+            .unwrap();
         reports.push(verify::check_chunk_summarize(&stream, &k, 1, 300, 2, false).unwrap());
         let sp = spec(Op::ChunkMean, 128, 64, 64, LocalMode::Block, DType::Bf16, 1);
-        let k = rt.kernel_with_tile(&sp, &Tile { warps, ..Tile::default_for(&sp, Arch::new(9, 0)) }).unwrap();
+        let k = rt
+            .kernel_with_tile(
+                &sp,
+                &Tile {
+                    warps,
+                    ..Tile::default_for(&sp, Arch::new(9, 0))
+                },
+            )
+            .unwrap();
         reports.push(verify::check_chunk_mean(&stream, &k, 1, 300, 7, false).unwrap());
     }
     settle("chunk ops", reports);
@@ -242,17 +447,53 @@ fn chunk_ops_grid() {
 
 #[test]
 fn empty_batches_launch_nothing_and_bad_tensors_are_errors() {
-    let Some((rt, stream)) = gpu("empty and invalid") else { return };
+    let Some((rt, stream)) = gpu("empty and invalid") else {
+        return;
+    };
     let s = spec(Op::Prefill, 64, 128, 8, LocalMode::Block, DType::Bf16, 1);
     let k = rt.kernel(&s).unwrap();
     for (b, n) in [(0usize, 16usize), (2, 0)] {
-        let r = verify::check_prefill(&stream, &k, &PrefillCase { b, n, h: 2, hkv: 2, extra_summaries: 0, large_logits: false, strided: false, scale: None });
+        let r = verify::check_prefill(
+            &stream,
+            &k,
+            &PrefillCase {
+                b,
+                n,
+                h: 2,
+                hkv: 2,
+                extra_summaries: 0,
+                large_logits: false,
+                strided: false,
+                scale: None,
+            },
+        );
         let r = r.unwrap();
         assert!(r.pass, "{r}");
     }
     // A decode kernel of group 4 refuses 6 query heads with a message naming the tensor.
-    let d = rt.kernel(&spec(Op::Decode, 64, 128, 8, LocalMode::Block, DType::Bf16, 4)).unwrap();
-    let e = verify::check_decode(&stream, &d, &DecodeCase { h: 6, lens: vec![5], max_nc: 4, splits: Some(1), large_logits: false }).unwrap_err();
+    let d = rt
+        .kernel(&spec(
+            Op::Decode,
+            64,
+            128,
+            8,
+            LocalMode::Block,
+            DType::Bf16,
+            4,
+        ))
+        .unwrap();
+    let e = verify::check_decode(
+        &stream,
+        &d,
+        &DecodeCase {
+            h: 6,
+            lens: vec![5],
+            max_nc: 4,
+            splits: Some(1),
+            large_logits: false,
+        },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("tensor q"), "{e}");
     println!("SUMMARY empty and invalid: ok");
 }
@@ -261,18 +502,128 @@ fn empty_batches_launch_nothing_and_bad_tensors_are_errors() {
 /// this test alone under each tool.
 #[test]
 fn sanitizer_subset() {
-    let Some((rt, stream)) = gpu("sanitizer subset") else { return };
+    let Some((rt, stream)) = gpu("sanitizer subset") else {
+        return;
+    };
     let mut reports = Vec::new();
-    let p1 = rt.kernel(&spec(Op::Prefill, 64, 64, 8, LocalMode::Block, DType::Bf16, 1)).unwrap();
-    reports.push(verify::check_prefill(&stream, &p1, &PrefillCase { b: 2, n: 150, h: 4, hkv: 2, extra_summaries: 1, large_logits: false, strided: true, scale: None }).unwrap());
-    let p2 = rt.kernel(&spec(Op::Prefill, 128, 128, 16, LocalMode::Sliding, DType::F16, 1)).unwrap();
-    reports.push(verify::check_prefill(&stream, &p2, &PrefillCase { b: 1, n: 200, h: 2, hkv: 1, extra_summaries: 0, large_logits: false, strided: false, scale: None }).unwrap());
-    let d = rt.kernel(&spec(Op::Decode, 128, 128, 16, LocalMode::Block, DType::Bf16, 4)).unwrap();
-    reports.push(verify::check_decode(&stream, &d, &DecodeCase { h: 8, lens: vec![1, 70, 300], max_nc: 20, splits: Some(3), large_logits: false }).unwrap());
-    reports.push(verify::check_decode(&stream, &d, &DecodeCase { h: 8, lens: vec![1, 70, 300], max_nc: 20, splits: Some(1), large_logits: false }).unwrap());
-    let m = rt.kernel(&spec(Op::ChunkMean, 96, 8, 8, LocalMode::Block, DType::F16, 1)).unwrap();
+    let p1 = rt
+        .kernel(&spec(
+            Op::Prefill,
+            64,
+            64,
+            8,
+            LocalMode::Block,
+            DType::Bf16,
+            1,
+        ))
+        .unwrap();
+    reports.push(
+        verify::check_prefill(
+            &stream,
+            &p1,
+            &PrefillCase {
+                b: 2,
+                n: 150,
+                h: 4,
+                hkv: 2,
+                extra_summaries: 1,
+                large_logits: false,
+                strided: true,
+                scale: None,
+            },
+        )
+        .unwrap(),
+    );
+    let p2 = rt
+        .kernel(&spec(
+            Op::Prefill,
+            128,
+            128,
+            16,
+            LocalMode::Sliding,
+            DType::F16,
+            1,
+        ))
+        .unwrap();
+    reports.push(
+        verify::check_prefill(
+            &stream,
+            &p2,
+            &PrefillCase {
+                b: 1,
+                n: 200,
+                h: 2,
+                hkv: 1,
+                extra_summaries: 0,
+                large_logits: false,
+                strided: false,
+                scale: None,
+            },
+        )
+        .unwrap(),
+    );
+    let d = rt
+        .kernel(&spec(
+            Op::Decode,
+            128,
+            128,
+            16,
+            LocalMode::Block,
+            DType::Bf16,
+            4,
+        ))
+        .unwrap();
+    reports.push(
+        verify::check_decode(
+            &stream,
+            &d,
+            &DecodeCase {
+                h: 8,
+                lens: vec![1, 70, 300],
+                max_nc: 20,
+                splits: Some(3),
+                large_logits: false,
+            },
+        )
+        .unwrap(),
+    );
+    reports.push(
+        verify::check_decode(
+            &stream,
+            &d,
+            &DecodeCase {
+                h: 8,
+                lens: vec![1, 70, 300],
+                max_nc: 20,
+                splits: Some(1),
+                large_logits: false,
+            },
+        )
+        .unwrap(),
+    );
+    let m = rt
+        .kernel(&spec(
+            Op::ChunkMean,
+            96,
+            8,
+            8,
+            LocalMode::Block,
+            DType::F16,
+            1,
+        ))
+        .unwrap();
     reports.push(verify::check_chunk_mean(&stream, &m, 2, 37, 3, true).unwrap());
-    let s = rt.kernel(&spec(Op::ChunkSummarize, 64, 16, 16, LocalMode::Block, DType::Bf16, 1)).unwrap();
+    let s = rt
+        .kernel(&spec(
+            Op::ChunkSummarize,
+            64,
+            16,
+            16,
+            LocalMode::Block,
+            DType::Bf16,
+            1,
+        ))
+        .unwrap();
     reports.push(verify::check_chunk_summarize(&stream, &s, 2, 50, 2, false).unwrap());
     settle("sanitizer subset", reports);
 }

@@ -19,9 +19,17 @@ pub enum Usable {
 
 /// How `meta` can be used on a device of compute capability `cc` with driver version
 /// `driver_version` (e.g. 13000), by a loader of `crate_version`; or why not.
-pub fn usable_on(meta: &EntryMeta, cc: (u32, u32), driver_version: i32, crate_version: &str) -> Result<Usable, String> {
+pub fn usable_on(
+    meta: &EntryMeta,
+    cc: (u32, u32),
+    driver_version: i32,
+    crate_version: &str,
+) -> Result<Usable, String> {
     if meta.crate_version != crate_version {
-        return Err(format!("built by flasheva {}, this is {crate_version}", meta.crate_version));
+        return Err(format!(
+            "built by flasheva {}, this is {crate_version}",
+            meta.crate_version
+        ));
     }
     if meta.arch.cubin_runs_on(cc.0, cc.1) {
         return Ok(Usable::Cubin);
@@ -32,7 +40,11 @@ pub fn usable_on(meta: &EntryMeta, cc: (u32, u32), driver_version: i32, crate_ve
             meta.arch,
             cc.0,
             cc.1,
-            if meta.arch.specific { ", and arch-specific PTX only its own" } else { "" }
+            if meta.arch.specific {
+                ", and arch-specific PTX only its own"
+            } else {
+                ""
+            }
         ));
     }
     match &meta.ptx_isa {
@@ -56,7 +68,15 @@ mod tests {
     use crate::tile::Tile;
 
     fn meta(arch: &str, isa: &str, version: &str) -> EntryMeta {
-        let spec = KernelSpec::new(Op::ChunkMean, &SpecParams { head_dim: Some(64), chunk: Some(8), ..Default::default() }).unwrap();
+        let spec = KernelSpec::new(
+            Op::ChunkMean,
+            &SpecParams {
+                head_dim: Some(64),
+                chunk: Some(8),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let arch: Arch = arch.parse().unwrap();
         EntryMeta {
             format: META_FORMAT,
@@ -66,7 +86,10 @@ mod tests {
             spec,
             tile: Tile::default_for(&spec, arch),
             arch,
-            compiler: CompilerId { name: "nvrtc".into(), version: "13.0".into() },
+            compiler: CompilerId {
+                name: "nvrtc".into(),
+                version: "13.0".into(),
+            },
             options: vec![],
             entry_points: spec.entry_points(),
             threads: 128,
@@ -82,11 +105,23 @@ mod tests {
 
     #[test]
     fn rules() {
-        assert_eq!(usable_on(&meta("sm_90", "9.0", "0.1.0"), (9, 0), 13000, "0.1.0"), Ok(Usable::Cubin));
-        assert_eq!(usable_on(&meta("sm_90a", "9.0", "0.1.0"), (9, 0), 13000, "0.1.0"), Ok(Usable::Cubin));
-        assert_eq!(usable_on(&meta("sm_80", "9.0", "0.1.0"), (9, 0), 13000, "0.1.0"), Ok(Usable::Ptx));
+        assert_eq!(
+            usable_on(&meta("sm_90", "9.0", "0.1.0"), (9, 0), 13000, "0.1.0"),
+            Ok(Usable::Cubin)
+        );
+        assert_eq!(
+            usable_on(&meta("sm_90a", "9.0", "0.1.0"), (9, 0), 13000, "0.1.0"),
+            Ok(Usable::Cubin)
+        );
+        assert_eq!(
+            usable_on(&meta("sm_80", "9.0", "0.1.0"), (9, 0), 13000, "0.1.0"),
+            Ok(Usable::Ptx)
+        );
         let e = usable_on(&meta("sm_80", "9.0", "0.1.0"), (9, 0), 12080, "0.1.0").unwrap_err();
-        assert!(e.contains("PTX ISA 9.0 is newer than the driver (CUDA 12.8)"), "{e}");
+        assert!(
+            e.contains("PTX ISA 9.0 is newer than the driver (CUDA 12.8)"),
+            "{e}"
+        );
         let e = usable_on(&meta("sm_90", "9.0", "0.1.0"), (8, 9), 13000, "0.1.0").unwrap_err();
         assert!(e.contains("sm_90 code does not run on sm_89"), "{e}");
         assert!(usable_on(&meta("sm_90a", "9.0", "0.1.0"), (10, 0), 13000, "0.1.0").is_err());

@@ -61,9 +61,13 @@ pub fn parse_op(s: &str) -> Result<Op, flasheva::spec::SpecError> {
     s.parse()
 }
 
+/// A comma-separated list of archs (one flag value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchList(pub Vec<Arch>);
+
 /// Parses a comma-separated arch list for clap.
-pub fn parse_archs(s: &str) -> Result<Vec<Arch>, flasheva::target::ArchError> {
-    Arch::parse_list(s)
+pub fn parse_archs(s: &str) -> Result<ArchList, flasheva::target::ArchError> {
+    Arch::parse_list(s).map(ArchList)
 }
 
 /// The tile for `spec` on `arch`: the default, with `overrides` (`field=value,...`) applied.
@@ -105,7 +109,9 @@ impl ShapeFlags {
         let h = self.heads.unwrap_or(16);
         let hkv = self.kv_heads.unwrap_or(h / spec.group_or_one() as usize);
         if hkv == 0 || h % hkv != 0 {
-            return Err(usage(format!("--heads {h} must be a multiple of --kv-heads {hkv}")));
+            return Err(usage(format!(
+                "--heads {h} must be a multiple of --kv-heads {hkv}"
+            )));
         }
         if spec.op == Op::Decode && h / hkv != spec.group_or_one() as usize {
             return Err(usage(format!(
@@ -118,6 +124,12 @@ impl ShapeFlags {
             Op::Decode => self.position.unwrap_or(4095) + 1,
             _ => self.seq_len.unwrap_or(4096),
         };
-        Ok(flasheva::bench::Workload { spec: *spec, b: self.batch.unwrap_or(1), n, h, hkv })
+        Ok(flasheva::bench::Workload {
+            spec: *spec,
+            b: self.batch.unwrap_or(1),
+            n,
+            h,
+            hkv,
+        })
     }
 }

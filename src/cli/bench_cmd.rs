@@ -56,7 +56,12 @@ struct Row {
 }
 
 /// The workloads of `--preset` or of one spec with shape flags.
-pub fn workloads(preset: Option<&str>, op: Option<Op>, spec: &SpecFlags, shape: &ShapeFlags) -> anyhow::Result<Vec<Workload>> {
+pub fn workloads(
+    preset: Option<&str>,
+    op: Option<Op>,
+    spec: &SpecFlags,
+    shape: &ShapeFlags,
+) -> anyhow::Result<Vec<Workload>> {
     match op {
         Some(op) => {
             let s = spec.spec(op)?;
@@ -75,14 +80,33 @@ pub fn workloads(preset: Option<&str>, op: Option<Op>, spec: &SpecFlags, shape: 
 }
 
 /// A preset spec's workload: the preset's shapes, overridden by any shape flag.
-pub fn preset_workload(p: &flasheva::presets::Preset, s: &KernelSpec, shape: &ShapeFlags) -> Workload {
+pub fn preset_workload(
+    p: &flasheva::presets::Preset,
+    s: &KernelSpec,
+    shape: &ShapeFlags,
+) -> Workload {
     let (b, n) = match s.op {
-        Op::Decode => (shape.batch.unwrap_or(p.decode_batch), shape.position.map(|x| x + 1).unwrap_or(p.decode_position + 1)),
-        _ => (shape.batch.unwrap_or(p.batch), shape.seq_len.unwrap_or(p.seq_len)),
+        Op::Decode => (
+            shape.batch.unwrap_or(p.decode_batch),
+            shape
+                .position
+                .map(|x| x + 1)
+                .unwrap_or(p.decode_position + 1),
+        ),
+        _ => (
+            shape.batch.unwrap_or(p.batch),
+            shape.seq_len.unwrap_or(p.seq_len),
+        ),
     };
     let h = shape.heads.unwrap_or(p.heads as usize);
     let hkv = shape.kv_heads.unwrap_or(p.kv_heads as usize);
-    Workload { spec: *s, b, n, h, hkv }
+    Workload {
+        spec: *s,
+        b,
+        n,
+        h,
+        hkv,
+    }
 }
 
 pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
@@ -92,9 +116,16 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let gpu = Gpu::open(a.device).context("flasheva bench needs a CUDA GPU")?;
     let stream = gpu.context().new_stream().context("creating a stream")?;
-    let rt = Runtime::with_gpu(gpu.clone(), open_store(cache_dir)?, RuntimeOptions::default());
+    let rt = Runtime::with_gpu(
+        gpu.clone(),
+        open_store(cache_dir)?,
+        RuntimeOptions::default(),
+    );
     let info = gpu.info().clone();
-    eprintln!("measuring device-to-device copy bandwidth on {} ...", info.name);
+    eprintln!(
+        "measuring device-to-device copy bandwidth on {} ...",
+        info.name
+    );
     let copy = copy_bandwidth(&gpu, &stream, 1 << 30, 20)?;
     let mut rows = Vec::new();
     let mut out_rows = Vec::new();
@@ -108,15 +139,27 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             eprintln!("flasheva: warning: {warn}");
         }
         let bench = Bencher::new(&gpu, &stream, w)?;
-        eprintln!("timing {} {} ({} rotating input sets) ...", w.spec, w.describe(), bench.sets());
+        eprintln!(
+            "timing {} {} ({} rotating input sets) ...",
+            w.spec,
+            w.describe(),
+            bench.sets()
+        );
         let t = bench.time(&kernel, a.warmup, a.iters)?;
         let secs = t.median_ms * 1e-3;
         let tflops = w.flops() / secs / 1e12;
         let gbps = w.bytes() / secs / 1e9;
-        let dense = (w.spec.op == Op::Prefill).then(|| w.dense_causal_flops() / (tflops * 1e12) * 1e3);
+        let dense =
+            (w.spec.op == Op::Prefill).then(|| w.dense_causal_flops() / (tflops * 1e12) * 1e3);
         let rate = match w.spec.op {
-            Op::Prefill => format!("{tflops:.1} TFLOP/s (dense causal: {:.2} ms at this rate)", dense.unwrap_or(0.0)),
-            Op::Decode => format!("{gbps:.0} GB/s = {:.0}% of copy", 100.0 * w.bytes() / secs / copy),
+            Op::Prefill => format!(
+                "{tflops:.1} TFLOP/s (dense causal: {:.2} ms at this rate)",
+                dense.unwrap_or(0.0)
+            ),
+            Op::Decode => format!(
+                "{gbps:.0} GB/s = {:.0}% of copy",
+                100.0 * w.bytes() / secs / copy
+            ),
             _ => format!("{gbps:.0} GB/s"),
         };
         rows.push(vec![
@@ -140,12 +183,33 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     }
     println!(
         "device: {} (sm_{}{}, {} SMs); device-to-device copy {:.0} GB/s (read + write); {} timed launches per kernel after {} warm-up",
-        info.name, info.capability.0, info.capability.1, info.sm_count, copy / 1e9, a.iters, a.warmup
+        info.name,
+        info.capability.0,
+        info.capability.1,
+        info.sm_count,
+        copy / 1e9,
+        a.iters,
+        a.warmup
     );
-    print!("{}", table::format(&["kernel", "tile", "workload", "median ms", "min", "max", "rate"], &rows));
+    print!(
+        "{}",
+        table::format(
+            &[
+                "kernel",
+                "tile",
+                "workload",
+                "median ms",
+                "min",
+                "max",
+                "rate"
+            ],
+            &rows
+        )
+    );
     if let Some(path) = a.json {
         let doc = serde_json::json!({ "device": info.name, "copy_gbps": copy / 1e9, "results": out_rows });
-        std::fs::write(&path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

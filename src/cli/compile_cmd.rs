@@ -14,7 +14,7 @@ use flasheva::target::{Arch, DEFAULT_ARCHS};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use super::args::{SpecFlags, parse_archs, parse_op, tile_for};
+use super::args::{ArchList, SpecFlags, parse_archs, parse_op, tile_for};
 use super::{open_store, table, usage};
 
 #[derive(Args, Debug)]
@@ -33,7 +33,7 @@ pub struct CompileArgs {
     pub tile: Option<String>,
     /// Target archs, comma-separated (accepted: sm_80, sm_86, sm_87, sm_89, sm_90, sm_90a, sm_100, sm_100a, sm_120).
     #[arg(long, value_name = "LIST", value_parser = parse_archs)]
-    pub arch: Option<Vec<Arch>>,
+    pub arch: Option<ArchList>,
     /// Compiles to run at once (default: one per core).
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
@@ -65,7 +65,7 @@ pub fn specs_of(
 
 pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let (what, specs) = specs_of(a.preset.as_deref(), a.op, &a.spec)?;
-    let archs: Vec<Arch> = a.arch.clone().unwrap_or_else(|| DEFAULT_ARCHS.to_vec());
+    let archs: Vec<Arch> = a.arch.clone().map(|l| l.0).unwrap_or_else(|| DEFAULT_ARCHS.to_vec());
     let mut jobs = Vec::new();
     for spec in &specs {
         for &arch in &archs {

@@ -275,7 +275,8 @@ impl Gpu {
             image
         };
         // SAFETY: `data` is a complete cubin or NUL-terminated PTX and outlives the call.
-        let raw = unsafe { result::module::load_data(data.as_ptr() as *const c_void) }.map_err(drv("cuModuleLoadData"))?;
+        let raw = unsafe { result::module::load_data(data.as_ptr() as *const c_void) }
+            .map_err(drv("cuModuleLoadData"))?;
         Ok(Arc::new(Module {
             raw,
             ctx: self.ctx.clone(),
@@ -311,7 +312,8 @@ impl Module {
             message: format!("bad name {name:?}"),
         })?;
         // SAFETY: the module is loaded.
-        let raw = unsafe { result::module::get_function(self.raw, c) }.map_err(drv("cuModuleGetFunction"))?;
+        let raw = unsafe { result::module::get_function(self.raw, c) }
+            .map_err(drv("cuModuleGetFunction"))?;
         Ok(Function {
             raw,
             module: self.clone(),
@@ -334,7 +336,10 @@ unsafe impl Sync for Function {}
 impl Function {
     /// Allows `bytes` of dynamic shared memory (needed above 48 KiB).
     pub fn set_max_dynamic_smem(&self, bytes: u32) -> Result<(), GpuError> {
-        self.module.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        self.module
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("cuCtxSetCurrent"))?;
         // SAFETY: valid function handle.
         unsafe {
             result::function::set_function_attribute(
@@ -349,8 +354,13 @@ impl Function {
     /// Registers per thread, as the driver reports.
     pub fn registers(&self) -> Result<i32, GpuError> {
         // SAFETY: valid function handle.
-        unsafe { result::function::get_function_attribute(self.raw, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS) }
-            .map_err(drv("cuFuncGetAttribute"))
+        unsafe {
+            result::function::get_function_attribute(
+                self.raw,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS,
+            )
+        }
+        .map_err(drv("cuFuncGetAttribute"))
     }
 
     /// Enqueues the kernel on `stream` with one by-value parameter block.
@@ -358,12 +368,23 @@ impl Function {
     /// # Safety
     /// `P` must be the kernel's parameter struct, and every device address in it must be valid
     /// for the accesses the kernel makes until the launch completes.
-    pub unsafe fn launch<P: Copy>(&self, stream: &CudaStream, grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32, params: &P) -> Result<(), GpuError> {
-        self.module.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+    pub unsafe fn launch<P: Copy>(
+        &self,
+        stream: &CudaStream,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        params: &P,
+    ) -> Result<(), GpuError> {
+        self.module
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("cuCtxSetCurrent"))?;
         let mut p = *params;
         let mut args = [&mut p as *mut P as *mut c_void];
         // SAFETY: upheld by the caller; the parameter block is copied by the driver at launch.
-        unsafe { result::launch_kernel(self.raw, grid, block, smem, stream.cu_stream(), &mut args) }.map_err(drv("cuLaunchKernel"))
+        unsafe { result::launch_kernel(self.raw, grid, block, smem, stream.cu_stream(), &mut args) }
+            .map_err(drv("cuLaunchKernel"))
     }
 }
 
@@ -398,6 +419,8 @@ impl EventTimer {
     pub fn stop_ms(&self, stream: &CudaStream) -> Result<f32, GpuError> {
         self.stop.record(stream).map_err(drv("cuEventRecord"))?;
         self.stop.synchronize().map_err(drv("cuEventSynchronize"))?;
-        self.start.elapsed_ms(&self.stop).map_err(drv("cuEventElapsedTime"))
+        self.start
+            .elapsed_ms(&self.stop)
+            .map_err(drv("cuEventElapsedTime"))
     }
 }

@@ -5,5 +5,8 @@
 pub mod driver;
 pub mod params;
 
-pub use driver::{CudaContext, CudaSlice, CudaStream, DeviceInfo, DriverInfo, EventTimer, Function, Gpu, GpuError, Module, device_address};
+pub use driver::{
+    CudaContext, CudaSlice, CudaStream, DeviceInfo, DriverInfo, EventTimer, Function, Gpu,
+    GpuError, Module, device_address,
+};
 pub use params::{ElemType, LaunchError, TensorArg};

@@ -149,7 +149,10 @@ fn expect_dtype(t: &TensorArg, dt: ElemType) -> Result<(), LaunchError> {
 fn expect_shape(t: &TensorArg, expected: &[Option<usize>], desc: &str) -> Result<(), LaunchError> {
     let ok = t.shape.len() == expected.len()
         && t.strides.len() == expected.len()
-        && t.shape.iter().zip(expected).all(|(s, e)| e.is_none_or(|e| *s == e));
+        && t.shape
+            .iter()
+            .zip(expected)
+            .all(|(s, e)| e.is_none_or(|e| *s == e));
     if !ok {
         let want: Vec<String> = expected
             .iter()
@@ -172,7 +175,9 @@ fn expect_vector_layout(t: &TensorArg) -> Result<(), LaunchError> {
         problem,
     };
     if t.strides.last() != Some(&1) {
-        return Err(bad("the last dimension must be contiguous (stride 1)".into()));
+        return Err(bad(
+            "the last dimension must be contiguous (stride 1)".into()
+        ));
     }
     if t.ptr % 16 != 0 {
         return Err(bad(format!("address {:#x} is not 16-byte aligned", t.ptr)));
@@ -180,7 +185,9 @@ fn expect_vector_layout(t: &TensorArg) -> Result<(), LaunchError> {
     let per16 = 16 / t.dtype.size();
     for (i, s) in t.strides.iter().enumerate().take(t.strides.len() - 1) {
         if s % per16 != 0 {
-            return Err(bad(format!("stride {s} of dimension {i} is not a multiple of {per16} elements (16 bytes)")));
+            return Err(bad(format!(
+                "stride {s} of dimension {i} is not a multiple of {per16} elements (16 bytes)"
+            )));
         }
     }
     Ok(())
@@ -389,15 +396,30 @@ fn check_op(spec: &KernelSpec, op: Op) -> Result<(), LaunchError> {
     Ok(())
 }
 
+/// The softmax scale: given or `1/sqrt(D)`; the kernels need a positive finite one.
+fn checked_scale(scale: Option<f32>, spec: &KernelSpec) -> Result<f32, LaunchError> {
+    let s = scale.unwrap_or_else(|| spec.default_scale());
+    if !(s.is_finite() && s > 0.0) {
+        return Err(LaunchError::Size(format!("scale {s} is not accepted: give a positive finite number")));
+    }
+    Ok(s)
+}
+
 fn grid_dim(what: &str, v: usize, max: usize) -> Result<u32, LaunchError> {
     if v > max {
-        return Err(LaunchError::Size(format!("{what} = {v} is over the launch limit {max}")));
+        return Err(LaunchError::Size(format!(
+            "{what} = {v} is over the launch limit {max}"
+        )));
     }
     Ok(v as u32)
 }
 
 /// Plans a prefill launch; `None` when there is nothing to compute (B = 0 or N = 0).
-pub fn plan_prefill(spec: &KernelSpec, tile: &Tile, a: &PrefillArgs) -> Result<Option<LaunchPlan<PrefillParams>>, LaunchError> {
+pub fn plan_prefill(
+    spec: &KernelSpec,
+    tile: &Tile,
+    a: &PrefillArgs,
+) -> Result<Option<LaunchPlan<PrefillParams>>, LaunchError> {
     check_op(spec, Op::Prefill)?;
     let et = ElemType::of(spec.dtype);
     let d = spec.head_dim as usize;
@@ -421,8 +443,16 @@ pub fn plan_prefill(spec: &KernelSpec, tile: &Tile, a: &PrefillArgs) -> Result<O
             expected: format!("a kv head count that divides H = {h}"),
         });
     }
-    expect_shape(&a.k, &[Some(b), Some(n), Some(hkv), Some(d)], "[B, N, Hkv, D]")?;
-    expect_shape(&a.v, &[Some(b), Some(n), Some(hkv), Some(d)], "[B, N, Hkv, D]")?;
+    expect_shape(
+        &a.k,
+        &[Some(b), Some(n), Some(hkv), Some(d)],
+        "[B, N, Hkv, D]",
+    )?;
+    expect_shape(
+        &a.v,
+        &[Some(b), Some(n), Some(hkv), Some(d)],
+        "[B, N, Hkv, D]",
+    )?;
     let nc = n / spec.chunk as usize;
     for t in [&a.ks, &a.vs] {
         expect_shape(t, &[Some(b), None, Some(hkv), Some(d)], "[B, NC, Hkv, D]")?;
@@ -455,7 +485,7 @@ pub fn plan_prefill(spec: &KernelSpec, tile: &Tile, a: &PrefillArgs) -> Result<O
     if n > i32::MAX as usize {
         return Err(LaunchError::Size(format!("N = {n} is over {}", i32::MAX)));
     }
-    let scale = a.scale.unwrap_or_else(|| spec.default_scale());
+    let scale = checked_scale(a.scale, spec)?;
     let bm = tile.block_m as usize;
     let params = PrefillParams {
         q: a.q.ptr,
@@ -506,7 +536,14 @@ pub fn plan_prefill(spec: &KernelSpec, tile: &Tile, a: &PrefillArgs) -> Result<O
 
 /// The decode splits to use: the tile's, or (tile.splits = 0) enough CTAs to fill the device
 /// twice over, without giving a warp less than one tile of the longest sequence.
-pub fn decode_splits(spec: &KernelSpec, tile: &Tile, b: usize, hkv: usize, max_items: usize, sm_count: u32) -> usize {
+pub fn decode_splits(
+    spec: &KernelSpec,
+    tile: &Tile,
+    b: usize,
+    hkv: usize,
+    max_items: usize,
+    sm_count: u32,
+) -> usize {
     if tile.splits > 0 {
         return tile.splits as usize;
     }
@@ -520,7 +557,11 @@ pub fn decode_splits(spec: &KernelSpec, tile: &Tile, b: usize, hkv: usize, max_i
 
 /// fp32 elements of the decode workspace for `splits` (0 when no workspace is needed).
 pub fn decode_workspace_elems(b: usize, h: usize, d: usize, splits: usize) -> usize {
-    if splits <= 1 { 0 } else { splits * b * h * (d + 2) }
+    if splits <= 1 {
+        0
+    } else {
+        splits * b * h * (d + 2)
+    }
 }
 
 /// Plans a decode launch (and its combine launch when split); `None` when B = 0.
@@ -555,11 +596,27 @@ pub fn plan_decode(
         });
     }
     let hkv = h / g;
-    expect_shape(&a.k_ring, &[Some(b), Some(w), Some(hkv), Some(d)], "[B, W, Hkv, D]")?;
-    expect_shape(&a.v_ring, &[Some(b), Some(w), Some(hkv), Some(d)], "[B, W, Hkv, D]")?;
-    expect_shape(&a.ks, &[Some(b), None, Some(hkv), Some(d)], "[B, MAXNC, Hkv, D]")?;
+    expect_shape(
+        &a.k_ring,
+        &[Some(b), Some(w), Some(hkv), Some(d)],
+        "[B, W, Hkv, D]",
+    )?;
+    expect_shape(
+        &a.v_ring,
+        &[Some(b), Some(w), Some(hkv), Some(d)],
+        "[B, W, Hkv, D]",
+    )?;
+    expect_shape(
+        &a.ks,
+        &[Some(b), None, Some(hkv), Some(d)],
+        "[B, MAXNC, Hkv, D]",
+    )?;
     let max_nc = a.ks.shape[1];
-    expect_shape(&a.vs, &[Some(b), Some(max_nc), Some(hkv), Some(d)], "[B, MAXNC, Hkv, D]")?;
+    expect_shape(
+        &a.vs,
+        &[Some(b), Some(max_nc), Some(hkv), Some(d)],
+        "[B, MAXNC, Hkv, D]",
+    )?;
     expect_shape(&a.len, &[Some(b)], "[B]")?;
     expect_shape(&a.o, &[Some(b), Some(h), Some(d)], "[B, H, D]")?;
     expect_shape(&a.lse, &[Some(b), Some(h)], "[B, H]")?;
@@ -587,7 +644,7 @@ pub fn plan_decode(
     } else {
         (0, 0)
     };
-    let scale = a.scale.unwrap_or_else(|| spec.default_scale());
+    let scale = checked_scale(a.scale, spec)?;
     let params = DecodeParams {
         q: a.q.ptr,
         kr: a.k_ring.ptr,
@@ -645,7 +702,11 @@ pub fn plan_decode(
 }
 
 /// Plans a chunk_mean launch; `None` when there is no complete chunk.
-pub fn plan_chunk_mean(spec: &KernelSpec, tile: &Tile, a: &ChunkMeanArgs) -> Result<Option<LaunchPlan<ChunkMeanParams>>, LaunchError> {
+pub fn plan_chunk_mean(
+    spec: &KernelSpec,
+    tile: &Tile,
+    a: &ChunkMeanArgs,
+) -> Result<Option<LaunchPlan<ChunkMeanParams>>, LaunchError> {
     check_op(spec, Op::ChunkMean)?;
     let et = ElemType::of(spec.dtype);
     let d = spec.head_dim as usize;
@@ -705,7 +766,11 @@ pub fn plan_chunk_summarize(
     }
     expect_shape(&a.k, &[None, None, None, Some(d)], "[B, N, Hkv, D]")?;
     let (b, n, hkv) = (a.k.shape[0], a.k.shape[1], a.k.shape[2]);
-    expect_shape(&a.v, &[Some(b), Some(n), Some(hkv), Some(d)], "[B, N, Hkv, D]")?;
+    expect_shape(
+        &a.v,
+        &[Some(b), Some(n), Some(hkv), Some(d)],
+        "[B, N, Hkv, D]",
+    )?;
     let nc = n / spec.chunk as usize;
     for t in [&a.omega, &a.vs] {
         expect_shape(t, &[Some(b), None, Some(hkv), Some(d)], "[B, NC, Hkv, D]")?;
@@ -813,13 +878,23 @@ mod tests {
     fn prefill_plans_and_rejects() {
         let s = spec(Op::Prefill);
         let tile = Tile::default_for(&s, Arch::new(9, 0));
-        let p = plan_prefill(&s, &tile, &prefill_args(2, 300, 8, 2)).unwrap().unwrap();
+        let p = plan_prefill(&s, &tile, &prefill_args(2, 300, 8, 2))
+            .unwrap()
+            .unwrap();
         assert_eq!(p.grid, (3, 8, 2));
         assert_eq!(p.params.nc, 37);
         assert_eq!(p.params.q_st, 8 * 64);
         assert!((p.params.scale_log2 - 0.125 * LOG2E).abs() < 1e-7);
-        assert!(plan_prefill(&s, &tile, &prefill_args(0, 300, 8, 2)).unwrap().is_none());
-        assert!(plan_prefill(&s, &tile, &prefill_args(1, 0, 8, 2)).unwrap().is_none());
+        assert!(
+            plan_prefill(&s, &tile, &prefill_args(0, 300, 8, 2))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            plan_prefill(&s, &tile, &prefill_args(1, 0, 8, 2))
+                .unwrap()
+                .is_none()
+        );
 
         let mut a = prefill_args(1, 64, 8, 3);
         a.v.shape[2] = 3;
@@ -834,17 +909,38 @@ mod tests {
         );
         let mut a = prefill_args(1, 64, 8, 2);
         a.o.dtype = ElemType::F16;
-        assert_eq!(plan_prefill(&s, &tile, &a).unwrap_err().to_string(), "tensor o is f16, the kernel takes bf16");
+        assert_eq!(
+            plan_prefill(&s, &tile, &a).unwrap_err().to_string(),
+            "tensor o is f16, the kernel takes bf16"
+        );
         let mut a = prefill_args(1, 64, 8, 2);
         a.k.ptr += 8;
-        assert!(plan_prefill(&s, &tile, &a).unwrap_err().to_string().contains("not 16-byte aligned"));
+        assert!(
+            plan_prefill(&s, &tile, &a)
+                .unwrap_err()
+                .to_string()
+                .contains("not 16-byte aligned")
+        );
         let mut a = prefill_args(1, 64, 8, 2);
         a.q.strides = vec![64 * 8 * 64, 8 * 64 + 4, 64, 1];
-        assert!(plan_prefill(&s, &tile, &a).unwrap_err().to_string().contains("multiple of 8 elements"));
+        assert!(
+            plan_prefill(&s, &tile, &a)
+                .unwrap_err()
+                .to_string()
+                .contains("multiple of 8 elements")
+        );
         let mut a = prefill_args(1, 64, 8, 2);
         a.ks.shape[1] = 7;
-        assert!(plan_prefill(&s, &tile, &a).unwrap_err().to_string().contains("NC >= N/C = 8"));
-        assert!(matches!(plan_prefill(&spec(Op::Decode), &tile, &prefill_args(1, 8, 8, 2)), Err(LaunchError::Op { .. })));
+        assert!(
+            plan_prefill(&s, &tile, &a)
+                .unwrap_err()
+                .to_string()
+                .contains("NC >= N/C = 8")
+        );
+        assert!(matches!(
+            plan_prefill(&spec(Op::Decode), &tile, &prefill_args(1, 8, 8, 2)),
+            Err(LaunchError::Op { .. })
+        ));
     }
 
     #[test]
@@ -873,7 +969,9 @@ mod tests {
         assert!(comb.is_none());
         assert!(plan_decode(&s, &tile, &a, 4, None).is_err());
         let need = decode_workspace_elems(2, 8, 64, 4);
-        let (main, comb) = plan_decode(&s, &tile, &a, 4, Some((0x2000, need))).unwrap().unwrap();
+        let (main, comb) = plan_decode(&s, &tile, &a, 4, Some((0x2000, need)))
+            .unwrap()
+            .unwrap();
         assert_eq!(main.grid, (4, 2, 2));
         assert_eq!(comb.unwrap().grid, (8, 2, 1));
         assert_eq!(main.params.ws_ml, 0x2000 + (4 * 2 * 8 * 64 * 4) as u64);

@@ -77,6 +77,8 @@ pub struct RenderContext {
     pub block_n: u32,
     /// Tile fields.
     pub warps: u32,
+    /// Query rows per warp (prefill).
+    pub warp_rows: u32,
     /// Tile fields.
     pub stages: u32,
     /// Shared-memory row padding (elements).
@@ -101,6 +103,7 @@ impl RenderContext {
             block_m: tile.block_m,
             block_n: tile.block_n,
             warps: tile.warps,
+            warp_rows: tile.block_m / tile.warps.max(1),
             stages: tile.stages,
             pad: SMEM_PAD,
         }
