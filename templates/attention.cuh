@@ -151,7 +151,7 @@ FE_DEV void fe_attend_tile(FeRowState (&st)[MT], const u32 (&qa)[QREGS ? MT : 1]
         }
       }
     }
-    float base[2];
+    float base[2], alpha[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float mx = red[r][0];
@@ -160,13 +160,18 @@ FE_DEV void fe_attend_tile(FeRowState (&st)[MT], const u32 (&qa)[QREGS ? MT : 1]
       const float m_new = fmaxf(st[mt].m[r], mx * scale_log2);
       // A row that has seen nothing yet keeps m = -inf; use 0 as the reference so exp2 gives 0, not NaN.
       base[r] = (m_new == FE_NEG_INF) ? 0.f : m_new;
-      const float alpha = fe_exp2(st[mt].m[r] - base[r]);
+      alpha[r] = fe_exp2(st[mt].m[r] - base[r]);
       st[mt].m[r] = m_new;
-      st[mt].l[r] *= alpha;
+      st[mt].l[r] *= alpha[r];
+    }
+    // Once the running maxima settle, no row's max moves: skip rescaling the accumulators.
+    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
       for (int dt = 0; dt < FE_DT; ++dt) {
-        st[mt].o[dt][2 * r] *= alpha;
-        st[mt].o[dt][2 * r + 1] *= alpha;
+        st[mt].o[dt][0] *= alpha[0];
+        st[mt].o[dt][1] *= alpha[0];
+        st[mt].o[dt][2] *= alpha[1];
+        st[mt].o[dt][3] *= alpha[1];
       }
     }
 #pragma unroll
