@@ -177,14 +177,10 @@ FE_DEV void fe_attend_tile(FeRowState (&st)[MT], const u32 (&qa)[QREGS ? MT : 1]
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float p0, p1;
-        fe_exp2_pair(fmaf(s[mt][nt][2 * r], scale_log2, -base[r]), fmaf(s[mt][nt][2 * r + 1], scale_log2, -base[r]), p0,
-                     p1);
-        s[mt][nt][2 * r] = p0;
-        s[mt][nt][2 * r + 1] = p1;
-        red[r][nt * 2] = p0;
-        red[r][nt * 2 + 1] = p1;
+      for (int e = 0; e < 4; ++e) {
+        const float pv = fe_exp2(fmaf(s[mt][nt][e], scale_log2, -base[e >> 1]));
+        s[mt][nt][e] = pv;
+        red[e >> 1][nt * 2 + (e & 1)] = pv;
       }
     }
 #pragma unroll

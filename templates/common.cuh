@@ -56,16 +56,6 @@ FE_DEV float fe_exp2(float x) {
   return y;
 }
 
-// exp2 of two arguments (both <= 0 in use) with one packed half-precision MUFU op: half the
-// special-function work of two fe_exp2 calls. The results are rounded to 16 bits for the P*V
-// product anyway; absolute error <= 2e-4 for arguments <= 0.
-FE_DEV void fe_exp2_pair(float x0, float x1, float& y0, float& y1) {
-  u32 h, e;
-  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(h) : "f"(x1), "f"(x0));
-  asm("ex2.approx.f16x2 %0, %1;" : "=r"(e) : "r"(h));
-  asm("{ .reg .f16 lo, hi; mov.b32 {lo, hi}, %2; cvt.f32.f16 %0, lo; cvt.f32.f16 %1, hi; }" : "=f"(y0), "=f"(y1) : "r"(e));
-}
-
 FE_DEV float fe_log2(float x) {
   float y;
   asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
