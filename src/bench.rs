@@ -190,6 +190,9 @@ pub struct Bencher {
     timer: EventTimer,
 }
 
+/// Launches per timed sample.
+pub const REPS: usize = 4;
+
 /// The most decode splits a bencher reserves workspace for.
 pub const MAX_BENCH_SPLITS: usize = 64;
 
@@ -396,22 +399,29 @@ impl Bencher {
         }
     }
 
-    /// `warmup` untimed launches, then `iters` launches each timed by its own event pair, rotating
-    /// input sets; checks the stream for errors.
-    pub fn time(&self, kernel: &Kernel, warmup: usize, iters: usize) -> Result<Timing> {
+    /// `warmup` untimed launches, then `samples` samples of [`REPS`] back-to-back launches between
+    /// one event pair each (after one untimed launch, so that the GPU is busy while the host
+    /// enqueues and no host delay is timed), rotating input sets; the sample time is per launch.
+    pub fn time(&self, kernel: &Kernel, warmup: usize, samples: usize) -> Result<Timing> {
         for i in 0..warmup {
             self.launch(kernel, i)?;
         }
         self.stream
             .synchronize()
-            .map_err(drv("cuStreamSynchronize"))?;
-        let mut samples = Vec::with_capacity(iters);
-        for i in 0..iters {
+            .map_err(drv("cuStreamSynchronize (a kernel failed)"))?;
+        let mut out = Vec::with_capacity(samples);
+        let mut set = warmup;
+        for _ in 0..samples {
+            self.launch(kernel, set)?;
+            set += 1;
             self.timer.start(&self.stream)?;
-            self.launch(kernel, warmup + i)?;
-            samples.push(self.timer.stop_ms(&self.stream)? as f64);
+            for _ in 0..REPS {
+                self.launch(kernel, set)?;
+                set += 1;
+            }
+            out.push(self.timer.stop_ms(&self.stream)? as f64 / REPS as f64);
         }
-        Ok(Timing::from_samples(samples))
+        Ok(Timing::from_samples(out))
     }
 
     /// Runs `kernel` on input set 0 and returns its main output (o, xbar or vs) as float64, the

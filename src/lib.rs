@@ -35,6 +35,8 @@ pub mod render;
 pub mod spec;
 pub mod target;
 pub mod tile;
+#[cfg(feature = "cli")]
+pub mod tune;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::cache::compat::{Usable, usable_on};
+use crate::cache::winner::{Bucket, WinnerRecord};
 use crate::cache::{CacheStore, Entry, layout};
 use crate::error::{Error, Result};
 use crate::gpu::driver::{CudaStream, Function, Gpu};
@@ -62,12 +63,16 @@ pub struct Kernel {
 pub struct RuntimeOptions {
     /// Compile missing kernels with NVRTC (only with the `compiler` feature).
     pub compile_on_miss: bool,
+    /// Use tuned winners (`flasheva tune`) where the cache has them; otherwise, and when false,
+    /// the default tile. The environment variable `FLASHEVA_NO_TUNE=1` forces false.
+    pub use_tuned: bool,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
             compile_on_miss: cfg!(feature = "compiler"),
+            use_tuned: std::env::var("FLASHEVA_NO_TUNE").map_or(true, |v| v.is_empty() || v == "0"),
         }
     }
 }
@@ -78,6 +83,7 @@ pub struct Runtime {
     store: CacheStore,
     options: RuntimeOptions,
     kernels: Mutex<HashMap<(KernelSpec, Tile), Arc<Kernel>>>,
+    winners: Mutex<HashMap<(KernelSpec, Bucket), Option<WinnerRecord>>>,
     warnings: Mutex<Vec<String>>,
 }
 
@@ -108,6 +114,7 @@ impl Runtime {
             store,
             options,
             kernels: Mutex::new(HashMap::new()),
+            winners: Mutex::new(HashMap::new()),
             warnings: Mutex::new(Vec::new()),
         }
     }
@@ -142,9 +149,39 @@ impl Runtime {
         Tile::default_for(spec, self.arch())
     }
 
-    /// The tile for a workload: the default tile of the device's arch.
+    /// The tile for a workload: the tuned winner of this device for the spec and the workload's
+    /// shape bucket (or the nearest tuned bucket), else the default tile of the device's arch.
     pub fn tile_for_workload(&self, w: &crate::bench::Workload) -> Tile {
-        self.default_tile(&w.spec)
+        self.tuned(w)
+            .map(|r| r.tile)
+            .unwrap_or_else(|| self.default_tile(&w.spec))
+    }
+
+    /// The winner record `tile_for_workload` would use, if any.
+    pub fn tuned(&self, w: &crate::bench::Workload) -> Option<WinnerRecord> {
+        if !self.options.use_tuned {
+            return None;
+        }
+        let bucket = Bucket::of(w.spec.op, w.b, w.n, w.h, w.hkv);
+        let k = (w.spec, bucket);
+        if let Some(hit) = self.winners.lock().expect("winner map lock").get(&k) {
+            return hit.clone();
+        }
+        let info = self.gpu.info();
+        let found = self
+            .store
+            .find_winner(&info.name, info.capability, &w.spec, &bucket)
+            .filter(|r| r.tile.validate(&w.spec).is_ok());
+        self.winners
+            .lock()
+            .expect("winner map lock")
+            .insert(k, found.clone());
+        found
+    }
+
+    /// The kernel for a workload (see [`Runtime::tile_for_workload`]).
+    pub fn kernel_for(&self, w: &crate::bench::Workload) -> Result<Arc<Kernel>> {
+        self.kernel_with_tile(&w.spec, &self.tile_for_workload(w))
     }
 
     /// The kernel for `spec` with the default tile.
@@ -207,6 +244,7 @@ impl Runtime {
                     continue;
                 }
             };
+            self.store.touch(entry);
             let origin = if is_ptx {
                 Origin::Ptx {
                     key: entry.meta.key,
@@ -287,6 +325,11 @@ impl Runtime {
             functions,
             sm_count: self.gpu.info().sm_count,
         })
+    }
+
+    /// The options.
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.options
     }
 
     /// The cache folder of this runtime.

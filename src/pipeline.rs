@@ -86,6 +86,7 @@ impl<'a> Pipeline<'a> {
         let mut warnings = Vec::new();
         match self.store.lookup(spec, tile, arch, &plan.key) {
             Lookup::Hit(entry) => {
+                self.store.touch(&entry);
                 return Ok(Built {
                     entry: *entry,
                     status: Status::Cached,

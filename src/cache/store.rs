@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cache::layout::{self, Layout};
 use crate::cache::meta::{EntryMeta, FileDigest, META_FORMAT};
+use crate::cache::winner::{Bucket, CandidateResult, WINNER_FORMAT, WinnerRecord};
 use crate::key::{Key, sha256};
 use crate::spec::KernelSpec;
 use crate::target::Arch;
@@ -95,6 +96,26 @@ pub struct KeyLock {
     _file: File,
 }
 
+/// The last-use marker inside an entry folder (not part of the entry's content).
+pub const USED_FILE: &str = ".used";
+
+/// What `gc` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcSummary {
+    /// Entries removed.
+    pub evicted: usize,
+    /// Of which damaged.
+    pub damaged: usize,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+    /// Bytes of entries left.
+    pub remaining_bytes: u64,
+    /// Winner artifacts kept although older.
+    pub kept_winners: usize,
+    /// Leftovers of interrupted writes removed.
+    pub stale_tmp: usize,
+}
+
 /// A cache folder.
 #[derive(Clone, Debug)]
 pub struct CacheStore {
@@ -118,6 +139,16 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<(), CacheError> {
     f.write_all(data).map_err(io("write", path))?;
     f.sync_all().map_err(io("sync", path))?;
     Ok(())
+}
+
+/// Reads and verifies an entry's metadata: it parses, its seal holds, and it lists PTX and cubin.
+pub fn parse_meta_bytes(bytes: &[u8]) -> Result<EntryMeta, String> {
+    parse_meta(bytes)
+}
+
+/// Checks `data` against a recorded digest.
+pub fn check_file(name: &str, data: &[u8], digest: &FileDigest) -> Result<(), String> {
+    check_digest(name, data, digest)
 }
 
 /// Reads and fully verifies the entry in `dir` (seal, key, location, every file's size and hash).
@@ -319,35 +350,43 @@ impl CacheStore {
         }
         let meta = meta.sealed();
         write_synced(&tmp.path().join(layout::META_FILE), &meta.to_json())?;
+        let staged = tmp.keep();
+        self.install_dir(&staged, meta).map(|(e, _)| e)
+    }
+
+    /// Moves a complete, verified entry folder `staged` (inside this cache's `tmp/`) into place.
+    /// Returns the entry and whether it is new: when a valid entry of the same key is already
+    /// there (another process won the race) that one is kept and `staged` deleted; a damaged one
+    /// is replaced.
+    pub fn install_dir(&self, staged: &Path, meta: EntryMeta) -> Result<(Entry, bool), CacheError> {
         let final_dir = self
             .layout
             .entry_dir(&meta.spec, &meta.tile, meta.arch, &meta.key);
         let parent = final_dir.parent().expect("entry folder has a parent");
         fs::create_dir_all(parent).map_err(io("create folder", parent))?;
-        let staged = tmp.keep();
         for _ in 0..3 {
-            match fs::rename(&staged, &final_dir) {
+            match fs::rename(staged, &final_dir) {
                 Ok(()) => {
                     if let Ok(d) = File::open(parent) {
                         let _ = d.sync_all();
                     }
-                    return Ok(Entry {
-                        dir: final_dir,
-                        meta,
-                    });
+                    return Ok((
+                        Entry {
+                            dir: final_dir,
+                            meta,
+                        },
+                        true,
+                    ));
                 }
-                Err(e) if final_dir.exists() => match verify_dir(&final_dir) {
+                Err(_) if final_dir.exists() => match verify_dir(&final_dir) {
                     Ok(existing) => {
-                        let _ = fs::remove_dir_all(&staged);
-                        return Ok(existing);
+                        let _ = fs::remove_dir_all(staged);
+                        return Ok((existing, false));
                     }
-                    Err(_) => {
-                        self.discard(&final_dir)?;
-                        let _ = e;
-                    }
+                    Err(_) => self.discard(&final_dir)?,
                 },
                 Err(e) => {
-                    let _ = fs::remove_dir_all(&staged);
+                    let _ = fs::remove_dir_all(staged);
                     return Err(CacheError::Io {
                         action: "move into place",
                         path: final_dir,
@@ -356,7 +395,7 @@ impl CacheStore {
                 }
             }
         }
-        let _ = fs::remove_dir_all(&staged);
+        let _ = fs::remove_dir_all(staged);
         Err(CacheError::Damaged {
             path: final_dir,
             reason: "could not replace the damaged entry".into(),
@@ -446,6 +485,246 @@ impl CacheStore {
         fs::create_dir_all(self.layout.kernels_dir())
             .map_err(io("create folder", &self.layout.kernels_dir()))?;
         Ok(n)
+    }
+
+    /// The file of a winner record.
+    pub fn winner_path(&self, rec: &WinnerRecord) -> PathBuf {
+        self.layout
+            .winners_dir()
+            .join(rec.spec.name())
+            .join(format!("{}.json", rec.key().hex()))
+    }
+
+    /// Writes a winner record atomically (temp file, then rename), replacing an older one.
+    pub fn put_winner(&self, rec: &WinnerRecord) -> Result<PathBuf, CacheError> {
+        let path = self.winner_path(rec);
+        let dir = path.parent().expect("winner file has a folder");
+        fs::create_dir_all(dir).map_err(io("create folder", dir))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".winner-")
+            .tempfile_in(dir)
+            .map_err(io("create temporary file in", dir))?;
+        let mut json = serde_json::to_vec_pretty(rec).expect("winner serializes");
+        json.push(b'\n');
+        tmp.write_all(&json).map_err(io("write", tmp.path()))?;
+        tmp.as_file().sync_all().map_err(io("sync", tmp.path()))?;
+        tmp.persist(&path).map_err(|e| CacheError::Io {
+            action: "move into place",
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(path)
+    }
+
+    /// Every readable winner record of `spec` (all devices and buckets); unreadable files are
+    /// returned as (path, reason).
+    pub fn winners_of(
+        &self,
+        spec: &crate::spec::KernelSpec,
+    ) -> (Vec<WinnerRecord>, Vec<(PathBuf, String)>) {
+        let dir = self.layout.winners_dir().join(spec.name());
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return (good, bad);
+        };
+        let mut paths: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            match fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<WinnerRecord>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(r) if r.format == WINNER_FORMAT && r.spec == *spec => good.push(r),
+                Ok(_) => bad.push((p, "not a winner record of this spec and format".into())),
+                Err(e) => bad.push((p, e)),
+            }
+        }
+        (good, bad)
+    }
+
+    /// Every winner record in the cache.
+    pub fn all_winners(&self) -> Vec<WinnerRecord> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(self.layout.winners_dir()) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            for f in fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                if let Ok(r) = fs::read(f.path()).map_err(|e| e.to_string()).and_then(|b| {
+                    serde_json::from_slice::<WinnerRecord>(&b).map_err(|e| e.to_string())
+                }) {
+                    out.push(r);
+                }
+            }
+        }
+        out.sort_by_key(|r| (r.spec.name(), r.bucket));
+        out
+    }
+
+    /// The tuned tile for `spec` on `device` (name, capability): the record of `bucket`, else the
+    /// nearest bucket's; `None` when the device never tuned the spec.
+    pub fn find_winner(
+        &self,
+        device: &str,
+        capability: (u32, u32),
+        spec: &crate::spec::KernelSpec,
+        bucket: &Bucket,
+    ) -> Option<WinnerRecord> {
+        let (good, _) = self.winners_of(spec);
+        good.into_iter()
+            .filter(|r| r.device.name == device && r.device.capability == capability)
+            .min_by_key(|r| (r.bucket.distance(bucket), r.bucket))
+    }
+
+    /// The record with exactly `rec`'s key (device, capability, spec, bucket), if any.
+    pub fn find_exact_winner(&self, rec: &WinnerRecord) -> Option<WinnerRecord> {
+        let path = self.winner_path(rec);
+        let bytes = fs::read(path).ok()?;
+        serde_json::from_slice::<WinnerRecord>(&bytes)
+            .ok()
+            .filter(|r| r.key() == rec.key())
+    }
+
+    /// The journal of a tuning run (resumable measurements), one JSON line per candidate.
+    pub fn journal_path(&self, run: &Key) -> PathBuf {
+        self.layout.tune_dir().join(format!("{}.jsonl", run.hex()))
+    }
+
+    /// Candidate results already recorded for `run` (lines that do not parse are ignored: a
+    /// process killed mid-line leaves at most one).
+    pub fn read_journal(&self, run: &Key) -> Vec<CandidateResult> {
+        let Ok(text) = fs::read_to_string(self.journal_path(run)) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Appends one result to the journal of `run` (flushed to disk).
+    pub fn append_journal(&self, run: &Key, r: &CandidateResult) -> Result<(), CacheError> {
+        let path = self.journal_path(run);
+        let dir = path.parent().expect("journal has a folder");
+        fs::create_dir_all(dir).map_err(io("create folder", dir))?;
+        let mut f = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        let mut line = serde_json::to_vec(r).expect("result serializes");
+        line.push(b'\n');
+        f.write_all(&line).map_err(io("write", &path))?;
+        f.sync_data().map_err(io("sync", &path))?;
+        Ok(())
+    }
+
+    /// Deletes the journal of a finished run.
+    pub fn remove_journal(&self, run: &Key) {
+        let _ = fs::remove_file(self.journal_path(run));
+    }
+
+    /// Marks an entry as used now (its `.used` file's time orders `gc`'s evictions).
+    pub fn touch(&self, entry: &Entry) {
+        let p = entry.dir.join(USED_FILE);
+        if let Ok(f) = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+        {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// When an entry was last used (or created).
+    fn last_used(dir: &Path) -> std::time::SystemTime {
+        fs::metadata(dir.join(USED_FILE))
+            .or_else(|_| fs::metadata(dir.join(layout::META_FILE)))
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH)
+    }
+
+    /// Evicts entries until the cache holds at most `max_bytes`: damaged entries first, then the
+    /// least recently used. Artifacts of winner records are kept unless `include_winners`.
+    /// Leftovers of interrupted writes older than an hour are removed too.
+    pub fn gc(&self, max_bytes: u64, include_winners: bool) -> Result<GcSummary, CacheError> {
+        let mut summary = GcSummary::default();
+        let hour = std::time::Duration::from_secs(3600);
+        for e in fs::read_dir(self.layout.tmp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default() > hour)
+                .unwrap_or(false);
+            if old {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                summary.stale_tmp += 1;
+            }
+        }
+        let protected: std::collections::BTreeSet<Key> = if include_winners {
+            Default::default()
+        } else {
+            self.all_winners()
+                .iter()
+                .filter_map(|w| w.artifact_key)
+                .collect()
+        };
+        let dir_size = |d: &Path| -> u64 {
+            fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        };
+        let mut items: Vec<(bool, std::time::SystemTime, PathBuf, u64, Option<Key>)> = self
+            .scan()?
+            .into_iter()
+            .map(|s| {
+                let size = dir_size(&s.dir);
+                let key = s.entry.as_ref().ok().map(|e| e.meta.key);
+                (s.entry.is_ok(), Self::last_used(&s.dir), s.dir, size, key)
+            })
+            .collect();
+        let mut total: u64 = items.iter().map(|i| i.3).sum();
+        // damaged first (false < true), then oldest use first
+        items.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (ok, _, dir, size, key) in items {
+            if total <= max_bytes && ok {
+                break;
+            }
+            if let Some(k) = key
+                && protected.contains(&k)
+            {
+                summary.kept_winners += 1;
+                continue;
+            }
+            let _lock = key.map(|k| self.lock(&k)).transpose()?;
+            self.discard(&dir)?;
+            total = total.saturating_sub(size);
+            summary.evicted += 1;
+            summary.freed_bytes += size;
+            if !ok {
+                summary.damaged += 1;
+            }
+        }
+        summary.remaining_bytes = total;
+        Ok(summary)
     }
 
     /// Total bytes of files under the root.

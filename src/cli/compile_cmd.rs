@@ -65,7 +65,11 @@ pub fn specs_of(
 
 pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let (what, specs) = specs_of(a.preset.as_deref(), a.op, &a.spec)?;
-    let archs: Vec<Arch> = a.arch.clone().map(|l| l.0).unwrap_or_else(|| DEFAULT_ARCHS.to_vec());
+    let archs: Vec<Arch> = a
+        .arch
+        .clone()
+        .map(|l| l.0)
+        .unwrap_or_else(|| DEFAULT_ARCHS.to_vec());
     let mut jobs = Vec::new();
     for spec in &specs {
         for &arch in &archs {

@@ -27,7 +27,8 @@ pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
         Err(e) => println!("nvrtc:  not available: {e}"),
     }
-    match driver::probe() {
+    let here = driver::probe();
+    match &here {
         Ok(d) => {
             let (isa_major, isa_minor) = driver::max_ptx_isa(d.version);
             println!(
@@ -54,11 +55,25 @@ pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let scanned = store.scan()?;
     let damaged = scanned.iter().filter(|s| s.entry.is_err()).count();
     println!(
-        "cache:  {} ({} entries, {} damaged, {})",
+        "cache:  {} ({} entries, {} damaged, {} winner records, {})",
         store.root().display(),
         scanned.len(),
         damaged,
+        store.all_winners().len(),
         table::bytes(store.size_bytes())
     );
+    let mut why: std::collections::BTreeMap<String, usize> = Default::default();
+    for s in &scanned {
+        if let Ok(e) = &s.entry {
+            *why.entry(super::cache_cmd::usability(&e.meta, &here))
+                .or_default() += 1;
+        }
+    }
+    for (reason, n) in why {
+        println!(
+            "        {n} entr{} usable here? {reason}",
+            if n == 1 { "y" } else { "ies" }
+        );
+    }
     Ok(())
 }

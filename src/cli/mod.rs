@@ -3,12 +3,13 @@
 
 mod args;
 mod bench_cmd;
-mod cache_cmd;
-mod compile_cmd;
+pub mod cache_cmd;
+pub mod compile_cmd;
 mod doctor;
 mod render_cmd;
 mod run_cmd;
 mod table;
+mod tune_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,8 @@ pub enum Command {
     Run(run_cmd::RunArgs),
     /// Time kernels on the GPU (median of many launches, rotated inputs).
     Bench(bench_cmd::BenchArgs),
+    /// Find the fastest correct tile of each spec on this GPU and record the winners.
+    Tune(tune_cmd::TuneArgs),
 }
 
 /// Input errors: bad flags, specs, tiles, archs, presets, keys. Exit code 2.
@@ -136,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor => doctor::run(cache_dir),
         Command::Run(a) => run_cmd::run(a, cache_dir),
         Command::Bench(a) => bench_cmd::run(a, cache_dir),
+        Command::Tune(a) => tune_cmd::run(a, cache_dir),
     }
 }
 

@@ -400,7 +400,9 @@ fn check_op(spec: &KernelSpec, op: Op) -> Result<(), LaunchError> {
 fn checked_scale(scale: Option<f32>, spec: &KernelSpec) -> Result<f32, LaunchError> {
     let s = scale.unwrap_or_else(|| spec.default_scale());
     if !(s.is_finite() && s > 0.0) {
-        return Err(LaunchError::Size(format!("scale {s} is not accepted: give a positive finite number")));
+        return Err(LaunchError::Size(format!(
+            "scale {s} is not accepted: give a positive finite number"
+        )));
     }
     Ok(s)
 }

@@ -1,0 +1,80 @@
+//! Time from "a warm process wants a kernel" to its first launch completing: a fresh loader
+//! (`Runtime`) on an already-initialized CUDA context looks up the tuned winner, finds and verifies
+//! the cached cubin, loads the module and launches once. Inputs are allocated beforehand.
+//!
+//!     FLASHEVA_CACHE_DIR=... cargo run --release --example first_launch
+//!
+//! The cache should hold the kernel already (run `flasheva tune --preset llama` or
+//! `flasheva compile --preset llama --arch sm_90` first); a miss would be compiled and timed too.
+use std::time::Instant;
+
+use flasheva::bench::{Bencher, Workload};
+use flasheva::cache::CacheStore;
+use flasheva::gpu::Gpu;
+use flasheva::loader::{Runtime, RuntimeOptions};
+use flasheva::spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let gpu = Gpu::open(0)?;
+    let stream = gpu.context().new_stream()?;
+    let store = CacheStore::open_default()?;
+    let spec = KernelSpec::new(
+        Op::Prefill,
+        &SpecParams {
+            head_dim: Some(128),
+            window: Some(512),
+            chunk: Some(64),
+            local: Some(LocalMode::Block),
+            dtype: Some(DType::Bf16),
+            group: None,
+        },
+    )?;
+    let w = Workload {
+        spec,
+        b: 1,
+        n: 16384,
+        h: 32,
+        hkv: 8,
+    };
+    // Warm the process: context, stream and input buffers exist before the clock starts.
+    let bench = Bencher::new(&gpu, &stream, w)?;
+    stream.synchronize()?;
+    let mut times = Vec::new();
+    let mut origin = String::new();
+    for _ in 0..7 {
+        let t0 = Instant::now();
+        let rt = Runtime::with_gpu(gpu.clone(), store.clone(), RuntimeOptions::default());
+        let tuned = rt.tuned(&w);
+        let k = rt.kernel_for(&w)?;
+        bench.launch(&k, 0)?;
+        stream.synchronize()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        origin = format!(
+            "tile {} ({}), {:?}",
+            k.tile.name(spec.op),
+            if tuned.is_some() {
+                "tuned winner"
+            } else {
+                "default: no winner recorded"
+            },
+            k.origin
+        );
+    }
+    let first = times[0];
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!("first launch from the cache: {origin}");
+    println!(
+        "  per fresh loader (ms): {}",
+        times
+            .iter()
+            .map(|t| format!("{t:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "  first {first:.2} ms, median {:.2} ms (includes the kernel itself)",
+        sorted[sorted.len() / 2]
+    );
+    Ok(())
+}

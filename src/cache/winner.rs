@@ -1,0 +1,189 @@
+//! Tuning results: the shape bucket of a workload, the device identity, one record per
+//! (device, spec, bucket) naming the winning tile and every candidate's measurements. Pure; the
+//! store reads and writes them (`cache::store`), the tuner produces them, the loader consumes them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::{Key, KeyBuilder};
+use crate::spec::{KernelSpec, Op};
+use crate::tile::Tile;
+
+/// Winner record format version.
+pub const WINNER_FORMAT: u32 = 1;
+
+/// The device a measurement was taken on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceId {
+    /// e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Compute capability.
+    pub capability: (u32, u32),
+    /// `cuDriverGetVersion`.
+    pub driver_version: i32,
+    /// NVRTC that compiled the candidates, e.g. `13.0`.
+    pub nvrtc_version: Option<String>,
+}
+
+/// Power-of-two bucket of a size: the smallest k with n <= 2^k.
+fn log2_ceil(n: usize) -> u32 {
+    usize::BITS - n.max(1).saturating_sub(1).leading_zeros()
+}
+
+/// Workloads whose best tile is expected to be the same share a bucket: tokens (or the decode
+/// position) and the number of independent (batch x head) rows, each rounded up to a power of two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Bucket {
+    /// log2 of the token count (decode: of the position + 1), rounded up.
+    pub tokens_log2: u32,
+    /// log2 of B x heads (decode: B x kv heads), rounded up.
+    pub rows_log2: u32,
+}
+
+impl Bucket {
+    /// The bucket of a workload of `op`: `b` sequences, `n` tokens, `h` heads, `hkv` kv heads.
+    pub fn of(op: Op, b: usize, n: usize, h: usize, hkv: usize) -> Bucket {
+        let rows = match op {
+            Op::Decode | Op::ChunkSummarize => b * hkv,
+            Op::Prefill | Op::ChunkMean => b * h,
+        };
+        Bucket {
+            tokens_log2: log2_ceil(n),
+            rows_log2: log2_ceil(rows),
+        }
+    }
+
+    /// Distance between buckets (sum of the log2 differences).
+    pub fn distance(&self, other: &Bucket) -> u32 {
+        self.tokens_log2.abs_diff(other.tokens_log2) + self.rows_log2.abs_diff(other.rows_log2)
+    }
+}
+
+impl std::fmt::Display for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tokens<=2^{} rows<=2^{}",
+            self.tokens_log2, self.rows_log2
+        )
+    }
+}
+
+/// One candidate's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CandidateResult {
+    /// The tile.
+    pub tile: Tile,
+    /// Its cache key (when it compiled).
+    pub key: Option<Key>,
+    /// `ok`, or why it was rejected (wrong result, spills, compile or launch failure).
+    pub status: String,
+    /// Median ms (ok candidates).
+    pub median_ms: Option<f64>,
+    /// Fastest ms.
+    pub min_ms: Option<f64>,
+    /// Slowest ms.
+    pub max_ms: Option<f64>,
+    /// TFLOP/s (prefill, chunk_summarize) or GB/s (decode, chunk_mean) at the median.
+    pub rate: Option<f64>,
+    /// Unit of `rate`.
+    pub rate_unit: String,
+    /// Relative difference from the trusted (default-tile) output.
+    pub rel_diff: Option<f64>,
+}
+
+impl CandidateResult {
+    /// Whether it passed and was timed.
+    pub fn ok(&self) -> bool {
+        self.status == "ok" && self.median_ms.is_some()
+    }
+}
+
+/// The winner of one (device, spec, bucket), with the evidence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WinnerRecord {
+    /// [`WINNER_FORMAT`].
+    pub format: u32,
+    /// Crate version of the tuner.
+    pub crate_version: String,
+    /// The device.
+    pub device: DeviceId,
+    /// The spec.
+    pub spec: KernelSpec,
+    /// The shape bucket.
+    pub bucket: Bucket,
+    /// The workload measured: B, tokens, heads, kv heads.
+    pub shape: (usize, usize, usize, usize),
+    /// The winning tile.
+    pub tile: Tile,
+    /// Its artifact (cache key) on the tuning machine.
+    pub artifact_key: Option<Key>,
+    /// Its median, ms.
+    pub median_ms: f64,
+    /// The default tile and its median, ms.
+    pub default_tile: Tile,
+    /// Median of the default tile.
+    pub default_median_ms: f64,
+    /// Every candidate, rejected ones with their reasons.
+    pub candidates: Vec<CandidateResult>,
+    /// Seconds since the Unix epoch.
+    pub created_unix: u64,
+}
+
+impl WinnerRecord {
+    /// The record's key: device name and capability, spec, bucket.
+    pub fn key(&self) -> Key {
+        winner_key(
+            &self.device.name,
+            self.device.capability,
+            &self.spec,
+            &self.bucket,
+        )
+    }
+
+    /// Speedup of the winner over the default tile.
+    pub fn speedup(&self) -> f64 {
+        self.default_median_ms / self.median_ms
+    }
+}
+
+/// The key of the winner record of (device, spec, bucket).
+pub fn winner_key(device: &str, capability: (u32, u32), spec: &KernelSpec, bucket: &Bucket) -> Key {
+    KeyBuilder::new("flasheva-winner/1")
+        .field("device", device)
+        .field("capability", &format!("{}.{}", capability.0, capability.1))
+        .field("spec", &spec.name())
+        .field("tokens_log2", &bucket.tokens_log2.to_string())
+        .field("rows_log2", &bucket.rows_log2.to_string())
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets() {
+        let b = Bucket::of(Op::Prefill, 1, 16384, 16, 16);
+        assert_eq!(
+            b,
+            Bucket {
+                tokens_log2: 14,
+                rows_log2: 4
+            }
+        );
+        assert_eq!(Bucket::of(Op::Prefill, 1, 16000, 16, 16), b);
+        assert_ne!(Bucket::of(Op::Prefill, 1, 16385, 16, 16), b);
+        let d = Bucket::of(Op::Decode, 64, 32768, 32, 8);
+        assert_eq!(
+            d,
+            Bucket {
+                tokens_log2: 15,
+                rows_log2: 9
+            }
+        );
+        assert_eq!(b.distance(&d), 1 + 5);
+        assert_eq!(log2_ceil(1), 0);
+        assert_eq!(log2_ceil(0), 0);
+        assert_eq!(b.to_string(), "tokens<=2^14 rows<=2^4");
+    }
+}

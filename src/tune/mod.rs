@@ -1,0 +1,443 @@
+//! The autotuner: for one spec and workload on this device, compiles candidate tiles in parallel
+//! on the CPU while the GPU checks and times those already compiled; every candidate's output is
+//! compared with a trusted result (the default tile's, itself checked against the float64
+//! reference first), wrong ones are rejected with the difference stated; the fastest correct one
+//! becomes the winner record. Measurements are journaled, so an interrupted run resumes.
+//!
+//! [`space`] is the pure part (candidates and pruning); [`report`] renders results.
+
+pub mod report;
+pub mod space;
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+
+use crate::bench::{Bencher, Workload};
+use crate::cache::CacheStore;
+use crate::cache::winner::{Bucket, CandidateResult, DeviceId, WINNER_FORMAT, WinnerRecord};
+use crate::compile::Compiler;
+use crate::compile::nvrtc::Nvrtc;
+use crate::error::{Error, Result};
+use crate::gpu::CudaStream;
+use crate::key::KeyBuilder;
+use crate::loader::Runtime;
+use crate::pipeline::{Built, Pipeline};
+use crate::reference::rel_error;
+use crate::spec::Op;
+use crate::tile::Tile;
+use crate::verify::{self, DecodeCase, PrefillCase, tolerance};
+use space::{Candidates, prune_compiled};
+
+/// How hard to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct TuneConfig {
+    /// Untimed launches per candidate.
+    pub warmup: usize,
+    /// Timed samples per candidate (each of [`crate::bench::REPS`] launches).
+    pub samples: usize,
+    /// Compile threads.
+    pub jobs: usize,
+}
+
+/// What the tuner reports as it goes.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The trusted default passed its float64 check.
+    Trusted(verify::Report),
+    /// A candidate was measured or rejected (or taken from the journal).
+    Candidate {
+        /// The result.
+        result: CandidateResult,
+        /// Whether it came from an earlier, interrupted run.
+        resumed: bool,
+    },
+}
+
+/// The result of tuning one workload.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The record written to the cache.
+    pub record: WinnerRecord,
+    /// Candidates taken from the journal of an interrupted run.
+    pub resumed: usize,
+    /// Wall time of the compile-and-measure part, seconds.
+    pub seconds: f64,
+}
+
+/// The device identity of a runtime, with the NVRTC that compiles candidates.
+pub fn device_id(rt: &Runtime, nvrtc: &Nvrtc) -> DeviceId {
+    let i = rt.gpu().info();
+    DeviceId {
+        name: i.name.clone(),
+        capability: i.capability,
+        driver_version: rt.gpu().driver_version(),
+        nvrtc_version: Some(nvrtc.id().version.clone()),
+    }
+}
+
+fn run_key(dev: &DeviceId, w: &Workload, cands: &Candidates, cfg: &TuneConfig) -> crate::key::Key {
+    let mut b = KeyBuilder::new("flasheva-tune-run/1");
+    b.field("crate_version", crate::CRATE_VERSION)
+        .field("device", &dev.name)
+        .field("spec", &w.spec.name())
+        .field("shape", &format!("{}x{}x{}x{}", w.b, w.n, w.h, w.hkv))
+        .field("samples", &cfg.samples.to_string());
+    for t in &cands.keep {
+        b.field("tile", &t.to_string());
+    }
+    b.finish()
+}
+
+/// Checks the default kernel against the float64 reference on a small shape of the workload.
+fn trust(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    w: &Workload,
+    tile: &Tile,
+) -> Result<verify::Report> {
+    let k = rt.kernel_with_tile(&w.spec, tile)?;
+    let win = w.spec.window_or_zero() as usize;
+    let c = w.spec.chunk as usize;
+    let hkv = w.hkv.clamp(1, 2);
+    let h = (w.h / w.hkv.max(1)).max(1) * hkv;
+    match w.spec.op {
+        Op::Prefill => verify::check_prefill(
+            stream,
+            &k,
+            &PrefillCase {
+                b: 1,
+                n: (2 * win + c + 3).min(w.n.max(1)).max(1),
+                h,
+                hkv,
+                extra_summaries: 0,
+                large_logits: true,
+                strided: false,
+                scale: None,
+            },
+        ),
+        Op::Decode => {
+            let lens = vec![
+                1,
+                (c as i32) - 1,
+                win as i32 + 1,
+                w.n.min(3 * win + c + 5) as i32,
+            ];
+            let lens: Vec<i32> = lens.into_iter().map(|l| l.max(1)).collect();
+            let max_nc = (*lens.iter().max().expect("non-empty") as usize) / c + 1;
+            verify::check_decode(
+                stream,
+                &k,
+                &DecodeCase {
+                    h,
+                    lens,
+                    max_nc,
+                    splits: None,
+                    large_logits: true,
+                },
+            )
+        }
+        Op::ChunkMean => verify::check_chunk_mean(stream, &k, 1, 5 * c + 3, w.h.min(8), false),
+        Op::ChunkSummarize => verify::check_chunk_summarize(stream, &k, 1, 5 * c + 3, hkv, false),
+    }
+}
+
+fn rate_of(w: &Workload, median_ms: f64) -> (f64, &'static str) {
+    let s = median_ms * 1e-3;
+    match w.spec.op {
+        Op::Prefill | Op::ChunkSummarize => (w.flops() / s / 1e12, "TFLOP/s"),
+        Op::Decode | Op::ChunkMean => (w.bytes() / s / 1e9, "GB/s"),
+    }
+}
+
+/// Tunes `w` over `cands` (`cands.keep[0]` is the default tile). Compiles with `nvrtc` into
+/// `store` on `cfg.jobs` threads while the GPU measures; writes and returns the winner record.
+pub fn tune(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    nvrtc: &Nvrtc,
+    w: Workload,
+    cands: &Candidates,
+    cfg: &TuneConfig,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Outcome> {
+    let store: &CacheStore = rt.store();
+    let dev = device_id(rt, nvrtc);
+    let run = run_key(&dev, &w, cands, cfg);
+    let default = *cands
+        .keep
+        .first()
+        .ok_or_else(|| Error::Other("no candidate tiles".into()))?;
+    let journal = store.read_journal(&run);
+
+    // 1. The trusted result: the default tile, checked against float64 first.
+    let report = trust(rt, stream, &w, &default)?;
+    if !report.pass {
+        return Err(Error::Other(format!(
+            "the default tile fails its float64 check, so nothing can be trusted: {report}"
+        )));
+    }
+    on_event(Event::Trusted(report));
+    let mut bench = Bencher::new(rt.gpu(), stream, w)?;
+    let started = std::time::Instant::now();
+    let default_kernel = rt.kernel_with_tile(&w.spec, &default)?;
+    let trusted = bench.output(&default_kernel)?;
+    let tol = tolerance(w.spec.dtype).rel;
+
+    // 2. Compile every candidate not yet measured, in parallel, streaming them to the GPU loop.
+    let (mut results, todo) = split_resumed(&journal, &cands.keep);
+    let resumed = results.len();
+    for r in &results {
+        on_event(Event::Candidate {
+            result: r.clone(),
+            resumed: true,
+        });
+    }
+    let (tx, rx) = mpsc::channel::<(Tile, Result<Built>)>();
+    let compile_store = store.clone();
+    let compile_nvrtc = nvrtc.clone();
+    let spec = w.spec;
+    let arch = rt.arch();
+    let jobs = cfg.jobs.max(1);
+    let to_compile = todo.clone();
+    let compiler = std::thread::spawn(move || {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build();
+        let work = |t: &Tile| {
+            let r = Pipeline::new(&compile_store, &compile_nvrtc).ensure(&spec, t, arch);
+            let _ = tx.send((*t, r));
+        };
+        match pool {
+            Ok(p) => p.install(|| to_compile.par_iter().for_each(work)),
+            Err(_) => to_compile.iter().for_each(work),
+        }
+    });
+
+    // 3. Check and time each candidate as it arrives.
+    let limits = arch.limits();
+    for (tile, built) in rx.iter() {
+        let mut r = CandidateResult {
+            tile,
+            key: None,
+            status: String::new(),
+            median_ms: None,
+            min_ms: None,
+            max_ms: None,
+            rate: None,
+            rate_unit: rate_of(&w, 1.0).1.into(),
+            rel_diff: None,
+        };
+        match built {
+            Err(e) => {
+                r.status = format!(
+                    "compile failed: {}",
+                    e.to_string().lines().next().unwrap_or("")
+                )
+            }
+            Ok(b) => {
+                r.key = Some(b.entry.meta.key);
+                let usage = b
+                    .entry
+                    .meta
+                    .resources
+                    .iter()
+                    .find(|u| u.function == spec.name())
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(why) =
+                    prune_compiled(&tile, usage.registers, usage.spill_stores, limits)
+                {
+                    r.status = format!("pruned: {why}");
+                } else {
+                    match measure(rt, &mut bench, &w, &tile, &trusted, tol, cfg) {
+                        Ok((diff, t)) => {
+                            r.rel_diff = Some(diff);
+                            if diff > tol || diff.is_nan() {
+                                r.status = format!(
+                                    "WRONG: differs from the trusted result by {diff:.2e} (tolerance {tol:.0e})"
+                                );
+                            } else if let Some(t) = t {
+                                r.status = "ok".into();
+                                r.rate = Some(rate_of(&w, t.median_ms).0);
+                                r.median_ms = Some(t.median_ms);
+                                r.min_ms = Some(t.min_ms);
+                                r.max_ms = Some(t.max_ms);
+                            }
+                        }
+                        Err(e) => r.status = format!("launch failed: {e}"),
+                    }
+                }
+            }
+        }
+        store.append_journal(&run, &r)?;
+        on_event(Event::Candidate {
+            result: r.clone(),
+            resumed: false,
+        });
+        results.push(r);
+    }
+    compiler
+        .join()
+        .map_err(|_| Error::Other("the compile thread panicked".into()))?;
+
+    // 4. The winner.
+    let (best, default_result) = choose(&mut results, &default)?;
+    let record = WinnerRecord {
+        format: WINNER_FORMAT,
+        crate_version: crate::CRATE_VERSION.to_string(),
+        device: dev,
+        spec: w.spec,
+        bucket: Bucket::of(w.spec.op, w.b, w.n, w.h, w.hkv),
+        shape: (w.b, w.n, w.h, w.hkv),
+        tile: best.tile,
+        artifact_key: best.key,
+        median_ms: best.median_ms.expect("chosen results are timed"),
+        default_tile: default,
+        default_median_ms: default_result.median_ms.expect("chosen results are timed"),
+        candidates: results,
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    store.put_winner(&record)?;
+    store.remove_journal(&run);
+    Ok(Outcome {
+        record,
+        resumed,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Splits the candidates into results an interrupted run already journaled (reused, in candidate
+/// order) and tiles still to measure.
+pub fn split_resumed(
+    journal: &[CandidateResult],
+    candidates: &[Tile],
+) -> (Vec<CandidateResult>, Vec<Tile>) {
+    let mut done = Vec::new();
+    let mut todo = Vec::new();
+    for t in candidates {
+        match journal.iter().rev().find(|r| r.tile == *t) {
+            Some(r) => done.push(r.clone()),
+            None => todo.push(*t),
+        }
+    }
+    (done, todo)
+}
+
+/// Picks the fastest correct candidate and the default's result; sorts `results` fastest first,
+/// rejected ones last. Errors when the default itself was not timed.
+pub fn choose(
+    results: &mut [CandidateResult],
+    default: &Tile,
+) -> Result<(CandidateResult, CandidateResult)> {
+    let default_result = results
+        .iter()
+        .find(|r| r.tile == *default)
+        .filter(|r| r.ok())
+        .cloned()
+        .ok_or_else(|| {
+            Error::Other(format!(
+                "the default tile {default} could not be timed, so nothing can be compared"
+            ))
+        })?;
+    results.sort_by(|a, b| match (a.ok(), b.ok()) {
+        (true, true) => a
+            .median_ms
+            .unwrap_or(f64::INFINITY)
+            .total_cmp(&b.median_ms.unwrap_or(f64::INFINITY)),
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        (false, false) => a.status.cmp(&b.status),
+    });
+    let best = results
+        .first()
+        .cloned()
+        .filter(|r| r.ok())
+        .unwrap_or_else(|| default_result.clone());
+    Ok((best, default_result))
+}
+
+fn measure(
+    rt: &Runtime,
+    bench: &mut Bencher,
+    w: &Workload,
+    tile: &Tile,
+    trusted: &[f64],
+    tol: f64,
+    cfg: &TuneConfig,
+) -> Result<(f64, Option<crate::bench::Timing>)> {
+    let k = rt.kernel_with_tile(&w.spec, tile)?;
+    let out = bench.output(&k)?;
+    let diff = rel_error(&out, trusted);
+    if diff > tol || diff.is_nan() {
+        return Ok((diff, None));
+    }
+    Ok((diff, Some(bench.time(&k, cfg.warmup, cfg.samples)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tile(warps: u32) -> Tile {
+        Tile {
+            block_m: 0,
+            block_n: 0,
+            warps,
+            stages: 0,
+            splits: 0,
+        }
+    }
+
+    fn res(warps: u32, ms: Option<f64>, status: &str) -> CandidateResult {
+        CandidateResult {
+            tile: tile(warps),
+            key: None,
+            status: status.into(),
+            median_ms: ms,
+            min_ms: ms,
+            max_ms: ms,
+            rate: None,
+            rate_unit: "GB/s".into(),
+            rel_diff: Some(0.0),
+        }
+    }
+
+    #[test]
+    fn resume_reuses_journaled_results() {
+        let journal = vec![
+            res(2, Some(1.0), "ok"),
+            res(8, None, "WRONG: differs"),
+            res(16, Some(0.1), "ok"),
+        ];
+        let (done, todo) = split_resumed(&journal, &[tile(4), tile(2), tile(8), tile(1)]);
+        assert_eq!(
+            done.iter().map(|r| r.tile.warps).collect::<Vec<_>>(),
+            vec![2, 8]
+        );
+        assert_eq!(todo, vec![tile(4), tile(1)]);
+    }
+
+    #[test]
+    fn the_fastest_correct_candidate_wins() {
+        let mut r = vec![
+            res(4, Some(1.0), "ok"),
+            res(2, Some(0.5), "ok"),
+            res(8, Some(0.1), "WRONG: differs from the trusted result"),
+            res(1, None, "pruned: spills 8 bytes"),
+        ];
+        let (best, dflt) = choose(&mut r, &tile(4)).unwrap();
+        assert_eq!(best.tile, tile(2));
+        assert_eq!(dflt.tile, tile(4));
+        assert_eq!(
+            r.iter().map(|c| c.tile.warps).collect::<Vec<_>>(),
+            vec![2, 4, 8, 1]
+        );
+        // a wrong result never wins however fast; without a timed default there is no verdict
+        let mut r = vec![res(4, None, "launch failed: x"), res(2, Some(0.5), "ok")];
+        assert!(choose(&mut r, &tile(4)).is_err());
+    }
+}

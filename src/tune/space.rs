@@ -1,0 +1,338 @@
+//! Search spaces (`autotune/spaces.toml`, embedded): expansion into candidate tiles and the
+//! pruning rules, each dropped candidate with its reason. Pure.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::spec::{KernelSpec, LocalMode, Op};
+use crate::target::{Arch, Limits};
+use crate::tile::Tile;
+
+/// The embedded spaces file.
+pub const SPACES_TOML: &str = include_str!("../../autotune/spaces.toml");
+
+/// Values to try per tile field (absent = the op's default for that field).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FieldValues {
+    /// block_m values.
+    #[serde(default)]
+    pub block_m: Option<Vec<u32>>,
+    /// block_n values.
+    #[serde(default)]
+    pub block_n: Option<Vec<u32>>,
+    /// warps values.
+    #[serde(default)]
+    pub warps: Option<Vec<u32>>,
+    /// stages values.
+    #[serde(default)]
+    pub stages: Option<Vec<u32>>,
+    /// splits values.
+    #[serde(default)]
+    pub splits: Option<Vec<u32>>,
+    /// Per-arch replacements.
+    #[serde(default)]
+    pub arch: BTreeMap<String, FieldValues>,
+}
+
+/// The spaces of every op.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spaces {
+    /// prefill.
+    pub prefill: FieldValues,
+    /// decode.
+    pub decode: FieldValues,
+    /// chunk_mean.
+    pub chunk_mean: FieldValues,
+    /// chunk_summarize.
+    pub chunk_summarize: FieldValues,
+}
+
+/// A spaces file that does not parse.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("search spaces: {0}")]
+pub struct SpaceError(pub String);
+
+/// A candidate that was dropped, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pruned {
+    /// The tile.
+    pub tile: Tile,
+    /// Why it was dropped.
+    pub reason: String,
+}
+
+/// The candidates of one spec on one device.
+#[derive(Clone, Debug, Default)]
+pub struct Candidates {
+    /// Survivors, in a fixed order, the default tile first.
+    pub keep: Vec<Tile>,
+    /// Dropped ones with reasons.
+    pub pruned: Vec<Pruned>,
+}
+
+impl Spaces {
+    /// The embedded spaces.
+    pub fn builtin() -> Spaces {
+        Spaces::parse(SPACES_TOML).expect("the embedded search spaces parse (tested)")
+    }
+
+    /// Parses a spaces file.
+    pub fn parse(text: &str) -> Result<Spaces, SpaceError> {
+        toml::from_str(text).map_err(|e| SpaceError(e.to_string()))
+    }
+
+    fn of(&self, op: Op) -> &FieldValues {
+        match op {
+            Op::Prefill => &self.prefill,
+            Op::Decode => &self.decode,
+            Op::ChunkMean => &self.chunk_mean,
+            Op::ChunkSummarize => &self.chunk_summarize,
+        }
+    }
+
+    /// Expands the space of `spec` for `arch` (whose limits may be the device's measured ones)
+    /// and prunes it. The default tile is always a candidate (it is the trusted reference).
+    pub fn candidates(&self, spec: &KernelSpec, arch: Arch, limits: Limits) -> Candidates {
+        let base = self.of(spec.op);
+        let over = base.arch.get(&arch.to_string());
+        let pick = |f: fn(&FieldValues) -> &Option<Vec<u32>>, dflt: u32| -> Vec<u32> {
+            over.and_then(|o| f(o).clone())
+                .or_else(|| f(base).clone())
+                .unwrap_or_else(|| vec![dflt])
+        };
+        let d = Tile::default_for(spec, arch);
+        let mut all = Vec::new();
+        for &m in &pick(|f| &f.block_m, d.block_m) {
+            for &n in &pick(|f| &f.block_n, d.block_n) {
+                for &w in &pick(|f| &f.warps, d.warps) {
+                    for &s in &pick(|f| &f.stages, d.stages) {
+                        for &k in &pick(|f| &f.splits, d.splits) {
+                            let t = Tile {
+                                block_m: m,
+                                block_n: n,
+                                warps: w,
+                                stages: s,
+                                splits: k,
+                            }
+                            .normalized(spec.op);
+                            if !all.contains(&t) {
+                                all.push(t);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Candidates {
+            keep: vec![d],
+            pruned: Vec::new(),
+        };
+        for t in all {
+            if t == d {
+                continue;
+            }
+            match prune_reason(spec, &t, arch, limits) {
+                Some(reason) => out.pruned.push(Pruned { tile: t, reason }),
+                None => out.keep.push(t),
+            }
+        }
+        out
+    }
+}
+
+/// Why `tile` is not worth compiling for `spec` on a device with `limits`, if it is not.
+pub fn prune_reason(spec: &KernelSpec, tile: &Tile, arch: Arch, limits: Limits) -> Option<String> {
+    if let Err(e) = tile.validate(spec) {
+        return Some(e.to_string());
+    }
+    let smem = tile.smem_bytes(spec);
+    if smem > limits.smem_per_block {
+        return Some(format!(
+            "needs {} KiB of shared memory per block, {arch} allows {} KiB",
+            smem.div_ceil(1024),
+            limits.smem_per_block / 1024
+        ));
+    }
+    if tile.threads() > limits.threads_per_block {
+        return Some(format!(
+            "needs {} threads per block, the limit is {}",
+            tile.threads(),
+            limits.threads_per_block
+        ));
+    }
+    let w = spec.window_or_zero();
+    match spec.op {
+        Op::Prefill if spec.local == Some(LocalMode::Block) => {
+            if tile.block_n > w || w % tile.block_n != 0 {
+                return Some(format!(
+                    "block_n {} does not divide the window {w}: tiles would straddle windows",
+                    tile.block_n
+                ));
+            }
+            if tile.block_m > 2 * w {
+                return Some(format!(
+                    "block_m {} spans more than two windows of {w}: most of each tile is masked",
+                    tile.block_m
+                ));
+            }
+            None
+        }
+        Op::Prefill => {
+            if tile.block_m > 2 * w.max(64) {
+                return Some(format!(
+                    "block_m {} is more than twice the window {w}",
+                    tile.block_m
+                ));
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Drops candidates after compiling: spills, or more registers than a multiprocessor holds.
+pub fn prune_compiled(
+    tile: &Tile,
+    registers: u32,
+    spill_bytes: u32,
+    limits: Limits,
+) -> Option<String> {
+    if spill_bytes > 0 {
+        return Some(format!(
+            "spills {spill_bytes} bytes of registers to local memory"
+        ));
+    }
+    if registers * tile.threads() > limits.regs_per_sm {
+        return Some(format!(
+            "{registers} registers x {} threads exceed the {} registers of a multiprocessor",
+            tile.threads(),
+            limits.regs_per_sm
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::SpecParams;
+
+    fn spec(op: Op, d: u32, w: u32, local: LocalMode) -> KernelSpec {
+        KernelSpec::new(
+            op,
+            &SpecParams {
+                head_dim: Some(d),
+                window: Some(w),
+                chunk: Some(8),
+                local: Some(local),
+                group: Some(4),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn builtin_space_expands_and_prunes() {
+        let s = Spaces::builtin();
+        let h100 = Arch::new(9, 0);
+        let c = s.candidates(
+            &spec(Op::Prefill, 128, 512, LocalMode::Block),
+            h100,
+            h100.limits(),
+        );
+        assert_eq!(
+            c.keep[0],
+            Tile::default_for(&spec(Op::Prefill, 128, 512, LocalMode::Block), h100)
+        );
+        assert!(c.keep.len() >= 10 && c.keep.len() <= 64, "{}", c.keep.len());
+        // every candidate is distinct and valid on the device
+        for (i, t) in c.keep.iter().enumerate() {
+            assert!(
+                t.validate_for(&spec(Op::Prefill, 128, 512, LocalMode::Block), h100)
+                    .is_ok()
+            );
+            assert!(!c.keep[i + 1..].contains(t));
+        }
+        assert!(
+            c.pruned.iter().any(|p| p.reason.contains("shared memory")),
+            "{:?}",
+            c.pruned
+        );
+        assert!(c.pruned.iter().any(|p| p.reason.contains("block_m = 256")));
+        // a small window prunes wide key tiles in block mode
+        let c = s.candidates(
+            &spec(Op::Prefill, 64, 32, LocalMode::Block),
+            h100,
+            h100.limits(),
+        );
+        assert!(
+            c.pruned
+                .iter()
+                .any(|p| p.reason.contains("does not divide the window 32"))
+        );
+        // the arch table replaces fields
+        let a86 = Arch::new(8, 6);
+        let c = s.candidates(
+            &spec(Op::Prefill, 64, 512, LocalMode::Sliding),
+            a86,
+            a86.limits(),
+        );
+        assert!(
+            c.keep
+                .iter()
+                .skip(1)
+                .all(|t| t.stages == 2 && t.block_n <= 64)
+        );
+        let c = s.candidates(
+            &spec(Op::Decode, 128, 512, LocalMode::Block),
+            h100,
+            h100.limits(),
+        );
+        assert!(c.keep.iter().any(|t| t.splits == 4));
+        let c = s.candidates(
+            &spec(Op::ChunkMean, 64, 512, LocalMode::Block),
+            h100,
+            h100.limits(),
+        );
+        assert_eq!(c.keep.len(), 4);
+    }
+
+    #[test]
+    fn compiled_pruning() {
+        let t = Tile {
+            block_m: 128,
+            block_n: 64,
+            warps: 8,
+            stages: 2,
+            splits: 0,
+        };
+        let l = Arch::new(9, 0).limits();
+        assert!(
+            prune_compiled(&t, 255, 8, l)
+                .unwrap()
+                .contains("spills 8 bytes")
+        );
+        assert!(prune_compiled(&t, 255, 0, l).is_none());
+        let big = Tile { warps: 8, ..t };
+        assert!(
+            prune_compiled(
+                &Tile {
+                    block_m: 256,
+                    ..big
+                },
+                255,
+                0,
+                crate::target::Limits {
+                    regs_per_sm: 32768,
+                    ..l
+                }
+            )
+            .is_some()
+        );
+        assert!(Spaces::parse("[prefill]\nblock_x = [1]").is_err());
+    }
+}
