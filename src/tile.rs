@@ -144,7 +144,10 @@ impl Tile {
                 one_of(op, "stages", self.stages, &[1, 2, 3], "1, 2, 3")?;
                 let rows = self.warps * 16;
                 let mt = self.block_m / rows;
-                if self.block_m % rows != 0 || !(1..=2).contains(&mt) || mt * spec.head_dim > 256 {
+                if !self.block_m.is_multiple_of(rows)
+                    || !(1..=2).contains(&mt)
+                    || mt * spec.head_dim > 256
+                {
                     return Err(TileError::Field {
                         op,
                         field: "block_m",

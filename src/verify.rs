@@ -102,7 +102,7 @@ pub fn upload(
     fill: u16,
 ) -> Result<DeviceTensor> {
     let d = *t.shape.last().unwrap_or(&1);
-    let rows = if d == 0 { 0 } else { t.len() / d };
+    let rows = t.len().checked_div(d).unwrap_or(0);
     let row = d + pad;
     let mut host = vec![fill; (rows * row).max(1)];
     for r in 0..rows {
@@ -152,7 +152,7 @@ impl DeviceTensor {
         let host = stream.clone_dtoh(&self.buf).map_err(drv("cuMemcpyDtoH"))?;
         let d = *self.arg.shape.last().unwrap_or(&1);
         let n: usize = self.arg.shape.iter().product();
-        let rows = if d == 0 { 0 } else { n / d };
+        let rows = n.checked_div(d).unwrap_or(0);
         let row = d + self.pad;
         let mut out = Vec::with_capacity(n);
         for r in 0..rows {
@@ -166,7 +166,7 @@ impl DeviceTensor {
         let host = stream.clone_dtoh(&self.buf).map_err(drv("cuMemcpyDtoH"))?;
         let d = *self.arg.shape.last().unwrap_or(&1);
         let n: usize = self.arg.shape.iter().product();
-        let rows = if d == 0 { 0 } else { n / d };
+        let rows = n.checked_div(d).unwrap_or(0);
         let row = d + self.pad;
         let mut out = Vec::with_capacity(n);
         for r in 0..rows {

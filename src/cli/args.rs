@@ -108,7 +108,7 @@ impl ShapeFlags {
     pub fn workload(&self, spec: &KernelSpec) -> anyhow::Result<flasheva::bench::Workload> {
         let h = self.heads.unwrap_or(16);
         let hkv = self.kv_heads.unwrap_or(h / spec.group_or_one() as usize);
-        if hkv == 0 || h % hkv != 0 {
+        if hkv == 0 || !h.is_multiple_of(hkv) {
             return Err(usage(format!(
                 "--heads {h} must be a multiple of --kv-heads {hkv}"
             )));

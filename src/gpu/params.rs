@@ -179,7 +179,7 @@ fn expect_vector_layout(t: &TensorArg) -> Result<(), LaunchError> {
             "the last dimension must be contiguous (stride 1)".into()
         ));
     }
-    if t.ptr % 16 != 0 {
+    if !t.ptr.is_multiple_of(16) {
         return Err(bad(format!("address {:#x} is not 16-byte aligned", t.ptr)));
     }
     let per16 = 16 / t.dtype.size();
@@ -566,6 +566,9 @@ pub fn decode_workspace_elems(b: usize, h: usize, d: usize, splits: usize) -> us
     }
 }
 
+/// A decode launch and, when split, its combine launch.
+pub type DecodePlan = (LaunchPlan<DecodeParams>, Option<LaunchPlan<DecodeParams>>);
+
 /// Plans a decode launch (and its combine launch when split); `None` when B = 0.
 /// `workspace` is the device address of at least [`decode_workspace_elems`] fp32 elements.
 pub fn plan_decode(
@@ -574,7 +577,7 @@ pub fn plan_decode(
     a: &DecodeArgs,
     splits: usize,
     workspace: Option<(u64, usize)>,
-) -> Result<Option<(LaunchPlan<DecodeParams>, Option<LaunchPlan<DecodeParams>>)>, LaunchError> {
+) -> Result<Option<DecodePlan>, LaunchError> {
     check_op(spec, Op::Decode)?;
     let et = ElemType::of(spec.dtype);
     let d = spec.head_dim as usize;
@@ -694,7 +697,7 @@ pub fn plan_decode(
         smem: tile.smem_bytes(spec),
         params,
     };
-    let combine = (splits > 1).then(|| LaunchPlan {
+    let combine = (splits > 1).then_some(LaunchPlan {
         grid: (h as u32, b as u32, 1),
         block: (128, 1, 1),
         smem: 0,

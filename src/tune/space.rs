@@ -166,7 +166,7 @@ pub fn prune_reason(spec: &KernelSpec, tile: &Tile, arch: Arch, limits: Limits) 
     let w = spec.window_or_zero();
     match spec.op {
         Op::Prefill if spec.local == Some(LocalMode::Block) => {
-            if tile.block_n > w || w % tile.block_n != 0 {
+            if tile.block_n > w || !w.is_multiple_of(tile.block_n) {
                 return Some(format!(
                     "block_n {} does not divide the window {w}: tiles would straddle windows",
                     tile.block_n

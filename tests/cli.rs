@@ -1,0 +1,422 @@
+//! The `flasheva` binary as users run it: exit codes, one-line errors naming what was wrong and
+//! what is accepted, deterministic render, compile into a fresh cache then all cache hits,
+//! verify on a damaged cache, GPU commands on a machine without a GPU.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::bin;
+
+fn run(cache: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("FLASHEVA_CACHE_DIR", cache)
+        .env_remove("FLASHEVA_NO_TUNE")
+        .output()
+        .expect("run flasheva")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Bad input: exit 2, exactly one line on stderr that starts with `flasheva: error:` and holds `needle`.
+fn bad_input(args: &[&str], needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), args);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "{args:?}: more than one line:\n{err}"
+    );
+    assert!(err.starts_with("flasheva: error: "), "{err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected {needle:?} in {err}"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_exit_2() {
+    let s = ["--window", "128", "--chunk", "8"];
+    bad_input(
+        &[
+            "render",
+            "prefill",
+            "--head-dim",
+            "80",
+            "--window",
+            "128",
+            "--chunk",
+            "8",
+        ],
+        "unsupported head dim 80: accepted are 32, 64, 96, 128, 256",
+    );
+    bad_input(
+        &[
+            "render",
+            "prefill",
+            "--head-dim",
+            "64",
+            "--window",
+            "100",
+            "--chunk",
+            "8",
+        ],
+        "chunk 8 does not divide window 100",
+    );
+    bad_input(
+        &["render", "prefill", "--head-dim", "64", "--chunk", "8"],
+        "prefill needs --window",
+    );
+    bad_input(
+        &["render", "attention", "--head-dim", "64"],
+        "unknown op 'attention': accepted are chunk_mean, chunk_summarize, prefill, decode",
+    );
+    bad_input(
+        &[
+            "render",
+            "prefill",
+            "--head-dim",
+            "64",
+            "--local",
+            "global",
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+        ],
+        "unknown local 'global': accepted are block, sliding",
+    );
+    bad_input(
+        &[
+            "render",
+            "prefill",
+            "--head-dim",
+            "64",
+            "--dtype",
+            "fp8",
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+        ],
+        "unknown dtype 'fp8': accepted are f16, bf16",
+    );
+    bad_input(
+        &[
+            "render",
+            "prefill",
+            "--head-dim",
+            "64",
+            "--tile",
+            "block_m=48",
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+        ],
+        "block_m = 48 is not accepted",
+    );
+    bad_input(
+        &[
+            "render",
+            "prefill",
+            "--head-dim",
+            "256",
+            "--tile",
+            "block_n=128,stages=3",
+            "--arch",
+            "sm_89",
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+        ],
+        "allows 99 KiB",
+    );
+    bad_input(
+        &["compile", "--arch", "sm_70"],
+        "unknown arch 'sm_70': accepted are sm_80",
+    );
+    bad_input(
+        &["compile", "--preset", "gpt"],
+        "unknown preset 'gpt': accepted are eva-lm, llama",
+    );
+    bad_input(
+        &["compile", "--head-dim", "64"],
+        "spec flags (--head-dim, --window, ...) need an op",
+    );
+    bad_input(
+        &["compile", "--frobnicate"],
+        "unexpected argument '--frobnicate'",
+    );
+    bad_input(
+        &["cache", "show", "zz"],
+        "no cache entry has a key starting with 'zz'",
+    );
+    bad_input(
+        &["cache", "gc", "--max-size", "lots"],
+        "'lots' is not a size",
+    );
+    bad_input(
+        &["tune", "--shapes", "1y2", "--dry-run"],
+        "shape '1y2' is not BxN",
+    );
+    bad_input(
+        &["cache", "import", "/nonexistent.flasheva", "--trust", "abc"],
+        "is not a public key",
+    );
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in [
+        vec!["--help"],
+        vec!["compile", "--help"],
+        vec!["render", "--help"],
+        vec!["cache", "--help"],
+        vec!["run", "--help"],
+        vec!["bench", "--help"],
+        vec!["tune", "--help"],
+        vec!["cache", "export", "--help"],
+        vec!["cache", "import", "--help"],
+    ] {
+        let o = run(dir.path(), &cmd);
+        assert!(o.status.success(), "{cmd:?}");
+        let (out, _) = text(&o);
+        // every long flag is followed by a description on the same or the next line
+        for line in out.lines().filter(|l| l.trim_start().starts_with("--")) {
+            let next = out.lines().skip_while(|l| *l != line).nth(1).unwrap_or("");
+            assert!(
+                line.trim()
+                    .split("  ")
+                    .filter(|p| !p.trim().is_empty())
+                    .count()
+                    > 1
+                    || !next.trim().is_empty(),
+                "{cmd:?}: undocumented {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn render_is_deterministic_and_self_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "render",
+        "decode",
+        "--head-dim",
+        "128",
+        "--window",
+        "512",
+        "--chunk",
+        "64",
+        "--group",
+        "4",
+        "--local",
+        "sliding",
+    ];
+    let a = run(dir.path(), &args);
+    let b = run(dir.path(), &args);
+    assert!(a.status.success());
+    assert_eq!(a.stdout, b.stdout);
+    let src = String::from_utf8(a.stdout).unwrap();
+    assert!(src.contains("flasheva_decode_d128_w512_c64_sliding_bf16_g4_combine"));
+    assert!(!src.contains("#include"));
+}
+
+#[test]
+fn compile_fills_the_cache_then_hits_and_verify_reports_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &["compile", "--arch", "sm_80,sm_90"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("24 compiled, 0 cached, 0 failed"), "{out}");
+    let o = run(dir.path(), &["compile", "--arch", "sm_80,sm_90"]);
+    let (out, _) = text(&o);
+    assert!(out.contains("0 compiled, 24 cached, 0 failed"), "{out}");
+    let o = run(dir.path(), &["cache", "verify"]);
+    assert!(o.status.success());
+    assert!(text(&o).0.contains("24 entries verified, 0 damaged"));
+    let ls = run(dir.path(), &["cache", "ls"]);
+    let (out, _) = text(&ls);
+    assert!(out.contains("24 entries"), "{out}");
+    let key = out
+        .lines()
+        .nth(2)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let show = run(dir.path(), &["cache", "show", &key]);
+    assert!(show.status.success());
+    assert!(text(&show).0.contains("\"entry_points\""));
+    // damage one cubin: verify fails with exit 1 and names it; compile replaces it with a warning
+    let cubin = walk(dir.path())
+        .into_iter()
+        .find(|p| p.ends_with("kernel.cubin"))
+        .unwrap();
+    let mut b = std::fs::read(&cubin).unwrap();
+    b[100] ^= 0xff;
+    std::fs::write(&cubin, b).unwrap();
+    let o = run(dir.path(), &["cache", "verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    let (out, err) = text(&o);
+    assert!(
+        out.contains("DAMAGED") && out.contains("kernel.cubin does not match its sha256"),
+        "{out}"
+    );
+    assert!(
+        err.starts_with("flasheva: error: 1 damaged cache entry"),
+        "{err}"
+    );
+    let o = run(dir.path(), &["compile", "--arch", "sm_80,sm_90"]);
+    let (out, err) = text(&o);
+    assert!(out.contains("1 compiled, 23 cached, 0 failed"), "{out}");
+    assert!(
+        err.contains("warning") && err.contains("treated as a miss"),
+        "{err}"
+    );
+    assert!(run(dir.path(), &["cache", "verify"]).status.success());
+    let o = run(dir.path(), &["cache", "clear"]);
+    assert!(text(&o).0.contains("removed 24 entries"));
+}
+
+fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        if e.path().is_dir() {
+            v.extend(walk(&e.path()));
+        } else {
+            v.push(e.path());
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn gpu_commands_say_clearly_when_there_is_no_gpu() {
+    if flasheva::gpu::driver::probe().is_ok() {
+        eprintln!("this machine has a GPU: the no-GPU messages are not checked here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("in.safetensors");
+    std::fs::write(&f, b"not used").unwrap();
+    for args in [
+        vec![
+            "bench",
+            "prefill",
+            "--head-dim",
+            "64",
+            "--window",
+            "128",
+            "--chunk",
+            "8",
+        ],
+        vec!["tune", "--preset", "eva-lm"],
+    ] {
+        let o = run(dir.path(), &args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            err.contains("needs a CUDA GPU") && err.contains("no CUDA"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    // run checks its inputs before it needs the GPU
+    let o = run(
+        dir.path(),
+        &[
+            "run",
+            "prefill",
+            "--input",
+            f.to_str().unwrap(),
+            "--output",
+            "/tmp/x",
+            "--window",
+            "128",
+            "--chunk",
+            "8",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("is not a safetensors file"));
+    // the dry run needs no GPU
+    let o = run(dir.path(), &["tune", "--preset", "llama", "--dry-run"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("keep (default, trusted)") && out.contains("pruned: "),
+        "{out}"
+    );
+    // doctor reports, and succeeds
+    let o = run(dir.path(), &["doctor"]);
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    assert!(
+        out.contains("nvrtc:  13.") && out.contains("driver: no CUDA driver"),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_names_missing_and_misshapen_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("in.safetensors");
+    let q = vec![0u8; 2 * 4 * 2 * 64 * 2];
+    let k = vec![0u8; (2 * 4) * 64 * 2];
+    let tensors = vec![
+        (
+            "q".to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, vec![2, 4, 2, 64], &q)
+                .unwrap(),
+        ),
+        (
+            "k".to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, vec![2, 4, 64], &k)
+                .unwrap(),
+        ),
+    ];
+    safetensors::serialize_to_file(tensors, None, &f).unwrap();
+    let common = [
+        "--input",
+        f.to_str().unwrap(),
+        "--output",
+        "/tmp/out.safetensors",
+        "--window",
+        "128",
+        "--chunk",
+        "8",
+    ];
+    let o = run(dir.path(), &[&["run", "prefill"][..], &common[..]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o)
+            .1
+            .contains("tensor k has shape [2, 4, 64], expected [B, N, Hkv, D]"),
+        "{}",
+        text(&o).1
+    );
+    let o = run(
+        dir.path(),
+        &[&["run", "chunk_mean"][..], &common[..]].concat(),
+    );
+    assert!(
+        text(&o).1.contains("has no tensor 'x': chunk_mean reads x"),
+        "{}",
+        text(&o).1
+    );
+}

@@ -1,0 +1,228 @@
+//! The loader on a real GPU: kernels from an imported bundle load and run without compiling;
+//! PTX of an older arch is used when no cubin fits; damaged artifacts are skipped; tuned winners
+//! are used and can be switched off. Skips (loudly) without a device; FLASHEVA_REQUIRE_GPU=1
+//! turns the skip into a failure.
+
+mod common;
+
+use common::spec;
+use flasheva::cache::CacheStore;
+use flasheva::cache::bundle::{self, ExportOptions};
+use flasheva::cache::winner::{Bucket, CandidateResult, DeviceId, WINNER_FORMAT, WinnerRecord};
+use flasheva::gpu::Gpu;
+use flasheva::loader::{Origin, Runtime, RuntimeOptions};
+use flasheva::pipeline::Pipeline;
+use flasheva::spec::{DType, LocalMode, Op};
+use flasheva::verify::{self, PrefillCase};
+use flasheva::{Arch, Error, Tile};
+
+fn gpu(test: &str) -> Option<Gpu> {
+    match Gpu::open(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            if std::env::var("FLASHEVA_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: FLASHEVA_REQUIRE_GPU=1 but no GPU: {e}");
+            }
+            eprintln!("GPU TEST SKIPPED: {test}: {e}");
+            None
+        }
+    }
+}
+
+fn case() -> PrefillCase {
+    PrefillCase {
+        b: 2,
+        n: 333,
+        h: 4,
+        hkv: 2,
+        extra_summaries: 0,
+        large_logits: false,
+        strided: false,
+        scale: None,
+    }
+}
+
+#[test]
+fn imported_bundle_runs_without_compiling() {
+    let Some(g) = gpu("imported bundle") else {
+        return;
+    };
+    let (maj, min) = g.info().capability;
+    let arch = Arch::from_capability(maj, min);
+    let s = spec(Op::Prefill, 64, 128, 8, LocalMode::Block, DType::Bf16, 1);
+    // The "build machine": compile for this arch and export.
+    let build = tempfile::tempdir().unwrap();
+    let bstore = CacheStore::open(build.path()).unwrap();
+    let nv = flasheva::compile::nvrtc::Nvrtc::load().unwrap();
+    Pipeline::new(&bstore, &nv)
+        .ensure(&s, &Tile::default_for(&s, arch), arch)
+        .unwrap();
+    let file = build.path().join("b.flasheva");
+    bundle::export(&bstore, &file, &ExportOptions::default(), None).unwrap();
+    // The "fleet machine": a loader that may not compile.
+    let fleet = tempfile::tempdir().unwrap();
+    let store = CacheStore::open(fleet.path()).unwrap();
+    let no_compile = RuntimeOptions {
+        compile_on_miss: false,
+        use_tuned: true,
+    };
+    let rt = Runtime::with_gpu(g.clone(), store.clone(), no_compile.clone());
+    match rt.kernel(&s) {
+        Err(Error::NotCached(msg)) => assert!(
+            msg.contains("no cached kernel") && msg.contains("flasheva compile"),
+            "{msg}"
+        ),
+        other => panic!("expected NotCached, got {other:?}"),
+    }
+    bundle::import(&store, &file, &[]).unwrap();
+    let rt = Runtime::with_gpu(g.clone(), store, no_compile);
+    let k = rt.kernel(&s).unwrap();
+    assert!(matches!(k.origin, Origin::Cubin { .. }), "{:?}", k.origin);
+    let stream = g.context().new_stream().unwrap();
+    let r = verify::check_prefill(&stream, &k, &case()).unwrap();
+    assert!(r.pass, "{r}");
+    println!("SUMMARY loader: bundle imported and run from its cubin without compiling: {r}");
+}
+
+#[test]
+fn ptx_of_an_older_arch_is_used_and_damage_is_skipped() {
+    let Some(g) = gpu("ptx fallback") else { return };
+    let (maj, _) = g.info().capability;
+    if maj < 9 {
+        eprintln!("needs a device newer than sm_80 to exercise the PTX path");
+        return;
+    }
+    let s = spec(Op::Prefill, 64, 128, 8, LocalMode::Sliding, DType::F16, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let store = CacheStore::open(dir.path()).unwrap();
+    let nv = flasheva::compile::nvrtc::Nvrtc::load().unwrap();
+    let (a, b) = g.info().capability;
+    let tile = Tile::default_for(&s, Arch::from_capability(a, b));
+    // only an sm_80 build of the tile this device uses
+    let built = Pipeline::new(&store, &nv)
+        .ensure(&s, &tile, Arch::new(8, 0))
+        .unwrap();
+    let opts = RuntimeOptions {
+        compile_on_miss: false,
+        use_tuned: false,
+    };
+    let rt = Runtime::with_gpu(g.clone(), store.clone(), opts.clone());
+    let k = rt.kernel_with_tile(&s, &tile).unwrap();
+    assert!(
+        matches!(k.origin, Origin::Ptx { arch, .. } if arch == Arch::new(8, 0)),
+        "{:?}",
+        k.origin
+    );
+    let stream = g.context().new_stream().unwrap();
+    let r = verify::check_prefill(&stream, &k, &case()).unwrap();
+    assert!(r.pass, "{r}");
+    // damage the PTX: the loader skips it (with a warning) and, not allowed to compile, says so
+    let p = built.entry.dir.join("kernel.ptx");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[200] ^= 0x20;
+    std::fs::write(&p, bytes).unwrap();
+    let rt = Runtime::with_gpu(g.clone(), store.clone(), opts);
+    assert!(matches!(
+        rt.kernel_with_tile(&s, &tile),
+        Err(Error::NotCached(_))
+    ));
+    assert!(
+        rt.take_warnings()
+            .iter()
+            .any(|w| w.contains("does not match its sha256"))
+    );
+    // allowed to compile, it replaces it with a fresh local build
+    let rt = Runtime::with_gpu(
+        g,
+        store,
+        RuntimeOptions {
+            compile_on_miss: true,
+            use_tuned: false,
+        },
+    );
+    let k = rt.kernel_with_tile(&s, &tile).unwrap();
+    assert!(
+        matches!(k.origin, Origin::Compiled { .. }),
+        "{:?}",
+        k.origin
+    );
+    println!("SUMMARY loader: PTX fallback ran correctly; damaged PTX skipped and rebuilt");
+}
+
+#[test]
+fn tuned_winners_are_used_unless_switched_off() {
+    let Some(g) = gpu("winners") else { return };
+    let s = spec(Op::Prefill, 64, 128, 8, LocalMode::Block, DType::Bf16, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let store = CacheStore::open(dir.path()).unwrap();
+    let info = g.info().clone();
+    let tile = Tile {
+        block_m: 64,
+        block_n: 32,
+        warps: 4,
+        stages: 2,
+        splits: 0,
+    };
+    let c = CandidateResult {
+        tile,
+        key: None,
+        status: "ok".into(),
+        median_ms: Some(1.0),
+        min_ms: None,
+        max_ms: None,
+        rate: None,
+        rate_unit: "TFLOP/s".into(),
+        rel_diff: Some(0.0),
+    };
+    store
+        .put_winner(&WinnerRecord {
+            format: WINNER_FORMAT,
+            crate_version: flasheva::CRATE_VERSION.into(),
+            device: DeviceId {
+                name: info.name.clone(),
+                capability: info.capability,
+                driver_version: 0,
+                nvrtc_version: None,
+            },
+            spec: s,
+            bucket: Bucket::of(Op::Prefill, 2, 333, 4, 2),
+            shape: (2, 333, 4, 2),
+            tile,
+            artifact_key: None,
+            median_ms: 1.0,
+            default_tile: tile,
+            default_median_ms: 1.0,
+            candidates: vec![c],
+            created_unix: 0,
+        })
+        .unwrap();
+    let w = flasheva::bench::Workload {
+        spec: s,
+        b: 2,
+        n: 333,
+        h: 4,
+        hkv: 2,
+    };
+    let rt = Runtime::with_gpu(
+        g.clone(),
+        store.clone(),
+        RuntimeOptions {
+            compile_on_miss: true,
+            use_tuned: true,
+        },
+    );
+    assert_eq!(rt.tile_for_workload(&w), tile);
+    let k = rt.kernel_for(&w).unwrap();
+    let stream = g.context().new_stream().unwrap();
+    assert!(verify::check_prefill(&stream, &k, &case()).unwrap().pass);
+    let off = Runtime::with_gpu(
+        g,
+        store,
+        RuntimeOptions {
+            compile_on_miss: true,
+            use_tuned: false,
+        },
+    );
+    assert_eq!(off.tile_for_workload(&w), off.default_tile(&s));
+    println!("SUMMARY loader: tuned winner used; use_tuned=false gives the default");
+}

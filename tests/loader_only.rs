@@ -1,0 +1,78 @@
+//! The loader-only build: `--no-default-features` builds the library without tera and without
+//! NVRTC bindings. Runs cargo (needs the Rust toolchain: where there is none, on the GPU machine,
+//! it says so and does nothing).
+
+use std::process::Command;
+
+#[test]
+fn loader_only_build_has_neither_tera_nor_nvrtc() {
+    let Ok(cargo) = std::env::var("CARGO") else {
+        eprintln!("LOADER-ONLY BUILD TEST SKIPPED: not run under cargo (no Rust toolchain here)");
+        return;
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let target = std::path::Path::new(root)
+        .join("target")
+        .join("loader-only");
+    let o = Command::new(&cargo)
+        .args([
+            "build",
+            "--lib",
+            "--no-default-features",
+            "--quiet",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(root)
+        .output()
+        .expect("run cargo");
+    assert!(
+        o.status.success(),
+        "loader-only build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let tree = Command::new(&cargo)
+        .args([
+            "tree",
+            "--no-default-features",
+            "--edges",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p} {f}",
+        ])
+        .current_dir(root)
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        tree.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tree.stderr)
+    );
+    let text = String::from_utf8_lossy(&tree.stdout);
+    assert!(
+        !text.lines().any(|l| l.starts_with("tera ")),
+        "tera is in the loader-only build:\n{text}"
+    );
+    let cudarc = text
+        .lines()
+        .find(|l| l.starts_with("cudarc "))
+        .expect("cudarc is a dependency");
+    assert!(
+        cudarc.contains("driver") && !cudarc.contains("nvrtc"),
+        "cudarc features: {cudarc}"
+    );
+    for heavy in [
+        "clap ",
+        "indicatif ",
+        "zstd ",
+        "ed25519-dalek ",
+        "plotters ",
+    ] {
+        assert!(
+            !text.lines().any(|l| l.starts_with(heavy)),
+            "{heavy} is in the loader-only build"
+        );
+    }
+}
