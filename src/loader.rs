@@ -210,7 +210,10 @@ impl Runtime {
         let cc = self.gpu.info().capability;
         let mut cubins: Vec<Entry> = Vec::new();
         let mut ptxs: Vec<Entry> = Vec::new();
-        for arch in known_archs() {
+        for arch in known_archs()
+            .into_iter()
+            .filter(|a| a.cubin_runs_on(cc.0, cc.1) || a.ptx_runs_on(cc.0, cc.1))
+        {
             let (good, bad) = self.store.candidates(spec, tile, arch);
             for (dir, reason) in bad {
                 self.warn(format!(

@@ -64,6 +64,11 @@ pub struct TuneArgs {
     pub arch: Arch,
 }
 
+/// Prints above the progress bar, also when stderr is not a terminal (the bar is hidden then).
+fn say(pb: &ProgressBar, msg: String) {
+    pb.suspend(|| eprintln!("{msg}"));
+}
+
 fn parse_shapes(s: &str) -> anyhow::Result<Vec<(usize, usize)>> {
     s.split(',')
         .map(str::trim)
@@ -235,45 +240,54 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     for (w, cands) in &plans {
         pb.set_message(format!("{} {}", w.spec, w.describe()));
         let mut on_event = |e: Event| match e {
-            Event::Trusted(r) => pb.println(format!("trusted default: {r}")),
+            Event::Trusted(r) => say(&pb, format!("trusted default: {r}")),
             Event::Candidate { result, resumed } => {
                 pb.inc(1);
                 if resumed {
-                    pb.println(format!(
-                        "resumed {} {}: {}",
-                        w.spec,
-                        result.tile.name(w.spec.op),
-                        result.status
-                    ));
+                    say(
+                        &pb,
+                        format!(
+                            "resumed {} {}: {}",
+                            w.spec,
+                            result.tile.name(w.spec.op),
+                            result.status
+                        ),
+                    );
                 } else if result.status.starts_with("WRONG") {
-                    pb.println(format!(
-                        "REJECTED {} {}: {}",
-                        w.spec,
-                        result.tile.name(w.spec.op),
-                        result.status
-                    ));
+                    say(
+                        &pb,
+                        format!(
+                            "REJECTED {} {}: {}",
+                            w.spec,
+                            result.tile.name(w.spec.op),
+                            result.status
+                        ),
+                    );
                 }
             }
         };
         match tune::tune(&rt, &stream, &nvrtc, *w, cands, &cfg, &mut on_event) {
             Ok(o) => {
-                pb.println(format!(
-                    "tuned {} {} in {:.1} s{}: winner {} ({:.2}x the default)",
-                    w.spec,
-                    w.describe(),
-                    o.seconds,
-                    if o.resumed > 0 {
-                        format!(" ({} candidates resumed)", o.resumed)
-                    } else {
-                        String::new()
-                    },
-                    o.record.tile.name(w.spec.op),
-                    o.record.speedup()
-                ));
+                say(
+                    &pb,
+                    format!(
+                        "tuned {} {} in {:.1} s{}: winner {} ({:.2}x the default)",
+                        w.spec,
+                        w.describe(),
+                        o.seconds,
+                        if o.resumed > 0 {
+                            format!(" ({} candidates resumed)", o.resumed)
+                        } else {
+                            String::new()
+                        },
+                        o.record.tile.name(w.spec.op),
+                        o.record.speedup()
+                    ),
+                );
                 records.push(o.record)
             }
             Err(e) => {
-                pb.println(format!("FAILED {} {}: {e}", w.spec, w.describe()));
+                say(&pb, format!("FAILED {} {}: {e}", w.spec, w.describe()));
                 failures.push(format!("{} {}: {e}", w.spec, w.describe()));
             }
         }
