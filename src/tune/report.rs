@@ -64,7 +64,7 @@ pub fn svg(records: &[WinnerRecord]) -> String {
                             RGBColor(170, 170, 170)
                         };
                         let _ = root.draw(&Rectangle::new(
-                            [(180, y - 12), (180 + len.max(1), y + 2)],
+                            [(180, y), (180 + len.max(1), y + 13)],
                             color.filled(),
                         ));
                         let _ = root.draw(&Text::new(label, (10, y), font.clone()));
