@@ -308,7 +308,10 @@ fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn gpu_commands_say_clearly_when_there_is_no_gpu() {
     if flasheva::gpu::driver::probe().is_ok() {
-        eprintln!("this machine has a GPU: the no-GPU messages are not checked here");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"this machine has a GPU: the no-GPU messages are not checked here\n",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,10 @@ use std::process::Command;
 #[test]
 fn loader_only_build_has_neither_tera_nor_nvrtc() {
     let Ok(cargo) = std::env::var("CARGO") else {
-        eprintln!("LOADER-ONLY BUILD TEST SKIPPED: not run under cargo (no Rust toolchain here)");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"LOADER-ONLY BUILD TEST SKIPPED: not run under cargo (no Rust toolchain here)\n",
+        );
         return;
     };
     let root = env!("CARGO_MANIFEST_DIR");
