@@ -7,10 +7,10 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use common::{Counting, cheap_spec, content};
+use common::{Counting, cheap_spec, content, winner};
 use flasheva::cache::CacheStore;
 use flasheva::cache::bundle::{self, ExportOptions};
-use flasheva::cache::winner::{Bucket, CandidateResult, DeviceId, WINNER_FORMAT, WinnerRecord};
+use flasheva::cache::winner::Bucket;
 use flasheva::pipeline::Pipeline;
 use flasheva::{Arch, Tile};
 
@@ -31,45 +31,6 @@ fn source_cache() -> (tempfile::TempDir, CacheStore) {
     let key = p.plan(&s, &t, Arch::new(9, 0)).unwrap().key;
     store.put_winner(&winner(&s, t, Some(key), 0.5)).unwrap();
     (dir, store)
-}
-
-fn winner(
-    spec: &flasheva::KernelSpec,
-    tile: Tile,
-    key: Option<flasheva::Key>,
-    ms: f64,
-) -> WinnerRecord {
-    let c = CandidateResult {
-        tile,
-        key,
-        status: "ok".into(),
-        median_ms: Some(ms),
-        min_ms: Some(ms),
-        max_ms: Some(ms),
-        rate: Some(1.0),
-        rate_unit: "GB/s".into(),
-        rel_diff: Some(0.0),
-    };
-    WinnerRecord {
-        format: WINNER_FORMAT,
-        crate_version: flasheva::CRATE_VERSION.into(),
-        device: DeviceId {
-            name: "NVIDIA H100 80GB HBM3".into(),
-            capability: (9, 0),
-            driver_version: 13000,
-            nvrtc_version: Some("13.0".into()),
-        },
-        spec: *spec,
-        bucket: Bucket::of(spec.op, 1, 4096, 16, 16),
-        shape: (1, 4096, 16, 16),
-        tile,
-        artifact_key: key,
-        median_ms: ms,
-        default_tile: tile,
-        default_median_ms: ms * 1.2,
-        candidates: vec![c],
-        created_unix: 0,
-    }
 }
 
 #[test]

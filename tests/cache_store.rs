@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{Counting, cheap_spec, content};
-use flasheva::cache::winner::{Bucket, CandidateResult, DeviceId, WINNER_FORMAT, WinnerRecord};
+use common::{Counting, cheap_spec, content, winner};
+use flasheva::cache::winner::Bucket;
 use flasheva::cache::{CacheStore, Lookup, layout};
 use flasheva::pipeline::{Pipeline, Status};
 use flasheva::spec::Op;
@@ -194,45 +194,6 @@ fn gc_evicts_least_recently_used_and_keeps_winners() {
     assert!(s.evicted >= 1 && s.kept_winners >= 1, "{s:?}");
     let s = store.gc(0, true).unwrap();
     assert_eq!(store.scan().unwrap().len(), 0, "{s:?}");
-}
-
-fn winner(
-    spec: &flasheva::KernelSpec,
-    tile: Tile,
-    key: Option<flasheva::Key>,
-    ms: f64,
-) -> WinnerRecord {
-    let c = CandidateResult {
-        tile,
-        key,
-        status: "ok".into(),
-        median_ms: Some(ms),
-        min_ms: Some(ms),
-        max_ms: Some(ms),
-        rate: Some(1.0),
-        rate_unit: "GB/s".into(),
-        rel_diff: Some(0.0),
-    };
-    WinnerRecord {
-        format: WINNER_FORMAT,
-        crate_version: flasheva::CRATE_VERSION.into(),
-        device: DeviceId {
-            name: "NVIDIA H100 80GB HBM3".into(),
-            capability: (9, 0),
-            driver_version: 13000,
-            nvrtc_version: Some("13.0".into()),
-        },
-        spec: *spec,
-        bucket: Bucket::of(spec.op, 1, 4096, 16, 16),
-        shape: (1, 4096, 16, 16),
-        tile,
-        artifact_key: key,
-        median_ms: ms,
-        default_tile: tile,
-        default_median_ms: ms,
-        candidates: vec![c],
-        created_unix: 0,
-    }
 }
 
 #[test]

@@ -8,10 +8,13 @@
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
+mod common;
+
+use common::spec;
 use flasheva::cache::CacheStore;
 use flasheva::gpu::{CudaStream, Gpu};
 use flasheva::loader::{Runtime, RuntimeOptions};
-use flasheva::spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
+use flasheva::spec::{DType, LocalMode, Op};
 use flasheva::verify::{self, DecodeCase, PrefillCase, Report};
 use flasheva::{Arch, Tile};
 
@@ -40,21 +43,6 @@ fn gpu(test: &str) -> Option<(Runtime, Arc<CudaStream>)> {
             None
         }
     }
-}
-
-fn spec(op: Op, d: u32, w: u32, c: u32, local: LocalMode, dtype: DType, g: u32) -> KernelSpec {
-    KernelSpec::new(
-        op,
-        &SpecParams {
-            head_dim: Some(d),
-            window: Some(w),
-            chunk: Some(c),
-            local: Some(local),
-            dtype: Some(dtype),
-            group: Some(g),
-        },
-    )
-    .unwrap()
 }
 
 fn settle(name: &str, reports: Vec<Report>) {
