@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
+    /// Ignore tuned winners: use the default tile (also: FLASHEVA_NO_TUNE=1).
+    #[arg(long)]
+    pub ignore_tuning: bool,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

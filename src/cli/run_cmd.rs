@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
 use clap::Args;
+use flasheva::bench::Workload;
 use flasheva::gpu::params::{
     ChunkMeanArgs, ChunkSummarizeArgs, DecodeArgs, ElemType, PrefillArgs, TensorArg,
     decode_workspace_elems,
@@ -51,6 +52,9 @@ pub struct RunArgs {
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
+    /// Ignore tuned winners: use the default tile (also: FLASHEVA_NO_TUNE=1).
+    #[arg(long)]
+    pub ignore_tuning: bool,
 }
 
 fn needs(op: Op) -> &'static str {
@@ -244,10 +248,48 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
 
     let gpu = Gpu::open(a.device).context("flasheva run needs a CUDA GPU")?;
     let stream = gpu.context().new_stream().context("creating a stream")?;
-    let rt = Runtime::with_gpu(gpu, open_store(cache_dir)?, RuntimeOptions::default());
+    let mut opts = RuntimeOptions::default();
+    opts.use_tuned &= !a.ignore_tuning;
+    let rt = Runtime::with_gpu(gpu, open_store(cache_dir)?, opts);
+    // The workload, for the tuned winner of its shape bucket.
+    let sh = |i: usize| &tensors[i].1.shape;
+    let workload = match a.op {
+        Op::Prefill => Workload {
+            spec,
+            b: sh(0)[0],
+            n: sh(0)[1],
+            h: sh(0)[2],
+            hkv: sh(1)[2],
+        },
+        Op::Decode => Workload {
+            spec,
+            b: sh(0)[0],
+            n: len
+                .as_ref()
+                .and_then(|l| l.iter().max().copied())
+                .unwrap_or(1)
+                .max(1) as usize,
+            h: sh(0)[1],
+            hkv: sh(1)[2],
+        },
+        Op::ChunkMean => Workload {
+            spec,
+            b: sh(0)[0],
+            n: sh(0)[1],
+            h: sh(0)[2],
+            hkv: sh(0)[2],
+        },
+        Op::ChunkSummarize => Workload {
+            spec,
+            b: sh(0)[0],
+            n: sh(0)[1],
+            h: sh(0)[2],
+            hkv: sh(0)[2],
+        },
+    };
     let tile = match &a.tile {
         Some(t) => tile_for(&spec, rt.arch(), Some(t))?,
-        None => rt.default_tile(&spec),
+        None => rt.tile_for_workload(&workload),
     };
     let kernel = rt.kernel_with_tile(&spec, &tile)?;
     for w in rt.take_warnings() {
