@@ -16,11 +16,11 @@ use std::path::{Component, Path, PathBuf};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::layout::{self, Layout};
+use crate::cache::layout;
 use crate::cache::meta::FileDigest;
 use crate::cache::store::{CacheError, CacheStore, check_file, parse_meta_bytes};
 use crate::cache::winner::{WINNER_FORMAT, WinnerRecord};
-use crate::key::{Key, sha256};
+use crate::key::Key;
 use crate::spec::KernelSpec;
 use crate::target::Arch;
 
@@ -197,13 +197,13 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-fn header_for(path: &str, size: u64) -> tar::Header {
+/// A regular-file header with fixed mode and time, so bundles of the same content are identical.
+fn header_for(size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_size(size);
     h.set_mode(0o644);
     h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Regular);
-    let _ = path;
     h
 }
 
@@ -293,7 +293,7 @@ pub fn export(
         let enc = zstd::Encoder::new(tmp.as_file(), 9).map_err(io("compress", out))?;
         let mut tar = tar::Builder::new(enc);
         let mut add = |name: &str, data: &[u8]| -> Result<(), BundleError> {
-            let mut h = header_for(name, data.len() as u64);
+            let mut h = header_for(data.len() as u64);
             tar.append_data(&mut h, name, data)
                 .map_err(io("write", out))
         };
@@ -736,14 +736,4 @@ pub fn parse_public_key(s: &str) -> Result<VerifyingKey, BundleError> {
         path: PathBuf::from(s),
         reason: "is not a valid ed25519 public key".into(),
     })
-}
-
-/// Digest of a whole file (for reports).
-pub fn file_sha256(path: &Path) -> Result<Key, BundleError> {
-    Ok(sha256(&fs::read(path).map_err(io("read", path))?))
-}
-
-/// The layout a bundle's entries take in a cache (for tests and reports).
-pub fn entry_dir_in(layout: &Layout, e: &ManifestEntry) -> PathBuf {
-    layout.kernels_dir().join(&e.dir["kernels/".len()..])
 }

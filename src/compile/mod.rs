@@ -58,7 +58,7 @@ pub struct ResourceUsage {
 }
 
 /// A failed compile, or no compiler.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CompileError {
     /// NVRTC could not be loaded.
     #[error(

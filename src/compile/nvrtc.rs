@@ -162,15 +162,8 @@ fn nvrtc_err(call: &'static str, e: result::NvrtcError) -> CompileError {
 impl Nvrtc {
     /// Finds and loads NVRTC once per process; later calls return the same result.
     pub fn load() -> Result<Nvrtc, CompileError> {
-        static ONCE: OnceLock<Result<Nvrtc, String>> = OnceLock::new();
-        let r = ONCE.get_or_init(|| Nvrtc::load_uncached().map_err(|e| e.to_string()));
-        match r {
-            Ok(n) => Ok(n.clone()),
-            Err(msg) => Err(Nvrtc::load_uncached().err().unwrap_or(CompileError::Nvrtc {
-                call: "load",
-                code: msg.clone(),
-            })),
-        }
+        static ONCE: OnceLock<Result<Nvrtc, CompileError>> = OnceLock::new();
+        ONCE.get_or_init(Nvrtc::load_uncached).clone()
     }
 
     fn load_uncached() -> Result<Nvrtc, CompileError> {

@@ -201,7 +201,6 @@ pub fn tune(
     let spec = w.spec;
     let arch = rt.arch();
     let jobs = cfg.jobs.max(1);
-    let to_compile = todo.clone();
     let compiler = std::thread::spawn(move || {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build();
         let work = |t: &Tile| {
@@ -209,8 +208,8 @@ pub fn tune(
             let _ = tx.send((*t, r));
         };
         match pool {
-            Ok(p) => p.install(|| to_compile.par_iter().for_each(work)),
-            Err(_) => to_compile.iter().for_each(work),
+            Ok(p) => p.install(|| todo.par_iter().for_each(work)),
+            Err(_) => todo.iter().for_each(work),
         }
     });
 
