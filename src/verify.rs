@@ -180,6 +180,24 @@ impl DeviceTensor {
     }
 }
 
+/// The workspace a decode with `splits` splits needs (NaN-filled, so a partial result nothing
+/// wrote would show), and the `(address, elements)` to pass to [`Kernel::decode`]; `None` when
+/// unsplit. Keep the buffer alive until the launch completes.
+pub fn decode_workspace(
+    stream: &Arc<CudaStream>,
+    b: usize,
+    h: usize,
+    d: usize,
+    splits: usize,
+) -> Result<(CudaSlice<f32>, Option<(u64, usize)>)> {
+    let elems = decode_workspace_elems(b, h, d, splits);
+    let buf = stream
+        .clone_htod(&vec![f32::NAN; elems.max(1)])
+        .map_err(drv("cuMemcpyHtoD"))?;
+    let arg = (elems > 0).then(|| (device_address(&buf, stream), elems));
+    Ok((buf, arg))
+}
+
 /// An fp32 device buffer filled with NaN, with its argument.
 pub fn alloc_f32(
     stream: &Arc<CudaStream>,
@@ -449,11 +467,7 @@ pub fn check_decode(stream: &Arc<CudaStream>, kernel: &Kernel, c: &DecodeCase) -
     let splits = c
         .splits
         .unwrap_or_else(|| kernel.decode_splits(b, hkv, max_items));
-    let ws_elems = decode_workspace_elems(b, c.h, d, splits);
-    let ws = stream
-        .clone_htod(&vec![f32::NAN; ws_elems.max(1)])
-        .map_err(drv("cuMemcpyHtoD"))?;
-    let ws_arg = (ws_elems > 0).then(|| (device_address(&ws, stream), ws_elems));
+    let (_ws, ws_arg) = decode_workspace(stream, b, c.h, d, splits)?;
     kernel.decode(
         stream,
         &DecodeArgs {
@@ -611,10 +625,7 @@ pub fn check_decode_vs_prefill(
     let od = alloc_output(stream, "o", dt, &[1, h, d], 0)?;
     let (_lb2, lsed) = alloc_f32(stream, "lse", &[1, h])?;
     let splits = decode.decode_splits(1, hkv, w + nc);
-    let ws_elems = decode_workspace_elems(1, h, d, splits);
-    let ws = stream
-        .clone_htod(&vec![f32::NAN; ws_elems.max(1)])
-        .map_err(drv("cuMemcpyHtoD"))?;
+    let (_ws, ws_arg) = decode_workspace(stream, 1, h, d, splits)?;
     decode.decode(
         stream,
         &DecodeArgs {
@@ -634,7 +645,7 @@ pub fn check_decode_vs_prefill(
             scale: None,
         },
         splits,
-        (ws_elems > 0).then(|| (device_address(&ws, stream), ws_elems)),
+        ws_arg,
     )?;
     sync(stream)?;
     let pre = o.download(stream, dt)?;

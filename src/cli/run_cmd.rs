@@ -11,13 +11,12 @@ use clap::Args;
 use flasheva::bench::Workload;
 use flasheva::gpu::params::{
     ChunkMeanArgs, ChunkSummarizeArgs, DecodeArgs, ElemType, PrefillArgs, TensorArg,
-    decode_workspace_elems,
 };
 use flasheva::gpu::{Gpu, device_address};
 use flasheva::hostdata::HostTensor;
 use flasheva::loader::{Runtime, RuntimeOptions};
 use flasheva::spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
-use flasheva::verify::{DeviceTensor, alloc_f32, alloc_output, upload};
+use flasheva::verify::{DeviceTensor, alloc_f32, alloc_output, decode_workspace, upload};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use super::args::{parse_op, tile_for};
@@ -358,9 +357,7 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             let hkv = tensors[1].1.shape[2];
             let max_items = spec.window_or_zero() as usize + tensors[3].1.shape[1];
             let splits = kernel.decode_splits(b, hkv, max_items);
-            let ws_elems = decode_workspace_elems(b, h, d, splits);
-            let ws = stream.alloc_zeros::<f32>(ws_elems.max(1))?;
-            let ws_arg = (ws_elems > 0).then(|| (device_address(&ws, &stream), ws_elems));
+            let (_ws, ws_arg) = decode_workspace(&stream, b, h, d, splits)?;
             kernel.decode(
                 &stream,
                 &DecodeArgs {

@@ -167,6 +167,30 @@ fn expect_shape(t: &TensorArg, expected: &[Option<usize>], desc: &str) -> Result
     Ok(())
 }
 
+/// A per-chunk tensor `[B, NC, heads, D]` with at least `nc` = N/C rows (more are allowed, unused).
+fn expect_chunk_rows(
+    t: &TensorArg,
+    b: usize,
+    nc: usize,
+    heads: usize,
+    d: usize,
+    heads_name: &str,
+) -> Result<(), LaunchError> {
+    expect_shape(
+        t,
+        &[Some(b), None, Some(heads), Some(d)],
+        &format!("[B, NC, {heads_name}, D]"),
+    )?;
+    if t.shape[1] < nc {
+        return Err(LaunchError::Shape {
+            name: t.name.clone(),
+            got: t.shape.clone(),
+            expected: format!("[B, NC >= N/C = {nc}, {heads_name}, D]"),
+        });
+    }
+    Ok(())
+}
+
 /// 16-byte vector access: pointer aligned to 16 bytes, last dim contiguous, other strides a
 /// multiple of 16 bytes.
 fn expect_vector_layout(t: &TensorArg) -> Result<(), LaunchError> {
@@ -457,14 +481,7 @@ pub fn plan_prefill(
     )?;
     let nc = n / spec.chunk as usize;
     for t in [&a.ks, &a.vs] {
-        expect_shape(t, &[Some(b), None, Some(hkv), Some(d)], "[B, NC, Hkv, D]")?;
-        if t.shape[1] < nc {
-            return Err(LaunchError::Shape {
-                name: t.name.clone(),
-                got: t.shape.clone(),
-                expected: format!("[B, NC >= N/C = {nc}, Hkv, D]"),
-            });
-        }
+        expect_chunk_rows(t, b, nc, hkv, d, "Hkv")?;
     }
     expect_shape(&a.o, &[Some(b), Some(n), Some(h), Some(d)], "[B, N, H, D]")?;
     expect_shape(&a.lse, &[Some(b), Some(h), Some(n)], "[B, H, N]")?;
@@ -720,14 +737,7 @@ pub fn plan_chunk_mean(
     expect_shape(&a.x, &[None, None, None, Some(d)], "[B, N, G, D]")?;
     let (b, n, g) = (a.x.shape[0], a.x.shape[1], a.x.shape[2]);
     let nc = n / spec.chunk as usize;
-    expect_shape(&a.xbar, &[Some(b), None, Some(g), Some(d)], "[B, NC, G, D]")?;
-    if a.xbar.shape[1] < nc {
-        return Err(LaunchError::Shape {
-            name: a.xbar.name.clone(),
-            got: a.xbar.shape.clone(),
-            expected: format!("[B, NC >= N/C = {nc}, G, D]"),
-        });
-    }
+    expect_chunk_rows(&a.xbar, b, nc, g, d, "G")?;
     if b == 0 || nc == 0 || g == 0 {
         return Ok(None);
     }
@@ -778,14 +788,7 @@ pub fn plan_chunk_summarize(
     )?;
     let nc = n / spec.chunk as usize;
     for t in [&a.omega, &a.vs] {
-        expect_shape(t, &[Some(b), None, Some(hkv), Some(d)], "[B, NC, Hkv, D]")?;
-        if t.shape[1] < nc {
-            return Err(LaunchError::Shape {
-                name: t.name.clone(),
-                got: t.shape.clone(),
-                expected: format!("[B, NC >= N/C = {nc}, Hkv, D]"),
-            });
-        }
+        expect_chunk_rows(t, b, nc, hkv, d, "Hkv")?;
     }
     if b == 0 || nc == 0 || hkv == 0 {
         return Ok(None);
