@@ -180,22 +180,29 @@ impl DeviceTensor {
     }
 }
 
-/// The workspace a decode with `splits` splits needs (NaN-filled, so a partial result nothing
-/// wrote would show), and the `(address, elements)` to pass to [`Kernel::decode`]; `None` when
-/// unsplit. Keep the buffer alive until the launch completes.
+/// The workspace of one decode launch: the buffer, and the argument for [`Kernel::decode`].
+pub struct DecodeWorkspace {
+    /// The device buffer; keep it alive until the launch completes.
+    pub buf: CudaSlice<f32>,
+    /// `(address, fp32 elements)`, or `None` when the decode is not split.
+    pub arg: Option<(u64, usize)>,
+}
+
+/// The workspace a decode with `splits` splits needs, NaN-filled so that a partial result nothing
+/// wrote would show.
 pub fn decode_workspace(
     stream: &Arc<CudaStream>,
     b: usize,
     h: usize,
     d: usize,
     splits: usize,
-) -> Result<(CudaSlice<f32>, Option<(u64, usize)>)> {
+) -> Result<DecodeWorkspace> {
     let elems = decode_workspace_elems(b, h, d, splits);
     let buf = stream
         .clone_htod(&vec![f32::NAN; elems.max(1)])
         .map_err(drv("cuMemcpyHtoD"))?;
     let arg = (elems > 0).then(|| (device_address(&buf, stream), elems));
-    Ok((buf, arg))
+    Ok(DecodeWorkspace { buf, arg })
 }
 
 /// An fp32 device buffer filled with NaN, with its argument.
@@ -467,7 +474,7 @@ pub fn check_decode(stream: &Arc<CudaStream>, kernel: &Kernel, c: &DecodeCase) -
     let splits = c
         .splits
         .unwrap_or_else(|| kernel.decode_splits(b, hkv, max_items));
-    let (_ws, ws_arg) = decode_workspace(stream, b, c.h, d, splits)?;
+    let ws = decode_workspace(stream, b, c.h, d, splits)?;
     kernel.decode(
         stream,
         &DecodeArgs {
@@ -482,7 +489,7 @@ pub fn check_decode(stream: &Arc<CudaStream>, kernel: &Kernel, c: &DecodeCase) -
             scale: None,
         },
         splits,
-        ws_arg,
+        ws.arg,
     )?;
     sync(stream)?;
     let got = o.download(stream, dt)?;
@@ -625,7 +632,7 @@ pub fn check_decode_vs_prefill(
     let od = alloc_output(stream, "o", dt, &[1, h, d], 0)?;
     let (_lb2, lsed) = alloc_f32(stream, "lse", &[1, h])?;
     let splits = decode.decode_splits(1, hkv, w + nc);
-    let (_ws, ws_arg) = decode_workspace(stream, 1, h, d, splits)?;
+    let ws = decode_workspace(stream, 1, h, d, splits)?;
     decode.decode(
         stream,
         &DecodeArgs {
@@ -645,7 +652,7 @@ pub fn check_decode_vs_prefill(
             scale: None,
         },
         splits,
-        ws_arg,
+        ws.arg,
     )?;
     sync(stream)?;
     let pre = o.download(stream, dt)?;

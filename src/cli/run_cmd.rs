@@ -357,7 +357,7 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             let hkv = tensors[1].1.shape[2];
             let max_items = spec.window_or_zero() as usize + tensors[3].1.shape[1];
             let splits = kernel.decode_splits(b, hkv, max_items);
-            let (_ws, ws_arg) = decode_workspace(&stream, b, h, d, splits)?;
+            let ws = decode_workspace(&stream, b, h, d, splits)?;
             kernel.decode(
                 &stream,
                 &DecodeArgs {
@@ -372,7 +372,7 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                     scale: a.scale,
                 },
                 splits,
-                ws_arg,
+                ws.arg,
             )?;
             stream
                 .synchronize()
