@@ -154,6 +154,29 @@ fn bad_input_gets_one_clear_line_and_exit_2() {
         "spec flags (--head-dim, --window, ...) need an op",
     );
     bad_input(
+        &["bench", "--head-dim", "64"],
+        "need an op: flasheva bench <op>",
+    );
+    bad_input(
+        &["tune", "--window", "64", "--dry-run"],
+        "need an op: flasheva tune <op>",
+    );
+    bad_input(
+        &[
+            "cache",
+            "export",
+            "--out",
+            "/tmp/x.flasheva",
+            "--chunk",
+            "8",
+        ],
+        "need an op: flasheva cache export --out FILE <op>",
+    );
+    bad_input(
+        &["compile", "--preset", "llama", "prefill"],
+        "cannot be used with",
+    );
+    bad_input(
         &["compile", "--frobnicate"],
         "unexpected argument '--frobnicate'",
     );

@@ -1,6 +1,7 @@
 //! Flags shared by several subcommands: a kernel spec, a tile override, a target list.
 
 use clap::Args;
+use flasheva::presets::{Preset, Presets};
 use flasheva::spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
 use flasheva::target::Arch;
 use flasheva::tile::Tile;
@@ -131,5 +132,68 @@ impl ShapeFlags {
             h,
             hkv,
         })
+    }
+}
+
+/// Which specs a command works on: every spec of a preset, or one op's spec from the spec flags.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Selection {
+    /// The specs of this preset (see autotune/presets.toml). With neither a preset nor an op:
+    /// compile, bench and tune take the file's default preset; cache export takes everything.
+    #[arg(long, value_name = "NAME", conflicts_with = "op")]
+    pub preset: Option<String>,
+    /// One spec of this op instead (chunk_mean, chunk_summarize, prefill, decode), from the spec flags.
+    #[arg(value_parser = parse_op)]
+    pub op: Option<Op>,
+    #[command(flatten)]
+    pub spec: SpecFlags,
+}
+
+/// A resolved [`Selection`].
+pub enum Selected {
+    /// One spec.
+    Spec(KernelSpec),
+    /// A preset, by name.
+    Preset(String, Preset),
+}
+
+impl Selection {
+    /// Whether a preset, an op or any spec flag was given.
+    pub fn named(&self) -> bool {
+        self.preset.is_some() || self.op.is_some() || self.spec.any()
+    }
+
+    /// The spec of the op, or the preset (default: the file's default). Spec flags without an op
+    /// are an error naming `command`'s syntax.
+    pub fn resolve(&self, command: &str) -> anyhow::Result<Selected> {
+        match self.op {
+            Some(op) => Ok(Selected::Spec(self.spec.spec(op)?)),
+            None if self.spec.any() => Err(usage(format!(
+                "spec flags (--head-dim, --window, ...) need an op: flasheva {command} <op> --head-dim D ..."
+            ))),
+            None => {
+                let presets = Presets::builtin();
+                let (name, p) = presets.get(self.preset.as_deref()).map_err(usage)?;
+                Ok(Selected::Preset(name.to_string(), p.clone()))
+            }
+        }
+    }
+}
+
+impl Selected {
+    /// Every spec selected.
+    pub fn specs(&self) -> anyhow::Result<Vec<KernelSpec>> {
+        match self {
+            Selected::Spec(s) => Ok(vec![*s]),
+            Selected::Preset(name, p) => p.specs(name).map_err(usage),
+        }
+    }
+
+    /// For messages: the spec's name or `preset NAME`.
+    pub fn describe(&self) -> String {
+        match self {
+            Selected::Spec(s) => s.name(),
+            Selected::Preset(name, _) => format!("preset {name}"),
+        }
     }
 }

@@ -9,22 +9,15 @@ use clap::Args;
 use flasheva::bench::{Bencher, Timing, Workload, copy_bandwidth};
 use flasheva::gpu::Gpu;
 use flasheva::loader::{Runtime, RuntimeOptions};
-use flasheva::presets::Presets;
 use flasheva::spec::{KernelSpec, Op};
 
-use super::args::{ShapeFlags, SpecFlags, parse_op, tile_for};
+use super::args::{Selected, Selection, ShapeFlags, tile_for};
 use super::{open_store, table, usage};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Benchmark every spec of this preset at its shapes (see autotune/presets.toml).
-    #[arg(long, value_name = "NAME", conflicts_with = "op")]
-    pub preset: Option<String>,
-    /// Benchmark one spec of this op instead.
-    #[arg(value_parser = parse_op)]
-    pub op: Option<Op>,
     #[command(flatten)]
-    pub spec: SpecFlags,
+    pub select: Selection,
     #[command(flatten)]
     pub shape: ShapeFlags,
     /// Tile overrides, e.g. block_m=64,block_n=64 (default: tuned winner, else the default tile).
@@ -58,27 +51,21 @@ struct Row {
     dense_causal_ms_at_rate: Option<f64>,
 }
 
-/// The workloads of `--preset` or of one spec with shape flags.
+/// The workloads of a selection: one spec at the shape flags, or a preset's specs at its shapes
+/// (overridden by any shape flag).
 pub fn workloads(
-    preset: Option<&str>,
-    op: Option<Op>,
-    spec: &SpecFlags,
+    select: &Selection,
     shape: &ShapeFlags,
+    command: &str,
 ) -> anyhow::Result<Vec<Workload>> {
-    match op {
-        Some(op) => {
-            let s = spec.spec(op)?;
-            Ok(vec![shape.workload(&s)?])
-        }
-        None => {
-            let presets = Presets::builtin();
-            let (name, p) = presets.get(preset).map_err(usage)?;
-            p.specs(name)
-                .map_err(usage)?
-                .into_iter()
-                .map(|s| Ok(preset_workload(p, &s, shape)))
-                .collect()
-        }
+    match select.resolve(command)? {
+        Selected::Spec(s) => Ok(vec![shape.workload(&s)?]),
+        Selected::Preset(name, p) => Ok(p
+            .specs(&name)
+            .map_err(usage)?
+            .iter()
+            .map(|s| preset_workload(&p, s, shape))
+            .collect()),
     }
 }
 
@@ -113,7 +100,7 @@ pub fn preset_workload(
 }
 
 pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let loads = workloads(a.preset.as_deref(), a.op, &a.spec, &a.shape)?;
+    let loads = workloads(&a.select, &a.shape, "bench")?;
     if a.iters == 0 {
         return Err(usage("--iters must be at least 1"));
     }

@@ -8,10 +8,8 @@ use flasheva::cache::bundle::{self, ExportOptions};
 use flasheva::cache::compat::{Usable, usable_on};
 use flasheva::cache::meta::EntryMeta;
 use flasheva::gpu::driver;
-use flasheva::spec::Op;
 
-use super::args::{SpecFlags, parse_op};
-use super::compile_cmd::specs_of;
+use super::args::Selection;
 use super::{open_store, table, usage};
 
 #[derive(Args, Debug)]
@@ -59,14 +57,8 @@ pub struct ExportArgs {
     /// The bundle file to write.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Only the specs of this preset.
-    #[arg(long, value_name = "NAME", conflicts_with = "op")]
-    pub preset: Option<String>,
-    /// Only this op's spec (with the spec flags).
-    #[arg(value_parser = parse_op)]
-    pub op: Option<Op>,
     #[command(flatten)]
-    pub spec: SpecFlags,
+    pub select: Selection,
     /// Only winner records and the artifacts they name.
     #[arg(long)]
     pub winners_only: bool,
@@ -212,16 +204,11 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             println!("removed {n} entries from {}", store.root().display());
         }
         CacheCommand::Export(x) => {
-            let specs = if x.op.is_some() || x.preset.is_some() {
-                Some(specs_of(x.preset.as_deref(), x.op, &x.spec)?.1)
+            let specs = if x.select.named() {
+                Some(x.select.resolve("cache export --out FILE")?.specs()?)
             } else {
                 None
             };
-            if x.op.is_none() && x.preset.is_none() && x.spec.any() {
-                return Err(usage(
-                    "spec flags (--head-dim, --window, ...) need an op: flasheva cache export --out F <op> --head-dim D ...",
-                ));
-            }
             let key = x
                 .sign
                 .as_deref()

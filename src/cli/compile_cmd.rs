@@ -8,26 +8,17 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 use flasheva::compile::nvrtc::Nvrtc;
 use flasheva::pipeline::{Pipeline, Status};
-use flasheva::presets::Presets;
-use flasheva::spec::{KernelSpec, Op};
 use flasheva::target::{Arch, DEFAULT_ARCHS};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use super::args::{ArchList, SpecFlags, parse_archs, parse_op, tile_for};
-use super::{open_store, table, usage};
+use super::args::{ArchList, Selection, parse_archs, tile_for};
+use super::{open_store, table};
 
 #[derive(Args, Debug)]
 pub struct CompileArgs {
-    /// Compile every spec of this preset (see autotune/presets.toml). Without a preset or an op,
-    /// the file's default preset is compiled.
-    #[arg(long, value_name = "NAME", conflicts_with = "op")]
-    pub preset: Option<String>,
-    /// Compile one spec of this op (chunk_mean, chunk_summarize, prefill, decode) instead.
-    #[arg(value_parser = parse_op)]
-    pub op: Option<Op>,
     #[command(flatten)]
-    pub spec: SpecFlags,
+    pub select: Selection,
     /// Tile overrides for a single spec, e.g. block_m=64,block_n=32 (default: each arch's default tile).
     #[arg(long, value_name = "FIELD=VALUE,...", requires = "op")]
     pub tile: Option<String>,
@@ -39,32 +30,9 @@ pub struct CompileArgs {
     pub jobs: Option<usize>,
 }
 
-/// Resolves the specs named by `--preset` / `<op> <spec flags>`.
-pub fn specs_of(
-    preset: Option<&str>,
-    op: Option<Op>,
-    flags: &SpecFlags,
-) -> anyhow::Result<(String, Vec<KernelSpec>)> {
-    match op {
-        Some(op) => {
-            let s = flags.spec(op)?;
-            Ok((s.name(), vec![s]))
-        }
-        None => {
-            if flags.any() {
-                return Err(usage(
-                    "spec flags (--head-dim, --window, ...) need an op: flasheva compile <op> --head-dim D ...",
-                ));
-            }
-            let presets = Presets::builtin();
-            let (name, p) = presets.get(preset).map_err(usage)?;
-            Ok((format!("preset {name}"), p.specs(name).map_err(usage)?))
-        }
-    }
-}
-
 pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let (what, specs) = specs_of(a.preset.as_deref(), a.op, &a.spec)?;
+    let selected = a.select.resolve("compile")?;
+    let (what, specs) = (selected.describe(), selected.specs()?);
     let archs: Vec<Arch> = a
         .arch
         .clone()

@@ -11,27 +11,19 @@ use flasheva::cache::winner::WinnerRecord;
 use flasheva::compile::nvrtc::Nvrtc;
 use flasheva::gpu::Gpu;
 use flasheva::loader::{Runtime, RuntimeOptions};
-use flasheva::presets::Presets;
 use flasheva::spec::Op;
 use flasheva::target::Arch;
 use flasheva::tune::space::Spaces;
 use flasheva::tune::{self, Event, TuneConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::{ShapeFlags, SpecFlags, parse_op};
-use super::bench_cmd::preset_workload;
+use super::args::{Selection, ShapeFlags};
 use super::{open_store, table, usage};
 
 #[derive(Args, Debug)]
 pub struct TuneArgs {
-    /// Tune every spec of this preset at its shapes (see autotune/presets.toml).
-    #[arg(long, value_name = "NAME", conflicts_with = "op")]
-    pub preset: Option<String>,
-    /// Tune one spec of this op instead (give its spec flags and shape flags).
-    #[arg(value_parser = parse_op)]
-    pub op: Option<Op>,
     #[command(flatten)]
-    pub spec: SpecFlags,
+    pub select: Selection,
     #[command(flatten)]
     pub shape: ShapeFlags,
     /// Shapes to tune at, comma-separated BxN (decode: BxPOSITION), e.g. 1x16384,8x2048; heads
@@ -91,23 +83,7 @@ fn parse_shapes(s: &str) -> anyhow::Result<Vec<(usize, usize)>> {
 }
 
 fn workloads(a: &TuneArgs) -> anyhow::Result<Vec<Workload>> {
-    let mut base: Vec<Workload> = match a.op {
-        Some(op) => vec![a.shape.workload(&a.spec.spec(op)?)?],
-        None => {
-            if a.spec.any() {
-                return Err(usage(
-                    "spec flags (--head-dim, --window, ...) need an op: flasheva tune <op> --head-dim D ...",
-                ));
-            }
-            let presets = Presets::builtin();
-            let (name, p) = presets.get(a.preset.as_deref()).map_err(usage)?;
-            p.specs(name)
-                .map_err(usage)?
-                .iter()
-                .map(|s| preset_workload(p, s, &a.shape))
-                .collect()
-        }
-    };
+    let mut base = super::bench_cmd::workloads(&a.select, &a.shape, "tune")?;
     if let Some(s) = &a.shapes {
         let shapes = parse_shapes(s)?;
         base = base
