@@ -46,7 +46,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut origin = String::new();
     for i in 0..7 {
         let t0 = Instant::now();
-        let rt = Runtime::with_gpu(gpu.clone(), store.clone(), RuntimeOptions::default());
+        let rt = Runtime::with_gpu(
+            gpu.clone(),
+            store.clone(),
+            RuntimeOptions::default().compile_on_miss(true),
+        );
         let tuned = rt.tuned(&w);
         let k = rt.kernel_for(&w)?;
         let t1 = Instant::now();

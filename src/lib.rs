@@ -21,6 +21,7 @@
 pub mod bench;
 pub mod cache;
 pub mod compile;
+pub mod config;
 pub mod error;
 pub mod gpu;
 pub mod hostdata;

@@ -58,22 +58,47 @@ pub struct Kernel {
     sm_count: u32,
 }
 
-/// How the runtime behaves.
+/// How the runtime behaves. The default is the same in every build: use tuned winners, never
+/// compile (a miss is an error naming what to compile).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RuntimeOptions {
-    /// Compile missing kernels with NVRTC (only with the `compiler` feature).
+    /// Compile missing kernels with NVRTC and store them (needs the `compiler` feature; without
+    /// it a miss stays an error). Off by default: compiling is an explicit opt-in.
     pub compile_on_miss: bool,
     /// Use tuned winners (`flasheva tune`) where the cache has them; otherwise, and when false,
-    /// the default tile. The environment variable `FLASHEVA_NO_TUNE=1` forces false.
+    /// the default tile.
     pub use_tuned: bool,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
-            compile_on_miss: cfg!(feature = "compiler"),
-            use_tuned: std::env::var("FLASHEVA_NO_TUNE").map_or(true, |v| v.is_empty() || v == "0"),
+            compile_on_miss: false,
+            use_tuned: true,
         }
+    }
+}
+
+impl RuntimeOptions {
+    /// The defaults, with `FLASHEVA_NO_TUNE` applied (see [`crate::config`]).
+    pub fn from_env() -> std::result::Result<RuntimeOptions, crate::config::ConfigError> {
+        Ok(RuntimeOptions {
+            use_tuned: !crate::config::no_tune()?,
+            ..RuntimeOptions::default()
+        })
+    }
+
+    /// These options with compiling on a miss turned on or off.
+    pub fn compile_on_miss(mut self, on: bool) -> RuntimeOptions {
+        self.compile_on_miss = on;
+        self
+    }
+
+    /// These options with tuned winners used or ignored.
+    pub fn use_tuned(mut self, on: bool) -> RuntimeOptions {
+        self.use_tuned = on;
+        self
     }
 }
 
@@ -100,11 +125,8 @@ fn known_archs() -> Vec<Arch> {
 impl Runtime {
     /// A runtime on device `ordinal` over `store`.
     pub fn new(ordinal: usize, store: CacheStore) -> Result<Runtime> {
-        Ok(Runtime::with_gpu(
-            Gpu::open(ordinal)?,
-            store,
-            RuntimeOptions::default(),
-        ))
+        let options = RuntimeOptions::from_env().map_err(|e| Error::Other(e.to_string()))?;
+        Ok(Runtime::with_gpu(Gpu::open(ordinal)?, store, options))
     }
 
     /// A runtime on an opened device, with options.

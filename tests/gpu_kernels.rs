@@ -30,12 +30,12 @@ fn gpu(test: &str) -> Option<(Runtime, Arc<CudaStream>)> {
             let stream = g.context().new_stream().expect("stream");
             let store = CacheStore::open(cache_dir()).expect("cache");
             Some((
-                Runtime::with_gpu(g, store, RuntimeOptions::default()),
+                Runtime::with_gpu(g, store, RuntimeOptions::default().compile_on_miss(true)),
                 stream,
             ))
         }
         Err(e) => {
-            if std::env::var("FLASHEVA_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            if flasheva::config::require_gpu().expect("FLASHEVA_REQUIRE_GPU") {
                 panic!("{test}: FLASHEVA_REQUIRE_GPU=1 but no GPU: {e}");
             }
             // Straight to the stderr handle: libtest captures eprintln! of passing tests.

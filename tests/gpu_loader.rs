@@ -21,7 +21,7 @@ fn gpu(test: &str) -> Option<Gpu> {
     match Gpu::open(0) {
         Ok(g) => Some(g),
         Err(e) => {
-            if std::env::var("FLASHEVA_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            if flasheva::config::require_gpu().expect("FLASHEVA_REQUIRE_GPU") {
                 panic!("{test}: FLASHEVA_REQUIRE_GPU=1 but no GPU: {e}");
             }
             // Straight to the stderr handle: libtest captures eprintln! of passing tests.
@@ -64,10 +64,9 @@ fn imported_bundle_runs_without_compiling() {
     // The "fleet machine": a loader that may not compile.
     let fleet = tempfile::tempdir().unwrap();
     let store = CacheStore::open(fleet.path()).unwrap();
-    let no_compile = RuntimeOptions {
-        compile_on_miss: false,
-        use_tuned: true,
-    };
+    let no_compile = RuntimeOptions::default()
+        .compile_on_miss(false)
+        .use_tuned(true);
     let rt = Runtime::with_gpu(g.clone(), store.clone(), no_compile.clone());
     match rt.kernel(&s) {
         Err(Error::NotCached(msg)) => assert!(
@@ -107,10 +106,9 @@ fn ptx_of_an_older_arch_is_used_and_damage_is_skipped() {
     let built = Pipeline::new(&store, &nv)
         .ensure(&s, &tile, Arch::new(8, 0))
         .unwrap();
-    let opts = RuntimeOptions {
-        compile_on_miss: false,
-        use_tuned: false,
-    };
+    let opts = RuntimeOptions::default()
+        .compile_on_miss(false)
+        .use_tuned(false);
     let rt = Runtime::with_gpu(g.clone(), store.clone(), opts.clone());
     let k = rt.kernel_with_tile(&s, &tile).unwrap();
     assert!(
@@ -140,10 +138,9 @@ fn ptx_of_an_older_arch_is_used_and_damage_is_skipped() {
     let rt = Runtime::with_gpu(
         g,
         store,
-        RuntimeOptions {
-            compile_on_miss: true,
-            use_tuned: false,
-        },
+        RuntimeOptions::default()
+            .compile_on_miss(true)
+            .use_tuned(false),
     );
     let k = rt.kernel_with_tile(&s, &tile).unwrap();
     assert!(
@@ -211,10 +208,9 @@ fn tuned_winners_are_used_unless_switched_off() {
     let rt = Runtime::with_gpu(
         g.clone(),
         store.clone(),
-        RuntimeOptions {
-            compile_on_miss: true,
-            use_tuned: true,
-        },
+        RuntimeOptions::default()
+            .compile_on_miss(true)
+            .use_tuned(true),
     );
     assert_eq!(rt.tile_for_workload(&w), tile);
     let k = rt.kernel_for(&w).unwrap();
@@ -223,10 +219,9 @@ fn tuned_winners_are_used_unless_switched_off() {
     let off = Runtime::with_gpu(
         g,
         store,
-        RuntimeOptions {
-            compile_on_miss: true,
-            use_tuned: false,
-        },
+        RuntimeOptions::default()
+            .compile_on_miss(true)
+            .use_tuned(false),
     );
     assert_eq!(off.tile_for_workload(&w), off.default_tile(&s));
     println!("SUMMARY loader: tuned winner used; use_tuned=false gives the default");

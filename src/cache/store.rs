@@ -124,13 +124,8 @@ pub struct CacheStore {
 
 /// The default cache folder: `$FLASHEVA_CACHE_DIR`, else `<user cache dir>/flasheva`.
 pub fn default_root() -> Result<PathBuf, CacheError> {
-    if let Some(v) = std::env::var_os("FLASHEVA_CACHE_DIR")
-        && !v.is_empty()
-    {
-        return Ok(PathBuf::from(v));
-    }
-    dirs::cache_dir()
-        .map(|d| d.join("flasheva"))
+    crate::config::cache_dir()
+        .or_else(crate::config::default_cache_dir)
         .ok_or(CacheError::NoCacheDir)
 }
 

@@ -106,11 +106,9 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let gpu = Gpu::open(a.device).context("flasheva bench needs a CUDA GPU")?;
     let stream = gpu.context().new_stream().context("creating a stream")?;
-    let rt = Runtime::with_gpu(
-        gpu.clone(),
-        open_store(cache_dir)?,
-        RuntimeOptions::default(),
-    );
+    let opts = RuntimeOptions::from_env()?.compile_on_miss(true);
+    let opts = opts.clone().use_tuned(opts.use_tuned && !a.ignore_tuning);
+    let rt = Runtime::with_gpu(gpu.clone(), open_store(cache_dir)?, opts);
     let info = gpu.info().clone();
     eprintln!(
         "measuring device-to-device copy bandwidth on {} ...",

@@ -245,12 +245,12 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
         CacheCommand::Import(x) => {
             let mut keys = Vec::new();
-            let env = std::env::var("FLASHEVA_TRUSTED_KEYS").unwrap_or_default();
+            let env = flasheva::config::trusted_keys().map_err(usage)?;
             for k in x
                 .trust
                 .iter()
                 .map(String::as_str)
-                .chain(env.split(',').map(str::trim).filter(|s| !s.is_empty()))
+                .chain(env.iter().flatten().map(String::as_str))
             {
                 keys.push(bundle::parse_public_key(k).map_err(usage)?);
             }

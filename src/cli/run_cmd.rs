@@ -247,8 +247,8 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
 
     let gpu = Gpu::open(a.device).context("flasheva run needs a CUDA GPU")?;
     let stream = gpu.context().new_stream().context("creating a stream")?;
-    let mut opts = RuntimeOptions::default();
-    opts.use_tuned &= !a.ignore_tuning;
+    let opts = RuntimeOptions::from_env()?.compile_on_miss(true);
+    let opts = opts.clone().use_tuned(opts.use_tuned && !a.ignore_tuning);
     let rt = Runtime::with_gpu(gpu, open_store(cache_dir)?, opts);
     // The workload, for the tuned winner of its shape bucket.
     let sh = |i: usize| &tensors[i].1.shape;

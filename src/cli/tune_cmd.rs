@@ -177,10 +177,9 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let rt = Runtime::with_gpu(
         gpu,
         open_store(cache_dir)?,
-        RuntimeOptions {
-            use_tuned: false,
-            ..RuntimeOptions::default()
-        },
+        RuntimeOptions::default()
+            .compile_on_miss(true)
+            .use_tuned(false),
     );
     let jobs = a.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()

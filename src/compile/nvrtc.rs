@@ -53,8 +53,8 @@ fn candidate_dirs() -> Vec<PathBuf> {
     v.push(PathBuf::from("/usr/local/cuda/targets/x86_64-linux/lib"));
     v.push(PathBuf::from("/opt/cuda/lib64"));
     v.push(PathBuf::from("/usr/lib/x86_64-linux-gnu"));
-    if let Some(data) = dirs::data_local_dir() {
-        v.push(data.join("flasheva/nvrtc/nvidia/cu13/lib"));
+    if let Some(data) = crate::config::nvrtc_data_dir() {
+        v.push(data);
     }
     let mut site_roots: Vec<PathBuf> = Vec::new();
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
@@ -118,8 +118,7 @@ fn preload(dir: &Path) -> Result<(), String> {
 }
 
 fn locate() -> Result<Option<PathBuf>, CompileError> {
-    if let Some(v) = std::env::var_os("FLASHEVA_NVRTC") {
-        let p = PathBuf::from(&v);
+    if let Some(p) = crate::config::nvrtc_path() {
         let dir = if p.is_file() {
             p.parent().map(Path::to_path_buf).unwrap_or_default()
         } else {
