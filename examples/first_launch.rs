@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         totals.push(a + b);
         origin = format!(
             "tile {} ({}), {:?}",
-            k.tile.name(spec.op),
+            k.tile.name(spec.op()),
             if tuned.is_some() {
                 "tuned winner"
             } else {

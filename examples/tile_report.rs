@@ -4,6 +4,7 @@
 use flasheva::compile::nvrtc::Nvrtc;
 use flasheva::compile::{CompileJob, Compiler, options_for, parse_resource_usage};
 use flasheva::spec::{KernelSpec, Op, SpecParams};
+use flasheva::tile::TileParams;
 use flasheva::{Arch, Tile};
 use rayon::prelude::*;
 
@@ -31,14 +32,18 @@ fn main() {
             for bn in [16, 32, 64, 128] {
                 for warps in [1, 2, 4, 8] {
                     for stages in [1, 2, 3] {
-                        let t = Tile {
-                            block_m: bm,
-                            block_n: bn,
-                            warps,
-                            stages,
-                            splits: 0,
-                        }
-                        .normalized(op);
+                        let Ok(t) = Tile::new(
+                            &spec,
+                            TileParams {
+                                block_m: bm,
+                                block_n: bn,
+                                warps,
+                                stages,
+                                splits: 0,
+                            },
+                        ) else {
+                            continue;
+                        };
                         if t.validate_for(&spec, arch).is_ok() && !jobs.contains(&(spec, t)) {
                             jobs.push((spec, t));
                         }
@@ -67,8 +72,8 @@ fn main() {
                 .unwrap();
             format!(
                 "{:8} {:18} regs {:3} spill {:4} smem {:6}",
-                spec.op.as_str(),
-                t.name(spec.op),
+                spec.op().as_str(),
+                t.name(spec.op()),
                 r.registers,
                 r.spill_stores,
                 t.smem_bytes(spec)

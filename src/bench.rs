@@ -39,7 +39,7 @@ pub struct Workload {
 impl Workload {
     /// Short text, e.g. `B=1 N=16384 H=16 Hkv=16`.
     pub fn describe(&self) -> String {
-        match self.spec.op {
+        match self.spec.op() {
             Op::Decode => format!(
                 "B={} H={} Hkv={} pos={}",
                 self.b,
@@ -52,21 +52,21 @@ impl Workload {
     }
 
     fn local(&self) -> LocalMode {
-        self.spec.local.unwrap_or(LocalMode::Block)
+        self.spec.local().unwrap_or(LocalMode::Block)
     }
 
     /// Summary rows present in the decode cache.
     pub fn max_nc(&self) -> usize {
-        (self.n / self.spec.chunk as usize).max(1)
+        (self.n / self.spec.chunk() as usize).max(1)
     }
 
     /// Useful floating-point work: 4·D per visible (query, key-or-summary) pair for attention,
     /// one add per element for chunk_mean, 4·D per token for chunk_summarize.
     pub fn flops(&self) -> f64 {
-        let d = self.spec.head_dim as f64;
+        let d = self.spec.head_dim() as f64;
         let w = self.spec.window_or_zero() as usize;
-        let c = self.spec.chunk as usize;
-        match self.spec.op {
+        let c = self.spec.chunk() as usize;
+        match self.spec.op() {
             Op::Prefill => {
                 4.0 * d
                     * (self.b * self.h) as f64
@@ -85,12 +85,12 @@ impl Workload {
 
     /// The fewest bytes the op must move through device memory (inputs read once, outputs written once).
     pub fn bytes(&self) -> f64 {
-        let d = self.spec.head_dim as usize;
-        let c = self.spec.chunk as usize;
+        let d = self.spec.head_dim() as usize;
+        let c = self.spec.chunk() as usize;
         let w = self.spec.window_or_zero() as usize;
         let e = 2usize;
         let nc = self.n / c;
-        let v = match self.spec.op {
+        let v = match self.spec.op() {
             Op::Prefill => {
                 self.b * self.n * d * e * (2 * self.h + 2 * self.hkv)
                     + self.b * nc * self.hkv * d * e * 2
@@ -112,7 +112,7 @@ impl Workload {
 
     /// What dense causal attention over the same tokens would compute (prefill only).
     pub fn dense_causal_flops(&self) -> f64 {
-        let d = self.spec.head_dim as f64;
+        let d = self.spec.head_dim() as f64;
         4.0 * d * (self.b * self.h) as f64 * (self.n as f64) * (self.n as f64 + 1.0) / 2.0
     }
 }
@@ -218,13 +218,13 @@ impl Bencher {
     /// Allocates enough input sets of `w` to cover three times the device's L2 (at least two).
     pub fn new(gpu: &Gpu, stream: &Arc<CudaStream>, w: Workload) -> Result<Bencher> {
         let spec = w.spec;
-        let (d, dt) = (spec.head_dim as usize, spec.dtype);
+        let (d, dt) = (spec.head_dim() as usize, spec.dtype());
         let per_set = w.bytes().max(1.0);
         let want = (3.0 * gpu.info().l2_bytes as f64 / per_set).ceil() as usize;
         let nsets = want.clamp(2, 16);
         let (mut rng, _) = fresh_rng();
         let pool_len = (1usize << 22).min(
-            match spec.op {
+            match spec.op() {
                 Op::Prefill => w.b * w.n * w.h.max(w.hkv) * d,
                 Op::Decode => w.b * spec.window_or_zero() as usize * w.hkv * d,
                 _ => w.b * w.n * w.h.max(w.hkv) * d,
@@ -233,13 +233,13 @@ impl Bencher {
         );
         let pool = HostTensor::uniform(&mut rng, dt, &[pool_len], 1.0);
         let junk = to_bits(0.0, dt);
-        let nc = w.n / spec.chunk as usize;
+        let nc = w.n / spec.chunk() as usize;
         let mut sets = Vec::new();
         for _ in 0..nsets {
             let mut up = |name: &str, shape: &[usize]| {
                 upload(stream, name, &random_like(&pool, &mut rng, shape), 0, junk)
             };
-            sets.push(match spec.op {
+            sets.push(match spec.op() {
                 Op::Prefill => Inputs::Prefill {
                     q: up("q", &[w.b, w.n, w.h, d])?,
                     k: up("k", &[w.b, w.n, w.hkv, d])?,
@@ -276,7 +276,7 @@ impl Bencher {
                 },
             });
         }
-        let (out, lse) = match spec.op {
+        let (out, lse) = match spec.op() {
             Op::Prefill => (
                 alloc_output(stream, "o", dt, &[w.b, w.n, w.h, d], 0)?,
                 Some(alloc_f32(stream, "lse", &[w.b, w.h, w.n])?),
@@ -294,7 +294,7 @@ impl Bencher {
                 None,
             ),
         };
-        let ws_elems = if spec.op == Op::Decode {
+        let ws_elems = if spec.op() == Op::Decode {
             decode_workspace_elems(w.b, w.h, d, MAX_BENCH_SPLITS)
         } else {
             0
@@ -427,7 +427,7 @@ impl Bencher {
     /// Runs `kernel` on input set 0 and returns its main output (o, xbar or vs) as float64, the
     /// output poisoned with NaN first.
     pub fn output(&mut self, kernel: &Kernel) -> Result<Vec<f64>> {
-        let dt = self.workload.spec.dtype;
+        let dt = self.workload.spec.dtype();
         let n = self.out.buf.len();
         let poison = vec![crate::hostdata::poison_bits(dt); n];
         self.stream

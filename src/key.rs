@@ -175,9 +175,18 @@ mod tests {
             },
         )
         .unwrap();
-        let spec2 = KernelSpec { chunk: 16, ..spec };
+        let spec2 = KernelSpec::new(
+            Op::Prefill,
+            &SpecParams {
+                head_dim: Some(64),
+                window: Some(128),
+                chunk: Some(16),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let tile = Tile::default_for(&spec, Arch::new(9, 0));
-        let tile2 = Tile { stages: 1, ..tile };
+        let tile2 = tile.with_overrides(&spec, "stages=1").unwrap();
         let nv = CompilerId {
             name: "nvrtc".into(),
             version: "13.0".into(),

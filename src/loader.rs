@@ -184,7 +184,7 @@ impl Runtime {
         if !self.options.use_tuned {
             return None;
         }
-        let bucket = Bucket::of(w.spec.op, w.b, w.n, w.h, w.hkv);
+        let bucket = Bucket::of(w.spec.op(), w.b, w.n, w.h, w.hkv);
         let k = (w.spec, bucket);
         if let Some(hit) = self.winners.lock().expect("winner map lock").get(&k) {
             return hit.clone();
@@ -193,7 +193,7 @@ impl Runtime {
         let found = self
             .store
             .find_winner(&info.name, info.capability, &w.spec, &bucket)
-            .filter(|r| r.tile.validate(&w.spec).is_ok());
+            .filter(|r| r.tile.check(&w.spec).is_ok());
         self.winners
             .lock()
             .expect("winner map lock")
@@ -228,7 +228,7 @@ impl Runtime {
     }
 
     fn load(&self, spec: &KernelSpec, tile: &Tile) -> Result<Kernel> {
-        tile.validate(spec)?;
+        tile.check(spec)?;
         let cc = self.gpu.info().capability;
         let mut cubins: Vec<Entry> = Vec::new();
         let mut ptxs: Vec<Entry> = Vec::new();
@@ -318,10 +318,10 @@ impl Runtime {
     fn not_cached(&self, spec: &KernelSpec, tile: &Tile) -> Error {
         Error::NotCached(format!(
             "no cached kernel {spec} (tile {}) usable on {} in {}; compile it there with `flasheva compile {} ... --arch {}` or import a bundle that has it",
-            tile.name(spec.op),
+            tile.name(spec.op()),
             self.arch(),
             self.store.root().display(),
-            spec.op,
+            spec.op(),
             self.arch()
         ))
     }

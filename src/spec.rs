@@ -205,6 +205,9 @@ pub enum SpecError {
         /// The accepted range.
         accepted: String,
     },
+    /// A serialized spec carrying fields its op does not use (it would not equal itself).
+    #[error("spec {0} lists fields its op does not use")]
+    NotNormal(String),
     /// The chunk does not divide the window, or is larger than it.
     #[error(
         "chunk {chunk} does not divide window {window}: the contract needs chunk <= window and window % chunk == 0"
@@ -235,24 +238,68 @@ pub struct SpecParams {
     pub group: Option<u32>,
 }
 
-/// One kernel to render, compile, cache and launch. Construct with [`KernelSpec::new`]; the fields
-/// an op does not use are `None`, so two specs that compile to the same kernel are equal.
+/// One kernel to render, compile, cache and launch. Construct with [`KernelSpec::new`] (or
+/// deserialize, which goes through the same checks); the fields an op does not use are `None`, so
+/// two specs that compile to the same kernel are equal. A `KernelSpec` value is always valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "SpecRepr", into = "SpecRepr")]
 pub struct KernelSpec {
-    /// Which kernel.
-    pub op: Op,
-    /// Head dimension D.
-    pub head_dim: u32,
-    /// Local window W (prefill, decode).
-    pub window: Option<u32>,
-    /// Chunk size C.
-    pub chunk: u32,
-    /// Local mode (prefill, decode).
-    pub local: Option<LocalMode>,
-    /// Storage type.
-    pub dtype: DType,
-    /// Query heads per key/value head (decode).
-    pub group: Option<u32>,
+    op: Op,
+    head_dim: u32,
+    window: Option<u32>,
+    chunk: u32,
+    local: Option<LocalMode>,
+    dtype: DType,
+    group: Option<u32>,
+}
+
+/// The serialized form of a [`KernelSpec`]; reading one re-runs [`KernelSpec::new`] and requires
+/// the result to equal what was read (fields an op does not use must be absent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecRepr {
+    op: Op,
+    head_dim: u32,
+    window: Option<u32>,
+    chunk: u32,
+    local: Option<LocalMode>,
+    dtype: DType,
+    group: Option<u32>,
+}
+
+impl From<KernelSpec> for SpecRepr {
+    fn from(s: KernelSpec) -> SpecRepr {
+        SpecRepr {
+            op: s.op,
+            head_dim: s.head_dim,
+            window: s.window,
+            chunk: s.chunk,
+            local: s.local,
+            dtype: s.dtype,
+            group: s.group,
+        }
+    }
+}
+
+impl TryFrom<SpecRepr> for KernelSpec {
+    type Error = SpecError;
+    fn try_from(r: SpecRepr) -> Result<KernelSpec, SpecError> {
+        let spec = KernelSpec::new(
+            r.op,
+            &SpecParams {
+                head_dim: Some(r.head_dim),
+                window: r.window,
+                chunk: Some(r.chunk),
+                local: r.local,
+                dtype: Some(r.dtype),
+                group: r.group,
+            },
+        )?;
+        if SpecRepr::from(spec) != r {
+            return Err(SpecError::NotNormal(spec.name()));
+        }
+        Ok(spec)
+    }
 }
 
 impl KernelSpec {
@@ -303,6 +350,47 @@ impl KernelSpec {
             dtype,
             group,
         })
+    }
+
+    /// Which kernel.
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
+    /// Head dimension D.
+    pub fn head_dim(&self) -> u32 {
+        self.head_dim
+    }
+
+    /// Local window W (prefill, decode), `None` for the chunk ops.
+    pub fn window(&self) -> Option<u32> {
+        self.window
+    }
+
+    /// Chunk size C.
+    pub fn chunk(&self) -> u32 {
+        self.chunk
+    }
+
+    /// Local mode (prefill, decode), `None` for the chunk ops.
+    pub fn local(&self) -> Option<LocalMode> {
+        self.local
+    }
+
+    /// Storage type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Query heads per key/value head (decode), `None` for other ops.
+    pub fn group(&self) -> Option<u32> {
+        self.group
+    }
+
+    /// This spec with another storage type (always valid).
+    pub fn with_dtype(mut self, dtype: DType) -> KernelSpec {
+        self.dtype = dtype;
+        self
     }
 
     /// The readable name that spells out every specialization, e.g.
@@ -453,5 +541,45 @@ mod tests {
         );
         assert!("fp8".parse::<DType>().is_err());
         assert!("attention".parse::<Op>().is_err());
+    }
+
+    #[test]
+    fn specs_read_from_json_are_validated() {
+        let s = KernelSpec::new(Op::Decode, &params(64, 128, 8)).unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<KernelSpec>(&json).unwrap(), s);
+        let ok = r#"{"op":"prefill","head_dim":64,"window":128,"chunk":8,"local":"block","dtype":"bf16","group":null}"#;
+        assert!(serde_json::from_str::<KernelSpec>(ok).is_ok());
+        for (bad, why) in [
+            (
+                ok.replace("\"head_dim\":64", "\"head_dim\":0"),
+                "unsupported head dim 0",
+            ),
+            (
+                ok.replace("\"chunk\":8", "\"chunk\":0"),
+                "chunk 0 is out of range",
+            ),
+            (
+                ok.replace("\"chunk\":8", "\"chunk\":7"),
+                "does not divide window",
+            ),
+            (
+                ok.replace("\"group\":null", "\"group\":4"),
+                "fields its op does not use",
+            ),
+            (
+                ok.replace("\"local\":\"block\"", "\"local\":\"diagonal\""),
+                "unknown variant",
+            ),
+            (
+                ok.replace("\"group\":null", "\"group\":null,\"x\":1"),
+                "unknown field",
+            ),
+        ] {
+            let e = serde_json::from_str::<KernelSpec>(&bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

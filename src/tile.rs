@@ -16,9 +16,13 @@ pub const DECODE_ROWS: u32 = 16;
 /// Extra elements at the end of every shared-memory row, so `ldmatrix` reads hit distinct banks.
 pub const SMEM_PAD: u32 = 8;
 
-/// Tile parameters. Fields an op does not use are 0 after [`Tile::normalized`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Tile {
+/// Tile knobs as given by a user, a search space or a file: not yet checked. [`Tile::new`] turns
+/// them into a [`Tile`] for one spec.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(deny_unknown_fields)]
+pub struct TileParams {
     /// Query rows per CTA (prefill): 16 or 32 per warp (one or two MMA row tiles).
     #[serde(default)]
     pub block_m: u32,
@@ -35,6 +39,72 @@ pub struct Tile {
     #[serde(default)]
     pub splits: u32,
 }
+
+/// The launch-shape knobs of one kernel (block sizes, warps, pipeline stages, splits), checked
+/// against the rules of its op: construct with [`Tile::new`] or [`Tile::default_for`]. Fields the
+/// op does not use are 0. Reading a tile from JSON checks every field against the values some op
+/// accepts; whether it fits a particular spec is checked where the pair is read
+/// ([`Tile::check`]), so an edited record can never hand the loader an impossible tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "TileParams", into = "TileParams")]
+pub struct Tile {
+    block_m: u32,
+    block_n: u32,
+    warps: u32,
+    stages: u32,
+    splits: u32,
+}
+
+impl From<Tile> for TileParams {
+    fn from(t: Tile) -> TileParams {
+        t.params()
+    }
+}
+
+impl TryFrom<TileParams> for Tile {
+    type Error = TileError;
+    fn try_from(p: TileParams) -> Result<Tile, TileError> {
+        let field = |field: &'static str, value: u32, set: &[u32], accepted: &'static str| {
+            if value == 0 || set.contains(&value) {
+                Ok(())
+            } else {
+                Err(TileError::Domain {
+                    field,
+                    value,
+                    accepted,
+                })
+            }
+        };
+        field("block_m", p.block_m, &BLOCK_M, "0, 16, 32, 64, 128, 256")?;
+        field("block_n", p.block_n, &BLOCK_N, "0, 16, 32, 64, 128")?;
+        field("warps", p.warps, &WARPS, "1, 2, 4, 8")?;
+        field("stages", p.stages, &STAGES, "0, 1, 2, 3")?;
+        if p.warps == 0 || p.splits > MAX_SPLITS {
+            return Err(TileError::Domain {
+                field: if p.warps == 0 { "warps" } else { "splits" },
+                value: if p.warps == 0 { 0 } else { p.splits },
+                accepted: if p.warps == 0 {
+                    "1, 2, 4, 8"
+                } else {
+                    "0..=128"
+                },
+            });
+        }
+        Ok(Tile {
+            block_m: p.block_m,
+            block_n: p.block_n,
+            warps: p.warps,
+            stages: p.stages,
+            splits: p.splits,
+        })
+    }
+}
+
+const BLOCK_M: [u32; 5] = [16, 32, 64, 128, 256];
+const BLOCK_N: [u32; 4] = [16, 32, 64, 128];
+const WARPS: [u32; 4] = [1, 2, 4, 8];
+const STAGES: [u32; 3] = [1, 2, 3];
+const MAX_SPLITS: u32 = 128;
 
 /// A tile that breaks a rule of its op or does not fit the architecture.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +147,16 @@ pub enum TileError {
         /// Allowed.
         limit: u32,
     },
+    /// A field value no op accepts (read from a file).
+    #[error("tile {field} = {value} is not accepted: accepted are {accepted}")]
+    Domain {
+        /// The tile field.
+        field: &'static str,
+        /// What was given.
+        value: u32,
+        /// The accepted values.
+        accepted: &'static str,
+    },
     /// Text that is not `field=value,...`.
     #[error(
         "cannot read tile '{0}': write field=value pairs separated by commas, fields block_m, block_n, warps, stages, splits"
@@ -103,87 +183,132 @@ fn one_of(
     }
 }
 
-impl Tile {
-    /// The tile with the fields `op` does not use set to 0 and derived fields filled in.
-    pub fn normalized(self, op: Op) -> Tile {
+impl TileParams {
+    /// The readable name of these knobs for `op`, e.g. `m128_n64_w4_s2`.
+    pub fn name(&self, op: Op) -> String {
         match op {
-            Op::Prefill => Tile { splits: 0, ..self },
-            Op::Decode => Tile { block_m: 0, ..self },
-            Op::ChunkMean | Op::ChunkSummarize => Tile {
+            Op::Prefill => format!(
+                "m{}_n{}_w{}_s{}",
+                self.block_m, self.block_n, self.warps, self.stages
+            ),
+            Op::Decode => format!(
+                "n{}_w{}_s{}_k{}",
+                self.block_n, self.warps, self.stages, self.splits
+            ),
+            Op::ChunkMean | Op::ChunkSummarize => format!("w{}", self.warps),
+        }
+    }
+
+    /// These knobs with the fields `op` does not use set to 0.
+    pub fn normalized(self, op: Op) -> TileParams {
+        match op {
+            Op::Prefill => TileParams { splits: 0, ..self },
+            Op::Decode => TileParams { block_m: 0, ..self },
+            Op::ChunkMean | Op::ChunkSummarize => TileParams {
                 warps: self.warps,
-                ..Tile::zero()
+                ..TileParams::default()
             },
         }
     }
 
-    const fn zero() -> Tile {
-        Tile {
-            block_m: 0,
-            block_n: 0,
-            warps: 0,
-            stages: 0,
-            splits: 0,
+    /// Applies `field=value,...` (fields `block_m`/`m`, `block_n`/`n`, `warps`/`w`,
+    /// `stages`/`s`, `splits`/`k`) to these knobs.
+    pub fn with_overrides(mut self, text: &str) -> Result<TileParams, TileError> {
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| TileError::Syntax(text.to_string()))?;
+            let v: u32 = v
+                .trim()
+                .parse()
+                .map_err(|_| TileError::Syntax(text.to_string()))?;
+            match k.trim() {
+                "block_m" | "m" => self.block_m = v,
+                "block_n" | "n" => self.block_n = v,
+                "warps" | "w" => self.warps = v,
+                "stages" | "s" => self.stages = v,
+                "splits" | "k" => self.splits = v,
+                _ => return Err(TileError::Syntax(text.to_string())),
+            }
+        }
+        Ok(self)
+    }
+}
+
+impl Tile {
+    /// The tile of `p` for `spec`: fields the op does not use are dropped, the rest must follow
+    /// the op's rules (not the arch's limits; see [`Tile::validate_for`]).
+    pub fn new(spec: &KernelSpec, p: TileParams) -> Result<Tile, TileError> {
+        let p = p.normalized(spec.op());
+        check_rules(spec, &p)?;
+        Ok(Tile {
+            block_m: p.block_m,
+            block_n: p.block_n,
+            warps: p.warps,
+            stages: p.stages,
+            splits: p.splits,
+        })
+    }
+
+    /// The knobs of this tile.
+    pub fn params(&self) -> TileParams {
+        TileParams {
+            block_m: self.block_m,
+            block_n: self.block_n,
+            warps: self.warps,
+            stages: self.stages,
+            splits: self.splits,
         }
     }
 
-    /// Checks the op's rules (not the arch's limits; see [`Tile::validate_for`]).
-    pub fn validate(&self, spec: &KernelSpec) -> Result<(), TileError> {
-        let op = spec.op;
-        match op {
-            Op::Prefill => {
-                let m_set = [16, 32, 64, 128, 256];
-                one_of(op, "block_m", self.block_m, &m_set, "16, 32, 64, 128, 256")?;
-                one_of(
-                    op,
-                    "block_n",
-                    self.block_n,
-                    &[16, 32, 64, 128],
-                    "16, 32, 64, 128",
-                )?;
-                one_of(op, "warps", self.warps, &[1, 2, 4, 8], "1, 2, 4, 8")?;
-                one_of(op, "stages", self.stages, &[1, 2, 3], "1, 2, 3")?;
-                let rows = self.warps * 16;
-                let mt = self.block_m / rows;
-                if !self.block_m.is_multiple_of(rows)
-                    || !(1..=2).contains(&mt)
-                    || mt * spec.head_dim > 256
-                {
-                    return Err(TileError::Field {
-                        op,
-                        field: "block_m",
-                        value: self.block_m,
-                        accepted: "16 x warps, or 32 x warps when head_dim <= 128 (one or two 16-row tiles per warp)",
-                    });
-                }
-            }
-            Op::Decode => {
-                one_of(op, "block_n", self.block_n, &[16, 32, 64], "16, 32, 64")?;
-                one_of(op, "warps", self.warps, &[1, 2, 4, 8], "1, 2, 4, 8")?;
-                one_of(op, "stages", self.stages, &[1, 2, 3], "1, 2, 3")?;
-                if self.splits > 128 {
-                    return Err(TileError::Field {
-                        op,
-                        field: "splits",
-                        value: self.splits,
-                        accepted: "0 (automatic) or 1..=128",
-                    });
-                }
-            }
-            Op::ChunkMean | Op::ChunkSummarize => {
-                one_of(op, "warps", self.warps, &[1, 2, 4, 8], "1, 2, 4, 8")?;
-            }
+    /// Query rows per CTA (prefill; 0 for other ops).
+    pub fn block_m(&self) -> u32 {
+        self.block_m
+    }
+
+    /// Keys per pipeline tile (prefill, decode; 0 for the chunk ops).
+    pub fn block_n(&self) -> u32 {
+        self.block_n
+    }
+
+    /// Warps per CTA.
+    pub fn warps(&self) -> u32 {
+        self.warps
+    }
+
+    /// Shared-memory pipeline depth (prefill, decode; 0 for the chunk ops).
+    pub fn stages(&self) -> u32 {
+        self.stages
+    }
+
+    /// Decode splits (0 = chosen at launch; 0 for other ops).
+    pub fn splits(&self) -> u32 {
+        self.splits
+    }
+
+    /// Whether this tile follows the rules of `spec`'s op as it is (normalized and valid): the
+    /// check a (spec, tile) pair read from a file or given by a caller goes through.
+    pub fn check(&self, spec: &KernelSpec) -> Result<(), TileError> {
+        let p = self.params();
+        if p.normalized(spec.op()) != p {
+            return Err(TileError::Field {
+                op: spec.op(),
+                field: "tile",
+                value: 0,
+                accepted: "only the fields the op uses (run it through Tile::new)",
+            });
         }
-        Ok(())
+        check_rules(spec, &p)
     }
 
     /// Checks the op's rules and that the tile fits `arch`'s shared memory and threads.
     pub fn validate_for(&self, spec: &KernelSpec, arch: Arch) -> Result<(), TileError> {
-        self.validate(spec)?;
+        self.check(spec)?;
         let lim = arch.limits();
         let smem = self.smem_bytes(spec);
         if smem > lim.smem_per_block {
             return Err(TileError::SharedMemory {
-                tile: self.name(spec.op),
+                tile: self.name(spec.op()),
                 need: smem.div_ceil(1024),
                 arch,
                 limit: lim.smem_per_block / 1024,
@@ -191,7 +316,7 @@ impl Tile {
         }
         if self.threads() > lim.threads_per_block {
             return Err(TileError::Threads {
-                tile: self.name(spec.op),
+                tile: self.name(spec.op()),
                 need: self.threads(),
                 arch,
                 limit: lim.threads_per_block,
@@ -207,9 +332,9 @@ impl Tile {
 
     /// Dynamic shared memory per block, bytes, exactly as the templates lay it out.
     pub fn smem_bytes(&self, spec: &KernelSpec) -> u32 {
-        let d = spec.head_dim;
+        let d = spec.head_dim();
         let row = (d + SMEM_PAD) * 2;
-        match spec.op {
+        match spec.op() {
             Op::Prefill => (self.block_m + self.stages * 2 * self.block_n) * row,
             Op::Decode => {
                 let q = DECODE_ROWS * row;
@@ -218,30 +343,20 @@ impl Tile {
                 q + kv.max(combine)
             }
             Op::ChunkMean => 0,
-            Op::ChunkSummarize => (spec.chunk + 2 * self.warps + self.warps * d) * 4,
+            Op::ChunkSummarize => (spec.chunk() + 2 * self.warps + self.warps * d) * 4,
         }
     }
 
-    /// The readable name of the tile for `op`, e.g. `m128_n64_s2`.
+    /// The readable name of the tile for `op`, e.g. `m128_n64_w4_s2`.
     pub fn name(&self, op: Op) -> String {
-        match op {
-            Op::Prefill => format!(
-                "m{}_n{}_w{}_s{}",
-                self.block_m, self.block_n, self.warps, self.stages
-            ),
-            Op::Decode => format!(
-                "n{}_w{}_s{}_k{}",
-                self.block_n, self.warps, self.stages, self.splits
-            ),
-            Op::ChunkMean | Op::ChunkSummarize => format!("w{}", self.warps),
-        }
+        self.params().name(op)
     }
 
     /// The tile flasheva uses when no tuned winner exists: the first of a preference list that
     /// fits `arch`.
     pub fn default_for(spec: &KernelSpec, arch: Arch) -> Tile {
-        let d = spec.head_dim;
-        let prefs: Vec<Tile> = match spec.op {
+        let d = spec.head_dim();
+        let prefs: Vec<Tile> = match spec.op() {
             Op::Prefill => {
                 let mut v = Vec::new();
                 if d <= 128 {
@@ -269,32 +384,53 @@ impl Tile {
             .unwrap_or(fallback)
     }
 
-    /// Applies `field=value,...` overrides to this tile, then normalizes for `op`.
-    pub fn with_overrides(mut self, op: Op, text: &str) -> Result<Tile, TileError> {
-        self.set_fields(text)?;
-        Ok(self.normalized(op))
+    /// This tile with `field=value,...` overrides applied, for `spec`.
+    pub fn with_overrides(&self, spec: &KernelSpec, text: &str) -> Result<Tile, TileError> {
+        Tile::new(spec, self.params().with_overrides(text)?)
     }
+}
 
-    fn set_fields(&mut self, text: &str) -> Result<(), TileError> {
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| TileError::Syntax(text.to_string()))?;
-            let v: u32 = v
-                .trim()
-                .parse()
-                .map_err(|_| TileError::Syntax(text.to_string()))?;
-            match k.trim() {
-                "block_m" | "m" => self.block_m = v,
-                "block_n" | "n" => self.block_n = v,
-                "warps" | "w" => self.warps = v,
-                "stages" | "s" => self.stages = v,
-                "splits" | "k" => self.splits = v,
-                _ => return Err(TileError::Syntax(text.to_string())),
+/// The op's rules for normalized knobs `t`.
+fn check_rules(spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+    let op = spec.op();
+    match op {
+        Op::Prefill => {
+            one_of(op, "block_m", t.block_m, &BLOCK_M, "16, 32, 64, 128, 256")?;
+            one_of(op, "block_n", t.block_n, &BLOCK_N, "16, 32, 64, 128")?;
+            one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
+            one_of(op, "stages", t.stages, &STAGES, "1, 2, 3")?;
+            let rows = t.warps * 16;
+            let mt = t.block_m / rows;
+            if !t.block_m.is_multiple_of(rows)
+                || !(1..=2).contains(&mt)
+                || mt * spec.head_dim() > 256
+            {
+                return Err(TileError::Field {
+                    op,
+                    field: "block_m",
+                    value: t.block_m,
+                    accepted: "16 x warps, or 32 x warps when head_dim <= 128 (one or two 16-row tiles per warp)",
+                });
             }
         }
-        Ok(())
+        Op::Decode => {
+            one_of(op, "block_n", t.block_n, &[16, 32, 64], "16, 32, 64")?;
+            one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
+            one_of(op, "stages", t.stages, &STAGES, "1, 2, 3")?;
+            if t.splits > MAX_SPLITS {
+                return Err(TileError::Field {
+                    op,
+                    field: "splits",
+                    value: t.splits,
+                    accepted: "0 (automatic) or 1..=128",
+                });
+            }
+        }
+        Op::ChunkMean | Op::ChunkSummarize => {
+            one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
+        }
     }
+    Ok(())
 }
 
 fn prefill(block_m: u32, block_n: u32, warps: u32, stages: u32) -> Tile {
@@ -319,8 +455,11 @@ fn decode(block_n: u32, warps: u32, stages: u32) -> Tile {
 
 fn warps(warps: u32) -> Tile {
     Tile {
+        block_m: 0,
+        block_n: 0,
         warps,
-        ..Tile::zero()
+        stages: 0,
+        splits: 0,
     }
 }
 
@@ -334,13 +473,11 @@ impl fmt::Display for Tile {
     }
 }
 
-impl FromStr for Tile {
+impl FromStr for TileParams {
     type Err = TileError;
-    /// Parses the `field=value,...` form that `Display` prints (not normalized).
-    fn from_str(s: &str) -> Result<Tile, TileError> {
-        let mut t = Tile::zero();
-        t.set_fields(s)?;
-        Ok(t)
+    /// Parses the `field=value,...` form that `Tile`'s `Display` prints.
+    fn from_str(s: &str) -> Result<TileParams, TileError> {
+        TileParams::default().with_overrides(s)
     }
 }
 
@@ -363,6 +500,16 @@ mod tests {
         .unwrap()
     }
 
+    fn raw(block_m: u32, block_n: u32, warps: u32, stages: u32) -> TileParams {
+        TileParams {
+            block_m,
+            block_n,
+            warps,
+            stages,
+            splits: 0,
+        }
+    }
+
     #[test]
     fn defaults_fit_every_default_arch() {
         for op in Op::ALL {
@@ -372,7 +519,7 @@ mod tests {
                     let t = Tile::default_for(&s, arch);
                     t.validate_for(&s, arch)
                         .unwrap_or_else(|e| panic!("{s} on {arch}: {e}"));
-                    assert_eq!(t, t.normalized(op));
+                    assert_eq!(t.params(), t.params().normalized(op));
                 }
             }
         }
@@ -391,26 +538,53 @@ mod tests {
             e.to_string(),
             "tile m128_n128_w8_s3 needs 462 KiB of shared memory, sm_89 allows 99 KiB: lower block_n, block_m or stages"
         );
-        let e = prefill(48, 64, 2, 2).validate(&s).unwrap_err();
+        let e = Tile::new(&s, raw(48, 64, 2, 2)).unwrap_err();
         assert!(e.to_string().contains("block_m = 48"), "{e}");
         // two row tiles per warp only up to D = 128
-        assert!(prefill(128, 64, 4, 2).validate(&s).is_err());
-        assert!(prefill(128, 64, 8, 2).validate(&s).is_ok());
+        assert!(Tile::new(&s, raw(128, 64, 4, 2)).is_err());
+        assert!(Tile::new(&s, raw(128, 64, 8, 2)).is_ok());
+        assert!(prefill(128, 64, 4, 2).check(&s).is_err());
     }
 
     #[test]
     fn overrides_parse_and_normalize() {
-        let t = Tile::default_for(&spec(Op::Prefill, 64), Arch::new(9, 0))
-            .with_overrides(Op::Prefill, "block_m=64, w=4, n=32,splits=9")
+        let s = spec(Op::Prefill, 64);
+        let t = Tile::default_for(&s, Arch::new(9, 0))
+            .with_overrides(&s, "block_m=64, w=4, n=32,splits=9")
             .unwrap();
         assert_eq!(t, prefill(64, 32, 4, 2));
         assert!(matches!(
-            Tile::zero().with_overrides(Op::Decode, "block_x=3"),
+            TileParams::default().with_overrides("block_x=3"),
             Err(TileError::Syntax(_))
         ));
-        let p: Tile = "block_m=128,block_n=64,warps=8,stages=2,splits=0"
+        let p: TileParams = "block_m=128,block_n=64,warps=8,stages=2,splits=0"
             .parse()
             .unwrap();
-        assert_eq!(p, prefill(128, 64, 8, 2));
+        assert_eq!(Tile::new(&s, p).unwrap(), prefill(128, 64, 8, 2));
+    }
+
+    #[test]
+    fn tiles_read_from_json_are_checked() {
+        let t: Tile =
+            serde_json::from_str(r#"{"block_m":128,"block_n":32,"warps":4,"stages":2,"splits":0}"#)
+                .unwrap();
+        assert_eq!(t, prefill(128, 32, 4, 2));
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"block_m":128,"block_n":32,"warps":4,"stages":2,"splits":0}"#
+        );
+        for bad in [
+            r#"{"block_m":128,"block_n":32,"warps":3,"stages":2,"splits":0}"#,
+            r#"{"block_m":128,"block_n":32,"warps":0,"stages":2,"splits":0}"#,
+            r#"{"block_m":100,"block_n":32,"warps":4,"stages":2,"splits":0}"#,
+            r#"{"block_m":128,"block_n":32,"warps":4,"stages":2,"splits":4096}"#,
+            r#"{"block_m":128,"block_n":32,"warps":4,"stages":2,"splits":0,"x":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Tile>(bad).is_err(), "{bad}");
+        }
+        // a tile valid for some op but not for this spec is refused by the pair check
+        let wide = prefill(256, 32, 8, 2);
+        assert!(wide.check(&spec(Op::Prefill, 256)).is_err());
+        assert!(wide.check(&spec(Op::Prefill, 64)).is_ok());
     }
 }

@@ -337,9 +337,9 @@ pub struct PrefillCase {
 /// Runs `kernel` (a prefill) on a fresh random case and compares with the reference.
 pub fn check_prefill(stream: &Arc<CudaStream>, kernel: &Kernel, c: &PrefillCase) -> Result<Report> {
     let spec = kernel.spec;
-    let (d, dt) = (spec.head_dim as usize, spec.dtype);
+    let (d, dt) = (spec.head_dim() as usize, spec.dtype());
     let (mut rng, seed) = fresh_rng();
-    let nc_rows = c.n / spec.chunk as usize + c.extra_summaries;
+    let nc_rows = c.n / spec.chunk() as usize + c.extra_summaries;
     let mut q = HostTensor::uniform(&mut rng, dt, &[c.b, c.n, c.h, d], 1.0);
     if c.large_logits {
         amplify_rows(&mut rng, &mut q, d);
@@ -380,8 +380,8 @@ pub fn check_prefill(stream: &Arc<CudaStream>, kernel: &Kernel, c: &PrefillCase)
         hkv: c.hkv,
         d,
         window: spec.window_or_zero() as usize,
-        chunk: spec.chunk as usize,
-        local: spec.local.unwrap_or(crate::spec::LocalMode::Block),
+        chunk: spec.chunk() as usize,
+        local: spec.local().unwrap_or(crate::spec::LocalMode::Block),
     };
     let scale = c.scale.unwrap_or_else(|| spec.default_scale()) as f64;
     let (ro, rl) = reference::prefill(
@@ -409,7 +409,7 @@ pub fn check_prefill(stream: &Arc<CudaStream>, kernel: &Kernel, c: &PrefillCase)
     Ok(Report {
         what: format!(
             "{spec} tile {} B={} N={} H={} Hkv={}{}{}",
-            kernel.tile.name(spec.op),
+            kernel.tile.name(spec.op()),
             c.b,
             c.n,
             c.h,
@@ -445,7 +445,7 @@ pub struct DecodeCase {
 /// reference (which equals prefill's row p by construction, tested in `reference`).
 pub fn check_decode(stream: &Arc<CudaStream>, kernel: &Kernel, c: &DecodeCase) -> Result<Report> {
     let spec = kernel.spec;
-    let (d, dt) = (spec.head_dim as usize, spec.dtype);
+    let (d, dt) = (spec.head_dim() as usize, spec.dtype());
     let w = spec.window_or_zero() as usize;
     let g = spec.group_or_one() as usize;
     let hkv = c.h / g;
@@ -494,14 +494,14 @@ pub fn check_decode(stream: &Arc<CudaStream>, kernel: &Kernel, c: &DecodeCase) -
     sync(stream)?;
     let got = o.download(stream, dt)?;
     let got_lse = stream.clone_dtoh(&lse_buf).map_err(drv("cuMemcpyDtoH"))?;
-    let local = spec.local.unwrap_or(crate::spec::LocalMode::Block);
+    let local = spec.local().unwrap_or(crate::spec::LocalMode::Block);
     let (ro, rl) = reference::decode(
         b,
         c.h,
         hkv,
         d,
         w,
-        spec.chunk as usize,
+        spec.chunk() as usize,
         local,
         c.max_nc,
         &c.lens,
@@ -529,7 +529,7 @@ pub fn check_decode(stream: &Arc<CudaStream>, kernel: &Kernel, c: &DecodeCase) -
             for t in reference::key_range(pos, w, local) {
                 m = m.max(abs_dot(qi, &krf[((bi * w + t % w) * hkv + kh) * d..][..d]));
             }
-            for cc in 0..reference::summaries_visible(pos, spec.chunk as usize, c.max_nc) {
+            for cc in 0..reference::summaries_visible(pos, spec.chunk() as usize, c.max_nc) {
                 m = m.max(abs_dot(
                     qi,
                     &ksf[((bi * c.max_nc + cc) * hkv + kh) * d..][..d],
@@ -544,7 +544,7 @@ pub fn check_decode(stream: &Arc<CudaStream>, kernel: &Kernel, c: &DecodeCase) -
     Ok(Report {
         what: format!(
             "{spec} tile {} B={b} H={} lens=[{}{}] splits={splits}{}",
-            kernel.tile.name(spec.op),
+            kernel.tile.name(spec.op()),
             c.h,
             shown.join(","),
             if c.lens.len() > 4 { ",..." } else { "" },
@@ -569,12 +569,12 @@ pub fn check_decode_vs_prefill(
     len: usize,
 ) -> Result<Report> {
     let spec = decode.spec;
-    let (d, dt) = (spec.head_dim as usize, spec.dtype);
+    let (d, dt) = (spec.head_dim() as usize, spec.dtype());
     let w = spec.window_or_zero() as usize;
     let hkv = h / spec.group_or_one() as usize;
     let n = len;
     let p = n - 1;
-    let nc = n / spec.chunk as usize;
+    let nc = n / spec.chunk() as usize;
     let (mut rng, seed) = fresh_rng();
     let q = HostTensor::uniform(&mut rng, dt, &[1, n, h, d], 1.0);
     let k = HostTensor::uniform(&mut rng, dt, &[1, n, hkv, d], 1.0);
@@ -682,7 +682,11 @@ pub fn check_chunk_mean(
     strided: bool,
 ) -> Result<Report> {
     let spec = kernel.spec;
-    let (d, dt, cs) = (spec.head_dim as usize, spec.dtype, spec.chunk as usize);
+    let (d, dt, cs) = (
+        spec.head_dim() as usize,
+        spec.dtype(),
+        spec.chunk() as usize,
+    );
     let (mut rng, seed) = fresh_rng();
     let x = HostTensor::uniform(&mut rng, dt, &[b, n, g, d], 1.0);
     let nc = n / cs;
@@ -719,7 +723,11 @@ pub fn check_chunk_summarize(
     large: bool,
 ) -> Result<Report> {
     let spec = kernel.spec;
-    let (d, dt, cs) = (spec.head_dim as usize, spec.dtype, spec.chunk as usize);
+    let (d, dt, cs) = (
+        spec.head_dim() as usize,
+        spec.dtype(),
+        spec.chunk() as usize,
+    );
     let (mut rng, seed) = fresh_rng();
     let nc = n / cs;
     let amp = if large { 8.0 } else { 1.0 };
@@ -778,11 +786,11 @@ fn finish_simple(
     got: &[f64],
     r: &[f64],
 ) -> Result<Report> {
-    let tol = tolerance(spec.dtype);
+    let tol = tolerance(spec.dtype());
     let rel_err = reference::rel_error(got, r);
     let unwritten = got.iter().filter(|x| x.is_nan()).count();
     Ok(Report {
-        what: format!("{spec} tile {} {shape}", kernel.tile.name(spec.op)),
+        what: format!("{spec} tile {} {shape}", kernel.tile.name(spec.op())),
         seed,
         rel_err,
         lse_err: None,

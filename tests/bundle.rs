@@ -345,10 +345,9 @@ fn winner_conflicts_keep_the_faster_record_and_are_reported() {
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = CacheStore::open(dst_dir.path()).unwrap();
     let s = cheap_spec(8);
-    let other = Tile {
-        warps: 8,
-        ..Tile::default_for(&s, Arch::new(9, 0))
-    };
+    let other = Tile::default_for(&s, Arch::new(9, 0))
+        .with_overrides(&s, "warps=8")
+        .unwrap();
     dst.put_winner(&winner(&s, other, None, 0.25)).unwrap();
     let r = bundle::import(&dst, &file, &[]).unwrap();
     assert_eq!((r.winners_added, r.winners_kept), (0, 1));
@@ -358,7 +357,7 @@ fn winner_conflicts_keep_the_faster_record_and_are_reported() {
         "{}",
         r.conflicts[0]
     );
-    let b = Bucket::of(s.op, 1, 4096, 16, 16);
+    let b = Bucket::of(s.op(), 1, 4096, 16, 16);
     assert_eq!(
         dst.find_winner("NVIDIA H100 80GB HBM3", (9, 0), &s, &b)
             .unwrap()

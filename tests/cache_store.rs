@@ -66,7 +66,7 @@ fn hit_and_miss_count_real_compiles() {
     assert_eq!(p.ensure(&a, &t, arch).unwrap().status, Status::Compiled);
     assert_eq!(p.ensure(&a, &t, arch).unwrap().status, Status::Cached);
     assert_eq!(p.ensure(&b, &t, arch).unwrap().status, Status::Compiled);
-    let other_tile = Tile { warps: 2, ..t };
+    let other_tile = t.with_overrides(&a, "warps=2").unwrap();
     assert_eq!(
         p.ensure(&a, &other_tile, arch).unwrap().status,
         Status::Compiled
@@ -187,7 +187,7 @@ fn gc_evicts_least_recently_used_and_keeps_winners() {
         .scan()
         .unwrap()
         .iter()
-        .map(|s| s.entry.as_ref().unwrap().meta.spec.chunk)
+        .map(|s| s.entry.as_ref().unwrap().meta.spec.chunk())
         .collect();
     // entries 2 (c=4) and 3 (c=8) were least recently used; 1 (c=4?) is a winner artifact
     assert!(left.contains(&2) && left.contains(&4), "{left:?} {s:?}");
@@ -201,13 +201,9 @@ fn winner_records_round_trip_and_nearest_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let store = CacheStore::open(dir.path()).unwrap();
     let spec = cheap_spec(8);
-    let t = Tile {
-        block_m: 0,
-        block_n: 0,
-        warps: 2,
-        stages: 0,
-        splits: 0,
-    };
+    let t = Tile::default_for(&spec, Arch::new(9, 0))
+        .with_overrides(&spec, "warps=2")
+        .unwrap();
     let rec = winner(&spec, t, None, 0.5);
     let path = store.put_winner(&rec).unwrap();
     assert!(path.starts_with(dir.path().join("v1/winners").join(spec.name())));

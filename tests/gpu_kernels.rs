@@ -15,6 +15,7 @@ use flasheva::cache::CacheStore;
 use flasheva::gpu::{CudaStream, Gpu};
 use flasheva::loader::{Runtime, RuntimeOptions};
 use flasheva::spec::{DType, LocalMode, Op};
+use flasheva::tile::TileParams;
 use flasheva::verify::{self, DecodeCase, PrefillCase, Report};
 use flasheva::{Arch, Tile};
 
@@ -182,12 +183,17 @@ fn prefill_every_tile_shape() {
                     (bm / 32, 3),
                     (bm / 16, 3),
                 ] {
-                    let t = Tile {
-                        block_m: bm,
-                        block_n: bn,
-                        warps,
-                        stages,
-                        splits: 0,
+                    let Ok(t) = Tile::new(
+                        &s,
+                        TileParams {
+                            block_m: bm,
+                            block_n: bn,
+                            warps,
+                            stages,
+                            splits: 0,
+                        },
+                    ) else {
+                        continue;
                     };
                     if t.validate_for(&s, Arch::new(9, 0)).is_err() {
                         continue;
@@ -313,12 +319,17 @@ fn decode_every_tile_shape() {
     for bn in [16, 32, 64] {
         for warps in [1, 2, 4, 8] {
             for stages in [1, 2, 3] {
-                let t = Tile {
-                    block_m: 0,
-                    block_n: bn,
-                    warps,
-                    stages,
-                    splits: 0,
+                let Ok(t) = Tile::new(
+                    &s,
+                    TileParams {
+                        block_m: 0,
+                        block_n: bn,
+                        warps,
+                        stages,
+                        splits: 0,
+                    },
+                ) else {
+                    continue;
                 };
                 if t.validate_for(&s, Arch::new(9, 0)).is_err() {
                     continue;
@@ -413,10 +424,9 @@ fn chunk_ops_grid() {
         let k = rt
             .kernel_with_tile(
                 &sp,
-                &Tile {
-                    warps,
-                    ..Tile::default_for(&sp, Arch::new(9, 0))
-                },
+                &Tile::default_for(&sp, Arch::new(9, 0))
+                    .with_overrides(&sp, &format!("warps={warps}"))
+                    .unwrap(),
             )
             .unwrap();
         reports.push(verify::check_chunk_summarize(&stream, &k, 1, 300, 2, false).unwrap());
@@ -424,10 +434,9 @@ fn chunk_ops_grid() {
         let k = rt
             .kernel_with_tile(
                 &sp,
-                &Tile {
-                    warps,
-                    ..Tile::default_for(&sp, Arch::new(9, 0))
-                },
+                &Tile::default_for(&sp, Arch::new(9, 0))
+                    .with_overrides(&sp, &format!("warps={warps}"))
+                    .unwrap(),
             )
             .unwrap();
         reports.push(verify::check_chunk_mean(&stream, &k, 1, 300, 7, false).unwrap());

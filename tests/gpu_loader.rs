@@ -158,13 +158,9 @@ fn tuned_winners_are_used_unless_switched_off() {
     let dir = tempfile::tempdir().unwrap();
     let store = CacheStore::open(dir.path()).unwrap();
     let info = g.info().clone();
-    let tile = Tile {
-        block_m: 64,
-        block_n: 32,
-        warps: 4,
-        stages: 2,
-        splits: 0,
-    };
+    let tile = Tile::default_for(&s, Arch::new(9, 0))
+        .with_overrides(&s, "block_m=64,block_n=32,warps=4,stages=2")
+        .unwrap();
     let c = CandidateResult {
         tile,
         key: None,

@@ -108,7 +108,7 @@ fn every_head_dim_and_op_compiles_with_its_default_tile() {
             flasheva::compile::parse_resource_usage(&out.log)
                 .into_iter()
                 .filter(|r| r.spill_stores > 0 || r.stack_frame > 0)
-                .map(|r| format!("{spec} {}: {r:?}", tile.name(spec.op)))
+                .map(|r| format!("{spec} {}: {r:?}", tile.name(spec.op())))
                 .collect::<Vec<_>>()
         })
         .collect();

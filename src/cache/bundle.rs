@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::layout;
 use crate::cache::meta::FileDigest;
 use crate::cache::store::{CacheError, CacheStore, check_file, parse_meta_bytes};
-use crate::cache::winner::{WINNER_FORMAT, WinnerRecord};
+use crate::cache::winner::WinnerRecord;
 use crate::key::Key;
 use crate::spec::KernelSpec;
 use crate::target::Arch;
@@ -245,7 +245,7 @@ pub fn export(
         let dir = format!(
             "kernels/{}/{}/{}/{}",
             m.spec.name(),
-            m.tile.name(m.spec.op),
+            m.tile.name(m.spec.op()),
             m.arch,
             m.key.hex()
         );
@@ -261,7 +261,7 @@ pub fn export(
         manifest.entries.push(ManifestEntry {
             key: m.key,
             spec: m.spec,
-            tile: m.tile.name(m.spec.op),
+            tile: m.tile.name(m.spec.op()),
             arch: m.arch,
             compiler: m.compiler.clone(),
             dir,
@@ -538,7 +538,7 @@ pub fn import(
         if meta.key != e.key
             || meta.spec != e.spec
             || meta.arch != e.arch
-            || meta.tile.name(meta.spec.op) != e.tile
+            || meta.tile.name(meta.spec.op()) != e.tile
         {
             return Err(invalid(format!(
                 "entry {}: its metadata names another kernel",
@@ -555,13 +555,11 @@ pub fn import(
     }
     let mut records = Vec::new();
     for w in &manifest.winners {
-        let r: WinnerRecord = serde_json::from_slice(
+        let r = WinnerRecord::from_json(
             &fs::read(stage.path().join(&w.path)).map_err(io("read", stage.path()))?,
         )
         .map_err(|e| invalid(format!("{}: {e}", w.path)))?;
-        if r.format != WINNER_FORMAT
-            || format!("winners/{}/{}.json", r.spec.name(), r.key().hex()) != w.path
-        {
+        if format!("winners/{}/{}.json", r.spec.name(), r.key().hex()) != w.path {
             return Err(invalid(format!(
                 "{} is not the winner record its name says",
                 w.path
@@ -622,9 +620,9 @@ fn conflict(old: &WinnerRecord, new: &WinnerRecord, what: &str) -> String {
         old.spec,
         old.device.name,
         old.bucket,
-        old.tile.name(old.spec.op),
+        old.tile.name(old.spec.op()),
         old.median_ms,
-        new.tile.name(new.spec.op),
+        new.tile.name(new.spec.op()),
         new.median_ms
     )
 }

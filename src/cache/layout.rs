@@ -54,7 +54,7 @@ impl Layout {
     pub fn variant_dir(&self, spec: &KernelSpec, tile: &Tile, arch: Arch) -> PathBuf {
         self.kernels_dir()
             .join(spec.name())
-            .join(tile.name(spec.op))
+            .join(tile.name(spec.op()))
             .join(arch.to_string())
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cache::layout::{self, Layout};
 use crate::cache::meta::{EntryMeta, FileDigest, META_FORMAT};
-use crate::cache::winner::{Bucket, CandidateResult, WINNER_FORMAT, WinnerRecord};
+use crate::cache::winner::{Bucket, CandidateResult, WinnerRecord};
 use crate::key::{Key, sha256};
 use crate::spec::KernelSpec;
 use crate::target::Arch;
@@ -172,6 +172,9 @@ fn parse_meta(bytes: &[u8]) -> Result<EntryMeta, String> {
             meta.format
         ));
     }
+    meta.tile
+        .check(&meta.spec)
+        .map_err(|e| format!("{}: {e}", layout::META_FILE))?;
     if !meta.seal_ok() {
         return Err(format!(
             "{} was modified (seal mismatch)",
@@ -196,7 +199,7 @@ fn check_location(dir: &Path, meta: &EntryMeta) -> Result<(), String> {
     let expect = [
         meta.key.hex(),
         meta.arch.to_string(),
-        meta.tile.name(meta.spec.op),
+        meta.tile.name(meta.spec.op()),
         meta.spec.name(),
     ];
     if comps.len() != 4 || comps.iter().zip(expect.iter()).any(|(a, b)| a != b) {
@@ -532,9 +535,9 @@ impl CacheStore {
         for p in paths {
             match fs::read(&p)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<WinnerRecord>(&b).map_err(|e| e.to_string()))
+                .and_then(|b| WinnerRecord::from_json(&b))
             {
-                Ok(r) if r.format == WINNER_FORMAT && r.spec == *spec => good.push(r),
+                Ok(r) if r.spec == *spec => good.push(r),
                 Ok(_) => bad.push((p, "not a winner record of this spec and format".into())),
                 Err(e) => bad.push((p, e)),
             }
@@ -550,9 +553,10 @@ impl CacheStore {
         };
         for e in rd.flatten() {
             for f in fs::read_dir(e.path()).into_iter().flatten().flatten() {
-                if let Ok(r) = fs::read(f.path()).map_err(|e| e.to_string()).and_then(|b| {
-                    serde_json::from_slice::<WinnerRecord>(&b).map_err(|e| e.to_string())
-                }) {
+                if let Ok(r) = fs::read(f.path())
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| WinnerRecord::from_json(&b))
+                {
                     out.push(r);
                 }
             }
@@ -580,7 +584,7 @@ impl CacheStore {
     pub fn find_exact_winner(&self, rec: &WinnerRecord) -> Option<WinnerRecord> {
         let path = self.winner_path(rec);
         let bytes = fs::read(path).ok()?;
-        serde_json::from_slice::<WinnerRecord>(&bytes)
+        WinnerRecord::from_json(&bytes)
             .ok()
             .filter(|r| r.key() == rec.key())
     }

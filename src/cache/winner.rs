@@ -130,6 +130,32 @@ pub struct WinnerRecord {
 }
 
 impl WinnerRecord {
+    /// Reads a record: it must parse (specs and tiles through their validating constructors),
+    /// be of this format, and every tile in it must be a tile of its spec.
+    pub fn from_json(bytes: &[u8]) -> Result<WinnerRecord, String> {
+        let r: WinnerRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if r.format != WINNER_FORMAT {
+            return Err(format!(
+                "winner record format {} is not {WINNER_FORMAT}",
+                r.format
+            ));
+        }
+        for t in std::iter::once(&r.tile)
+            .chain(std::iter::once(&r.default_tile))
+            .chain(r.candidates.iter().map(|c| &c.tile))
+        {
+            t.check(&r.spec)
+                .map_err(|e| format!("winner record of {}: {e}", r.spec))?;
+        }
+        if !(r.median_ms.is_finite() && r.median_ms > 0.0) {
+            return Err(format!(
+                "winner record of {}: median {} ms is not a positive time",
+                r.spec, r.median_ms
+            ));
+        }
+        Ok(r)
+    }
+
     /// The record's key: device name and capability, spec, bucket.
     pub fn key(&self) -> Key {
         winner_key(

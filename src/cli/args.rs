@@ -76,7 +76,7 @@ pub fn tile_for(spec: &KernelSpec, arch: Arch, overrides: Option<&str>) -> anyho
     let t = Tile::default_for(spec, arch);
     match overrides {
         Some(o) => {
-            let t = t.with_overrides(spec.op, o).map_err(usage)?;
+            let t = t.with_overrides(spec, o).map_err(usage)?;
             t.validate_for(spec, arch).map_err(usage)?;
             Ok(t)
         }
@@ -114,14 +114,14 @@ impl ShapeFlags {
                 "--heads {h} must be a multiple of --kv-heads {hkv}"
             )));
         }
-        if spec.op == Op::Decode && h / hkv != spec.group_or_one() as usize {
+        if spec.op() == Op::Decode && h / hkv != spec.group_or_one() as usize {
             return Err(usage(format!(
                 "decode with --group {} needs --heads = {} x --kv-heads, got {h} and {hkv}",
                 spec.group_or_one(),
                 spec.group_or_one()
             )));
         }
-        let n = match spec.op {
+        let n = match spec.op() {
             Op::Decode => self.position.unwrap_or(4095) + 1,
             _ => self.seq_len.unwrap_or(4096),
         };

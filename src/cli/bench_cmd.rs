@@ -75,7 +75,7 @@ pub fn preset_workload(
     s: &KernelSpec,
     shape: &ShapeFlags,
 ) -> Workload {
-    let (b, n) = match s.op {
+    let (b, n) = match s.op() {
         Op::Decode => (
             shape.batch.unwrap_or(p.decode_batch),
             shape
@@ -138,8 +138,8 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         let tflops = w.flops() / secs / 1e12;
         let gbps = w.bytes() / secs / 1e9;
         let dense =
-            (w.spec.op == Op::Prefill).then(|| w.dense_causal_flops() / (tflops * 1e12) * 1e3);
-        let rate = match w.spec.op {
+            (w.spec.op() == Op::Prefill).then(|| w.dense_causal_flops() / (tflops * 1e12) * 1e3);
+        let rate = match w.spec.op() {
             Op::Prefill => format!(
                 "{tflops:.1} TFLOP/s (dense causal: {:.2} ms at this rate)",
                 dense.unwrap_or(0.0)
@@ -152,7 +152,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         };
         rows.push(vec![
             w.spec.name(),
-            tile.name(w.spec.op),
+            tile.name(w.spec.op()),
             w.describe(),
             format!("{:.4}", t.median_ms),
             format!("{:.4}", t.min_ms),
@@ -161,7 +161,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         ]);
         out_rows.push(Row {
             kernel: w.spec.name(),
-            tile: tile.name(w.spec.op),
+            tile: tile.name(w.spec.op()),
             workload: w.describe(),
             timing: t,
             tflops,

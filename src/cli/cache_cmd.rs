@@ -130,7 +130,7 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                         rows.push(vec![
                             m.key.short(),
                             m.name.clone(),
-                            m.tile.name(m.spec.op),
+                            m.tile.name(m.spec.op()),
                             m.arch.to_string(),
                             m.compiler.to_string(),
                             table::bytes(size),

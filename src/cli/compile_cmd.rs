@@ -118,7 +118,7 @@ pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 rows.push(vec![
                     spec.name(),
                     arch.to_string(),
-                    tile.name(spec.op),
+                    tile.name(spec.op()),
                     status.into(),
                     time,
                     regs,
@@ -130,7 +130,7 @@ pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 rows.push(vec![
                     spec.name(),
                     arch.to_string(),
-                    tile.name(spec.op),
+                    tile.name(spec.op()),
                     "FAILED".into(),
                     "-".into(),
                     "-".into(),

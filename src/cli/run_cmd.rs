@@ -299,8 +299,8 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         dev.push(upload(&stream, name, t, 0, 0)?);
     }
     let arg = |i: usize| dev[i].arg.clone();
-    let dt = spec.dtype;
-    let d = spec.head_dim as usize;
+    let dt = spec.dtype();
+    let d = spec.head_dim() as usize;
     let mut outputs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     match a.op {
         Op::Prefill => {
@@ -393,7 +393,7 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
         Op::ChunkMean => {
             let x = &tensors[0].1.shape;
-            let nc = x[1] / spec.chunk as usize;
+            let nc = x[1] / spec.chunk() as usize;
             let y = alloc_output(&stream, "xbar", dt, &[x[0], nc, x[2], d], 0)?;
             kernel.chunk_mean(
                 &stream,
@@ -414,7 +414,7 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
         Op::ChunkSummarize => {
             let k = &tensors[0].1.shape;
-            let nc = k[1] / spec.chunk as usize;
+            let nc = k[1] / spec.chunk() as usize;
             let y = alloc_output(&stream, "vs", dt, &[k[0], nc, k[2], d], 0)?;
             kernel.chunk_summarize(
                 &stream,
@@ -443,12 +443,12 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("flasheva_kernel".to_string(), spec.name());
-    meta.insert("flasheva_tile".to_string(), tile.name(spec.op));
+    meta.insert("flasheva_tile".to_string(), tile.name(spec.op()));
     safetensors::serialize_to_file(views, Some(meta), &a.output)
         .with_context(|| format!("writing {}", a.output.display()))?;
     eprintln!(
         "{spec} (tile {}) -> {}",
-        tile.name(spec.op),
+        tile.name(spec.op()),
         a.output.display()
     );
     Ok(())

@@ -91,7 +91,7 @@ fn workloads(a: &TuneArgs) -> anyhow::Result<Vec<Workload>> {
             .flat_map(|w| {
                 shapes.iter().map(move |&(b, n)| Workload {
                     b,
-                    n: if w.spec.op == Op::Decode { n + 1 } else { n },
+                    n: if w.spec.op() == Op::Decode { n + 1 } else { n },
                     ..w
                 })
             })
@@ -149,7 +149,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 .enumerate()
                 .map(|(i, t)| {
                     vec![
-                        t.name(w.spec.op),
+                        t.name(w.spec.op()),
                         if i == 0 {
                             "keep (default, trusted)".into()
                         } else {
@@ -161,7 +161,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             rows.extend(
                 c.pruned
                     .iter()
-                    .map(|p| vec![p.tile.name(w.spec.op), format!("pruned: {}", p.reason)]),
+                    .map(|p| vec![p.tile.name(w.spec.op()), format!("pruned: {}", p.reason)]),
             );
             print!("{}", table::format(&["tile", "decision"], &rows));
         }
@@ -224,7 +224,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                         format!(
                             "resumed {} {}: {}",
                             w.spec,
-                            result.tile.name(w.spec.op),
+                            result.tile.name(w.spec.op()),
                             result.status
                         ),
                     );
@@ -234,7 +234,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                         format!(
                             "REJECTED {} {}: {}",
                             w.spec,
-                            result.tile.name(w.spec.op),
+                            result.tile.name(w.spec.op()),
                             result.status
                         ),
                     );
@@ -255,7 +255,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                         } else {
                             String::new()
                         },
-                        o.record.tile.name(w.spec.op),
+                        o.record.tile.name(w.spec.op()),
                         o.record.speedup()
                     ),
                 );
@@ -279,7 +279,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             .map(|c| {
                 let mark = if c.tile == r.tile { "* " } else { "  " };
                 vec![
-                    format!("{mark}{}", c.tile.name(r.spec.op)),
+                    format!("{mark}{}", c.tile.name(r.spec.op())),
                     c.median_ms
                         .map(|m| format!("{m:.4}"))
                         .unwrap_or_else(|| "-".into()),
@@ -309,7 +309,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             vec![
                 r.spec.name(),
                 format!("B={} N={}", r.shape.0, r.shape.1),
-                r.tile.name(r.spec.op),
+                r.tile.name(r.spec.op()),
                 format!("{:.4}", r.median_ms),
                 format!("{:.4}", r.default_median_ms),
                 format!("{:.2}x", r.speedup()),

@@ -411,9 +411,9 @@ pub struct ChunkSummarizeArgs {
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 
 fn check_op(spec: &KernelSpec, op: Op) -> Result<(), LaunchError> {
-    if spec.op != op {
+    if spec.op() != op {
         return Err(LaunchError::Op {
-            got: spec.op,
+            got: spec.op(),
             expected: op,
         });
     }
@@ -447,8 +447,8 @@ pub fn plan_prefill(
     a: &PrefillArgs,
 ) -> Result<Option<LaunchPlan<PrefillParams>>, LaunchError> {
     check_op(spec, Op::Prefill)?;
-    let et = ElemType::of(spec.dtype);
-    let d = spec.head_dim as usize;
+    let et = ElemType::of(spec.dtype());
+    let d = spec.head_dim() as usize;
     for t in [&a.q, &a.k, &a.v, &a.ks, &a.vs, &a.o] {
         expect_dtype(t, et)?;
     }
@@ -479,7 +479,7 @@ pub fn plan_prefill(
         &[Some(b), Some(n), Some(hkv), Some(d)],
         "[B, N, Hkv, D]",
     )?;
-    let nc = n / spec.chunk as usize;
+    let nc = n / spec.chunk() as usize;
     for t in [&a.ks, &a.vs] {
         expect_chunk_rows(t, b, nc, hkv, d, "Hkv")?;
     }
@@ -505,7 +505,7 @@ pub fn plan_prefill(
         return Err(LaunchError::Size(format!("N = {n} is over {}", i32::MAX)));
     }
     let scale = checked_scale(a.scale, spec)?;
-    let bm = tile.block_m as usize;
+    let bm = tile.block_m() as usize;
     let params = PrefillParams {
         q: a.q.ptr,
         k: a.k.ptr,
@@ -563,13 +563,13 @@ pub fn decode_splits(
     max_items: usize,
     sm_count: u32,
 ) -> usize {
-    if tile.splits > 0 {
-        return tile.splits as usize;
+    if tile.splits() > 0 {
+        return tile.splits() as usize;
     }
     let head_tiles = spec.group_or_one().div_ceil(DECODE_ROWS) as usize;
     let ctas = (b * hkv * head_tiles).max(1);
     let want = (2 * sm_count as usize).div_ceil(ctas);
-    let per_split = (tile.block_n * tile.warps) as usize;
+    let per_split = (tile.block_n() * tile.warps()) as usize;
     let most = max_items.div_ceil(per_split).max(1);
     want.clamp(1, most.min(64))
 }
@@ -596,8 +596,8 @@ pub fn plan_decode(
     workspace: Option<(u64, usize)>,
 ) -> Result<Option<DecodePlan>, LaunchError> {
     check_op(spec, Op::Decode)?;
-    let et = ElemType::of(spec.dtype);
-    let d = spec.head_dim as usize;
+    let et = ElemType::of(spec.dtype());
+    let d = spec.head_dim() as usize;
     let w = spec.window_or_zero() as usize;
     let g = spec.group_or_one() as usize;
     for t in [&a.q, &a.k_ring, &a.v_ring, &a.ks, &a.vs, &a.o] {
@@ -730,13 +730,13 @@ pub fn plan_chunk_mean(
     a: &ChunkMeanArgs,
 ) -> Result<Option<LaunchPlan<ChunkMeanParams>>, LaunchError> {
     check_op(spec, Op::ChunkMean)?;
-    let et = ElemType::of(spec.dtype);
-    let d = spec.head_dim as usize;
+    let et = ElemType::of(spec.dtype());
+    let d = spec.head_dim() as usize;
     expect_dtype(&a.x, et)?;
     expect_dtype(&a.xbar, et)?;
     expect_shape(&a.x, &[None, None, None, Some(d)], "[B, N, G, D]")?;
     let (b, n, g) = (a.x.shape[0], a.x.shape[1], a.x.shape[2]);
-    let nc = n / spec.chunk as usize;
+    let nc = n / spec.chunk() as usize;
     expect_chunk_rows(&a.xbar, b, nc, g, d, "G")?;
     if b == 0 || nc == 0 || g == 0 {
         return Ok(None);
@@ -774,8 +774,8 @@ pub fn plan_chunk_summarize(
     a: &ChunkSummarizeArgs,
 ) -> Result<Option<LaunchPlan<ChunkSummarizeParams>>, LaunchError> {
     check_op(spec, Op::ChunkSummarize)?;
-    let et = ElemType::of(spec.dtype);
-    let d = spec.head_dim as usize;
+    let et = ElemType::of(spec.dtype());
+    let d = spec.head_dim() as usize;
     for t in [&a.k, &a.v, &a.omega, &a.vs] {
         expect_dtype(t, et)?;
     }
@@ -786,7 +786,7 @@ pub fn plan_chunk_summarize(
         &[Some(b), Some(n), Some(hkv), Some(d)],
         "[B, N, Hkv, D]",
     )?;
-    let nc = n / spec.chunk as usize;
+    let nc = n / spec.chunk() as usize;
     for t in [&a.omega, &a.vs] {
         expect_chunk_rows(t, b, nc, hkv, d, "Hkv")?;
     }

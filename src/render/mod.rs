@@ -91,20 +91,20 @@ impl RenderContext {
         let group = spec.group_or_one();
         RenderContext {
             name: spec.name(),
-            tile_name: tile.name(spec.op),
-            dtype: spec.dtype.as_str(),
-            head_dim: spec.head_dim,
+            tile_name: tile.name(spec.op()),
+            dtype: spec.dtype().as_str(),
+            head_dim: spec.head_dim(),
             window: spec.window_or_zero(),
-            chunk: spec.chunk,
+            chunk: spec.chunk(),
             sliding: spec.sliding(),
             group,
             head_tiles: group.div_ceil(DECODE_ROWS),
             decode_rows: DECODE_ROWS,
-            block_m: tile.block_m,
-            block_n: tile.block_n,
-            warps: tile.warps,
-            warp_rows: tile.block_m / tile.warps.max(1),
-            stages: tile.stages,
+            block_m: tile.block_m(),
+            block_n: tile.block_n(),
+            warps: tile.warps(),
+            warp_rows: tile.block_m() / tile.warps().max(1),
+            stages: tile.stages(),
             pad: SMEM_PAD,
         }
     }
@@ -140,8 +140,8 @@ fn engine() -> &'static Result<tera::Tera, String> {
 
 /// Renders the CUDA source of `spec` with `tile` (which must satisfy the op's tile rules).
 pub fn render(spec: &KernelSpec, tile: &Tile) -> Result<String, RenderError> {
-    tile.validate(spec)?;
-    let template = template_name(spec.op);
+    tile.check(spec)?;
+    let template = template_name(spec.op());
     let tera = engine().as_ref().map_err(|m| RenderError::Template {
         template,
         message: m.clone(),
@@ -243,11 +243,19 @@ mod tests {
 
     #[test]
     fn invalid_tiles_do_not_render() {
-        let spec = all_specs()[0];
-        let bad = Tile {
-            warps: 3,
-            ..Tile::default_for(&spec, Arch::new(9, 0))
-        };
-        assert!(matches!(render(&spec, &bad), Err(RenderError::Tile(_))));
+        // A tile valid for D = 64 (two 16-row tiles per warp) is not one for D = 256.
+        let d64 = all_specs()
+            .into_iter()
+            .find(|s| s.op() == Op::Prefill && s.head_dim() == 64)
+            .unwrap();
+        let d256 = all_specs()
+            .into_iter()
+            .find(|s| s.op() == Op::Prefill && s.head_dim() == 256)
+            .unwrap();
+        let wide = Tile::default_for(&d64, Arch::new(9, 0))
+            .with_overrides(&d64, "block_m=128,warps=4")
+            .unwrap();
+        assert!(render(&d64, &wide).is_ok());
+        assert!(matches!(render(&d256, &wide), Err(RenderError::Tile(_))));
     }
 }

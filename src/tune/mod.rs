@@ -100,10 +100,10 @@ fn trust(
 ) -> Result<verify::Report> {
     let k = rt.kernel_with_tile(&w.spec, tile)?;
     let win = w.spec.window_or_zero() as usize;
-    let c = w.spec.chunk as usize;
+    let c = w.spec.chunk() as usize;
     let hkv = w.hkv.clamp(1, 2);
     let h = (w.h / w.hkv.max(1)).max(1) * hkv;
-    match w.spec.op {
+    match w.spec.op() {
         Op::Prefill => verify::check_prefill(
             stream,
             &k,
@@ -146,7 +146,7 @@ fn trust(
 
 fn rate_of(w: &Workload, median_ms: f64) -> (f64, &'static str) {
     let s = median_ms * 1e-3;
-    match w.spec.op {
+    match w.spec.op() {
         Op::Prefill | Op::ChunkSummarize => (w.flops() / s / 1e12, "TFLOP/s"),
         Op::Decode | Op::ChunkMean => (w.bytes() / s / 1e9, "GB/s"),
     }
@@ -184,7 +184,7 @@ pub fn tune(
     let started = std::time::Instant::now();
     let default_kernel = rt.kernel_with_tile(&w.spec, &default)?;
     let trusted = bench.output(&default_kernel)?;
-    let tol = tolerance(w.spec.dtype).rel;
+    let tol = tolerance(w.spec.dtype()).rel;
 
     // 2. Compile every candidate not yet measured, in parallel, streaming them to the GPU loop.
     let (mut results, todo) = split_resumed(&journal, &cands.keep);
@@ -287,7 +287,7 @@ pub fn tune(
         crate_version: crate::CRATE_VERSION.to_string(),
         device: dev,
         spec: w.spec,
-        bucket: Bucket::of(w.spec.op, w.b, w.n, w.h, w.hkv),
+        bucket: Bucket::of(w.spec.op(), w.b, w.n, w.h, w.hkv),
         shape: (w.b, w.n, w.h, w.hkv),
         tile: best.tile,
         artifact_key: best.key,
@@ -389,13 +389,23 @@ mod tests {
     use super::*;
 
     fn tile(warps: u32) -> Tile {
-        Tile {
-            block_m: 0,
-            block_n: 0,
-            warps,
-            stages: 0,
-            splits: 0,
-        }
+        let spec = crate::spec::KernelSpec::new(
+            Op::ChunkMean,
+            &crate::spec::SpecParams {
+                head_dim: Some(64),
+                chunk: Some(8),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        Tile::new(
+            &spec,
+            crate::tile::TileParams {
+                warps,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     fn res(warps: u32, ms: Option<f64>, status: &str) -> CandidateResult {
@@ -417,14 +427,15 @@ mod tests {
         let journal = vec![
             res(2, Some(1.0), "ok"),
             res(8, None, "WRONG: differs"),
-            res(16, Some(0.1), "ok"),
+            res(1, Some(0.1), "ok"),
         ];
-        let (done, todo) = split_resumed(&journal, &[tile(4), tile(2), tile(8), tile(1)]);
+        // tile(1) was measured by a run with other candidates: not reused
+        let (done, todo) = split_resumed(&journal, &[tile(4), tile(2), tile(8)]);
         assert_eq!(
-            done.iter().map(|r| r.tile.warps).collect::<Vec<_>>(),
+            done.iter().map(|r| r.tile.warps()).collect::<Vec<_>>(),
             vec![2, 8]
         );
-        assert_eq!(todo, vec![tile(4), tile(1)]);
+        assert_eq!(todo, vec![tile(4)]);
     }
 
     #[test]
@@ -439,7 +450,7 @@ mod tests {
         assert_eq!(best.tile, tile(2));
         assert_eq!(dflt.tile, tile(4));
         assert_eq!(
-            r.iter().map(|c| c.tile.warps).collect::<Vec<_>>(),
+            r.iter().map(|c| c.tile.warps()).collect::<Vec<_>>(),
             vec![2, 4, 8, 1]
         );
         // a wrong result never wins however fast; without a timed default there is no verdict

@@ -39,7 +39,7 @@ pub fn svg(records: &[WinnerRecord]) -> String {
                 r.shape.1,
                 r.shape.2,
                 r.shape.3,
-                r.tile.name(r.spec.op),
+                r.tile.name(r.spec.op()),
                 r.median_ms,
                 r.speedup()
             );
@@ -52,7 +52,7 @@ pub fn svg(records: &[WinnerRecord]) -> String {
                 .fold(0.0f64, f64::max)
                 .max(1e-9);
             for c in &r.candidates {
-                let label = c.tile.name(r.spec.op);
+                let label = c.tile.name(r.spec.op());
                 match c.median_ms {
                     Some(ms) if c.ok() => {
                         let len = ((ms / slowest) * 600.0) as i32;
@@ -131,12 +131,15 @@ mod tests {
             },
         )
         .unwrap();
-        let t = |w| Tile {
-            block_m: 0,
-            block_n: 0,
-            warps: w,
-            stages: 0,
-            splits: 0,
+        let t = |w| {
+            Tile::new(
+                &spec,
+                crate::tile::TileParams {
+                    warps: w,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
         };
         let c = |w, ms: Option<f64>, status: &str| CandidateResult {
             tile: t(w),

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::spec::{KernelSpec, LocalMode, Op};
 use crate::target::{Arch, Limits};
-use crate::tile::Tile;
+use crate::tile::{Tile, TileParams};
 
 /// The embedded spaces file.
 pub const SPACES_TOML: &str = include_str!("../../autotune/spaces.toml");
@@ -58,8 +58,8 @@ pub struct SpaceError(pub String);
 /// A candidate that was dropped, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pruned {
-    /// The tile.
-    pub tile: Tile,
+    /// The tile's knobs (they may not form a valid tile).
+    pub tile: TileParams,
     /// Why it was dropped.
     pub reason: String,
 }
@@ -96,7 +96,7 @@ impl Spaces {
     /// Expands the space of `spec` for `arch` (whose limits may be the device's measured ones)
     /// and prunes it. The default tile is always a candidate (it is the trusted reference).
     pub fn candidates(&self, spec: &KernelSpec, arch: Arch, limits: Limits) -> Candidates {
-        let base = self.of(spec.op);
+        let base = self.of(spec.op());
         let over = base.arch.get(&arch.to_string());
         let pick = |f: fn(&FieldValues) -> &Option<Vec<u32>>, dflt: u32| -> Vec<u32> {
             over.and_then(|o| f(o).clone())
@@ -105,19 +105,19 @@ impl Spaces {
         };
         let d = Tile::default_for(spec, arch);
         let mut all = Vec::new();
-        for &m in &pick(|f| &f.block_m, d.block_m) {
-            for &n in &pick(|f| &f.block_n, d.block_n) {
-                for &w in &pick(|f| &f.warps, d.warps) {
-                    for &s in &pick(|f| &f.stages, d.stages) {
-                        for &k in &pick(|f| &f.splits, d.splits) {
-                            let t = Tile {
+        for &m in &pick(|f| &f.block_m, d.block_m()) {
+            for &n in &pick(|f| &f.block_n, d.block_n()) {
+                for &w in &pick(|f| &f.warps, d.warps()) {
+                    for &s in &pick(|f| &f.stages, d.stages()) {
+                        for &k in &pick(|f| &f.splits, d.splits()) {
+                            let t = TileParams {
                                 block_m: m,
                                 block_n: n,
                                 warps: w,
                                 stages: s,
                                 splits: k,
                             }
-                            .normalized(spec.op);
+                            .normalized(spec.op());
                             if !all.contains(&t) {
                                 all.push(t);
                             }
@@ -130,24 +130,27 @@ impl Spaces {
             keep: vec![d],
             pruned: Vec::new(),
         };
-        for t in all {
-            if t == d {
+        for p in all {
+            if p == d.params() {
                 continue;
             }
-            match prune_reason(spec, &t, arch, limits) {
-                Some(reason) => out.pruned.push(Pruned { tile: t, reason }),
-                None => out.keep.push(t),
+            match Tile::new(spec, p) {
+                Err(e) => out.pruned.push(Pruned {
+                    tile: p,
+                    reason: e.to_string(),
+                }),
+                Ok(t) => match prune_reason(spec, &t, arch, limits) {
+                    Some(reason) => out.pruned.push(Pruned { tile: p, reason }),
+                    None => out.keep.push(t),
+                },
             }
         }
         out
     }
 }
 
-/// Why `tile` is not worth compiling for `spec` on a device with `limits`, if it is not.
+/// Why `tile` (valid for `spec`) is not worth compiling for `spec` on a device with `limits`, if it is not.
 pub fn prune_reason(spec: &KernelSpec, tile: &Tile, arch: Arch, limits: Limits) -> Option<String> {
-    if let Err(e) = tile.validate(spec) {
-        return Some(e.to_string());
-    }
     let smem = tile.smem_bytes(spec);
     if smem > limits.smem_per_block {
         return Some(format!(
@@ -164,27 +167,27 @@ pub fn prune_reason(spec: &KernelSpec, tile: &Tile, arch: Arch, limits: Limits) 
         ));
     }
     let w = spec.window_or_zero();
-    match spec.op {
-        Op::Prefill if spec.local == Some(LocalMode::Block) => {
-            if tile.block_n > w || !w.is_multiple_of(tile.block_n) {
+    match spec.op() {
+        Op::Prefill if spec.local() == Some(LocalMode::Block) => {
+            if tile.block_n() > w || !w.is_multiple_of(tile.block_n()) {
                 return Some(format!(
                     "block_n {} does not divide the window {w}: tiles would straddle windows",
-                    tile.block_n
+                    tile.block_n()
                 ));
             }
-            if tile.block_m > 2 * w {
+            if tile.block_m() > 2 * w {
                 return Some(format!(
                     "block_m {} spans more than two windows of {w}: most of each tile is masked",
-                    tile.block_m
+                    tile.block_m()
                 ));
             }
             None
         }
         Op::Prefill => {
-            if tile.block_m > 2 * w.max(64) {
+            if tile.block_m() > 2 * w.max(64) {
                 return Some(format!(
                     "block_m {} is more than twice the window {w}",
-                    tile.block_m
+                    tile.block_m()
                 ));
             }
             None
@@ -285,14 +288,14 @@ mod tests {
             c.keep
                 .iter()
                 .skip(1)
-                .all(|t| t.stages == 2 && t.block_n <= 64)
+                .all(|t| t.stages() == 2 && t.block_n() <= 64)
         );
         let c = s.candidates(
             &spec(Op::Decode, 128, 512, LocalMode::Block),
             h100,
             h100.limits(),
         );
-        assert!(c.keep.iter().any(|t| t.splits == 4));
+        assert!(c.keep.iter().any(|t| t.splits() == 4));
         let c = s.candidates(
             &spec(Op::ChunkMean, 64, 512, LocalMode::Block),
             h100,
@@ -303,13 +306,21 @@ mod tests {
 
     #[test]
     fn compiled_pruning() {
-        let t = Tile {
-            block_m: 128,
-            block_n: 64,
-            warps: 8,
-            stages: 2,
-            splits: 0,
+        let s = spec(Op::Prefill, 128, 512, LocalMode::Block);
+        let tile = |block_m| {
+            Tile::new(
+                &s,
+                TileParams {
+                    block_m,
+                    block_n: 64,
+                    warps: 8,
+                    stages: 2,
+                    splits: 0,
+                },
+            )
+            .unwrap()
         };
+        let t = tile(128);
         let l = Arch::new(9, 0).limits();
         assert!(
             prune_compiled(&t, 255, 8, l)
@@ -317,13 +328,9 @@ mod tests {
                 .contains("spills 8 bytes")
         );
         assert!(prune_compiled(&t, 255, 0, l).is_none());
-        let big = Tile { warps: 8, ..t };
         assert!(
             prune_compiled(
-                &Tile {
-                    block_m: 256,
-                    ..big
-                },
+                &tile(256),
                 255,
                 0,
                 crate::target::Limits {

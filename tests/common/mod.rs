@@ -140,7 +140,7 @@ pub fn winner(
             nvrtc_version: Some("13.0".into()),
         },
         spec: *spec,
-        bucket: Bucket::of(spec.op, 1, 4096, 16, 16),
+        bucket: Bucket::of(spec.op(), 1, 4096, 16, 16),
         shape: (1, 4096, 16, 16),
         tile,
         artifact_key: key,
