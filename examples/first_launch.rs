@@ -12,6 +12,7 @@ use flasheva::bench::{Bencher, Workload};
 use flasheva::cache::CacheStore;
 use flasheva::gpu::Gpu;
 use flasheva::loader::{Runtime, RuntimeOptions};
+use flasheva::ops::Problem;
 use flasheva::spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,9 +37,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         h: 32,
         hkv: 8,
     };
-    // Warm the process: context, stream and input buffers exist before the clock starts; the
-    // kernel's own time is measured once so it can be told apart.
-    let bench = Bencher::new(&gpu, &stream, w)?;
+    // Warm the process: context, stream and input buffers exist before the clock starts (the
+    // buffers are sized with a kernel from a separate loader, which is dropped before timing).
+    let mut bench = {
+        let warm = Runtime::with_gpu(
+            gpu.clone(),
+            store.clone(),
+            RuntimeOptions::default().compile_on_miss(true),
+        );
+        Bencher::new(&gpu, &stream, Problem::new(w), &*warm.kernel_for(&w)?)?
+    };
     stream.synchronize()?;
     let mut loaders = Vec::new();
     println!("fresh loader  lookup+load ms  launch+sync ms  total ms");

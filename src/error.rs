@@ -38,9 +38,13 @@ pub enum Error {
     /// The loader found no artifact and may not compile.
     #[error("{0}")]
     NotCached(String),
-    /// Anything else, with its context.
-    #[error("{0}")]
-    Other(String),
+    /// An environment variable has a value flasheva does not accept.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Tuning gave no winner.
+    #[cfg(feature = "cli")]
+    #[error(transparent)]
+    Tune(#[from] crate::tune::TuneError),
 }
 
 /// `Result` with [`Error`].

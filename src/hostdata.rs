@@ -1,20 +1,23 @@
-//! Host tensors in the kernels' storage types: random fills (rounded to the dtype, so a float64
-//! reference sees exactly what the GPU sees), bit conversions and poison values. Pure.
+//! Host tensors in the kernels' element types: random fills (rounded to the storage type, so a
+//! float64 reference sees exactly what the GPU sees), conversions to and from float64, and the
+//! poison values outputs are filled with before a launch. Pure.
 
 use half::{bf16, f16};
 use rand::{Rng, RngExt, SeedableRng, rngs::StdRng};
 
 use crate::spec::DType;
+use crate::tensor::ElemType;
 
-/// A tensor as 16-bit storage plus the exact float64 value of every element.
+/// A tensor on the host: element type, shape and the little-endian bytes of its elements,
+/// contiguous and row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
-    /// Storage type.
-    pub dtype: DType,
+    /// Element type.
+    pub elem: ElemType,
     /// Shape.
     pub shape: Vec<usize>,
-    /// Raw 16-bit elements.
-    pub bits: Vec<u16>,
+    /// The elements, little-endian, row-major.
+    pub data: Vec<u8>,
 }
 
 /// float64 -> storage bits (round to nearest even).
@@ -41,6 +44,37 @@ pub fn poison_bits(dtype: DType) -> u16 {
     }
 }
 
+/// The storage type of a 16-bit element type.
+fn storage(elem: ElemType) -> Option<DType> {
+    match elem {
+        ElemType::F16 => Some(DType::F16),
+        ElemType::Bf16 => Some(DType::Bf16),
+        ElemType::F32 | ElemType::I32 => None,
+    }
+}
+
+/// The bytes of one element of `elem` holding `x` (rounded; integers truncated).
+pub fn encode(elem: ElemType, x: f64) -> Vec<u8> {
+    match elem {
+        ElemType::F16 | ElemType::Bf16 => to_bits(x, storage(elem).expect("16-bit"))
+            .to_le_bytes()
+            .to_vec(),
+        ElemType::F32 => (x as f32).to_le_bytes().to_vec(),
+        ElemType::I32 => (x as i32).to_le_bytes().to_vec(),
+    }
+}
+
+/// The NaN (or, for int32, the value -1) an output of `elem` is poisoned with.
+pub fn poison(elem: ElemType) -> Vec<u8> {
+    match elem {
+        ElemType::F16 | ElemType::Bf16 => poison_bits(storage(elem).expect("16-bit"))
+            .to_le_bytes()
+            .to_vec(),
+        ElemType::F32 => f32::NAN.to_le_bytes().to_vec(),
+        ElemType::I32 => (-1i32).to_le_bytes().to_vec(),
+    }
+}
+
 /// A random generator from a fresh OS seed; the seed is returned for reproduction.
 pub fn fresh_rng() -> (StdRng, u64) {
     let seed: u64 = rand::rng().random();
@@ -51,41 +85,92 @@ impl HostTensor {
     /// Elements drawn uniformly from `[-amp, amp]`, rounded to `dtype`.
     pub fn uniform(rng: &mut impl Rng, dtype: DType, shape: &[usize], amp: f64) -> HostTensor {
         let n: usize = shape.iter().product();
-        let bits = (0..n)
-            .map(|_| to_bits(rng.random_range(-amp..=amp), dtype))
+        let data = (0..n)
+            .flat_map(|_| to_bits(rng.random_range(-amp..=amp), dtype).to_le_bytes())
             .collect();
         HostTensor {
-            dtype,
+            elem: ElemType::of(dtype),
             shape: shape.to_vec(),
-            bits,
+            data,
         }
     }
 
-    /// From float64 values (rounded).
-    pub fn from_f64(dtype: DType, shape: &[usize], values: &[f64]) -> HostTensor {
+    /// From float64 values (rounded to `elem`).
+    pub fn from_f64(elem: ElemType, shape: &[usize], values: &[f64]) -> HostTensor {
         HostTensor {
-            dtype,
+            elem,
             shape: shape.to_vec(),
-            bits: values.iter().map(|&x| to_bits(x, dtype)).collect(),
+            data: values.iter().flat_map(|&x| encode(elem, x)).collect(),
+        }
+    }
+
+    /// An int32 tensor.
+    pub fn from_i32(shape: &[usize], values: &[i32]) -> HostTensor {
+        HostTensor {
+            elem: ElemType::I32,
+            shape: shape.to_vec(),
+            data: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+
+    /// Every element set to the poison value of its type.
+    pub fn poisoned(elem: ElemType, shape: &[usize]) -> HostTensor {
+        let n: usize = shape.iter().product();
+        let p = poison(elem);
+        HostTensor {
+            elem,
+            shape: shape.to_vec(),
+            data: p.iter().copied().cycle().take(n * p.len()).collect(),
+        }
+    }
+
+    /// Element `i` as float64.
+    pub fn get(&self, i: usize) -> f64 {
+        let s = self.elem.size();
+        let b = &self.data[i * s..(i + 1) * s];
+        match self.elem {
+            ElemType::F16 | ElemType::Bf16 => from_bits(
+                u16::from_le_bytes([b[0], b[1]]),
+                storage(self.elem).expect("16-bit"),
+            ),
+            ElemType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+            ElemType::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
         }
     }
 
     /// Every element as float64.
     pub fn to_f64(&self) -> Vec<f64> {
-        self.bits
-            .iter()
-            .map(|&b| from_bits(b, self.dtype))
+        (0..self.len()).map(|i| self.get(i)).collect()
+    }
+
+    /// Every element of an int32 tensor.
+    pub fn to_i32(&self) -> Vec<i32> {
+        self.data
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()
     }
 
     /// Number of elements.
     pub fn len(&self) -> usize {
-        self.bits.len()
+        self.data.len() / self.elem.size()
     }
 
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
-        self.bits.is_empty()
+        self.data.is_empty()
+    }
+
+    /// Rows `lo..hi` of the outermost dimension, as a tensor of their own.
+    pub fn rows(&self, lo: usize, hi: usize) -> HostTensor {
+        let row: usize = self.shape[1..].iter().product::<usize>() * self.elem.size();
+        let mut shape = self.shape.clone();
+        shape[0] = hi - lo;
+        HostTensor {
+            elem: self.elem,
+            shape,
+            data: self.data[lo * row..hi * row].to_vec(),
+        }
     }
 }
 
@@ -110,5 +195,15 @@ mod tests {
         let t = HostTensor::uniform(&mut rng, DType::Bf16, &[3, 5], 2.0);
         assert_eq!(t.len(), 15);
         assert!(t.to_f64().iter().all(|x| x.abs() <= 2.0));
+        for e in [ElemType::F16, ElemType::Bf16, ElemType::F32] {
+            let p = HostTensor::poisoned(e, &[2, 3]);
+            assert_eq!(p.len(), 6);
+            assert!(p.to_f64().iter().all(|x| x.is_nan()), "{e:?}");
+        }
+        let v = HostTensor::from_f64(ElemType::F32, &[2], &[1.5, -2.0]);
+        assert_eq!(v.to_f64(), vec![1.5, -2.0]);
+        let l = HostTensor::from_i32(&[3], &[1, -4, 7]);
+        assert_eq!(l.to_i32(), vec![1, -4, 7]);
+        assert_eq!(l.rows(1, 3).to_i32(), vec![-4, 7]);
     }
 }

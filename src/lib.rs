@@ -27,6 +27,7 @@ pub mod gpu;
 pub mod hostdata;
 pub mod key;
 pub mod loader;
+pub mod ops;
 #[cfg(feature = "compiler")]
 pub mod pipeline;
 pub mod presets;
@@ -35,10 +36,13 @@ pub mod reference;
 pub mod render;
 pub mod spec;
 pub mod target;
+pub mod tensor;
 pub mod tile;
 #[cfg(feature = "cli")]
 pub mod tune;
 pub mod verify;
+pub mod visibility;
+pub mod workload;
 
 pub use error::{Error, Result};
 

@@ -125,7 +125,7 @@ fn known_archs() -> Vec<Arch> {
 impl Runtime {
     /// A runtime on device `ordinal` over `store`.
     pub fn new(ordinal: usize, store: CacheStore) -> Result<Runtime> {
-        let options = RuntimeOptions::from_env().map_err(|e| Error::Other(e.to_string()))?;
+        let options = RuntimeOptions::from_env()?;
         Ok(Runtime::with_gpu(Gpu::open(ordinal)?, store, options))
     }
 
@@ -173,14 +173,14 @@ impl Runtime {
 
     /// The tile for a workload: the tuned winner of this device for the spec and the workload's
     /// shape bucket (or the nearest tuned bucket), else the default tile of the device's arch.
-    pub fn tile_for_workload(&self, w: &crate::bench::Workload) -> Tile {
+    pub fn tile_for_workload(&self, w: &crate::workload::Workload) -> Tile {
         self.tuned(w)
             .map(|r| r.tile)
             .unwrap_or_else(|| self.default_tile(&w.spec))
     }
 
     /// The winner record `tile_for_workload` would use, if any.
-    pub fn tuned(&self, w: &crate::bench::Workload) -> Option<WinnerRecord> {
+    pub fn tuned(&self, w: &crate::workload::Workload) -> Option<WinnerRecord> {
         if !self.options.use_tuned {
             return None;
         }
@@ -202,7 +202,7 @@ impl Runtime {
     }
 
     /// The kernel for a workload (see [`Runtime::tile_for_workload`]).
-    pub fn kernel_for(&self, w: &crate::bench::Workload) -> Result<Arc<Kernel>> {
+    pub fn kernel_for(&self, w: &crate::workload::Workload) -> Result<Arc<Kernel>> {
         self.kernel_with_tile(&w.spec, &self.tile_for_workload(w))
     }
 

@@ -4,36 +4,7 @@
 
 use crate::spec::LocalMode;
 
-/// Whether raw key `j` is visible to query `i`.
-pub fn key_visible(i: usize, j: usize, window: usize, local: LocalMode) -> bool {
-    j <= i
-        && match local {
-            LocalMode::Block => j / window == i / window,
-            LocalMode::Sliding => j + window > i,
-        }
-}
-
-/// Number of summaries visible to query `i`: chunks `c < i / C` (capped by the `nc` present).
-pub fn summaries_visible(i: usize, chunk: usize, nc: usize) -> usize {
-    (i / chunk).min(nc)
-}
-
-/// The raw keys visible to query `i`, as a range.
-pub fn key_range(i: usize, window: usize, local: LocalMode) -> std::ops::Range<usize> {
-    let lo = match local {
-        LocalMode::Block => (i / window) * window,
-        LocalMode::Sliding => (i + 1).saturating_sub(window),
-    };
-    lo..i + 1
-}
-
-/// Visible (query, key-or-summary) pairs of a prefill over `n` tokens (per batch and head).
-pub fn count_prefill_pairs(n: usize, window: usize, chunk: usize, local: LocalMode) -> u64 {
-    let nc = n / chunk;
-    (0..n)
-        .map(|i| (key_range(i, window, local).len() + summaries_visible(i, chunk, nc)) as u64)
-        .sum()
-}
+pub use crate::visibility::{count_prefill_pairs, key_range, key_visible, summaries_visible};
 
 /// Shapes of a prefill call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,19 +94,33 @@ pub fn prefill(
     (o, lse)
 }
 
+/// The sizes and spec fields of a decode call, for the reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeShape {
+    /// Batch.
+    pub b: usize,
+    /// Query heads.
+    pub h: usize,
+    /// Key/value heads.
+    pub hkv: usize,
+    /// Head dim.
+    pub d: usize,
+    /// Local window (ring slots).
+    pub window: usize,
+    /// Chunk.
+    pub chunk: usize,
+    /// Local mode.
+    pub local: LocalMode,
+    /// Summary slots in the cache.
+    pub max_nc: usize,
+}
+
 /// Decode reference: the query of sequence `b` at position `len[b]-1` against ring buffers
 /// `kr, vr [B,W,Hkv,D]` (token t in slot t mod W) and summaries `ks, vs [B,MAXNC,Hkv,D]`.
-/// Returns `o [B,H,D]`, `lse [B,H]`.
+/// Returns `o [B,H,D]`, `lse [B,H]`; a sequence with `len <= 0` gives `o = 0`, `lse = -inf`.
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
-    b: usize,
-    h: usize,
-    hkv: usize,
-    d: usize,
-    window: usize,
-    chunk: usize,
-    local: LocalMode,
-    max_nc: usize,
+    s: &DecodeShape,
     len: &[i32],
     q: &[f64],
     kr: &[f64],
@@ -144,6 +129,16 @@ pub fn decode(
     vs: &[f64],
     scale: f64,
 ) -> (Vec<f64>, Vec<f64>) {
+    let DecodeShape {
+        b,
+        h,
+        hkv,
+        d,
+        window,
+        chunk,
+        local,
+        max_nc,
+    } = *s;
     let g = h / hkv;
     let mut o = vec![0.0; b * h * d];
     let mut lse = vec![0.0; b * h];
@@ -173,6 +168,82 @@ pub fn decode(
         }
     }
     (o, lse)
+}
+
+fn abs_dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x * y).abs()).sum()
+}
+
+/// Per (b, h, i) of a prefill: `s · max_j Σ_d |q_d k_jd|` over the row's visible keys and
+/// summaries, the size of the terms its LSE sums (see `verify::lse_bound`).
+pub fn prefill_lse_magnitudes(
+    sh: &AttnShape,
+    nc_rows: usize,
+    q: &[f64],
+    k: &[f64],
+    ks: &[f64],
+    scale: f64,
+) -> Vec<f64> {
+    let AttnShape {
+        b, n, h, hkv, d, ..
+    } = *sh;
+    let g = h / hkv;
+    let nc = (n / sh.chunk).min(nc_rows);
+    let mut out = vec![0.0; b * h * n];
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..n {
+                let qi = &q[((bi * n + i) * h + hi) * d..][..d];
+                let mut m: f64 = 0.0;
+                for j in key_range(i, sh.window, sh.local) {
+                    m = m.max(abs_dot(qi, &k[((bi * n + j) * hkv + hi / g) * d..][..d]));
+                }
+                for c in 0..summaries_visible(i, sh.chunk, nc) {
+                    m = m.max(abs_dot(
+                        qi,
+                        &ks[((bi * nc_rows + c) * hkv + hi / g) * d..][..d],
+                    ));
+                }
+                out[(bi * h + hi) * n + i] = scale * m;
+            }
+        }
+    }
+    out
+}
+
+/// Per (b, h) of a decode: as [`prefill_lse_magnitudes`] for the query at `len[b] - 1`.
+pub fn decode_lse_magnitudes(
+    s: &DecodeShape,
+    len: &[i32],
+    q: &[f64],
+    kr: &[f64],
+    ks: &[f64],
+    scale: f64,
+) -> Vec<f64> {
+    let (g, d, w) = (s.h / s.hkv, s.d, s.window);
+    let mut mags = vec![0.0; s.b * s.h];
+    for (bi, &l) in len.iter().enumerate() {
+        if l <= 0 {
+            continue;
+        }
+        let pos = l as usize - 1;
+        for hi in 0..s.h {
+            let qi = &q[(bi * s.h + hi) * d..][..d];
+            let kh = hi / g;
+            let mut m: f64 = 0.0;
+            for t in key_range(pos, w, s.local) {
+                m = m.max(abs_dot(qi, &kr[((bi * w + t % w) * s.hkv + kh) * d..][..d]));
+            }
+            for c in 0..summaries_visible(pos, s.chunk, s.max_nc) {
+                m = m.max(abs_dot(
+                    qi,
+                    &ks[((bi * s.max_nc + c) * s.hkv + kh) * d..][..d],
+                ));
+            }
+            mags[bi * s.h + hi] = scale * m;
+        }
+    }
+    mags
 }
 
 /// chunk_mean reference: `x [B,N,G,D]` -> `[B,N/C,G,D]`.
@@ -231,12 +302,16 @@ pub fn chunk_summarize(
 }
 
 /// `‖out − ref‖ / ‖ref‖` over whole tensors; `f64::INFINITY` if `out` has a NaN or infinity
-/// where `ref` is finite.
+/// where `ref` is finite. Positions where `ref` is NaN are not compared (outputs a kernel does
+/// not write, such as summary rows past N/C).
 pub fn rel_error(out: &[f64], reference: &[f64]) -> f64 {
     assert_eq!(out.len(), reference.len());
     let mut num = 0.0;
     let mut den = 0.0;
     for (o, r) in out.iter().zip(reference) {
+        if r.is_nan() {
+            continue;
+        }
         if !o.is_finite() && r.is_finite() || o.is_nan() {
             return f64::INFINITY;
         }
@@ -345,23 +420,17 @@ mod tests {
                 vr[slot * hkv * d..][..hkv * d].copy_from_slice(&v[t * hkv * d..][..hkv * d]);
             }
             let qd = &q[p * h * d..][..h * d];
-            let (od, lsed) = decode(
-                1,
+            let geo = DecodeShape {
+                b: 1,
                 h,
                 hkv,
                 d,
-                w,
-                c,
+                window: w,
+                chunk: c,
                 local,
-                nc,
-                &[n as i32],
-                qd,
-                &kr,
-                &vr,
-                &ks,
-                &vs,
-                0.7,
-            );
+                max_nc: nc,
+            };
+            let (od, lsed) = decode(&geo, &[n as i32], qd, &kr, &vr, &ks, &vs, 0.7);
             for hi in 0..h {
                 assert!((lsed[hi] - lse[hi * n + p]).abs() < 1e-12);
                 for di in 0..d {

@@ -16,7 +16,7 @@ use flasheva::gpu::{CudaStream, Gpu};
 use flasheva::loader::{Runtime, RuntimeOptions};
 use flasheva::spec::{DType, LocalMode, Op};
 use flasheva::tile::TileParams;
-use flasheva::verify::{self, DecodeCase, PrefillCase, Report};
+use flasheva::verify::{self, ChunkCase, DecodeCase, PrefillCase, Report};
 use flasheva::{Arch, Tile};
 
 fn cache_dir() -> &'static std::path::Path {
@@ -398,15 +398,62 @@ fn chunk_ops_grid() {
                     (2, 5 * c as usize + 3, 3),
                     (1, 7 * c as usize, 12),
                 ] {
-                    reports.push(verify::check_chunk_mean(&stream, &m, b, n, g, false).unwrap());
-                    reports
-                        .push(verify::check_chunk_summarize(&stream, &s, b, n, g, false).unwrap());
+                    reports.push(
+                        verify::check_chunk(
+                            &stream,
+                            &m,
+                            &ChunkCase {
+                                b,
+                                n,
+                                heads: g,
+                                strided: false,
+                                large: false,
+                            },
+                        )
+                        .unwrap(),
+                    );
+                    reports.push(
+                        verify::check_chunk(
+                            &stream,
+                            &s,
+                            &ChunkCase {
+                                b,
+                                n,
+                                heads: g,
+                                strided: false,
+                                large: false,
+                            },
+                        )
+                        .unwrap(),
+                    );
                 }
                 reports.push(
-                    verify::check_chunk_mean(&stream, &m, 2, 3 * c as usize, 5, true).unwrap(),
+                    verify::check_chunk(
+                        &stream,
+                        &m,
+                        &ChunkCase {
+                            b: 2,
+                            n: 3 * c as usize,
+                            heads: 5,
+                            strided: true,
+                            large: false,
+                        },
+                    )
+                    .unwrap(),
                 );
                 reports.push(
-                    verify::check_chunk_summarize(&stream, &s, 1, 4 * c as usize, 2, true).unwrap(),
+                    verify::check_chunk(
+                        &stream,
+                        &s,
+                        &ChunkCase {
+                            b: 1,
+                            n: 4 * c as usize,
+                            heads: 2,
+                            strided: false,
+                            large: true,
+                        },
+                    )
+                    .unwrap(),
                 );
             }
         }
@@ -429,7 +476,20 @@ fn chunk_ops_grid() {
                     .unwrap(),
             )
             .unwrap();
-        reports.push(verify::check_chunk_summarize(&stream, &k, 1, 300, 2, false).unwrap());
+        reports.push(
+            verify::check_chunk(
+                &stream,
+                &k,
+                &ChunkCase {
+                    b: 1,
+                    n: 300,
+                    heads: 2,
+                    strided: false,
+                    large: false,
+                },
+            )
+            .unwrap(),
+        );
         let sp = spec(Op::ChunkMean, 128, 64, 64, LocalMode::Block, DType::Bf16, 1);
         let k = rt
             .kernel_with_tile(
@@ -439,7 +499,20 @@ fn chunk_ops_grid() {
                     .unwrap(),
             )
             .unwrap();
-        reports.push(verify::check_chunk_mean(&stream, &k, 1, 300, 7, false).unwrap());
+        reports.push(
+            verify::check_chunk(
+                &stream,
+                &k,
+                &ChunkCase {
+                    b: 1,
+                    n: 300,
+                    heads: 7,
+                    strided: false,
+                    large: false,
+                },
+            )
+            .unwrap(),
+        );
     }
     settle("chunk ops", reports);
 }
@@ -611,7 +684,20 @@ fn sanitizer_subset() {
             1,
         ))
         .unwrap();
-    reports.push(verify::check_chunk_mean(&stream, &m, 2, 37, 3, true).unwrap());
+    reports.push(
+        verify::check_chunk(
+            &stream,
+            &m,
+            &ChunkCase {
+                b: 2,
+                n: 37,
+                heads: 3,
+                strided: true,
+                large: false,
+            },
+        )
+        .unwrap(),
+    );
     let s = rt
         .kernel(&spec(
             Op::ChunkSummarize,
@@ -623,6 +709,19 @@ fn sanitizer_subset() {
             1,
         ))
         .unwrap();
-    reports.push(verify::check_chunk_summarize(&stream, &s, 2, 50, 2, false).unwrap());
+    reports.push(
+        verify::check_chunk(
+            &stream,
+            &s,
+            &ChunkCase {
+                b: 2,
+                n: 50,
+                heads: 2,
+                strided: false,
+                large: false,
+            },
+        )
+        .unwrap(),
+    );
     settle("sanitizer subset", reports);
 }

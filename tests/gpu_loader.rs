@@ -164,7 +164,7 @@ fn tuned_winners_are_used_unless_switched_off() {
     let c = CandidateResult {
         tile,
         key: None,
-        status: "ok".into(),
+        status: flasheva::cache::winner::CandidateStatus::Ok,
         median_ms: Some(1.0),
         min_ms: None,
         max_ms: None,
@@ -194,7 +194,7 @@ fn tuned_winners_are_used_unless_switched_off() {
             created_unix: 0,
         })
         .unwrap();
-    let w = flasheva::bench::Workload {
+    let w = flasheva::workload::Workload {
         spec: s,
         b: 2,
         n: 333,

@@ -9,7 +9,7 @@ use crate::spec::{KernelSpec, Op};
 use crate::tile::Tile;
 
 /// Winner record format version.
-pub const WINNER_FORMAT: u32 = 1;
+pub const WINNER_FORMAT: u32 = 2;
 
 /// The device a measurement was taken on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +68,84 @@ impl std::fmt::Display for Bucket {
     }
 }
 
+/// The stage at which a candidate failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Rendering or compiling.
+    Compile,
+    /// Loading the module.
+    Load,
+    /// Launching or running.
+    Launch,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Compile => "compile",
+            Stage::Load => "load",
+            Stage::Launch => "launch",
+        })
+    }
+}
+
+/// What became of one candidate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CandidateStatus {
+    /// Correct and timed.
+    Ok,
+    /// Its output differs from the trusted result by more than the dtype's tolerance.
+    Wrong {
+        /// `‖out − trusted‖ / ‖trusted‖` (infinite when an output was NaN).
+        rel_diff: f64,
+        /// The tolerance it was held to.
+        tolerance: f64,
+    },
+    /// Dropped before timing (register spills, register file).
+    Pruned {
+        /// Why.
+        reason: String,
+    },
+    /// It could not be compiled, loaded or run.
+    Failed {
+        /// Where.
+        stage: Stage,
+        /// The first line of the error.
+        message: String,
+    },
+}
+
+impl std::fmt::Display for CandidateStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CandidateStatus::Ok => f.write_str("ok"),
+            CandidateStatus::Wrong {
+                rel_diff,
+                tolerance,
+            } => write!(
+                f,
+                "WRONG: differs from the trusted result by {rel_diff:.2e} (tolerance {tolerance:.0e})"
+            ),
+            CandidateStatus::Pruned { reason } => write!(f, "pruned: {reason}"),
+            CandidateStatus::Failed { stage, message } => write!(f, "{stage} failed: {message}"),
+        }
+    }
+}
+
+impl CandidateStatus {
+    /// An order for listing rejected candidates: wrong results first, then failures, then pruned.
+    fn rank(&self) -> u8 {
+        match self {
+            CandidateStatus::Ok => 0,
+            CandidateStatus::Wrong { .. } => 1,
+            CandidateStatus::Failed { .. } => 2,
+            CandidateStatus::Pruned { .. } => 3,
+        }
+    }
+}
+
 /// One candidate's outcome.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CandidateResult {
@@ -75,8 +153,8 @@ pub struct CandidateResult {
     pub tile: Tile,
     /// Its cache key (when it compiled).
     pub key: Option<Key>,
-    /// `ok`, or why it was rejected (wrong result, spills, compile or launch failure).
-    pub status: String,
+    /// What became of it.
+    pub status: CandidateStatus,
     /// Median ms (ok candidates).
     pub median_ms: Option<f64>,
     /// Fastest ms.
@@ -94,7 +172,20 @@ pub struct CandidateResult {
 impl CandidateResult {
     /// Whether it passed and was timed.
     pub fn ok(&self) -> bool {
-        self.status == "ok" && self.median_ms.is_some()
+        self.status == CandidateStatus::Ok && self.median_ms.is_some()
+    }
+
+    /// Orders results fastest first, rejected ones last (wrong, failed, pruned).
+    pub fn ranking(a: &CandidateResult, b: &CandidateResult) -> std::cmp::Ordering {
+        match (a.ok(), b.ok()) {
+            (true, true) => a
+                .median_ms
+                .unwrap_or(f64::INFINITY)
+                .total_cmp(&b.median_ms.unwrap_or(f64::INFINITY)),
+            (true, false) => std::cmp::Ordering::Less,
+            (false, true) => std::cmp::Ordering::Greater,
+            (false, false) => a.status.rank().cmp(&b.status.rank()),
+        }
     }
 }
 

@@ -106,7 +106,7 @@ pub struct ShapeFlags {
 
 impl ShapeFlags {
     /// The workload of `spec` from these flags (defaults: B=1, N=4096, H=16, Hkv=H/group).
-    pub fn workload(&self, spec: &KernelSpec) -> anyhow::Result<flasheva::bench::Workload> {
+    pub fn workload(&self, spec: &KernelSpec) -> anyhow::Result<flasheva::workload::Workload> {
         let h = self.heads.unwrap_or(16);
         let hkv = self.kv_heads.unwrap_or(h / spec.group_or_one() as usize);
         if hkv == 0 || !h.is_multiple_of(hkv) {
@@ -125,7 +125,7 @@ impl ShapeFlags {
             Op::Decode => self.position.unwrap_or(4095) + 1,
             _ => self.seq_len.unwrap_or(4096),
         };
-        Ok(flasheva::bench::Workload {
+        Ok(flasheva::workload::Workload {
             spec: *spec,
             b: self.batch.unwrap_or(1),
             n,

@@ -9,6 +9,7 @@ use clap::Args;
 use flasheva::bench::{Bencher, Timing, Workload, copy_bandwidth};
 use flasheva::gpu::Gpu;
 use flasheva::loader::{Runtime, RuntimeOptions};
+use flasheva::ops::Problem;
 use flasheva::spec::{KernelSpec, Op};
 
 use super::args::{Selected, Selection, ShapeFlags, tile_for};
@@ -126,7 +127,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         for warn in rt.take_warnings() {
             eprintln!("flasheva: warning: {warn}");
         }
-        let bench = Bencher::new(&gpu, &stream, w)?;
+        let mut bench = Bencher::new(&gpu, &stream, Problem::new(w), &kernel)?;
         eprintln!(
             "timing {} {} ({} rotating input sets) ...",
             w.spec,

@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use clap::Args;
-use flasheva::bench::Workload;
-use flasheva::cache::winner::WinnerRecord;
+use flasheva::cache::winner::{CandidateStatus, WinnerRecord};
 use flasheva::compile::nvrtc::Nvrtc;
 use flasheva::gpu::Gpu;
 use flasheva::loader::{Runtime, RuntimeOptions};
@@ -15,6 +14,7 @@ use flasheva::spec::Op;
 use flasheva::target::Arch;
 use flasheva::tune::space::Spaces;
 use flasheva::tune::{self, Event, TuneConfig};
+use flasheva::workload::Workload;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::{Selection, ShapeFlags};
@@ -228,7 +228,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                             result.status
                         ),
                     );
-                } else if result.status.starts_with("WRONG") {
+                } else if matches!(result.status, CandidateStatus::Wrong { .. }) {
                     say(
                         &pb,
                         format!(
@@ -289,7 +289,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                     c.median_ms
                         .map(|m| format!("{:.2}x", r.default_median_ms / m))
                         .unwrap_or_else(|| "-".into()),
-                    c.status.clone(),
+                    c.status.to_string(),
                 ]
             })
             .collect();

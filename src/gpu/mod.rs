@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod params;
+pub mod tensor;
 
 pub use driver::{
     CudaContext, CudaSlice, CudaStream, DeviceInfo, DriverInfo, EventTimer, Function, Gpu,

@@ -15,21 +15,42 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 
-use crate::bench::{Bencher, Workload};
+use crate::bench::{Bencher, Timing};
 use crate::cache::CacheStore;
-use crate::cache::winner::{Bucket, CandidateResult, DeviceId, WINNER_FORMAT, WinnerRecord};
+use crate::cache::winner::{
+    Bucket, CandidateResult, CandidateStatus, DeviceId, Stage, WINNER_FORMAT, WinnerRecord,
+};
 use crate::compile::Compiler;
 use crate::compile::nvrtc::Nvrtc;
 use crate::error::{Error, Result};
 use crate::gpu::CudaStream;
 use crate::key::KeyBuilder;
 use crate::loader::Runtime;
+use crate::ops::Problem;
 use crate::pipeline::{Built, Pipeline};
 use crate::reference::rel_error;
 use crate::spec::Op;
 use crate::tile::Tile;
-use crate::verify::{self, DecodeCase, PrefillCase, tolerance};
+use crate::verify::{self, ChunkCase, DecodeCase, PrefillCase, tolerance};
+use crate::workload::Workload;
 use space::{Candidates, prune_compiled};
+
+/// Why a tuning run gave no winner.
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    /// The search space left no candidate.
+    #[error("no candidate tiles for {0}")]
+    NoCandidates(String),
+    /// The default tile failed its float64 check, so no result can be trusted.
+    #[error("the default tile fails its float64 check, so nothing can be trusted: {0}")]
+    Untrusted(Box<verify::Report>),
+    /// The default tile could not be timed, so no candidate can be compared.
+    #[error("the default tile {0} could not be timed, so nothing can be compared")]
+    DefaultNotTimed(Tile),
+    /// The compile thread panicked.
+    #[error("the compile thread panicked")]
+    CompilerPanicked,
+}
 
 /// How hard to measure.
 #[derive(Clone, Copy, Debug)]
@@ -103,45 +124,56 @@ fn trust(
     let c = w.spec.chunk() as usize;
     let hkv = w.hkv.clamp(1, 2);
     let h = (w.h / w.hkv.max(1)).max(1) * hkv;
-    match w.spec.op() {
-        Op::Prefill => verify::check_prefill(
-            stream,
-            &k,
-            &PrefillCase {
-                b: 1,
-                n: (2 * win + c + 3).min(w.n.max(1)).max(1),
-                h,
-                hkv,
-                extra_summaries: 0,
-                large_logits: true,
-                strided: false,
-                scale: None,
-            },
-        ),
+    let case = match w.spec.op() {
+        Op::Prefill => PrefillCase {
+            b: 1,
+            n: (2 * win + c + 3).min(w.n.max(1)).max(1),
+            h,
+            hkv,
+            extra_summaries: 0,
+            large_logits: true,
+            strided: false,
+            scale: None,
+        }
+        .case(w.spec),
         Op::Decode => {
-            let lens = vec![
+            let lens: Vec<i32> = [
                 1,
                 (c as i32) - 1,
                 win as i32 + 1,
                 w.n.min(3 * win + c + 5) as i32,
-            ];
-            let lens: Vec<i32> = lens.into_iter().map(|l| l.max(1)).collect();
+            ]
+            .into_iter()
+            .map(|l| l.max(1))
+            .collect();
             let max_nc = (*lens.iter().max().expect("non-empty") as usize) / c + 1;
-            verify::check_decode(
-                stream,
-                &k,
-                &DecodeCase {
-                    h,
-                    lens,
-                    max_nc,
-                    splits: None,
-                    large_logits: true,
-                },
-            )
+            DecodeCase {
+                h,
+                lens,
+                max_nc,
+                splits: None,
+                large_logits: true,
+            }
+            .case(w.spec)
         }
-        Op::ChunkMean => verify::check_chunk_mean(stream, &k, 1, 5 * c + 3, w.h.min(8), false),
-        Op::ChunkSummarize => verify::check_chunk_summarize(stream, &k, 1, 5 * c + 3, hkv, false),
-    }
+        Op::ChunkMean => ChunkCase {
+            b: 1,
+            n: 5 * c + 3,
+            heads: w.h.min(8),
+            strided: false,
+            large: false,
+        }
+        .case(w.spec),
+        Op::ChunkSummarize => ChunkCase {
+            b: 1,
+            n: 5 * c + 3,
+            heads: hkv,
+            strided: false,
+            large: false,
+        }
+        .case(w.spec),
+    };
+    verify::check(stream, &k, &case)
 }
 
 fn rate_of(w: &Workload, median_ms: f64) -> (f64, &'static str) {
@@ -169,20 +201,18 @@ pub fn tune(
     let default = *cands
         .keep
         .first()
-        .ok_or_else(|| Error::Other("no candidate tiles".into()))?;
+        .ok_or_else(|| TuneError::NoCandidates(w.spec.name()))?;
     let journal = store.read_journal(&run);
 
     // 1. The trusted result: the default tile, checked against float64 first.
     let report = trust(rt, stream, &w, &default)?;
     if !report.pass {
-        return Err(Error::Other(format!(
-            "the default tile fails its float64 check, so nothing can be trusted: {report}"
-        )));
+        return Err(TuneError::Untrusted(Box::new(report)).into());
     }
     on_event(Event::Trusted(report));
-    let mut bench = Bencher::new(rt.gpu(), stream, w)?;
     let started = std::time::Instant::now();
     let default_kernel = rt.kernel_with_tile(&w.spec, &default)?;
+    let mut bench = Bencher::new(rt.gpu(), stream, problem_of(&w), &default_kernel)?;
     let trusted = bench.output(&default_kernel)?;
     let tol = tolerance(w.spec.dtype()).rel;
 
@@ -219,7 +249,7 @@ pub fn tune(
         let mut r = CandidateResult {
             tile,
             key: None,
-            status: String::new(),
+            status: CandidateStatus::Ok,
             median_ms: None,
             min_ms: None,
             max_ms: None,
@@ -228,12 +258,7 @@ pub fn tune(
             rel_diff: None,
         };
         match built {
-            Err(e) => {
-                r.status = format!(
-                    "compile failed: {}",
-                    e.to_string().lines().next().unwrap_or("")
-                )
-            }
+            Err(e) => r.status = failed(Stage::Compile, &e),
             Ok(b) => {
                 r.key = Some(b.entry.meta.key);
                 let usage = b
@@ -247,24 +272,24 @@ pub fn tune(
                 if let Some(why) =
                     prune_compiled(&tile, usage.registers, usage.spill_stores, limits)
                 {
-                    r.status = format!("pruned: {why}");
+                    r.status = CandidateStatus::Pruned { reason: why };
                 } else {
                     match measure(rt, &mut bench, &w, &tile, &default, &trusted, tol, cfg) {
-                        Ok((diff, t)) => {
+                        Measured::Done(diff, t) => {
                             r.rel_diff = Some(diff);
-                            if diff > tol || diff.is_nan() {
-                                r.status = format!(
-                                    "WRONG: differs from the trusted result by {diff:.2e} (tolerance {tol:.0e})"
-                                );
-                            } else if let Some(t) = t {
-                                r.status = "ok".into();
-                                r.rate = Some(rate_of(&w, t.median_ms).0);
-                                r.median_ms = Some(t.median_ms);
-                                r.min_ms = Some(t.min_ms);
-                                r.max_ms = Some(t.max_ms);
-                            }
+                            r.rate = Some(rate_of(&w, t.median_ms).0);
+                            r.median_ms = Some(t.median_ms);
+                            r.min_ms = Some(t.min_ms);
+                            r.max_ms = Some(t.max_ms);
                         }
-                        Err(e) => r.status = format!("launch failed: {e}"),
+                        Measured::Wrong(diff) => {
+                            r.rel_diff = Some(diff);
+                            r.status = CandidateStatus::Wrong {
+                                rel_diff: diff,
+                                tolerance: tol,
+                            };
+                        }
+                        Measured::Failed(stage, e) => r.status = failed(stage, &e),
                     }
                 }
             }
@@ -276,9 +301,7 @@ pub fn tune(
         });
         results.push(r);
     }
-    compiler
-        .join()
-        .map_err(|_| Error::Other("the compile thread panicked".into()))?;
+    compiler.join().map_err(|_| TuneError::CompilerPanicked)?;
 
     // 4. The winner.
     let (best, default_result) = choose(&mut results, &default)?;
@@ -331,32 +354,42 @@ pub fn split_resumed(
 pub fn choose(
     results: &mut [CandidateResult],
     default: &Tile,
-) -> Result<(CandidateResult, CandidateResult)> {
+) -> std::result::Result<(CandidateResult, CandidateResult), TuneError> {
     let default_result = results
         .iter()
         .find(|r| r.tile == *default)
         .filter(|r| r.ok())
         .cloned()
-        .ok_or_else(|| {
-            Error::Other(format!(
-                "the default tile {default} could not be timed, so nothing can be compared"
-            ))
-        })?;
-    results.sort_by(|a, b| match (a.ok(), b.ok()) {
-        (true, true) => a
-            .median_ms
-            .unwrap_or(f64::INFINITY)
-            .total_cmp(&b.median_ms.unwrap_or(f64::INFINITY)),
-        (true, false) => std::cmp::Ordering::Less,
-        (false, true) => std::cmp::Ordering::Greater,
-        (false, false) => a.status.cmp(&b.status),
-    });
+        .ok_or(TuneError::DefaultNotTimed(*default))?;
+    results.sort_by(CandidateResult::ranking);
     let best = results
         .first()
         .cloned()
         .filter(|r| r.ok())
         .unwrap_or_else(|| default_result.clone());
     Ok((best, default_result))
+}
+
+/// The problem the tuner times for a workload.
+fn problem_of(w: &Workload) -> Problem {
+    Problem::new(*w)
+}
+
+fn failed(stage: Stage, e: &Error) -> CandidateStatus {
+    CandidateStatus::Failed {
+        stage,
+        message: e.to_string().lines().next().unwrap_or("").to_string(),
+    }
+}
+
+/// What measuring one candidate gave.
+enum Measured {
+    /// Agrees with the trusted output (relative difference) and was timed.
+    Done(f64, Timing),
+    /// Disagrees by this relative difference.
+    Wrong(f64),
+    /// Could not be loaded or run.
+    Failed(Stage, Error),
 }
 
 /// Compares a candidate's output with the trusted one (the trusted tile itself produced it, so it
@@ -371,17 +404,26 @@ fn measure(
     trusted: &[f64],
     tol: f64,
     cfg: &TuneConfig,
-) -> Result<(f64, Option<crate::bench::Timing>)> {
-    let k = rt.kernel_with_tile(&w.spec, tile)?;
+) -> Measured {
+    let k = match rt.kernel_with_tile(&w.spec, tile) {
+        Ok(k) => k,
+        Err(e) => return Measured::Failed(Stage::Load, e),
+    };
     let diff = if tile == trusted_tile {
         0.0
     } else {
-        rel_error(&bench.output(&k)?, trusted)
+        match bench.output(&k) {
+            Ok(out) => rel_error(&out, trusted),
+            Err(e) => return Measured::Failed(Stage::Launch, e),
+        }
     };
     if diff > tol || diff.is_nan() {
-        return Ok((diff, None));
+        return Measured::Wrong(diff);
     }
-    Ok((diff, Some(bench.time(&k, cfg.warmup, cfg.samples)?)))
+    match bench.time(&k, cfg.warmup, cfg.samples) {
+        Ok(t) => Measured::Done(diff, t),
+        Err(e) => Measured::Failed(Stage::Launch, e),
+    }
 }
 
 #[cfg(test)]
@@ -408,11 +450,11 @@ mod tests {
         .unwrap()
     }
 
-    fn res(warps: u32, ms: Option<f64>, status: &str) -> CandidateResult {
+    fn res(warps: u32, ms: Option<f64>, status: CandidateStatus) -> CandidateResult {
         CandidateResult {
             tile: tile(warps),
             key: None,
-            status: status.into(),
+            status,
             median_ms: ms,
             min_ms: ms,
             max_ms: ms,
@@ -422,12 +464,19 @@ mod tests {
         }
     }
 
+    fn wrong() -> CandidateStatus {
+        CandidateStatus::Wrong {
+            rel_diff: 0.5,
+            tolerance: 8e-3,
+        }
+    }
+
     #[test]
     fn resume_reuses_journaled_results() {
         let journal = vec![
-            res(2, Some(1.0), "ok"),
-            res(8, None, "WRONG: differs"),
-            res(1, Some(0.1), "ok"),
+            res(2, Some(1.0), CandidateStatus::Ok),
+            res(8, None, wrong()),
+            res(1, Some(0.1), CandidateStatus::Ok),
         ];
         // tile(1) was measured by a run with other candidates: not reused
         let (done, todo) = split_resumed(&journal, &[tile(4), tile(2), tile(8)]);
@@ -441,10 +490,16 @@ mod tests {
     #[test]
     fn the_fastest_correct_candidate_wins() {
         let mut r = vec![
-            res(4, Some(1.0), "ok"),
-            res(2, Some(0.5), "ok"),
-            res(8, Some(0.1), "WRONG: differs from the trusted result"),
-            res(1, None, "pruned: spills 8 bytes"),
+            res(4, Some(1.0), CandidateStatus::Ok),
+            res(2, Some(0.5), CandidateStatus::Ok),
+            res(8, Some(0.1), wrong()),
+            res(
+                1,
+                None,
+                CandidateStatus::Pruned {
+                    reason: "spills 8 bytes".into(),
+                },
+            ),
         ];
         let (best, dflt) = choose(&mut r, &tile(4)).unwrap();
         assert_eq!(best.tile, tile(2));
@@ -454,7 +509,20 @@ mod tests {
             vec![2, 4, 8, 1]
         );
         // a wrong result never wins however fast; without a timed default there is no verdict
-        let mut r = vec![res(4, None, "launch failed: x"), res(2, Some(0.5), "ok")];
-        assert!(choose(&mut r, &tile(4)).is_err());
+        let mut r = vec![
+            res(
+                4,
+                None,
+                CandidateStatus::Failed {
+                    stage: Stage::Launch,
+                    message: "x".into(),
+                },
+            ),
+            res(2, Some(0.5), CandidateStatus::Ok),
+        ];
+        assert!(matches!(
+            choose(&mut r, &tile(4)),
+            Err(TuneError::DefaultNotTimed(_))
+        ));
     }
 }

@@ -116,7 +116,7 @@ pub fn write(dir: &Path, records: &[WinnerRecord]) -> std::io::Result<Vec<PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::winner::{Bucket, CandidateResult, DeviceId, WINNER_FORMAT};
+    use crate::cache::winner::{Bucket, CandidateResult, CandidateStatus, DeviceId, WINNER_FORMAT};
     use crate::spec::{KernelSpec, Op, SpecParams};
     use crate::tile::Tile;
 
@@ -141,10 +141,10 @@ mod tests {
             )
             .unwrap()
         };
-        let c = |w, ms: Option<f64>, status: &str| CandidateResult {
+        let c = |w, ms: Option<f64>, status: CandidateStatus| CandidateResult {
             tile: t(w),
             key: None,
-            status: status.into(),
+            status,
             median_ms: ms,
             min_ms: ms,
             max_ms: ms,
@@ -170,9 +170,16 @@ mod tests {
             default_tile: t(4),
             default_median_ms: 1.0,
             candidates: vec![
-                c(2, Some(0.5), "ok"),
-                c(4, Some(1.0), "ok"),
-                c(8, None, "WRONG: differs from the trusted result by 1e-1"),
+                c(2, Some(0.5), CandidateStatus::Ok),
+                c(4, Some(1.0), CandidateStatus::Ok),
+                c(
+                    8,
+                    None,
+                    CandidateStatus::Wrong {
+                        rel_diff: 0.1,
+                        tolerance: 8e-3,
+                    },
+                ),
             ],
             created_unix: 0,
         };

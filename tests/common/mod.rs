@@ -118,11 +118,13 @@ pub fn winner(
     key: Option<flasheva::Key>,
     ms: f64,
 ) -> flasheva::cache::winner::WinnerRecord {
-    use flasheva::cache::winner::{Bucket, CandidateResult, DeviceId, WINNER_FORMAT, WinnerRecord};
+    use flasheva::cache::winner::{
+        Bucket, CandidateResult, CandidateStatus, DeviceId, WINNER_FORMAT, WinnerRecord,
+    };
     let c = CandidateResult {
         tile,
         key,
-        status: "ok".into(),
+        status: CandidateStatus::Ok,
         median_ms: Some(ms),
         min_ms: Some(ms),
         max_ms: Some(ms),

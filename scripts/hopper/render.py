@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Renders templates/prefill_sm90a.cu (the Hopper prefill kernel) outside the Rust toolchain.
+
+jinja2 stands in for tera: the same custom delimiters (blocks <% %>, variables {{ }}, comments <# #>) and
+`include` over templates/. The templates keep to the syntax both engines share.
+
+  render.py --d 128 --w 512 --c 64 --mode block --dtype bf16 [--bn 128 --warps 12 --stages 2] -o k.cu
+  render.py --set check  --outdir DIR   # every variant nvrtc_check.py compiles, plus DIR/manifest.tsv
+  render.py --set device --outdir DIR   # the variants harness.cu tests and times, plus DIR/manifest.tsv
+  render.py --probe-header --dtype bf16 -o hopper_probe.cuh   # common.cuh + hopper.cuh alone (probe.cu)
+
+The manifest has one line per variant: name file D W C mode dtype block_m block_n warps stages smem_bytes.
+"""
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TEMPLATES = os.path.normpath(os.path.join(HERE, "..", "..", "templates"))
+TEMPLATE = "prefill_sm90a.cu"
+
+
+def env():
+    try:
+        import jinja2
+    except ImportError:
+        sys.exit("render.py needs jinja2 (pip install jinja2)")
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        block_start_string="<%",
+        block_end_string="%>",
+        variable_start_string="{{",
+        variable_end_string="}}",
+        comment_start_string="<#",
+        comment_end_string="#>",
+        keep_trailing_newline=True,
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+class Variant:
+    """One kernel: spec (D, W, C, mode, dtype) and tile (block_m, block_n, warps, stages)."""
+
+    def __init__(self, d, w, c, mode, dtype, bn=None, warps=12, stages=None):
+        assert mode in ("block", "sliding") and dtype in ("f16", "bf16")
+        self.d, self.w, self.c, self.mode, self.dtype = d, w, c, mode, dtype
+        self.warps = warps
+        self.bm = 64 * (warps // 4 - 1)
+        self.bn = bn if bn is not None else default_bn(d)
+        self.stages = stages if stages is not None else default_stages(d, self.bm, self.bn)
+
+    @property
+    def tile_name(self):
+        return f"m{self.bm}_n{self.bn}_w{self.warps}_s{self.stages}"
+
+    @property
+    def name(self):
+        return (f"fe_prefill_sm90a_d{self.d}_w{self.w}_c{self.c}_{self.mode}_{self.dtype}_"
+                f"{self.tile_name}")
+
+    def smem_bytes(self):
+        return smem_bytes(self.d, self.bm, self.bn, self.stages)
+
+    def context(self):
+        # The Rust RenderContext's fields (src/render/mod.rs) with this kernel's values; `pad`, `group`,
+        # `head_tiles`, `decode_rows`, `warp_rows` are unused by this template.
+        return {
+            "name": self.name,
+            "tile_name": self.tile_name,
+            "dtype": self.dtype,
+            "head_dim": self.d,
+            "window": self.w,
+            "chunk": self.c,
+            "sliding": self.mode == "sliding",
+            "group": 1,
+            "head_tiles": 1,
+            "decode_rows": 16,
+            "block_m": self.bm,
+            "block_n": self.bn,
+            "warps": self.warps,
+            "warp_rows": self.bm // self.warps,
+            "stages": self.stages,
+            "pad": 0,
+        }
+
+    def render(self):
+        return env().get_template(TEMPLATE).render(**self.context())
+
+    def manifest_line(self, fname):
+        return "\t".join(str(x) for x in (self.name, fname, self.d, self.w, self.c, self.mode, self.dtype, self.bm,
+                                         self.bn, self.warps, self.stages, self.smem_bytes()))
+
+
+def smem_bytes(d, bm, bn, stages):
+    """Dynamic shared memory of a launch: 1024 (alignment slack) + (BM + 2 STAGES BN) D 2 + 8 (4 STAGES + 3)."""
+    return 1024 + (bm + 2 * stages * bn) * d * 2 + 8 * (4 * stages + 3)
+
+
+SMEM_LIMIT = 232448  # 227 KiB, the most one block may have on sm_90
+
+
+def default_bn(d):
+    return 64 if d == 256 else 128
+
+
+def default_stages(d, bm, bn):
+    s = 2
+    while smem_bytes(d, bm, bn, s + 1) <= SMEM_LIMIT and s < 4:
+        s += 1
+    return s
+
+
+def check_set():
+    """Every variant compiled by nvrtc_check.py."""
+    out = []
+    specs = [(128, 512, 64), (128, 128, 16), (64, 256, 16), (64, 128, 8), (256, 128, 32)]
+    for d, w, c in specs:
+        for mode in ("block", "sliding"):
+            for dtype in ("bf16", "f16"):
+                out.append(Variant(d, w, c, mode, dtype))
+    # Tile options on the main spec (both dtypes where registers differ little: bf16 only).
+    for mode in ("block", "sliding"):
+        out.append(Variant(128, 512, 64, mode, "bf16", bn=128, stages=2))
+        out.append(Variant(128, 512, 64, mode, "bf16", bn=64, stages=4))
+        out.append(Variant(64, 256, 16, mode, "bf16", bn=64, stages=4))
+        out.append(Variant(64, 256, 16, mode, "bf16", warps=16, bn=128, stages=3))
+    return dedup(out)
+
+
+def device_set():
+    """The variants harness.cu checks (correctness grid) and times."""
+    out = []
+    for d, w, c in ((128, 512, 64), (64, 256, 16), (128, 64, 16), (256, 128, 32)):
+        for mode in ("block", "sliding"):
+            for dtype in ("bf16", "f16"):
+                out.append(Variant(d, w, c, mode, dtype))
+    # Tile options, correctness and timing on the main spec.
+    for mode in ("block", "sliding"):
+        out.append(Variant(128, 512, 64, mode, "bf16", bn=128, stages=2))
+        out.append(Variant(128, 512, 64, mode, "bf16", bn=64, stages=4))
+        out.append(Variant(64, 256, 16, mode, "bf16", warps=16, bn=128, stages=3))
+    return dedup(out)
+
+
+def dedup(vs):
+    seen, out = set(), []
+    for v in vs:
+        if v.name not in seen:
+            seen.add(v.name)
+            out.append(v)
+    return out
+
+
+def write_set(vs, outdir):
+    os.makedirs(outdir, exist_ok=True)
+    lines = []
+    for v in vs:
+        fname = v.name + ".cu"
+        with open(os.path.join(outdir, fname), "w") as f:
+            f.write(v.render())
+        lines.append(v.manifest_line(fname))
+    with open(os.path.join(outdir, "manifest.tsv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return lines
+
+
+def probe_header(dtype):
+    src = '<% include "common.cuh" %>\n<% include "hopper.cuh" %>\n'
+    return env().from_string(src).render(name="probe", dtype=dtype)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--w", type=int, default=512)
+    ap.add_argument("--c", type=int, default=64)
+    ap.add_argument("--mode", choices=("block", "sliding"), default="block")
+    ap.add_argument("--dtype", choices=("f16", "bf16"), default="bf16")
+    ap.add_argument("--bn", type=int, default=None)
+    ap.add_argument("--warps", type=int, default=12)
+    ap.add_argument("--stages", type=int, default=None)
+    ap.add_argument("-o", "--out", default="-")
+    ap.add_argument("--set", choices=("check", "device"))
+    ap.add_argument("--outdir")
+    ap.add_argument("--probe-header", action="store_true")
+    a = ap.parse_args()
+    if a.set:
+        if not a.outdir:
+            ap.error("--set needs --outdir")
+        vs = check_set() if a.set == "check" else device_set()
+        write_set(vs, a.outdir)
+        print(f"rendered {len(vs)} variants into {a.outdir} (manifest.tsv)")
+        return
+    text = probe_header(a.dtype) if a.probe_header else Variant(a.d, a.w, a.c, a.mode, a.dtype, a.bn, a.warps,
+                                                                  a.stages).render()
+    if a.out == "-":
+        sys.stdout.write(text)
+    else:
+        with open(a.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

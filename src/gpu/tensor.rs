@@ -1,0 +1,152 @@
+//! Device copies of host tensors, for the tools that make their own data (`run`, `bench`, the
+//! correctness checks): upload with optional row padding (non-contiguous strides), download,
+//! refill (poison before a launch). The loader itself never allocates: callers bring memory.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+
+use super::driver::{GpuError, device_address, drv};
+use crate::hostdata::{HostTensor, encode};
+use crate::tensor::{ElemType, TensorArg};
+
+/// A tensor in device memory: the buffer and the argument that describes it. Rows of the last
+/// dimension may be followed by `pad` unused elements (then the strides are not contiguous).
+pub struct DeviceTensor {
+    buf: CudaSlice<u8>,
+    /// The argument for a kernel call.
+    pub arg: TensorArg,
+    pad: usize,
+}
+
+/// The layout of `shape` with `pad` elements after every row of the last dimension: strides in
+/// elements, and the element count of the buffer.
+fn padded_layout(shape: &[usize], pad: usize) -> (Vec<usize>, usize) {
+    let rank = shape.len();
+    let mut strides = vec![1usize; rank];
+    if rank >= 2 {
+        strides[rank - 2] = shape[rank - 1] + pad;
+        for i in (0..rank - 2).rev() {
+            strides[i] = strides[i + 1] * shape[i + 1];
+        }
+    }
+    let elems = if rank == 0 {
+        1
+    } else {
+        strides[0] * shape[0].max(1)
+    };
+    (strides, elems)
+}
+
+/// Uploads `t` as `name`, with `pad` elements (`fill` bytes each) after every row of its last
+/// dimension; int32 and fp32 tensors and rank-1 tensors are never padded.
+pub fn upload(
+    stream: &Arc<CudaStream>,
+    name: &str,
+    t: &HostTensor,
+    pad: usize,
+    fill: f64,
+) -> Result<DeviceTensor, GpuError> {
+    let pad = if matches!(t.elem, ElemType::F16 | ElemType::Bf16) && t.shape.len() >= 2 {
+        pad
+    } else {
+        0
+    };
+    let es = t.elem.size();
+    let (strides, elems) = padded_layout(&t.shape, pad);
+    let host = if pad == 0 {
+        let mut v = t.data.clone();
+        v.resize(elems.max(1) * es, 0);
+        v
+    } else {
+        let d = *t.shape.last().expect("rank >= 2");
+        let filler = encode(t.elem, fill);
+        let mut v = Vec::with_capacity(elems * es);
+        for row in t.data.chunks_exact(d * es) {
+            v.extend_from_slice(row);
+            for _ in 0..pad {
+                v.extend_from_slice(&filler);
+            }
+        }
+        v.resize(elems.max(1) * es, 0);
+        v
+    };
+    let buf = stream.clone_htod(&host).map_err(drv("cuMemcpyHtoD"))?;
+    let arg = TensorArg {
+        name: name.to_string(),
+        ptr: device_address(&buf, stream),
+        dtype: t.elem,
+        shape: t.shape.clone(),
+        strides,
+    };
+    Ok(DeviceTensor { buf, arg, pad })
+}
+
+/// An output of `shape`, every element (padding too) set to the poison value of `elem`.
+pub fn alloc_poisoned(
+    stream: &Arc<CudaStream>,
+    name: &str,
+    elem: ElemType,
+    shape: &[usize],
+    pad: usize,
+) -> Result<DeviceTensor, GpuError> {
+    let p = HostTensor::poisoned(elem, shape);
+    let nan = crate::hostdata::HostTensor::poisoned(elem, &[1]).get(0);
+    upload(stream, name, &p, pad, nan)
+}
+
+impl DeviceTensor {
+    /// Downloads the logical elements (padding dropped).
+    pub fn download(&self, stream: &Arc<CudaStream>) -> Result<HostTensor, GpuError> {
+        let host = stream.clone_dtoh(&self.buf).map_err(drv("cuMemcpyDtoH"))?;
+        let es = self.arg.dtype.size();
+        let n: usize = self.arg.shape.iter().product();
+        let data = if self.pad == 0 {
+            host[..n * es].to_vec()
+        } else {
+            let d = *self
+                .arg
+                .shape
+                .last()
+                .expect("padded tensors have rank >= 2");
+            host.chunks_exact((d + self.pad) * es)
+                .take(n / d.max(1))
+                .flat_map(|row| row[..d * es].iter().copied())
+                .collect()
+        };
+        Ok(HostTensor {
+            elem: self.arg.dtype,
+            shape: self.arg.shape.clone(),
+            data,
+        })
+    }
+
+    /// Sets every element (padding too) to the poison value of its type.
+    pub fn poison(&mut self, stream: &Arc<CudaStream>) -> Result<(), GpuError> {
+        let p = crate::hostdata::poison(self.arg.dtype);
+        let n = self.buf.len() / p.len();
+        let host: Vec<u8> = p.iter().copied().cycle().take(n * p.len()).collect();
+        stream
+            .memcpy_htod(&host, &mut self.buf)
+            .map_err(drv("cuMemcpyHtoD"))
+    }
+
+    /// Bytes of the buffer.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_strides() {
+        assert_eq!(padded_layout(&[2, 3, 4], 0), (vec![12, 4, 1], 24));
+        assert_eq!(padded_layout(&[2, 3, 4], 8), (vec![36, 12, 1], 72));
+        assert_eq!(padded_layout(&[5], 0), (vec![1], 5));
+        // an empty batch still gets one (unused) row block, so no allocation is of size zero
+        assert_eq!(padded_layout(&[0, 3, 4], 8).1, 36);
+    }
+}

@@ -1,0 +1,509 @@
+// flasheva prefill for Hopper (sm_90a): {{ name }}, tile {{ tile_name }}
+// O_i = softmax([s q_i.k_j for visible local j] ++ [s q_i.ks_c for visible summaries c]) . ([v_j] ++ [vs_c])
+//
+// Warp-specialised, persistent, FlashAttention-3 style (docs/hopper-prefill.md has the full design and
+// the host-side contract):
+//  - warpgroup 0 (the producer) gives registers back (setmaxnreg.dec); one of its threads walks the
+//    CTA's query tiles and issues TMA loads: Q (one buffer), then, for every key block the tile can see,
+//    K and V into a {{ stages }}-stage ring with full/empty mbarriers (K and V separately).
+//  - warpgroups 1..NC (the consumers, setmaxnreg.inc) own 64 query rows each ({{ block_m }} per tile) and run
+//    S = Q.K^T (wgmma, both operands in shared memory, 128-byte swizzle, K-major), online softmax in
+//    registers, O += P.V (wgmma, P from registers, V in shared memory read MN-major). The softmax of block
+//    j overlaps the P.V wgmma of block j-1; with two consumers they take turns issuing (pingpong).
+//  - EVA structure at compile time: each tile visits exactly the key blocks it can see: local keys from
+//    the window start of its first row to the diagonal (diagonal first), then the summary blocks
+//    [0, min((m_end-1)/C, nc)). Blocks every row of a warpgroup fully sees run without mask code.
+<% include "common.cuh" %>
+<% include "hopper.cuh" %>
+
+constexpr int FE_D = {{ head_dim }};
+constexpr int W = {{ window }};
+constexpr int C = {{ chunk }};
+constexpr bool SLIDING = <% if sliding %>true<% else %>false<% endif %>;
+constexpr int BM = {{ block_m }};
+constexpr int BN = {{ block_n }};
+constexpr int NWARPS = {{ warps }};
+constexpr int STAGES = {{ stages }};
+
+constexpr int NC = NWARPS / 4 - 1;  // consumer warpgroups
+constexpr int NT = NWARPS * 32;
+static_assert(FE_D == 64 || FE_D == 128 || FE_D == 256, "head_dim must be 64, 128 or 256");
+static_assert(NC == 2 || NC == 3, "warps must be 12 (2 consumer warpgroups) or 16 (3)");
+static_assert(BM == 64 * NC, "block_m must be 64 x consumer warpgroups");
+static_assert(BN == 64 || BN == 128, "block_n must be 64 or 128");
+static_assert(STAGES >= 2 && STAGES <= 8, "stages must be 2..8");
+static_assert(W > 0 && C > 0, "window and chunk must be positive");
+
+// Experiments (not template context: -D on the compiler command line overrides the defaults).
+#ifndef FE_PINGPONG
+#define FE_PINGPONG 1
+#endif
+constexpr bool PINGPONG = FE_PINGPONG != 0 && NC == 2;
+
+// Registers per thread after setmaxnreg (the CTA's pool is NT x (65536/NT rounded down to 8)):
+// 2 consumers: 128 x 32 + 256 x 232 <= 384 x 168; 3 consumers: 128 x 32 + 384 x 160 = 512 x 128.
+// (The producer thread needs ~28 registers: 24 spills.)
+#ifndef FE_REG_PRODUCER
+#define FE_REG_PRODUCER 32
+#endif
+#ifndef FE_REG_CONSUMER
+#define FE_REG_CONSUMER (NC == 2 ? 232 : 160)
+#endif
+constexpr int REG_PRODUCER = FE_REG_PRODUCER;
+constexpr int REG_CONSUMER = FE_REG_CONSUMER;
+
+// ---- shared memory (byte offsets from a 1024-aligned base) -------------------------------------------
+// Every operand tile is stored as D/64 "panels" of rows x 128 bytes (64 elements), written by TMA with the
+// 128-byte swizzle; panel p holds columns 64p..64p+63. A panel starts on a 1024-byte boundary.
+constexpr int PANELS = FE_D / 64;
+constexpr int Q_PANEL = BM * 128;
+constexpr int KV_PANEL = BN * 128;
+constexpr int Q_BYTES = PANELS * Q_PANEL;    // BM x D x 2
+constexpr int KV_BYTES = PANELS * KV_PANEL;  // BN x D x 2 (one K or one V block)
+constexpr int OFF_Q = 0;
+constexpr int OFF_K = OFF_Q + Q_BYTES;
+constexpr int OFF_V = OFF_K + STAGES * KV_BYTES;
+constexpr int OFF_BAR = OFF_V + STAGES * KV_BYTES;
+constexpr int BAR_FULL_K = 0;             // + stage
+constexpr int BAR_FULL_V = STAGES;        // + stage
+constexpr int BAR_EMPTY_K = 2 * STAGES;   // + stage
+constexpr int BAR_EMPTY_V = 3 * STAGES;   // + stage
+constexpr int BAR_Q_FULL = 4 * STAGES;
+constexpr int BAR_Q_EMPTY = 4 * STAGES + 1;
+constexpr int OFF_SLOT = OFF_BAR + 8 * (4 * STAGES + 2);  // int: the tile the consumers work on next
+// Dynamic shared memory to launch with: 1024 (alignment slack) + (BM + 2 STAGES BN) D 2 + 8 (4 STAGES + 3).
+constexpr int SMEM_BYTES = 1024 + OFF_SLOT + 8;
+static_assert(SMEM_BYTES <= 232448, "tile needs more than the 227 KiB of shared memory a block may have");
+
+constexpr int NAMED_BAR_PP = 1;  // named barriers 1 and 2: pingpong turns of consumer warpgroups 0 and 1
+
+// Must match the host side field for field (docs/hopper-prefill.md, "Parameter block").
+struct __align__(64) PrefillSm90Params {
+  CUtensorMap tm_q;   //   0: Q  [B, N, H, D]
+  CUtensorMap tm_k;   // 128: K  [B, N, Hkv, D]
+  CUtensorMap tm_v;   // 256: V  [B, N, Hkv, D]
+  CUtensorMap tm_ks;  // 384: ks [B, nc, Hkv, D]
+  CUtensorMap tm_vs;  // 512: vs [B, nc, Hkv, D]
+  u16* o;             // 640: O [B, N, H, D], strides below (elements)
+  float* lse;         // 648: LSE [B, H, N] fp32, strides below (elements; token stride 1)
+  i64 o_sb, o_st, o_sh;  // 656, 664, 672
+  i64 lse_sb, lse_sh;    // 680, 688
+  int n;                 // 696: tokens N
+  int h;                 // 700: query heads H
+  int hkv;               // 704: key/value heads Hkv (H % Hkv == 0)
+  int nc;                // 708: summary rows present in ks/vs
+  float scale_log2;      // 712: scale * log2(e), > 0
+  int batch;             // 716: B
+  int* tile_counter;     // 720: null = static schedule; else 2 ints, zero before the first launch
+  int reserved[10];      // 728..767: zero
+};
+static_assert(sizeof(PrefillSm90Params) == 768, "PrefillSm90Params is 768 bytes");
+
+// The launch needs this much dynamic shared memory (readable with cuModuleGetGlobal).
+extern "C" __constant__ int {{ name }}_smem_bytes = SMEM_BYTES;
+
+// First raw key query i sees.
+FE_DEV int fe_window_start(int i) { return SLIDING ? (i - W + 1 > 0 ? i - W + 1 : 0) : (i / W) * W; }
+
+// One query tile of one (batch, head): which key blocks it visits. Tiles are numbered so that the
+// heaviest (the latest query positions: most summaries) come first; heads vary fastest so that the
+// query heads of one GQA group run side by side.
+struct FeTile {
+  int h, b, m0;
+  int hi_blk;    // the diagonal key block (block index in units of BN)
+  int n_local;   // local key blocks: hi_blk, hi_blk - 1, ..., hi_blk - n_local + 1
+  int n_blocks;  // n_local + summary blocks 0, 1, ..
+};
+FE_DEV FeTile fe_tile(int t, const PrefillSm90Params& p) {
+  const int nqb = (p.n + BM - 1) / BM;
+  const int hb = p.h * p.batch;
+  const int q = t / hb;
+  const int rem = t - q * hb;
+  FeTile r;
+  r.h = rem % p.h;
+  r.b = rem / p.h;
+  r.m0 = (nqb - 1 - q) * BM;
+  const int m_end = min(r.m0 + BM, p.n);
+  r.hi_blk = (m_end - 1) / BN;
+  r.n_local = r.hi_blk - fe_window_start(r.m0) / BN + 1;
+  const int ns = min((m_end - 1) / C, p.nc);  // summaries some row of the tile sees
+  r.n_blocks = r.n_local + (ns + BN - 1) / BN;
+  return r;
+}
+
+// ---- producer: one thread ------------------------------------------------------------------------------
+FE_DEV void fe_producer(const PrefillSm90Params& p, u32 sbase, int* slot) {
+  const int total = ((p.n + BM - 1) / BM) * p.h * p.batch;
+  fe_prefetch_tmap(&p.tm_q);
+  fe_prefetch_tmap(&p.tm_k);
+  fe_prefetch_tmap(&p.tm_v);
+  fe_prefetch_tmap(&p.tm_ks);
+  fe_prefetch_tmap(&p.tm_vs);
+  const u32 bar = sbase + OFF_BAR;
+  int s = 0;
+  u32 ph = 0;
+  u32 tpar = 0;
+  int tile = blockIdx.x;
+  for (;;) {
+    // The consumers are done reading Q of the previous tile (and have read its slot).
+    fe_mbar_wait(bar + 8 * BAR_Q_EMPTY, tpar ^ 1u);
+    if (tile >= total) {
+      *(volatile int*)slot = -1;
+      fe_mbar_arrive(bar + 8 * BAR_Q_FULL);
+      break;
+    }
+    *(volatile int*)slot = tile;
+    const FeTile t = fe_tile(tile, p);
+    const int hk = t.h / (p.h / p.hkv);
+    fe_mbar_arrive_tx(bar + 8 * BAR_Q_FULL, Q_BYTES);
+#pragma unroll
+    for (int pn = 0; pn < PANELS; ++pn)
+      fe_tma_load_4d(sbase + OFF_Q + pn * Q_PANEL, &p.tm_q, pn * 64, t.h, t.m0, t.b, bar + 8 * BAR_Q_FULL);
+#pragma unroll 1
+    for (int j = 0; j < t.n_blocks; ++j) {
+      const bool local = j < t.n_local;
+      const CUtensorMap* mk = local ? &p.tm_k : &p.tm_ks;
+      const CUtensorMap* mv = local ? &p.tm_v : &p.tm_vs;
+      const int row = local ? (t.hi_blk - j) * BN : (j - t.n_local) * BN;
+      fe_mbar_wait(bar + 8 * (BAR_EMPTY_K + s), ph ^ 1u);
+      fe_mbar_arrive_tx(bar + 8 * (BAR_FULL_K + s), KV_BYTES);
+#pragma unroll
+      for (int pn = 0; pn < PANELS; ++pn)
+        fe_tma_load_4d(sbase + OFF_K + s * KV_BYTES + pn * KV_PANEL, mk, pn * 64, hk, row, t.b,
+                       bar + 8 * (BAR_FULL_K + s));
+      fe_mbar_wait(bar + 8 * (BAR_EMPTY_V + s), ph ^ 1u);
+      fe_mbar_arrive_tx(bar + 8 * (BAR_FULL_V + s), KV_BYTES);
+#pragma unroll
+      for (int pn = 0; pn < PANELS; ++pn)
+        fe_tma_load_4d(sbase + OFF_V + s * KV_BYTES + pn * KV_PANEL, mv, pn * 64, hk, row, t.b,
+                       bar + 8 * (BAR_FULL_V + s));
+      if (++s == STAGES) {
+        s = 0;
+        ph ^= 1u;
+      }
+    }
+    tpar ^= 1u;
+    tile = p.tile_counter ? (int)gridDim.x + atomicAdd(p.tile_counter, 1) : tile + (int)gridDim.x;
+  }
+  if (p.tile_counter) {
+    // The last CTA to finish fetching leaves both counters at zero for the next launch on the stream.
+    __threadfence();
+    if (atomicAdd(p.tile_counter + 1, 1) == (int)gridDim.x - 1) {
+      atomicExch(p.tile_counter, 0);
+      atomicExch(p.tile_counter + 1, 0);
+    }
+  }
+}
+
+// ---- consumers -----------------------------------------------------------------------------------------
+// S[64 x BN] = Q[64 x D] . K[BN x D]^T for this warpgroup's 64 query rows. Both operands K-major: 16 columns
+// of D per wgmma, 4 per 128-byte panel row (+32 bytes each), then the next panel.
+FE_DEV void fe_issue_qk(float (&S)[BN / 2], u64 dq, u32 k_addr) {
+  const u64 dk = fe_desc_sw128(k_addr, 16, 1024);
+#pragma unroll
+  for (int kk = 0; kk < FE_D / 16; ++kk) {
+    fe_wgmma_ss(S, fe_desc_add(dq, (kk / 4) * Q_PANEL + (kk % 4) * 32),
+                fe_desc_add(dk, (kk / 4) * KV_PANEL + (kk % 4) * 32), kk > 0 ? 1 : 0);
+  }
+}
+
+// O[64 x D] += P[64 x BN] . V[BN x D]; P from registers (P[4k..4k+3] is the A fragment of keys 16k..16k+15),
+// V read MN-major: 16 keys (2048 bytes) per wgmma; D/64 panels KV_PANEL bytes apart (leading byte offset).
+FE_DEV void fe_issue_pv(float (&O)[FE_D / 2], const u32 (&P)[BN / 4], u32 v_addr) {
+  const u64 dv = fe_desc_sw128(v_addr, KV_PANEL, 1024);
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) {
+    fe_wgmma_rs(O, P[4 * kk], P[4 * kk + 1], P[4 * kk + 2], P[4 * kk + 3], fe_desc_add(dv, kk * 2048));
+  }
+}
+
+template <int K>
+struct FeLog2 {
+  static constexpr int value = 1 + FeLog2<K / 2>::value;
+};
+template <>
+struct FeLog2<1> {
+  static constexpr int value = 0;
+};
+
+// Online softmax over one block, in place. Accumulator layout (wgmma .m64nNk16, fp32 D): this thread
+// holds rows r0 = 16 warp + lane/4 (r = 0) and r0 + 8 (r = 1), and for each 8-column group g the columns
+// 8g + 2(lane%4) + {0,1}: S[4g + 2r + e]. When MASK, column c of row r is visible iff lo[r] <= c <= hi[r].
+// Afterwards S holds exp2(s * scale_log2 - m_new); alpha = exp2(m_old - m_new) rescales O and l.
+template <bool MASK>
+FE_DEV void fe_softmax(float (&S)[BN / 2], float (&m)[2], float (&l)[2], float (&alpha)[2], const int (&lo)[2],
+                       const int (&hi)[2], float scale_log2, int quad) {
+  if (MASK) {
+#pragma unroll
+    for (int g = 0; g < BN / 8; ++g) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = 8 * g + 2 * quad + (e & 1);
+        const int r = e >> 1;
+        if (c < lo[r] || c > hi[r]) S[4 * g + e] = FE_NEG_INF;
+      }
+    }
+  }
+  float red[2][BN / 4];
+#pragma unroll
+  for (int g = 0; g < BN / 8; ++g) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) red[e >> 1][2 * g + (e & 1)] = S[4 * g + e];
+  }
+#pragma unroll
+  for (int lvl = 0; lvl < FeLog2<BN / 4>::value; ++lvl) {
+    const int w = (BN / 8) >> lvl;
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i) {
+      if (i < w) {
+        red[0][i] = fmaxf(red[0][i], red[0][i + w]);
+        red[1][i] = fmaxf(red[1][i], red[1][i + w]);
+      }
+    }
+  }
+  float base[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = red[r][0];
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[r], mx * scale_log2);
+    // A row that has seen nothing yet keeps m = -inf; 0 as the reference makes exp2 give 0, not NaN.
+    base[r] = (m_new == FE_NEG_INF) ? 0.f : m_new;
+    alpha[r] = fe_exp2(m[r] - base[r]);
+    m[r] = m_new;
+  }
+#pragma unroll
+  for (int g = 0; g < BN / 8; ++g) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float pv = fe_exp2(fmaf(S[4 * g + e], scale_log2, -base[e >> 1]));
+      S[4 * g + e] = pv;
+      red[e >> 1][2 * g + (e & 1)] = pv;
+    }
+  }
+#pragma unroll
+  for (int lvl = 0; lvl < FeLog2<BN / 4>::value; ++lvl) {
+    const int w = (BN / 8) >> lvl;
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i) {
+      if (i < w) {
+        red[0][i] += red[0][i + w];
+        red[1][i] += red[1][i + w];
+      }
+    }
+  }
+  l[0] = l[0] * alpha[0] + red[0][0];
+  l[1] = l[1] * alpha[1] + red[1][0];
+}
+
+// P (the A fragment of P.V) from the probabilities: A-fragment register k of a 16-key step holds, like the
+// accumulator, two adjacent columns of one row, so P[j] packs S[2j] (low half) and S[2j+1].
+FE_DEV void fe_to_p(u32 (&P)[BN / 4], const float (&S)[BN / 2]) {
+#pragma unroll
+  for (int j = 0; j < BN / 4; ++j) P[j] = fe_pack2(S[2 * j], S[2 * j + 1]);
+}
+
+FE_DEV void fe_rescale(float (&O)[FE_D / 2], const float (&alpha)[2]) {
+  if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+    for (int g = 0; g < FE_D / 8; ++g) {
+      O[4 * g + 0] *= alpha[0];
+      O[4 * g + 1] *= alpha[0];
+      O[4 * g + 2] *= alpha[1];
+      O[4 * g + 3] *= alpha[1];
+    }
+  }
+}
+
+// Block j of tile t, as seen by rows ra, rb of this thread and [r_lo, r_lo + 63] of its warpgroup: whether a
+// mask is needed, and each row's visible column range of the block.
+FE_DEV bool fe_block_cols(const FeTile& t, int j, int r_lo, int ra, int rb, int nc, int (&lo)[2], int (&hi)[2]) {
+  if (j < t.n_local) {
+    const int k0 = (t.hi_blk - j) * BN;
+    lo[0] = fe_window_start(ra) - k0;
+    hi[0] = ra - k0;
+    lo[1] = fe_window_start(rb) - k0;
+    hi[1] = rb - k0;
+    return !(k0 + BN - 1 <= r_lo && k0 >= fe_window_start(r_lo + 63));
+  }
+  const int c0 = (j - t.n_local) * BN;
+  lo[0] = lo[1] = 0;
+  hi[0] = min(ra / C, nc) - 1 - c0;
+  hi[1] = min(rb / C, nc) - 1 - c0;
+  return !(c0 + BN <= min(r_lo / C, nc));
+}
+
+FE_DEV void fe_warp_arrive(u32 bar, int lane) {
+  __syncwarp();
+  if (lane == 0) fe_mbar_arrive(bar);
+}
+
+FE_DEV void fe_consumer(const PrefillSm90Params& p, u32 sbase, const int* slot, int wg) {
+  const int tid = threadIdx.x - 128 * (wg + 1);
+  const int lane = tid & 31;
+  const int quad = lane & 3;
+  const int row_in_wg = 16 * (tid >> 5) + (lane >> 2);
+  const u32 bar = sbase + OFF_BAR;
+  const float sl2 = p.scale_log2;
+  // A descriptor of this warpgroup's 64 rows of Q (1024-aligned: 64 rows x 128 bytes = 8 atoms).
+  const u64 dq = fe_desc_sw128(sbase + OFF_Q + wg * 64 * 128, 16, 1024);
+  int s = 0;
+  u32 ph = 0;
+  u32 tpar = 0;
+  if (PINGPONG && wg == 1) fe_bar_arrive(NAMED_BAR_PP + 0, 256);  // warpgroup 0 issues first
+
+#pragma unroll 1
+  for (;;) {
+    fe_mbar_wait(bar + 8 * BAR_Q_FULL, tpar);
+    tpar ^= 1u;
+    // Broadcast from lane 0: the compiler then knows every value derived from it is warp-uniform
+    // (wgmma in code it must assume divergent gets serialized, ptxas C7520).
+    const int tile = __shfl_sync(0xffffffffu, *(const volatile int*)slot, 0);
+    if (tile < 0) break;
+    const FeTile t = fe_tile(tile, p);
+    const int r_lo = t.m0 + 64 * wg;
+    const int ra = r_lo + row_in_wg;
+    const int rb = ra + 8;
+
+    float O[FE_D / 2];
+#pragma unroll
+    for (int i = 0; i < FE_D / 2; ++i) O[i] = 0.f;
+    float S[BN / 2];
+    u32 P[BN / 4];
+    float m[2] = {FE_NEG_INF, FE_NEG_INF};
+    float l[2] = {0.f, 0.f};
+    float alpha[2];
+    int lo[2], hi[2];
+
+    // Block 0: S = Q.K^T alone.
+    fe_mbar_wait(bar + 8 * (BAR_FULL_K + s), ph);
+    if (PINGPONG) fe_bar_sync(NAMED_BAR_PP + wg, 256);
+    fe_wgmma_fence();
+    fe_issue_qk(S, dq, sbase + OFF_K + s * KV_BYTES);
+    fe_wgmma_commit();
+    if (PINGPONG) fe_bar_arrive(NAMED_BAR_PP + 1 - wg, 256);
+    fe_wgmma_wait<0>();
+    fe_fence_regs(S);
+    fe_warp_arrive(bar + 8 * (BAR_EMPTY_K + s), lane);
+    if (t.n_blocks == 1) fe_warp_arrive(bar + 8 * BAR_Q_EMPTY, lane);
+    if (fe_block_cols(t, 0, r_lo, ra, rb, p.nc, lo, hi)) {
+      fe_softmax<true>(S, m, l, alpha, lo, hi, sl2, quad);
+    } else {
+      fe_softmax<false>(S, m, l, alpha, lo, hi, sl2, quad);
+    }
+    fe_to_p(P, S);
+
+#pragma unroll 1
+    for (int j = 1; j < t.n_blocks; ++j) {
+      const int sp = s;
+      const u32 pph = ph;
+      if (++s == STAGES) {
+        s = 0;
+        ph ^= 1u;
+      }
+      fe_mbar_wait(bar + 8 * (BAR_FULL_K + s), ph);
+      fe_mbar_wait(bar + 8 * (BAR_FULL_V + sp), pph);  // (long since landed: loaded right after K of j-1)
+      if (PINGPONG) fe_bar_sync(NAMED_BAR_PP + wg, 256);
+      fe_fence_regs(P);
+      fe_fence_regs(O);
+      fe_wgmma_fence();
+      fe_issue_qk(S, dq, sbase + OFF_K + s * KV_BYTES);
+      fe_wgmma_commit();
+      fe_issue_pv(O, P, sbase + OFF_V + sp * KV_BYTES);
+      fe_wgmma_commit();
+      if (PINGPONG) fe_bar_arrive(NAMED_BAR_PP + 1 - wg, 256);
+      fe_wgmma_wait<1>();  // S of block j is ready; P.V of block j-1 may still run
+      fe_fence_regs(S);
+      fe_warp_arrive(bar + 8 * (BAR_EMPTY_K + s), lane);
+      if (j == t.n_blocks - 1) fe_warp_arrive(bar + 8 * BAR_Q_EMPTY, lane);
+      if (fe_block_cols(t, j, r_lo, ra, rb, p.nc, lo, hi)) {
+        fe_softmax<true>(S, m, l, alpha, lo, hi, sl2, quad);
+      } else {
+        fe_softmax<false>(S, m, l, alpha, lo, hi, sl2, quad);
+      }
+      fe_wgmma_wait<0>();  // P.V of block j-1 is done: V of its stage, P and O are free
+      fe_fence_regs(O);
+      fe_fence_regs(S);
+      fe_warp_arrive(bar + 8 * (BAR_EMPTY_V + sp), lane);
+      fe_rescale(O, alpha);
+      fe_to_p(P, S);
+    }
+
+    // The last block's P.V.
+    fe_mbar_wait(bar + 8 * (BAR_FULL_V + s), ph);
+    if (PINGPONG) fe_bar_sync(NAMED_BAR_PP + wg, 256);
+    fe_fence_regs(P);
+    fe_fence_regs(O);
+    fe_wgmma_fence();
+    fe_issue_pv(O, P, sbase + OFF_V + s * KV_BYTES);
+    fe_wgmma_commit();
+    if (PINGPONG) fe_bar_arrive(NAMED_BAR_PP + 1 - wg, 256);
+    fe_wgmma_wait<0>();
+    fe_fence_regs(O);
+    fe_warp_arrive(bar + 8 * (BAR_EMPTY_V + s), lane);
+    if (++s == STAGES) {
+      s = 0;
+      ph ^= 1u;
+    }
+
+    // Epilogue: complete the row sums over the 4 lanes of a row, normalise, store O and LSE.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f;
+    const float inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
+    const int n = p.n;
+    u16* ob = p.o + t.b * p.o_sb + t.h * p.o_sh + 2 * quad;
+    if (ra < n) {
+      u16* orow = ob + (i64)ra * p.o_st;
+#pragma unroll
+      for (int g = 0; g < FE_D / 8; ++g)
+        *reinterpret_cast<u32*>(orow + 8 * g) = fe_pack2(O[4 * g] * inv0, O[4 * g + 1] * inv0);
+    }
+    if (rb < n) {
+      u16* orow = ob + (i64)rb * p.o_st;
+#pragma unroll
+      for (int g = 0; g < FE_D / 8; ++g)
+        *reinterpret_cast<u32*>(orow + 8 * g) = fe_pack2(O[4 * g + 2] * inv1, O[4 * g + 3] * inv1);
+    }
+    if (quad == 0) {
+      float* lg = p.lse + t.b * p.lse_sb + t.h * p.lse_sh;
+      if (ra < n) lg[ra] = (m[0] + fe_log2(l[0])) * FE_LN2;
+      if (rb < n) lg[rb] = (m[1] + fe_log2(l[1])) * FE_LN2;
+    }
+  }
+  // Warpgroup 1 arrived once more on warpgroup 0's turn barrier than warpgroup 0 synced on it.
+  if (PINGPONG && wg == 0) fe_bar_sync(NAMED_BAR_PP + 0, 256);
+}
+
+extern "C" __global__ void __launch_bounds__(NT, 1) {{ name }}(const __grid_constant__ PrefillSm90Params p) {
+  extern __shared__ __align__(1024) unsigned char fe_smem[];
+  const u32 raw = fe_smem_addr(fe_smem);
+  const u32 sbase = (raw + 1023u) & ~1023u;
+  int* slot = reinterpret_cast<int*>(fe_smem + (sbase - raw) + OFF_SLOT);
+  if (threadIdx.x == 0) {
+    const u32 bar = sbase + OFF_BAR;
+#pragma unroll 1
+    for (int s = 0; s < STAGES; ++s) {
+      fe_mbar_init(bar + 8 * (BAR_FULL_K + s), 1);
+      fe_mbar_init(bar + 8 * (BAR_FULL_V + s), 1);
+      fe_mbar_init(bar + 8 * (BAR_EMPTY_K + s), NC * 4);
+      fe_mbar_init(bar + 8 * (BAR_EMPTY_V + s), NC * 4);
+    }
+    fe_mbar_init(bar + 8 * BAR_Q_FULL, 1);
+    fe_mbar_init(bar + 8 * BAR_Q_EMPTY, NC * 4);
+    fe_mbar_init_fence();
+  }
+  __syncthreads();
+  const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0);  // warp-uniform, see above
+  if (wg == 0) {
+    fe_setmaxnreg_dec<REG_PRODUCER>();
+    if (threadIdx.x == 0) fe_producer(p, sbase, slot);
+  } else {
+    fe_setmaxnreg_inc<REG_CONSUMER>();
+    fe_consumer(p, sbase, slot, wg - 1);
+  }
+}
