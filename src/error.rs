@@ -41,10 +41,7 @@ pub enum Error {
     /// An environment variable has a value flasheva does not accept.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// Tuning gave no winner.
-    #[cfg(feature = "cli")]
-    #[error(transparent)]
-    Tune(#[from] crate::tune::TuneError),
+
 }
 
 /// `Result` with [`Error`].

@@ -6,7 +6,7 @@
 //! blocks belong to the version that rendered them.
 
 use crate::cache::meta::EntryMeta;
-use crate::gpu::driver::ptx_isa_accepted;
+use crate::compile::ptx_isa_accepted;
 
 /// How an entry would be loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

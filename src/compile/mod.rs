@@ -184,6 +184,31 @@ pub fn ptx_isa_version(ptx: &[u8]) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
+/// The newest PTX ISA version a driver of CUDA version `v` (e.g. 13000) JIT-compiles.
+pub fn max_ptx_isa(v: i32) -> (u32, u32) {
+    let (major, minor) = ((v / 1000) as u32, ((v % 1000) / 10) as u32);
+    match (major, minor) {
+        (13, m) => (9, m),
+        (12, m) if m >= 9 => (8, 8),
+        (12, 8) => (8, 7),
+        (12, m) if m >= 5 => (8, 5),
+        (12, m) => (8, m),
+        (11, 8) => (7, 8),
+        (11, m) => (7, m),
+        (m, _) if m > 13 => (9 + (m - 13), 9),
+        _ => (6, 0),
+    }
+}
+
+/// Whether a PTX of ISA `isa` ("9.0") can be JIT-compiled by a driver of CUDA version `v`.
+pub fn ptx_isa_accepted(isa: &str, v: i32) -> bool {
+    let mut it = isa.split('.').map(|p| p.parse::<u32>().ok());
+    match (it.next().flatten(), it.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) <= max_ptx_isa(v),
+        _ => false,
+    }
+}
+
 /// The lines of `source` that a compiler log refers to as `name(LINE): ...`, numbered, with two
 /// lines of context, at most `max` places.
 pub fn source_excerpt(log: &str, program_name: &str, source: &str, max: usize) -> String {
@@ -255,6 +280,16 @@ ptxas info    : Used 32 registers, used 0 barriers, 360 bytes cmem[0]\n";
             ex,
             "--> k.cu:3\n      1 | a\n      2 | b\n>     3 | c\n      4 | d\n"
         );
+    }
+
+    #[test]
+    fn ptx_isa_table() {
+        assert_eq!(max_ptx_isa(13000), (9, 0));
+        assert_eq!(max_ptx_isa(12080), (8, 7));
+        assert_eq!(max_ptx_isa(12040), (8, 4));
+        assert!(ptx_isa_accepted("9.0", 13000));
+        assert!(!ptx_isa_accepted("9.0", 12090));
+        assert!(!ptx_isa_accepted("x", 13000));
     }
 
     #[test]

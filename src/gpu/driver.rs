@@ -153,45 +153,7 @@ pub fn probe() -> Result<DriverInfo, GpuError> {
     Ok(DriverInfo { version, devices })
 }
 
-/// The newest PTX ISA version a driver of CUDA version `v` (e.g. 13000) JIT-compiles.
-pub fn max_ptx_isa(v: i32) -> (u32, u32) {
-    let (major, minor) = ((v / 1000) as u32, ((v % 1000) / 10) as u32);
-    match (major, minor) {
-        (13, m) => (9, m),
-        (12, m) if m >= 9 => (8, 8),
-        (12, 8) => (8, 7),
-        (12, m) if m >= 5 => (8, 5),
-        (12, m) => (8, m),
-        (11, 8) => (7, 8),
-        (11, m) => (7, m),
-        (m, _) if m > 13 => (9 + (m - 13), 9),
-        _ => (6, 0),
-    }
-}
-
-/// Whether a PTX of ISA `isa` ("9.0") can be JIT-compiled by a driver of CUDA version `v`.
-pub fn ptx_isa_accepted(isa: &str, v: i32) -> bool {
-    let mut it = isa.split('.').map(|p| p.parse::<u32>().ok());
-    match (it.next().flatten(), it.next().flatten()) {
-        (Some(a), Some(b)) => (a, b) <= max_ptx_isa(v),
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ptx_isa_table() {
-        assert_eq!(max_ptx_isa(13000), (9, 0));
-        assert_eq!(max_ptx_isa(12080), (8, 7));
-        assert_eq!(max_ptx_isa(12040), (8, 4));
-        assert!(ptx_isa_accepted("9.0", 13000));
-        assert!(!ptx_isa_accepted("9.0", 12090));
-        assert!(!ptx_isa_accepted("x", 13000));
-    }
-}
+pub use crate::compile::{max_ptx_isa, ptx_isa_accepted};
 
 // ---- contexts, modules, launches, timing -----------------------------------------------------
 

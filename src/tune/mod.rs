@@ -50,6 +50,9 @@ pub enum TuneError {
     /// The compile thread panicked.
     #[error("the compile thread panicked")]
     CompilerPanicked,
+    /// Compiling, loading, checking or timing failed outside any one candidate.
+    #[error(transparent)]
+    Run(#[from] Error),
 }
 
 /// How hard to measure.
@@ -194,7 +197,7 @@ pub fn tune(
     cands: &Candidates,
     cfg: &TuneConfig,
     on_event: &mut dyn FnMut(Event),
-) -> Result<Outcome> {
+) -> std::result::Result<Outcome, TuneError> {
     let store: &CacheStore = rt.store();
     let dev = device_id(rt, nvrtc);
     let run = run_key(&dev, &w, cands, cfg);
@@ -294,7 +297,7 @@ pub fn tune(
                 }
             }
         }
-        store.append_journal(&run, &r)?;
+        store.append_journal(&run, &r).map_err(Error::from)?;
         on_event(Event::Candidate {
             result: r.clone(),
             resumed: false,
@@ -323,7 +326,7 @@ pub fn tune(
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
-    store.put_winner(&record)?;
+    store.put_winner(&record).map_err(Error::from)?;
     store.remove_journal(&run);
     Ok(Outcome {
         record,
