@@ -41,7 +41,6 @@ pub enum Error {
     /// An environment variable has a value flasheva does not accept.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-
 }
 
 /// `Result` with [`Error`].

@@ -18,19 +18,24 @@
 //! Without the default features the crate is the light loader: it reads the cache and launches,
 //! with neither tera nor NVRTC.
 
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod cache;
 pub mod compile;
 pub mod config;
 pub mod error;
 pub mod gpu;
+#[cfg(feature = "cli")]
 pub mod hostdata;
 pub mod key;
 pub mod loader;
+#[cfg(feature = "cli")]
 pub mod ops;
 #[cfg(feature = "compiler")]
 pub mod pipeline;
+#[cfg(feature = "cli")]
 pub mod presets;
+#[cfg(feature = "cli")]
 pub mod reference;
 #[cfg(feature = "compiler")]
 pub mod render;
@@ -40,6 +45,7 @@ pub mod tensor;
 pub mod tile;
 #[cfg(feature = "cli")]
 pub mod tune;
+#[cfg(feature = "cli")]
 pub mod verify;
 pub mod visibility;
 pub mod workload;

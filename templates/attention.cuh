@@ -4,7 +4,6 @@
 // every 16x8 accumulator tile, columns 2*(l%4) and 2*(l%4)+1. The S accumulator of two adjacent
 // 8-key tiles is, element for element, the A operand of the P*V product, so P never leaves
 // registers. Shared-memory rows are padded by FE_PAD elements so ldmatrix reads are conflict-free.
-constexpr int FE_D = {{ head_dim }};
 constexpr int FE_PAD = {{ pad }};
 constexpr int FE_DP = FE_D + FE_PAD;   // shared-memory row stride, elements
 constexpr int FE_KT = FE_D / 16;       // k-steps of Q*K^T

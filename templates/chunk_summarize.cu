@@ -5,11 +5,9 @@
 // channels l, l+32, ...; each token's k and v are read once.
 <% include "common.cuh" %>
 
-constexpr int D = {{ head_dim }};
-constexpr int C = {{ chunk }};
 constexpr int NW = {{ warps }};
 constexpr int THREADS = NW * 32;
-constexpr int E = (D + 31) / 32;  // channels per lane
+constexpr int E = (FE_D + 31) / 32;  // channels per lane
 
 // Must match `ChunkSummarizeParams` in src/gpu/params.rs field for field.
 struct ChunkSummarizeParams {
@@ -31,9 +29,9 @@ static_assert(sizeof(ChunkSummarizeParams) == 144, "ChunkSummarizeParams must ma
 
 extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const ChunkSummarizeParams p) {
   extern __shared__ __align__(16) unsigned char fe_smem[];
-  float* logit = (float*)fe_smem;    // [C]
-  float* red = logit + C;            // [2 * NW]
-  float* part = red + 2 * NW;        // [NW][D]
+  float* logit = (float*)fe_smem;    // [FE_C]
+  float* red = logit + FE_C;            // [2 * NW]
+  float* part = red + 2 * NW;        // [NW][FE_D]
   const int c = blockIdx.x;
   const int g = blockIdx.y;
   const int b = blockIdx.z;
@@ -45,15 +43,15 @@ extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const ChunkSumm
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const int d = lane + 32 * e;
-    om[e] = d < D ? fe_to_f32(omg[d]) : 0.f;
+    om[e] = d < FE_D ? fe_to_f32(omg[d]) : 0.f;
   }
-  const u16* kg = p.k + b * p.k_sb + (i64)c * C * p.k_st + g * p.k_sh;
-  for (int j = warp; j < C; j += NW) {
+  const u16* kg = p.k + b * p.k_sb + (i64)c * FE_C * p.k_st + g * p.k_sh;
+  for (int j = warp; j < FE_C; j += NW) {
     float dot = 0.f, nrm = 0.f;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const int d = lane + 32 * e;
-      const float kv = d < D ? fe_to_f32(kg[j * p.k_st + d]) : 0.f;
+      const float kv = d < FE_D ? fe_to_f32(kg[j * p.k_st + d]) : 0.f;
       dot += om[e] * kv;
       nrm += kv * kv;
     }
@@ -64,7 +62,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const ChunkSumm
   __syncthreads();
 
   float mx = FE_NEG_INF;
-  for (int j = threadIdx.x; j < C; j += THREADS) mx = fmaxf(mx, logit[j]);
+  for (int j = threadIdx.x; j < FE_C; j += THREADS) mx = fmaxf(mx, logit[j]);
   mx = fe_warp_max(mx);
   if (lane == 0) red[warp] = mx;
   __syncthreads();
@@ -72,8 +70,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const ChunkSumm
 #pragma unroll
   for (int w = 1; w < NW; ++w) mx = fmaxf(mx, red[w]);
   float sum = 0.f;
-  for (int j = threadIdx.x; j < C; j += THREADS) {
-    const float e = fe_exp2((logit[j] - mx) * 1.4426950408889634f);
+  for (int j = threadIdx.x; j < FE_C; j += THREADS) {
+    const float e = fe_exp2((logit[j] - mx) * FE_LOG2E);
     logit[j] = e;
     sum += e;
   }
@@ -87,27 +85,27 @@ extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const ChunkSumm
   float acc[E];
 #pragma unroll
   for (int e = 0; e < E; ++e) acc[e] = 0.f;
-  const u16* vg = p.v + b * p.v_sb + (i64)c * C * p.v_st + g * p.v_sh;
-  for (int j = warp; j < C; j += NW) {
+  const u16* vg = p.v + b * p.v_sb + (i64)c * FE_C * p.v_st + g * p.v_sh;
+  for (int j = warp; j < FE_C; j += NW) {
     const float pj = logit[j];
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const int d = lane + 32 * e;
-      if (d < D) acc[e] += pj * fe_to_f32(vg[j * p.v_st + d]);
+      if (d < FE_D) acc[e] += pj * fe_to_f32(vg[j * p.v_st + d]);
     }
   }
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const int d = lane + 32 * e;
-    if (d < D) part[warp * D + d] = acc[e];
+    if (d < FE_D) part[warp * FE_D + d] = acc[e];
   }
   __syncthreads();
   u16* out = p.vs + b * p.vs_sb + c * p.vs_st + g * p.vs_sh;
   const float inv = 1.f / sum;
-  for (int d = threadIdx.x; d < D; d += THREADS) {
+  for (int d = threadIdx.x; d < FE_D; d += THREADS) {
     float s = 0.f;
 #pragma unroll
-    for (int w = 0; w < NW; ++w) s += part[w * D + d];
+    for (int w = 0; w < NW; ++w) s += part[w * FE_D + d];
     out[d] = fe_from_f32(s * inv);
   }
 }

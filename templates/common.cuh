@@ -1,5 +1,9 @@
 // flasheva: shared device helpers (self-contained: no CUDA toolkit header is included; NVRTC alone
 // compiles this). Rendered for {{ name }} ({{ dtype }}).
+//
+// Naming: the spec's specializations are FE_-prefixed constants defined here once (FE_D, and for
+// the attention ops FE_W, FE_C, FE_SLIDING); a kernel's own tile constants (BM, BN, NW, STAGES,
+// THREADS, ...) are unprefixed and local to its template; helpers are fe_-prefixed functions.
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -8,6 +12,17 @@ typedef long long i64;
 #define FE_DEV __device__ __forceinline__
 #define FE_NEG_INF (-__int_as_float(0x7f800000))
 #define FE_LN2 0.6931471805599453f
+#define FE_LOG2E 1.4426950408889634f
+
+constexpr int FE_D = {{ head_dim }};  // head dim
+constexpr int FE_C = {{ chunk }};     // chunk: one summary per FE_C tokens
+<% if window > 0 %>
+constexpr int FE_W = {{ window }};    // local window
+constexpr bool FE_SLIDING = {{ sliding }};
+
+// The first raw key query position i sees (its window's start; the last key it sees is i).
+FE_DEV int fe_window_start(int i) { return FE_SLIDING ? (i - FE_W + 1 > 0 ? i - FE_W + 1 : 0) : (i / FE_W) * FE_W; }
+<% endif %>
 
 <% if dtype == "bf16" %>
 #define FE_BF16 1
@@ -61,6 +76,10 @@ FE_DEV float fe_log2(float x) {
   asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+
+// The LSE (natural log of the softmax denominator) of a row whose running maximum is `m_log2`
+// (log2 domain, scaled logits) and whose sum of exp2(logit - m_log2) is `l`; -inf for an empty row.
+FE_DEV float fe_lse(float m_log2, float l) { return l > 0.f ? (m_log2 + fe_log2(l)) * FE_LN2 : FE_NEG_INF; }
 
 // ---- memory ------------------------------------------------------------------------------------
 struct __align__(16) fe_u32x4 { u32 x, y, z, w; };

@@ -8,9 +8,6 @@
 <% include "common.cuh" %>
 <% include "attention.cuh" %>
 
-constexpr int W = {{ window }};
-constexpr int C = {{ chunk }};
-constexpr bool SLIDING = {{ sliding }};
 constexpr int G = {{ group }};
 constexpr int HT = {{ head_tiles }};
 constexpr int ROWS = {{ decode_rows }};
@@ -70,9 +67,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
   fe_load_rows<ROWS, THREADS>(sQ, tid, qg + h0 * p.q_sh, p.q_sh, pos >= 0 ? nrows : 0);
   fe_cp_commit();
 
-  const int lo = pos < 0 ? 0 : (SLIDING ? max(0, pos - W + 1) : (pos / W) * W);
+  const int lo = pos < 0 ? 0 : fe_window_start(pos);
   const int n_local = pos < 0 ? 0 : pos - lo + 1;
-  const int ns = pos < 0 ? 0 : min(pos / C, p.max_nc);
+  const int ns = pos < 0 ? 0 : min(pos / FE_C, p.max_nc);
   const int t_local = (n_local + BN - 1) / BN;
   const int n_tiles = t_local + (ns + BN - 1) / BN;
   const int t_begin = (int)(((i64)n_tiles * split) / p.splits);
@@ -92,10 +89,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     if (t < t_local) {
       const int u0 = t * BN;
       fe_load_rows_map<BN, 32>(dk, lane, krg, [&](int r) -> const u16* {
-        return u0 + r < n_local ? krg + ((lo + u0 + r) % W) * p.kr_ss : nullptr;
+        return u0 + r < n_local ? krg + ((lo + u0 + r) % FE_W) * p.kr_ss : nullptr;
       });
       fe_load_rows_map<BN, 32>(dv, lane, vrg, [&](int r) -> const u16* {
-        return u0 + r < n_local ? vrg + ((lo + u0 + r) % W) * p.vr_ss : nullptr;
+        return u0 + r < n_local ? vrg + ((lo + u0 + r) % FE_W) * p.vr_ss : nullptr;
       });
     } else {
       const int c0 = (t - t_local) * BN;
@@ -183,7 +180,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     const int h = h0 + r;
     if (p.splits == 1) {
       p.o[b * p.o_sb + h * p.o_sh + d] = fe_from_f32(lsum > 0.f ? acc / lsum : 0.f);
-      if (d == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = lsum > 0.f ? (mmax + fe_log2(lsum)) * FE_LN2 : FE_NEG_INF;
+      if (d == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = fe_lse(mmax, lsum);
     } else {
       const i64 row = ((i64)split * p.b + b) * p.h + h;
       p.ws_o[row * FE_D + d] = acc;
@@ -218,5 +215,5 @@ extern "C" __global__ void __launch_bounds__(COMBINE_THREADS) {{ name }}_combine
     }
     p.o[b * p.o_sb + h * p.o_sh + d] = fe_from_f32(lsum > 0.f ? acc / lsum : 0.f);
   }
-  if (threadIdx.x == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = lsum > 0.f ? (mmax + fe_log2(lsum)) * FE_LN2 : FE_NEG_INF;
+  if (threadIdx.x == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = fe_lse(mmax, lsum);
 }

@@ -22,7 +22,7 @@
 // The driver's 128-byte opaque tensor map (what cuTensorMapEncodeTiled writes). When cuda.h was
 // included first (a host harness), its identical definition is used instead.
 #if !defined(CU_TENSOR_MAP_NUM_QWORDS)
-struct __align__(64) CUtensorMap {
+struct __align__(128) CUtensorMap {  // cuda.h (CUDA 13) aligns it to 128; TMA needs 64
   u64 opaque[16];
 };
 #endif

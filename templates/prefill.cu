@@ -7,9 +7,6 @@
 <% include "common.cuh" %>
 <% include "attention.cuh" %>
 
-constexpr int W = {{ window }};
-constexpr int C = {{ chunk }};
-constexpr bool SLIDING = {{ sliding }};
 constexpr int BM = {{ block_m }};
 constexpr int BN = {{ block_n }};
 constexpr int NW = {{ warps }};
@@ -44,9 +41,6 @@ struct PrefillParams {
 };
 static_assert(sizeof(PrefillParams) == 240, "PrefillParams must match src/gpu/params.rs");
 
-// First raw key query i sees.
-FE_DEV int fe_window_start(int i) { return SLIDING ? (i - W + 1 > 0 ? i - W + 1 : 0) : (i / W) * W; }
-
 extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const PrefillParams p) {
   extern __shared__ __align__(16) unsigned char fe_smem[];
   u16* sQ = (u16*)fe_smem;
@@ -78,7 +72,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Prefil
   // The tiles this CTA visits: local keys [lo, m_end), BN-aligned, then summaries [0, ns).
   const int lo = (fe_window_start(m0) / BN) * BN;
   const int n_local = (m_end - lo + BN - 1) / BN;
-  const int ns = min((m_end - 1) / C, p.nc);
+  const int ns = min((m_end - 1) / FE_C, p.nc);
   const int n_tiles = n_local + (ns + BN - 1) / BN;
 
   auto load_tile = [&](int t, int stage) {
@@ -107,8 +101,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Prefil
   const bool active = r_lo < N;
   u16* sQw = sQ + warp * 16 * MT * FE_DP;
   const u32 q_addr = fe_smem_addr(sQw);
-  const int vis_lo = min(r_lo / C, p.nc);  // summaries every row of the warp sees
-  const int vis_hi = min(r_hi / C, p.nc);  // summaries some row of the warp sees
+  const int vis_lo = min(r_lo / FE_C, p.nc);  // summaries every row of the warp sees
+  const int vis_hi = min(r_hi / FE_C, p.nc);  // summaries some row of the warp sees
 
   FeRowState st[MT];
 #pragma unroll
@@ -142,7 +136,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Prefil
         // Columns some row of the warp sees: [window_start(r_lo) - j0, r_hi - j0].
         const int sub_lo = max(0, fe_window_start(r_lo) - j0) / 16;
         const int sub_hi = (min(BN, r_hi - j0 + 1) + 15) / 16;
-        const bool full = j0 + BN - 1 <= r_lo && (SLIDING ? j0 > r_hi - W : (j0 / W) == (r_hi / W));
+        const bool full = j0 + BN - 1 <= r_lo && (FE_SLIDING ? j0 > r_hi - FE_W : (j0 / FE_W) == (r_hi / FE_W));
         if (full) {
           fe_attend_tile<MT, BN, false, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane, 0, BN / 16,
                                                [](int, int&, int&) {});
@@ -164,7 +158,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Prefil
                                               (min(BN, vis_hi - c0) + 15) / 16,
                                               [&](int r, int& clo, int& chi) {
                                                 clo = 0;
-                                                chi = min((r_lo + r) / C, p.nc) - 1 - c0;
+                                                chi = min((r_lo + r) / FE_C, p.nc) - 1 - c0;
                                               });
         }
       }
@@ -183,7 +177,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Prefil
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int i = r_lo + mt * 16 + (lane >> 2) + r * 8;
-      if (i < N && (lane & 3) == 0) lg[i] = (st[mt].m[r] + fe_log2(st[mt].l[r])) * FE_LN2;
+      if (i < N && (lane & 3) == 0) lg[i] = fe_lse(st[mt].m[r], st[mt].l[r]);
     }
   }
   __syncwarp();

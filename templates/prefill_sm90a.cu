@@ -16,10 +16,7 @@
 <% include "common.cuh" %>
 <% include "hopper.cuh" %>
 
-constexpr int FE_D = {{ head_dim }};
-constexpr int W = {{ window }};
-constexpr int C = {{ chunk }};
-constexpr bool SLIDING = <% if sliding %>true<% else %>false<% endif %>;
+// The spec (common.cuh): FE_D head dim, FE_W window, FE_C chunk, FE_SLIDING local mode, fe_window_start(i).
 constexpr int BM = {{ block_m }};
 constexpr int BN = {{ block_n }};
 constexpr int NWARPS = {{ warps }};
@@ -32,7 +29,7 @@ static_assert(NC == 2 || NC == 3, "warps must be 12 (2 consumer warpgroups) or 1
 static_assert(BM == 64 * NC, "block_m must be 64 x consumer warpgroups");
 static_assert(BN == 64 || BN == 128, "block_n must be 64 or 128");
 static_assert(STAGES >= 2 && STAGES <= 8, "stages must be 2..8");
-static_assert(W > 0 && C > 0, "window and chunk must be positive");
+static_assert(FE_W > 0 && FE_C > 0, "window and chunk must be positive");
 
 // Experiments (not template context: -D on the compiler command line overrides the defaults).
 #ifndef FE_PINGPONG
@@ -51,6 +48,10 @@ constexpr bool PINGPONG = FE_PINGPONG != 0 && NC == 2;
 #endif
 constexpr int REG_PRODUCER = FE_REG_PRODUCER;
 constexpr int REG_CONSUMER = FE_REG_CONSUMER;
+static_assert(REG_PRODUCER % 8 == 0 && REG_CONSUMER % 8 == 0 && REG_PRODUCER >= 24 && REG_CONSUMER <= 256,
+              "setmaxnreg takes multiples of 8 in [24, 256]");
+static_assert(128 * REG_PRODUCER + 128 * NC * REG_CONSUMER <= ((65536 / NT) & ~7) * NT,
+              "the warpgroups' registers after setmaxnreg must fit the CTA's allocation at launch");
 
 // ---- shared memory (byte offsets from a 1024-aligned base) -------------------------------------------
 // Every operand tile is stored as D/64 "panels" of rows x 128 bytes (64 elements), written by TMA with the
@@ -78,7 +79,7 @@ static_assert(SMEM_BYTES <= 232448, "tile needs more than the 227 KiB of shared 
 constexpr int NAMED_BAR_PP = 1;  // named barriers 1 and 2: pingpong turns of consumer warpgroups 0 and 1
 
 // Must match the host side field for field (docs/hopper-prefill.md, "Parameter block").
-struct __align__(64) PrefillSm90Params {
+struct __align__(128) PrefillSm90Params {
   CUtensorMap tm_q;   //   0: Q  [B, N, H, D]
   CUtensorMap tm_k;   // 128: K  [B, N, Hkv, D]
   CUtensorMap tm_v;   // 256: V  [B, N, Hkv, D]
@@ -102,9 +103,6 @@ static_assert(sizeof(PrefillSm90Params) == 768, "PrefillSm90Params is 768 bytes"
 // The launch needs this much dynamic shared memory (readable with cuModuleGetGlobal).
 extern "C" __constant__ int {{ name }}_smem_bytes = SMEM_BYTES;
 
-// First raw key query i sees.
-FE_DEV int fe_window_start(int i) { return SLIDING ? (i - W + 1 > 0 ? i - W + 1 : 0) : (i / W) * W; }
-
 // One query tile of one (batch, head): which key blocks it visits. Tiles are numbered so that the
 // heaviest (the latest query positions: most summaries) come first; heads vary fastest so that the
 // query heads of one GQA group run side by side.
@@ -126,7 +124,7 @@ FE_DEV FeTile fe_tile(int t, const PrefillSm90Params& p) {
   const int m_end = min(r.m0 + BM, p.n);
   r.hi_blk = (m_end - 1) / BN;
   r.n_local = r.hi_blk - fe_window_start(r.m0) / BN + 1;
-  const int ns = min((m_end - 1) / C, p.nc);  // summaries some row of the tile sees
+  const int ns = min((m_end - 1) / FE_C, p.nc);  // summaries some row of the tile sees
   r.n_blocks = r.n_local + (ns + BN - 1) / BN;
   return r;
 }
@@ -329,9 +327,9 @@ FE_DEV bool fe_block_cols(const FeTile& t, int j, int r_lo, int ra, int rb, int 
   }
   const int c0 = (j - t.n_local) * BN;
   lo[0] = lo[1] = 0;
-  hi[0] = min(ra / C, nc) - 1 - c0;
-  hi[1] = min(rb / C, nc) - 1 - c0;
-  return !(c0 + BN <= min(r_lo / C, nc));
+  hi[0] = min(ra / FE_C, nc) - 1 - c0;
+  hi[1] = min(rb / FE_C, nc) - 1 - c0;
+  return !(c0 + BN <= min(r_lo / FE_C, nc));
 }
 
 FE_DEV void fe_warp_arrive(u32 bar, int lane) {
@@ -471,8 +469,8 @@ FE_DEV void fe_consumer(const PrefillSm90Params& p, u32 sbase, const int* slot, 
     }
     if (quad == 0) {
       float* lg = p.lse + t.b * p.lse_sb + t.h * p.lse_sh;
-      if (ra < n) lg[ra] = (m[0] + fe_log2(l[0])) * FE_LN2;
-      if (rb < n) lg[rb] = (m[1] + fe_log2(l[1])) * FE_LN2;
+      if (ra < n) lg[ra] = fe_lse(m[0], l[0]);
+      if (rb < n) lg[rb] = fe_lse(m[1], l[1]);
     }
   }
   // Warpgroup 1 arrived once more on warpgroup 0's turn barrier than warpgroup 0 synced on it.

@@ -1,5 +1,5 @@
-//! The loader-only build: `--no-default-features` builds the library without tera and without
-//! NVRTC bindings. Runs cargo (needs the Rust toolchain: where there is none, on the GPU machine,
+//! The loader-only build: `--no-default-features` builds the library without tera, NVRTC
+//! bindings, the tools (reference, checks, benchmarks, tuning) and their dependencies. Runs cargo (needs the Rust toolchain: where there is none, on the GPU machine,
 //! it says so and does nothing).
 
 use std::process::Command;
@@ -72,6 +72,12 @@ fn loader_only_build_has_neither_tera_nor_nvrtc() {
         "zstd ",
         "ed25519-dalek ",
         "plotters ",
+        "rand ",
+        "half ",
+        "toml ",
+        "libloading ",
+        "rayon ",
+        "safetensors ",
     ] {
         assert!(
             !text.lines().any(|l| l.starts_with(heavy)),

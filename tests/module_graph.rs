@@ -34,10 +34,7 @@ fn layer(module: &str) -> Option<(usize, &'static str)> {
 fn module_of(src: &Path, file: &Path) -> String {
     let rel = file.strip_prefix(src).expect("under src");
     let first = rel.components().next().expect("non-empty").as_os_str();
-    first
-        .to_string_lossy()
-        .trim_end_matches(".rs")
-        .to_string()
+    first.to_string_lossy().trim_end_matches(".rs").to_string()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -95,7 +92,10 @@ fn violations(src: &Path) -> Vec<String> {
             continue;
         }
         let Some((own, own_name)) = layer(&m) else {
-            bad.push(format!("{}: module {m} has no layer in tests/module_graph.rs", f.display()));
+            bad.push(format!(
+                "{}: module {m} has no layer in tests/module_graph.rs",
+                f.display()
+            ));
             continue;
         };
         let text = std::fs::read_to_string(&f).expect("read");
@@ -144,6 +144,14 @@ fn the_check_catches_an_upward_import() {
     std::fs::write(src.join("verify.rs"), "use crate::loader::Kernel;\n").unwrap();
     let bad = violations(src);
     assert_eq!(bad.len(), 2, "{bad:?}");
-    assert!(bad[0].contains("cache (cache) uses crate::gpu (gpu)"), "{}", bad[0]);
-    assert!(bad[1].contains("spec (core) uses crate::loader (loader)"), "{}", bad[1]);
+    assert!(
+        bad[0].contains("cache (cache) uses crate::gpu (gpu)"),
+        "{}",
+        bad[0]
+    );
+    assert!(
+        bad[1].contains("spec (core) uses crate::loader (loader)"),
+        "{}",
+        bad[1]
+    );
 }

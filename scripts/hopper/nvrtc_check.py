@@ -6,7 +6,8 @@ stack frame, an ignored setmaxnreg, or serialized wgmma.
   nvrtc_check.py [--nvrtc PATH/libnvrtc.so.13] [--cubin-dir DIR] [--sass] [--only SUBSTRING] [-j N]
 
 NVRTC is looked up as: --nvrtc, $FLASHEVA_NVRTC, the flasheva NVRTC folder
-(~/.local/share/flasheva/nvrtc/nvidia/cu13/lib), then the dynamic loader (libnvrtc.so.13).
+(~/.local/share/flasheva/nvrtc/nvidia/cu13/lib), $CUDA_HOME and /usr/local/cuda, the nvidia-cuda-nvrtc
+wheel, then the dynamic loader (libnvrtc.so.13).
 --sass disassembles each cubin with cuobjdump ($CUOBJDUMP or PATH) and counts HGMMA / setmaxnreg
 (USETMAXREG) / TMA (UTMALDG) instructions.
 """
@@ -34,6 +35,16 @@ def find_nvrtc(explicit):
     if os.environ.get("FLASHEVA_NVRTC"):
         cands.append(os.environ["FLASHEVA_NVRTC"])
     cands.append(os.path.expanduser("~/.local/share/flasheva/nvrtc/nvidia/cu13/lib/libnvrtc.so.13"))
+    for d in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if d:
+            cands.append(os.path.join(d, "lib64", "libnvrtc.so.13"))
+            cands.append(os.path.join(d, "targets", "x86_64-linux", "lib", "libnvrtc.so.13"))
+    try:  # the nvidia-cuda-nvrtc wheel (e.g. beside PyTorch)
+        import nvidia  # noqa: F401
+        for base in getattr(nvidia, "__path__", []):
+            cands.append(os.path.join(base, "cu13", "lib", "libnvrtc.so.13"))
+    except ImportError:
+        pass
     cands.append("libnvrtc.so.13")
     for c in cands:
         # NVRTC opens libnvrtc-builtins.so.13.x at compile time; preload the one beside it.

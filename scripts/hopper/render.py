@@ -9,7 +9,9 @@ jinja2 stands in for tera: the same custom delimiters (blocks <% %>, variables {
   render.py --set device --outdir DIR   # the variants harness.cu tests and times, plus DIR/manifest.tsv
   render.py --probe-header --dtype bf16 -o hopper_probe.cuh   # common.cuh + hopper.cuh alone (probe.cu)
 
-The manifest has one line per variant: name file D W C mode dtype block_m block_n warps stages smem_bytes.
+Manifests: --set check: name file D W C mode dtype block_m block_n warps stages smem_bytes; --set device:
+kind key cufile defines kernel D W C mode dtype block_m block_n warps stages smem_bytes (harness.cu reads it;
+kind sm90 = this template, base = today's templates/prefill.cu for comparison; defines = -D flags or "-").
 """
 import argparse
 import os
@@ -37,6 +39,19 @@ def env():
         autoescape=False,
         undefined=jinja2.StrictUndefined,
     )
+
+
+class TeraBool:
+    """A boolean that renders the way tera renders one ({{ x }} -> true / false) and tests like one (<% if x %>)."""
+
+    def __init__(self, v):
+        self.v = bool(v)
+
+    def __bool__(self):
+        return self.v
+
+    def __str__(self):
+        return "true" if self.v else "false"
 
 
 class Variant:
@@ -72,7 +87,7 @@ class Variant:
             "head_dim": self.d,
             "window": self.w,
             "chunk": self.c,
-            "sliding": self.mode == "sliding",
+            "sliding": TeraBool(self.mode == "sliding"),
             "group": 1,
             "head_tiles": 1,
             "decode_rows": 16,
@@ -153,6 +168,7 @@ def dedup(vs):
 
 
 def write_set(vs, outdir):
+    """Writes each variant's source and DIR/manifest.tsv (the check set: one line per kernel)."""
     os.makedirs(outdir, exist_ok=True)
     lines = []
     for v in vs:
@@ -165,9 +181,76 @@ def write_set(vs, outdir):
     return lines
 
 
+class Entry:
+    """One line of the device manifest: a kernel (sm90: this template; base: today's templates/prefill.cu) and
+    the -D flags it is compiled with."""
+
+    def __init__(self, kind, key, kernel, spec, tile, smem, text, defines=()):
+        self.kind, self.key, self.kernel, self.spec, self.tile = kind, key, kernel, spec, tile
+        self.smem, self.text, self.defines = smem, text, list(defines)
+
+    def line(self):
+        d, w, c, mode, dtype = self.spec
+        bm, bn, warps, stages = self.tile
+        return "\t".join(str(x) for x in (self.kind, self.key, self.key + ".cu", ",".join(self.defines) or "-",
+                                         self.kernel, d, w, c, mode, dtype, bm, bn, warps, stages, self.smem))
+
+
+def baseline(d, w, c, mode, dtype, bm=128, bn=64, warps=8, stages=2, pad=8):
+    """Today's mma.sync kernel (templates/prefill.cu) for comparison; None if it no longer renders."""
+    name = f"fe_prefill_base_d{d}_w{w}_c{c}_{mode}_{dtype}_m{bm}_n{bn}_w{warps}_s{stages}"
+    ctx = {"name": name, "tile_name": f"m{bm}_n{bn}_w{warps}_s{stages}", "dtype": dtype, "head_dim": d,
+           "window": w, "chunk": c, "sliding": TeraBool(mode == "sliding"), "group": 1, "head_tiles": 1, "decode_rows": 16,
+           "block_m": bm, "block_n": bn, "warps": warps, "warp_rows": bm // warps, "stages": stages, "pad": pad}
+    try:
+        text = env().get_template("prefill.cu").render(**ctx)
+    except Exception as e:  # noqa: BLE001 (the baseline is optional)
+        print(f"note: baseline {name} not rendered: {e}", file=sys.stderr)
+        return None
+    smem = (bm + 2 * stages * bn) * (d + pad) * 2
+    return Entry("base", name, name, (d, w, c, mode, dtype), (bm, bn, warps, stages), smem, text)
+
+
+def timed(v):
+    return v.dtype == "bf16" and ((v.d, v.w, v.c) == (128, 512, 64) or (v.d, v.w, v.c, v.mode) == (64, 256, 16, "block"))
+
+
+def device_entries():
+    out = []
+    for v in device_set():
+        spec = (v.d, v.w, v.c, v.mode, v.dtype)
+        tile = (v.bm, v.bn, v.warps, v.stages)
+        text = v.render()
+        out.append(Entry("sm90", v.name, v.name, spec, tile, v.smem_bytes(), text))
+        if timed(v) and v.warps == 12 and v.stages == default_stages(v.d, v.bm, v.bn) and v.bn == default_bn(v.d):
+            # The same kernel without pingpong between the two consumer warpgroups.
+            out.append(Entry("sm90", v.name + "_pp0", v.name, spec, tile, v.smem_bytes(), text, ["FE_PINGPONG=0"]))
+    for spec in ((128, 512, 64, "block", "bf16"), (128, 512, 64, "sliding", "bf16"), (64, 256, 16, "block", "bf16")):
+        b = baseline(*spec)
+        if b:
+            out.append(b)
+    return out
+
+
+def write_device(outdir):
+    """Writes each device entry's source and DIR/manifest.tsv in the columns harness.cu reads:
+    kind key cufile defines kernel D W C mode dtype block_m block_n warps stages smem_bytes."""
+    os.makedirs(outdir, exist_ok=True)
+    es = device_entries()
+    with open(os.path.join(outdir, "manifest.tsv"), "w") as f:
+        f.write("# kind\tkey\tcufile\tdefines\tkernel\tD\tW\tC\tmode\tdtype\tblock_m\tblock_n\twarps\tstages\tsmem\n")
+        for e in es:
+            with open(os.path.join(outdir, e.key + ".cu"), "w") as g:
+                g.write(e.text)
+            f.write(e.line() + "\n")
+    return es
+
+
 def probe_header(dtype):
     src = '<% include "common.cuh" %>\n<% include "hopper.cuh" %>\n'
-    return env().from_string(src).render(name="probe", dtype=dtype)
+    # The spec values only define common.cuh's FE_ constants, which the probes do not use.
+    return env().from_string(src).render(name="probe", dtype=dtype, head_dim=128, chunk=64, window=512,
+                                         sliding=TeraBool(False))
 
 
 def main():
@@ -188,9 +271,11 @@ def main():
     if a.set:
         if not a.outdir:
             ap.error("--set needs --outdir")
-        vs = check_set() if a.set == "check" else device_set()
-        write_set(vs, a.outdir)
-        print(f"rendered {len(vs)} variants into {a.outdir} (manifest.tsv)")
+        if a.set == "check":
+            n = len(write_set(check_set(), a.outdir))
+        else:
+            n = len(write_device(a.outdir))
+        print(f"rendered {n} kernels into {a.outdir} (manifest.tsv)")
         return
     text = probe_header(a.dtype) if a.probe_header else Variant(a.d, a.w, a.c, a.mode, a.dtype, a.bn, a.warps,
                                                                   a.stages).render()

@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod params;
+#[cfg(feature = "cli")]
 pub mod tensor;
 
 pub use driver::{

@@ -9,7 +9,6 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
-use crate::key::{Key, sha256};
 use crate::spec::{KernelSpec, Op};
 use crate::tile::{DECODE_ROWS, SMEM_PAD, Tile, TileError};
 
@@ -159,18 +158,6 @@ pub fn render(spec: &KernelSpec, tile: &Tile) -> Result<String, RenderError> {
         })
 }
 
-/// sha256 over every embedded template, in order: identifies the template set of this build.
-pub fn templates_digest() -> Key {
-    let mut all = Vec::new();
-    for (name, text) in TEMPLATES {
-        all.extend_from_slice(name.as_bytes());
-        all.push(0);
-        all.extend_from_slice(text.as_bytes());
-        all.push(0);
-    }
-    sha256(&all)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,9 +218,9 @@ mod tests {
         let src = render(&spec, &Tile::default_for(&spec, Arch::new(9, 0))).unwrap();
         for needle in [
             "constexpr int FE_D = 128;",
-            "constexpr int W = 512;",
-            "constexpr int C = 64;",
-            "constexpr bool SLIDING = true;",
+            "constexpr int FE_W = 512;",
+            "constexpr int FE_C = 64;",
+            "constexpr bool FE_SLIDING = true;",
             "#define FE_BF16 0",
             "constexpr int BM = 128;",
         ] {

@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Peers for the prefill, measured in the same run as `flasheva bench` (device side, PyTorch).
+
+For every shape (and local mode, dtype) this times
+  - FlexAttention (torch.compile'd flex_attention) with the EVA mask over the augmented key set
+    [K; Ks] (raw keys j visible to query i under the window rule, summary c visible iff c < i / C),
+    its output first checked against a float64 reference of the same mask on a small shape;
+  - SDPA dense causal attention over the N raw keys with the cuDNN backend (what a model without
+    EVA would run);
+  - flasheva itself, by running `flasheva bench prefill ... --json` (when --flasheva is given);
+and prints one table with the ratio flasheva / peer. Effective TFLOP/s count 4*D flops per
+visible (query, key-or-summary) pair for every method (dense causal counts its own N(N+1)/2).
+
+Timing: CUDA events, warm-up, median of --iters samples, inputs rotated over more than three
+times the L2 cache. Usage (from the repo root on the GPU machine):
+
+    python3 scripts/peers.py --flasheva .device/bin/flasheva --json $OUT/peers.json
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+SHAPES = [
+    # B, N, D, W, C
+    (4, 4096, 128, 512, 64),
+    (1, 16384, 128, 512, 64),
+    (1, 16384, 64, 256, 16),
+    (1, 65536, 128, 1024, 64),
+]
+HEADS = 16
+L2_BYTES = 60 << 20
+
+
+def visible_pairs(n, w, c, mode):
+    """Visible (query, key-or-summary) pairs per batch and head."""
+    total = 0
+    for i in range(n):
+        lo = (i // w) * w if mode == "block" else max(0, i - w + 1)
+        total += (i - lo + 1) + i // c
+    return total
+
+
+def eva_mask_mod(n, w, c, mode):
+    def mask(b, h, q_idx, kv_idx):
+        raw = kv_idx < n
+        if mode == "block":
+            local = (kv_idx <= q_idx) & ((kv_idx // w) == (q_idx // w))
+        else:
+            local = (kv_idx <= q_idx) & (kv_idx > q_idx - w)
+        summary = (kv_idx - n) < (q_idx // c)
+        return (raw & local) | (~raw & summary)
+
+    return mask
+
+
+def reference(q, k, v, ks, vs, n, w, c, mode, scale):
+    """Float64 EVA attention over [K; Ks] (the contract), returns [B, H, N, D]."""
+    kk = torch.cat([k, ks], dim=2).double()
+    vv = torch.cat([v, vs], dim=2).double()
+    s = torch.einsum("bhid,bhjd->bhij", q.double(), kk) * scale
+    i = torch.arange(n, device=q.device)[:, None]
+    j = torch.arange(kk.shape[2], device=q.device)[None, :]
+    raw = j < n
+    if mode == "block":
+        local = (j <= i) & ((j // w) == (i // w))
+    else:
+        local = (j <= i) & (j > i - w)
+    vis = (raw & local) | (~raw & ((j - n) < (i // c)))
+    s = s.masked_fill(~vis, float("-inf"))
+    return torch.softmax(s, dim=-1) @ vv
+
+
+def time_ms(fn, sets, iters, warmup=5):
+    for i in range(warmup):
+        fn(*sets[i % len(sets)])
+    torch.cuda.synchronize()
+    samples = []
+    for i in range(iters):
+        a = sets[(i + warmup) % len(sets)]
+        start = torch.cuda.Event(enable_timing=True)
+        stop = torch.cuda.Event(enable_timing=True)
+        fn(*a)  # keep the GPU busy while the host enqueues the timed call
+        start.record()
+        fn(*a)
+        stop.record()
+        stop.synchronize()
+        samples.append(start.elapsed_time(stop))
+    return statistics.median(samples)
+
+
+def make_sets(b, n, d, nc, dtype, per_set_bytes):
+    count = max(2, min(16, math.ceil(3 * L2_BYTES / max(per_set_bytes, 1))))
+    sets = []
+    for _ in range(count):
+        q = torch.rand(b, HEADS, n, d, device="cuda", dtype=dtype) * 2 - 1
+        k = torch.rand(b, HEADS, n, d, device="cuda", dtype=dtype) * 2 - 1
+        v = torch.rand(b, HEADS, n, d, device="cuda", dtype=dtype) * 2 - 1
+        ks = torch.rand(b, HEADS, nc, d, device="cuda", dtype=dtype) * 2 - 1
+        vs = torch.rand(b, HEADS, nc, d, device="cuda", dtype=dtype) * 2 - 1
+        sets.append((q, k, v, ks, vs))
+    return sets
+
+
+_compiled = {}
+
+
+def flex_fn():
+    if "flex" not in _compiled:
+        _compiled["flex"] = torch.compile(flex_attention, dynamic=False)
+    return _compiled["flex"]
+
+
+def check_flex(d, w, c, mode, dtype):
+    """FlexAttention with the EVA mask against float64 on a small shape; returns rel error."""
+    b, n = 1, 2 * w + 3 * c + 5
+    nc = n // c
+    torch.manual_seed(0)
+    q, k, v, ks, vs = make_sets(b, n, d, nc, dtype, 1 << 40)[0]
+    kk = torch.cat([k, ks], dim=2)
+    vv = torch.cat([v, vs], dim=2)
+    bm = create_block_mask(eva_mask_mod(n, w, c, mode), None, None, n, n + nc, device="cuda")
+    out = flex_fn()(q, kk, vv, block_mask=bm, scale=1 / math.sqrt(d))
+    ref = reference(q, k, v, ks, vs, n, w, c, mode, 1 / math.sqrt(d))
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def run_flasheva(exe, b, n, d, w, c, mode, dtype, iters):
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        path = f.name
+    cmd = [exe, "bench", "prefill", "--head-dim", str(d), "--window", str(w), "--chunk", str(c),
+           "--local", mode, "--dtype", dtype, "--batch", str(b), "--seq-len", str(n),
+           "--heads", str(HEADS), "--kv-heads", str(HEADS), "--iters", str(iters), "--json", path]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stdout + r.stderr)
+        return None, None
+    doc = json.load(open(path))
+    os.unlink(path)
+    row = doc["results"][0]
+    return row["timing"]["median_ms"], row.get("tile")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--flasheva", help="flasheva binary to run `bench` with (same run)")
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--dtypes", default="bf16,f16")
+    ap.add_argument("--modes", default="block,sliding")
+    ap.add_argument("--shapes", default="all", help="comma-separated indices into the shape list, or all")
+    ap.add_argument("--no-sdpa", action="store_true")
+    ap.add_argument("--json", help="write every row here")
+    a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.cuda.get_device_name()
+    print(f"device: {dev}, torch {torch.__version__}", flush=True)
+    shapes = SHAPES if a.shapes == "all" else [SHAPES[int(i)] for i in a.shapes.split(",")]
+    rows = []
+    checked = set()
+    for (b, n, d, w, c) in shapes:
+        nc = n // c
+        for dt_name in a.dtypes.split(","):
+            dtype = torch.bfloat16 if dt_name == "bf16" else torch.float16
+            sets = None
+            for mode in a.modes.split(","):
+                key = (d, w, c, mode, dt_name)
+                if key not in checked:
+                    err = check_flex(d, w, c, mode, dtype)
+                    tol = 8e-3 if dt_name == "bf16" else 2e-3
+                    status = "PASS" if err <= tol else "FAIL"
+                    print(f"{status} FlexAttention EVA mask D={d} W={w} C={c} {mode} {dt_name}: "
+                          f"rel err {err:.2e} vs float64 (tol {tol:.0e})", flush=True)
+                    checked.add(key)
+                    if status == "FAIL":
+                        sys.exit(1)
+                if sets is None:
+                    per_set = 2 * b * HEADS * (2 * n + 2 * nc) * d + 2 * b * HEADS * n * d
+                    sets = make_sets(b, n, d, nc, dtype, per_set)
+                    aug = [(q, torch.cat([k, ks], 2), torch.cat([v, vs], 2)) for (q, k, v, ks, vs) in sets]
+                bm = create_block_mask(eva_mask_mod(n, w, c, mode), None, None, n, n + nc, device="cuda")
+                flex = flex_fn()
+                flex_ms = time_ms(lambda q, kk, vv: flex(q, kk, vv, block_mask=bm, scale=1 / math.sqrt(d)),
+                                  aug, a.iters)
+                flops = 4.0 * d * b * HEADS * visible_pairs(n, w, c, mode)
+                row = {"B": b, "N": n, "D": d, "W": w, "C": c, "mode": mode, "dtype": dt_name,
+                       "flops": flops, "flex_ms": flex_ms, "flex_tflops": flops / flex_ms / 1e9}
+                if not a.no_sdpa and mode == a.modes.split(",")[0]:
+                    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                        sd = time_ms(lambda q, k, v, ks, vs: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                                     sets, a.iters)
+                    row["sdpa_causal_ms"] = sd
+                    row["sdpa_causal_tflops"] = 4.0 * d * b * HEADS * n * (n + 1) / 2 / sd / 1e9
+                if a.flasheva:
+                    fe_ms, tile = run_flasheva(a.flasheva, b, n, d, w, c, mode, dt_name, a.iters)
+                    if fe_ms is not None:
+                        row["flasheva_ms"] = fe_ms
+                        row["flasheva_tile"] = tile
+                        row["flasheva_tflops"] = flops / fe_ms / 1e9
+                        row["ratio_vs_flex"] = fe_ms / flex_ms
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del sets
+            torch.cuda.empty_cache()
+    if a.json:
+        json.dump({"device": dev, "torch": torch.__version__, "rows": rows}, open(a.json, "w"), indent=1)
+    print(f"\n{'shape':<34} {'mode':<8} {'dt':<5} {'flasheva ms':>11} {'TFLOP/s':>8} {'flex ms':>9} "
+          f"{'TFLOP/s':>8} {'fe/flex':>8} {'sdpa causal ms':>14}")
+    for r in rows:
+        shape = f"B={r['B']} N={r['N']} D={r['D']} W={r['W']} C={r['C']}"
+        fe = f"{r['flasheva_ms']:.4f}" if "flasheva_ms" in r else "-"
+        fet = f"{r['flasheva_tflops']:.0f}" if "flasheva_tflops" in r else "-"
+        ratio = f"{r['ratio_vs_flex']:.2f}x" if "ratio_vs_flex" in r else "-"
+        sd = f"{r['sdpa_causal_ms']:.3f}" if "sdpa_causal_ms" in r else ""
+        print(f"{shape:<34} {r['mode']:<8} {r['dtype']:<5} {fe:>11} {fet:>8} {r['flex_ms']:>9.4f} "
+              f"{r['flex_tflops']:>8.0f} {ratio:>8} {sd:>14}")
+
+
+if __name__ == "__main__":
+    main()
