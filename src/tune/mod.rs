@@ -210,7 +210,7 @@ pub fn tune(
     // 1. The trusted result: the default tile, checked against float64 first.
     let report = trust(rt, stream, &w, &default)?;
     if !report.pass {
-        return Err(TuneError::Untrusted(Box::new(report)).into());
+        return Err(TuneError::Untrusted(Box::new(report)));
     }
     on_event(Event::Trusted(report));
     let started = std::time::Instant::now();
