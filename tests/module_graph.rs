@@ -62,9 +62,9 @@ fn crate_paths(line: &str) -> Vec<String> {
         let skip = name.len();
         if !name.is_empty() {
             out.push(name);
-        } else if after.starts_with('{') {
+        } else if let Some(braced) = after.strip_prefix('{') {
             // `use crate::{a, b::c}`: every first segment in the braces
-            let inner = after[1..].split('}').next().unwrap_or("");
+            let inner = braced.split('}').next().unwrap_or("");
             for part in inner.split(',') {
                 let seg: String = part
                     .trim()
