@@ -18,6 +18,8 @@
 //! Without the default features the crate is the light loader: it reads the cache and launches,
 //! with neither tera nor NVRTC.
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "cli")]
 pub mod bench;
 pub mod cache;

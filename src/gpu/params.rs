@@ -277,14 +277,20 @@ pub struct ChunkSummarizeParams {
 /// Prefill tensors: `q, o [B,N,H,D]`, `k, v [B,N,Hkv,D]`, `ks, vs [B,NC,Hkv,D]` with NC >= N/C,
 /// `lse [B,H,N]` fp32.
 #[derive(Clone, Debug)]
-#[allow(missing_docs)]
 pub struct PrefillArgs {
+    /// Queries `[B, N, H, D]`.
     pub q: TensorArg,
+    /// Keys `[B, N, Hkv, D]`.
     pub k: TensorArg,
+    /// Values `[B, N, Hkv, D]`.
     pub v: TensorArg,
+    /// Summary keys `[B, NC, Hkv, D]`, NC >= N/C.
     pub ks: TensorArg,
+    /// Summary values `[B, NC, Hkv, D]`.
     pub vs: TensorArg,
+    /// Output `[B, N, H, D]` (written).
     pub o: TensorArg,
+    /// fp32 log-sum-exp `[B, H, N]` (written).
     pub lse: TensorArg,
     /// Softmax scale (default `1/sqrt(D)`).
     pub scale: Option<f32>,
@@ -293,15 +299,22 @@ pub struct PrefillArgs {
 /// Decode tensors: `q, o [B,H,D]`, `k_ring, v_ring [B,W,Hkv,D]`, `ks, vs [B,MAXNC,Hkv,D]`,
 /// `len [B]` int32, `lse [B,H]` fp32.
 #[derive(Clone, Debug)]
-#[allow(missing_docs)]
 pub struct DecodeArgs {
+    /// The new queries `[B, H, D]`.
     pub q: TensorArg,
+    /// Key ring `[B, W, Hkv, D]` (token t in slot t mod W).
     pub k_ring: TensorArg,
+    /// Value ring `[B, W, Hkv, D]`.
     pub v_ring: TensorArg,
+    /// Summary keys `[B, MAXNC, Hkv, D]`.
     pub ks: TensorArg,
+    /// Summary values `[B, MAXNC, Hkv, D]`.
     pub vs: TensorArg,
+    /// int32 tokens per sequence, the new one included `[B]`.
     pub len: TensorArg,
+    /// Output `[B, H, D]` (written).
     pub o: TensorArg,
+    /// fp32 log-sum-exp `[B, H]` (written).
     pub lse: TensorArg,
     /// Softmax scale (default `1/sqrt(D)`).
     pub scale: Option<f32>,
@@ -309,19 +322,23 @@ pub struct DecodeArgs {
 
 /// chunk_mean tensors: `x [B,N,G,D]` -> `xbar [B,NC,G,D]`, NC >= N/C.
 #[derive(Clone, Debug)]
-#[allow(missing_docs)]
 pub struct ChunkMeanArgs {
+    /// Input `[B, N, G, D]`.
     pub x: TensorArg,
+    /// Chunk means `[B, NC, G, D]` (the first N/C rows written).
     pub xbar: TensorArg,
 }
 
 /// chunk_summarize tensors: `k, v [B,N,Hkv,D]`, `omega, vs [B,NC,Hkv,D]`, NC >= N/C.
 #[derive(Clone, Debug)]
-#[allow(missing_docs)]
 pub struct ChunkSummarizeArgs {
+    /// Keys `[B, N, Hkv, D]`.
     pub k: TensorArg,
+    /// Values `[B, N, Hkv, D]`.
     pub v: TensorArg,
+    /// Per-chunk projections `[B, NC, Hkv, D]`.
     pub omega: TensorArg,
+    /// Summary values `[B, NC, Hkv, D]` (the first N/C rows written).
     pub vs: TensorArg,
     /// Scale `s` of the logits (default `1/sqrt(D)`).
     pub scale: Option<f32>,
