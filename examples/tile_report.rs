@@ -40,6 +40,7 @@ fn main() {
                                 warps,
                                 stages,
                                 splits: 0,
+                                ..Default::default()
                             },
                         ) else {
                             continue;

@@ -35,9 +35,10 @@ pub enum Error {
     /// A kernel call was given tensors that do not fit.
     #[error(transparent)]
     Launch(#[from] crate::gpu::LaunchError),
-    /// The loader found no artifact and may not compile.
+    /// The loader found no artifact it could use and may not compile: what it looked for, where,
+    /// and why each entry it found was refused.
     #[error("{0}")]
-    NotCached(String),
+    NotCached(Box<crate::loader::Miss>),
     /// An environment variable has a value flasheva does not accept.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),

@@ -12,14 +12,14 @@ use crate::cache::compat::{Usable, usable_on};
 use crate::cache::winner::{Bucket, WinnerRecord};
 use crate::cache::{CacheStore, Entry, layout};
 use crate::error::{Error, Result};
-use crate::gpu::driver::{CudaStream, Function, Gpu};
+use crate::gpu::driver::{CudaStream, Function, Gpu, encode_tensor_map};
 use crate::gpu::params::{
     self, ChunkMeanArgs, ChunkSummarizeArgs, DecodeArgs, LaunchPlan, PrefillArgs,
 };
 use crate::key::Key;
 use crate::spec::KernelSpec;
 use crate::target::Arch;
-use crate::tile::Tile;
+use crate::tile::{Engine, Tile};
 
 /// Where a loaded kernel came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +43,54 @@ pub enum Origin {
         /// Cache key.
         key: Key,
     },
+}
+
+/// A cache entry the loader looked at and did not use, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Refused {
+    /// The entry's folder.
+    pub entry: PathBuf,
+    /// Why it was not used (damaged, another arch or flasheva version, refused by the driver).
+    pub reason: String,
+}
+
+/// A kernel the loader found no usable artifact of (and was not allowed to compile).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Miss {
+    /// What was asked for.
+    pub spec: KernelSpec,
+    /// With this tile.
+    pub tile: Tile,
+    /// The arch a build for this device would target.
+    pub arch: Arch,
+    /// The cache looked in.
+    pub cache: PathBuf,
+    /// Every entry of the spec and tile that was there, and why it was not used.
+    pub refused: Vec<Refused>,
+}
+
+impl std::fmt::Display for Miss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no cached kernel {} (tile {}) usable on {} in {}",
+            self.spec,
+            self.tile.name(self.spec.op()),
+            self.arch,
+            self.cache.display()
+        )?;
+        for r in &self.refused {
+            write!(f, "; refused {}: {}", r.entry.display(), r.reason)?;
+        }
+        write!(
+            f,
+            "; compile it there with `flasheva compile {} ... --arch {}` or import a bundle that has it",
+            self.spec.op(),
+            self.arch
+        )
+    }
 }
 
 /// A loaded kernel: its spec, tile, provenance and entry points.
@@ -109,7 +157,6 @@ pub struct Runtime {
     options: RuntimeOptions,
     kernels: Mutex<HashMap<(KernelSpec, Tile), Arc<Kernel>>>,
     winners: Mutex<HashMap<(KernelSpec, Bucket), Option<WinnerRecord>>>,
-    warnings: Mutex<Vec<String>>,
 }
 
 /// Every arch flasheva targets, newest first (the order PTX candidates are tried in).
@@ -137,7 +184,6 @@ impl Runtime {
             options,
             kernels: Mutex::new(HashMap::new()),
             winners: Mutex::new(HashMap::new()),
-            warnings: Mutex::new(Vec::new()),
         }
     }
 
@@ -151,19 +197,11 @@ impl Runtime {
         &self.store
     }
 
-    /// The device's plain arch (e.g. `sm_90`), the arch a miss is compiled for.
+    /// The arch this device's kernels are built for (`sm_90a` on compute capability 9.0, else the
+    /// plain arch): default tiles are chosen for it and a miss is compiled for it.
     pub fn arch(&self) -> Arch {
         let (a, b) = self.gpu.info().capability;
-        Arch::from_capability(a, b)
-    }
-
-    /// Damaged or unusable entries met so far (each was skipped), oldest first; clears the list.
-    pub fn take_warnings(&self) -> Vec<String> {
-        std::mem::take(&mut self.warnings.lock().expect("warnings lock"))
-    }
-
-    fn warn(&self, w: String) {
-        self.warnings.lock().expect("warnings lock").push(w);
+        Arch::preferred_for(a, b)
     }
 
     /// The tile used for `spec` when the caller names none: the default of the device's arch.
@@ -229,7 +267,11 @@ impl Runtime {
 
     fn load(&self, spec: &KernelSpec, tile: &Tile) -> Result<Kernel> {
         tile.check(spec)?;
+        let span = tracing::info_span!("load", kernel = %spec, tile = %tile.name(spec.op()));
+        let _enter = span.enter();
+        let started = std::time::Instant::now();
         let cc = self.gpu.info().capability;
+        let mut refused: Vec<Refused> = Vec::new();
         let mut cubins: Vec<Entry> = Vec::new();
         let mut ptxs: Vec<Entry> = Vec::new();
         for arch in known_archs()
@@ -238,16 +280,23 @@ impl Runtime {
         {
             let (good, bad) = self.store.candidates(spec, tile, arch);
             for (dir, reason) in bad {
-                self.warn(format!(
-                    "skipped damaged cache entry {}: {reason}",
-                    dir.display()
-                ));
+                tracing::warn!(entry = %dir.display(), %reason, "skipped a damaged cache entry");
+                refused.push(Refused {
+                    entry: dir,
+                    reason: format!("damaged: {reason}"),
+                });
             }
             for e in good {
                 match usable_on(&e.meta, cc, self.gpu.driver_version(), crate::CRATE_VERSION) {
                     Ok(Usable::Cubin) => cubins.push(e),
                     Ok(Usable::Ptx) => ptxs.push(e),
-                    Err(_) => {}
+                    Err(reason) => {
+                        tracing::debug!(entry = %e.dir.display(), %reason, "cache entry not usable here");
+                        refused.push(Refused {
+                            entry: e.dir.clone(),
+                            reason,
+                        });
+                    }
                 }
             }
         }
@@ -265,11 +314,14 @@ impl Runtime {
             let image = match self.store.read_verified(entry, file) {
                 Ok(b) => b,
                 Err(e) => {
-                    self.warn(format!("skipped {e}"));
+                    tracing::warn!(entry = %entry.dir.display(), error = %e, "skipped a damaged artifact");
+                    refused.push(Refused {
+                        entry: entry.dir.clone(),
+                        reason: format!("damaged: {e}"),
+                    });
                     continue;
                 }
             };
-            self.store.touch(entry);
             let origin = if is_ptx {
                 Origin::Ptx {
                     key: entry.meta.key,
@@ -281,24 +333,49 @@ impl Runtime {
                     arch: entry.meta.arch,
                 }
             };
-            return self.instantiate(spec, tile, &image, is_ptx, origin);
+            match self.instantiate(spec, tile, &image, is_ptx, origin.clone()) {
+                Ok(k) => {
+                    self.store.touch(entry);
+                    tracing::info!(
+                        from = if is_ptx { "ptx (driver JIT)" } else { "cubin" },
+                        key = %entry.meta.key.short(),
+                        arch = %entry.meta.arch,
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "loaded"
+                    );
+                    return Ok(k);
+                }
+                Err(e) => {
+                    tracing::warn!(entry = %entry.dir.display(), error = %e, "the driver refused a cached artifact");
+                    refused.push(Refused {
+                        entry: entry.dir.clone(),
+                        reason: format!("the driver refused it: {e}"),
+                    });
+                }
+            }
         }
-        self.compile_missing(spec, tile)
+        self.compile_missing(spec, tile, refused)
     }
 
     #[cfg(feature = "compiler")]
-    fn compile_missing(&self, spec: &KernelSpec, tile: &Tile) -> Result<Kernel> {
+    fn compile_missing(
+        &self,
+        spec: &KernelSpec,
+        tile: &Tile,
+        refused: Vec<Refused>,
+    ) -> Result<Kernel> {
         if !self.options.compile_on_miss {
-            return Err(self.not_cached(spec, tile));
+            return Err(self.not_cached(spec, tile, refused));
         }
+        tracing::info!(arch = %self.arch(), candidates_refused = refused.len(), "not cached: compiling");
         let nvrtc = crate::compile::nvrtc::Nvrtc::load()?;
         let built =
             crate::pipeline::Pipeline::new(&self.store, &nvrtc).ensure(spec, tile, self.arch())?;
-        for w in built.warnings {
-            self.warn(w);
+        for w in &built.warnings {
+            tracing::warn!(warning = %w, "while compiling");
         }
         let image = self.store.read_verified(&built.entry, layout::CUBIN_FILE)?;
-        self.instantiate(
+        let k = self.instantiate(
             spec,
             tile,
             &image,
@@ -306,24 +383,32 @@ impl Runtime {
             Origin::Compiled {
                 key: built.entry.meta.key,
             },
-        )
+        )?;
+        tracing::info!(from = "compiled", key = %built.entry.meta.key.short(), "loaded");
+        Ok(k)
     }
 
     #[cfg(not(feature = "compiler"))]
-    fn compile_missing(&self, spec: &KernelSpec, tile: &Tile) -> Result<Kernel> {
+    fn compile_missing(
+        &self,
+        spec: &KernelSpec,
+        tile: &Tile,
+        refused: Vec<Refused>,
+    ) -> Result<Kernel> {
         let _ = &self.options;
-        Err(self.not_cached(spec, tile))
+        Err(self.not_cached(spec, tile, refused))
     }
 
-    fn not_cached(&self, spec: &KernelSpec, tile: &Tile) -> Error {
-        Error::NotCached(format!(
-            "no cached kernel {spec} (tile {}) usable on {} in {}; compile it there with `flasheva compile {} ... --arch {}` or import a bundle that has it",
-            tile.name(spec.op()),
-            self.arch(),
-            self.store.root().display(),
-            spec.op(),
-            self.arch()
-        ))
+    fn not_cached(&self, spec: &KernelSpec, tile: &Tile, refused: Vec<Refused>) -> Error {
+        let miss = Miss {
+            spec: *spec,
+            tile: *tile,
+            arch: self.arch(),
+            cache: self.store.root().to_path_buf(),
+            refused,
+        };
+        tracing::warn!(%miss, "not cached");
+        Error::NotCached(Box::new(miss))
     }
 
     fn instantiate(
@@ -373,8 +458,32 @@ fn launch<P: Copy>(f: &Function, stream: &CudaStream, plan: &LaunchPlan<P>) -> R
 impl Kernel {
     /// Prefill: `q, k, v, ks, vs -> o, lse` on `stream`. Nothing is launched for B = 0 or N = 0.
     pub fn prefill(&self, stream: &CudaStream, args: &PrefillArgs) -> Result<()> {
-        if let Some(plan) = params::plan_prefill(&self.spec, &self.tile, args)? {
-            launch(&self.functions[0], stream, &plan)?;
+        match self.tile.engine() {
+            Engine::Mma => {
+                if let Some(plan) = params::plan_prefill(&self.spec, &self.tile, args)? {
+                    launch(&self.functions[0], stream, &plan)?;
+                }
+            }
+            Engine::Wgmma => {
+                if let Some(mut plan) =
+                    params::plan_prefill_sm90(&self.spec, &self.tile, args, self.sm_count)?
+                {
+                    let p = &mut plan.launch.params;
+                    for (slot, spec) in [
+                        &mut p.tm_q,
+                        &mut p.tm_k,
+                        &mut p.tm_v,
+                        &mut p.tm_ks,
+                        &mut p.tm_vs,
+                    ]
+                    .into_iter()
+                    .zip(&plan.maps)
+                    {
+                        *slot = encode_tensor_map(spec)?;
+                    }
+                    launch(&self.functions[0], stream, &plan.launch)?;
+                }
+            }
         }
         Ok(())
     }

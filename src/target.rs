@@ -67,6 +67,16 @@ impl Arch {
         Arch::new(major, minor)
     }
 
+    /// The arch flasheva builds for a device of capability `major.minor`: the arch-specific variant
+    /// where flasheva has kernels that need it (sm_90a: the `wgmma` prefill), else the plain one.
+    pub fn preferred_for(major: u32, minor: u32) -> Arch {
+        Arch {
+            major,
+            minor,
+            specific: (major, minor) == (9, 0),
+        }
+    }
+
     /// The NVRTC `--gpu-architecture` value, which yields both PTX and cubin.
     pub fn nvrtc_flag(&self) -> String {
         format!("--gpu-architecture={self}")

@@ -16,6 +16,35 @@ pub const DECODE_ROWS: u32 = 16;
 /// Extra elements at the end of every shared-memory row, so `ldmatrix` reads hit distinct banks.
 pub const SMEM_PAD: u32 = 8;
 
+/// Which kernel template a prefill tile selects.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// `mma.sync` tensor-core tiles with a `cp.async` pipeline (templates/prefill.cu), sm_80+.
+    #[default]
+    Mma,
+    /// Hopper warpgroup MMA with TMA loads and warp specialization (templates/prefill_sm90a.cu),
+    /// sm_90a only.
+    Wgmma,
+}
+
+impl Engine {
+    /// Whether this is the default engine (then it is left out of names and records).
+    pub fn is_mma(&self) -> bool {
+        *self == Engine::Mma
+    }
+
+    /// The name used in tile overrides and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Mma => "mma",
+            Engine::Wgmma => "wgmma",
+        }
+    }
+}
+
 /// Tile knobs as given by a user, a search space or a file: not yet checked. [`Tile::new`] turns
 /// them into a [`Tile`] for one spec.
 #[derive(
@@ -23,7 +52,11 @@ pub const SMEM_PAD: u32 = 8;
 )]
 #[serde(deny_unknown_fields)]
 pub struct TileParams {
-    /// Query rows per CTA (prefill): 16 or 32 per warp (one or two MMA row tiles).
+    /// The prefill kernel template (default `mma`).
+    #[serde(default, skip_serializing_if = "Engine::is_mma")]
+    pub engine: Engine,
+    /// Query rows per CTA (prefill): 16 or 32 per warp (one or two MMA row tiles); with `wgmma`,
+    /// 64 per consumer warpgroup.
     #[serde(default)]
     pub block_m: u32,
     /// Keys per pipeline tile (prefill: per CTA; decode: per warp).
@@ -48,6 +81,7 @@ pub struct TileParams {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "TileParams", into = "TileParams")]
 pub struct Tile {
+    engine: Engine,
     block_m: u32,
     block_n: u32,
     warps: u32,
@@ -75,22 +109,33 @@ impl TryFrom<TileParams> for Tile {
                 })
             }
         };
-        field("block_m", p.block_m, &BLOCK_M, "0, 16, 32, 64, 128, 256")?;
+        field(
+            "block_m",
+            p.block_m,
+            &[16, 32, 64, 128, 192, 256],
+            "0, 16, 32, 64, 128, 192, 256",
+        )?;
         field("block_n", p.block_n, &BLOCK_N, "0, 16, 32, 64, 128")?;
-        field("warps", p.warps, &WARPS, "1, 2, 4, 8")?;
-        field("stages", p.stages, &STAGES, "0, 1, 2, 3")?;
+        field(
+            "warps",
+            p.warps,
+            &[1, 2, 4, 8, 12, 16],
+            "1, 2, 4, 8, 12, 16",
+        )?;
+        field("stages", p.stages, &[1, 2, 3, 4, 5, 6, 7, 8], "0..=8")?;
         if p.warps == 0 || p.splits > MAX_SPLITS {
             return Err(TileError::Domain {
                 field: if p.warps == 0 { "warps" } else { "splits" },
                 value: if p.warps == 0 { 0 } else { p.splits },
                 accepted: if p.warps == 0 {
-                    "1, 2, 4, 8"
+                    "1, 2, 4, 8, 12, 16"
                 } else {
                     "0..=128"
                 },
             });
         }
         Ok(Tile {
+            engine: p.engine,
             block_m: p.block_m,
             block_n: p.block_n,
             warps: p.warps,
@@ -157,9 +202,17 @@ pub enum TileError {
         /// The accepted values.
         accepted: &'static str,
     },
+    /// An engine the arch cannot run.
+    #[error("tile {tile} uses wgmma and runs only on sm_90a, not {arch}")]
+    Engine {
+        /// The tile's name.
+        tile: String,
+        /// The arch.
+        arch: Arch,
+    },
     /// Text that is not `field=value,...`.
     #[error(
-        "cannot read tile '{0}': write field=value pairs separated by commas, fields block_m, block_n, warps, stages, splits"
+        "cannot read tile '{0}': write field=value pairs separated by commas, fields engine (mma, wgmma), block_m, block_n, warps, stages, splits"
     )]
     Syntax(String),
 }
@@ -188,8 +241,16 @@ impl TileParams {
     pub fn name(&self, op: Op) -> String {
         match op {
             Op::Prefill => format!(
-                "m{}_n{}_w{}_s{}",
-                self.block_m, self.block_n, self.warps, self.stages
+                "{}m{}_n{}_w{}_s{}",
+                if self.engine == Engine::Wgmma {
+                    "wg_"
+                } else {
+                    ""
+                },
+                self.block_m,
+                self.block_n,
+                self.warps,
+                self.stages
             ),
             Op::Decode => format!(
                 "n{}_w{}_s{}_k{}",
@@ -203,7 +264,11 @@ impl TileParams {
     pub fn normalized(self, op: Op) -> TileParams {
         match op {
             Op::Prefill => TileParams { splits: 0, ..self },
-            Op::Decode => TileParams { block_m: 0, ..self },
+            Op::Decode => TileParams {
+                block_m: 0,
+                engine: Engine::Mma,
+                ..self
+            },
             Op::ChunkMean | Op::ChunkSummarize => TileParams {
                 warps: self.warps,
                 ..TileParams::default()
@@ -218,6 +283,14 @@ impl TileParams {
             let (k, v) = part
                 .split_once('=')
                 .ok_or_else(|| TileError::Syntax(text.to_string()))?;
+            if matches!(k.trim(), "engine" | "e") {
+                self.engine = match v.trim() {
+                    "mma" => Engine::Mma,
+                    "wgmma" => Engine::Wgmma,
+                    _ => return Err(TileError::Syntax(text.to_string())),
+                };
+                continue;
+            }
             let v: u32 = v
                 .trim()
                 .parse()
@@ -242,6 +315,7 @@ impl Tile {
         let p = p.normalized(spec.op());
         check_rules(spec, &p)?;
         Ok(Tile {
+            engine: p.engine,
             block_m: p.block_m,
             block_n: p.block_n,
             warps: p.warps,
@@ -253,12 +327,18 @@ impl Tile {
     /// The knobs of this tile.
     pub fn params(&self) -> TileParams {
         TileParams {
+            engine: self.engine,
             block_m: self.block_m,
             block_n: self.block_n,
             warps: self.warps,
             stages: self.stages,
             splits: self.splits,
         }
+    }
+
+    /// The prefill kernel template (`mma` for other ops).
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// Query rows per CTA (prefill; 0 for other ops).
@@ -304,6 +384,12 @@ impl Tile {
     /// Checks the op's rules and that the tile fits `arch`'s shared memory and threads.
     pub fn validate_for(&self, spec: &KernelSpec, arch: Arch) -> Result<(), TileError> {
         self.check(spec)?;
+        if self.engine == Engine::Wgmma && !(arch.specific && (arch.major, arch.minor) == (9, 0)) {
+            return Err(TileError::Engine {
+                tile: self.name(spec.op()),
+                arch,
+            });
+        }
         let lim = arch.limits();
         let smem = self.smem_bytes(spec);
         if smem > lim.smem_per_block {
@@ -335,6 +421,12 @@ impl Tile {
         let d = spec.head_dim();
         let row = (d + SMEM_PAD) * 2;
         match spec.op() {
+            // 1 KiB of alignment slack, Q and the K/V stages in 128-byte-swizzled panels, and the
+            // mbarriers (full and empty for K and V per stage, two for Q) plus the tile slot.
+            Op::Prefill if self.engine == Engine::Wgmma => {
+                1024 + (self.block_m + 2 * self.stages * self.block_n) * d * 2
+                    + 8 * (4 * self.stages + 3)
+            }
             Op::Prefill => (self.block_m + self.stages * 2 * self.block_n) * row,
             Op::Decode => {
                 let q = DECODE_ROWS * row;
@@ -360,6 +452,8 @@ impl Tile {
             Op::Prefill => {
                 let mut v = Vec::new();
                 if d <= 128 {
+                    // The Hopper kernel where it runs (validate_for accepts it on sm_90a only).
+                    v.push(hopper(128, 128, 12, 2));
                     if arch.major >= 9 {
                         // Two 16-row tiles per warp: the fastest tile measured on the H100
                         // (docs/VALIDATION.md); on sm_8x ptxas spills it, so it is not their default.
@@ -394,6 +488,38 @@ impl Tile {
 fn check_rules(spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
     let op = spec.op();
     match op {
+        Op::Prefill if t.engine == Engine::Wgmma => {
+            one_of(
+                op,
+                "head_dim",
+                spec.head_dim(),
+                &[64, 128],
+                "64, 128 (wgmma)",
+            )?;
+            one_of(
+                op,
+                "warps",
+                t.warps,
+                &[12, 16],
+                "12, 16 (wgmma: a producer warpgroup and 2 or 3 consumers)",
+            )?;
+            if t.block_m != 64 * (t.warps / 4 - 1) {
+                return Err(TileError::Field {
+                    op,
+                    field: "block_m",
+                    value: t.block_m,
+                    accepted: "64 x consumer warpgroups (128 with 12 warps, 192 with 16) for wgmma",
+                });
+            }
+            one_of(op, "block_n", t.block_n, &[64, 128], "64, 128 (wgmma)")?;
+            one_of(
+                op,
+                "stages",
+                t.stages,
+                &[2, 3, 4, 5, 6, 7, 8],
+                "2..=8 (wgmma)",
+            )?;
+        }
         Op::Prefill => {
             one_of(op, "block_m", t.block_m, &BLOCK_M, "16, 32, 64, 128, 256")?;
             one_of(op, "block_n", t.block_n, &BLOCK_N, "16, 32, 64, 128")?;
@@ -435,6 +561,18 @@ fn check_rules(spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
 
 fn prefill(block_m: u32, block_n: u32, warps: u32, stages: u32) -> Tile {
     Tile {
+        engine: Engine::Mma,
+        block_m,
+        block_n,
+        warps,
+        stages,
+        splits: 0,
+    }
+}
+
+fn hopper(block_m: u32, block_n: u32, warps: u32, stages: u32) -> Tile {
+    Tile {
+        engine: Engine::Wgmma,
         block_m,
         block_n,
         warps,
@@ -445,6 +583,7 @@ fn prefill(block_m: u32, block_n: u32, warps: u32, stages: u32) -> Tile {
 
 fn decode(block_n: u32, warps: u32, stages: u32) -> Tile {
     Tile {
+        engine: Engine::Mma,
         block_m: 0,
         block_n,
         warps,
@@ -455,6 +594,7 @@ fn decode(block_n: u32, warps: u32, stages: u32) -> Tile {
 
 fn warps(warps: u32) -> Tile {
     Tile {
+        engine: Engine::Mma,
         block_m: 0,
         block_n: 0,
         warps,
@@ -465,6 +605,9 @@ fn warps(warps: u32) -> Tile {
 
 impl fmt::Display for Tile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.engine != Engine::Mma {
+            write!(f, "engine={},", self.engine.as_str())?;
+        }
         write!(
             f,
             "block_m={},block_n={},warps={},stages={},splits={}",
@@ -502,6 +645,7 @@ mod tests {
 
     fn raw(block_m: u32, block_n: u32, warps: u32, stages: u32) -> TileParams {
         TileParams {
+            engine: Engine::Mma,
             block_m,
             block_n,
             warps,

@@ -33,7 +33,13 @@ static_assert(FE_W > 0 && FE_C > 0, "window and chunk must be positive");
 
 // Experiments (not template context: -D on the compiler command line overrides the defaults).
 #ifndef FE_PINGPONG
-#define FE_PINGPONG 1
+#define FE_PINGPONG 1  // the two consumer warpgroups take turns issuing their wgmma (named barriers 1, 2)
+#endif
+#ifndef FE_SETMAXNREG
+#define FE_SETMAXNREG 1  // 0: no register reallocation (diagnostic: consumers then spill at D=128)
+#endif
+#ifndef FE_V_DESC_SWAP
+#define FE_V_DESC_SWAP 0  // 1: V's descriptor with lbo/sbo swapped (diagnostic; probe P2 says which is right)
 #endif
 constexpr bool PINGPONG = FE_PINGPONG != 0 && NC == 2;
 
@@ -208,7 +214,7 @@ FE_DEV void fe_issue_qk(float (&S)[BN / 2], u64 dq, u32 k_addr) {
 // O[64 x D] += P[64 x BN] . V[BN x D]; P from registers (P[4k..4k+3] is the A fragment of keys 16k..16k+15),
 // V read MN-major: 16 keys (2048 bytes) per wgmma; D/64 panels KV_PANEL bytes apart (leading byte offset).
 FE_DEV void fe_issue_pv(float (&O)[FE_D / 2], const u32 (&P)[BN / 4], u32 v_addr) {
-  const u64 dv = fe_desc_sw128(v_addr, KV_PANEL, 1024);
+  const u64 dv = FE_V_DESC_SWAP ? fe_desc_sw128(v_addr, 1024, KV_PANEL) : fe_desc_sw128(v_addr, KV_PANEL, 1024);
 #pragma unroll
   for (int kk = 0; kk < BN / 16; ++kk) {
     fe_wgmma_rs(O, P[4 * kk], P[4 * kk + 1], P[4 * kk + 2], P[4 * kk + 3], fe_desc_add(dv, kk * 2048));
@@ -368,6 +374,8 @@ FE_DEV void fe_consumer(const PrefillSm90Params& p, u32 sbase, const int* slot, 
 #pragma unroll
     for (int i = 0; i < FE_D / 2; ++i) O[i] = 0.f;
     float S[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) S[i] = 0.f;  // (overwritten by the first wgmma; no undefined inputs)
     u32 P[BN / 4];
     float m[2] = {FE_NEG_INF, FE_NEG_INF};
     float l[2] = {0.f, 0.f};
@@ -498,10 +506,10 @@ extern "C" __global__ void __launch_bounds__(NT, 1) {{ name }}(const __grid_cons
   __syncthreads();
   const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0);  // warp-uniform, see above
   if (wg == 0) {
-    fe_setmaxnreg_dec<REG_PRODUCER>();
+    if (FE_SETMAXNREG) fe_setmaxnreg_dec<REG_PRODUCER>();
     if (threadIdx.x == 0) fe_producer(p, sbase, slot);
   } else {
-    fe_setmaxnreg_inc<REG_CONSUMER>();
+    if (FE_SETMAXNREG) fe_setmaxnreg_inc<REG_CONSUMER>();
     fe_consumer(p, sbase, slot, wg - 1);
   }
 }

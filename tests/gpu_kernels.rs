@@ -120,6 +120,18 @@ fn prefill_cases(w: usize, c: usize) -> Vec<PrefillCase> {
     v
 }
 
+/// The default tile of every prefill engine this device runs: the device's default (the `wgmma`
+/// kernel on compute capability 9.0 for D = 64, 128) and the `mma` kernel's default.
+fn engines(rt: &Runtime, s: &flasheva::KernelSpec) -> Vec<Tile> {
+    let mut v = vec![rt.default_tile(s)];
+    let (a, b) = rt.gpu().info().capability;
+    let mma = Tile::default_for(s, Arch::from_capability(a, b));
+    if !v.contains(&mma) {
+        v.push(mma);
+    }
+    v
+}
+
 fn run_prefill_grid(name: &str, dims: &[u32], shapes: &[(u32, u32)]) {
     let Some((rt, stream)) = gpu(name) else {
         return;
@@ -130,12 +142,16 @@ fn run_prefill_grid(name: &str, dims: &[u32], shapes: &[(u32, u32)]) {
             for local in LocalMode::ALL {
                 for dtype in DType::ALL {
                     let s = spec(Op::Prefill, d, w, c, local, dtype, 1);
-                    let k = rt.kernel(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
-                    for case in prefill_cases(w as usize, c as usize) {
-                        reports.push(
-                            verify::check_prefill(&stream, &k, &case)
-                                .unwrap_or_else(|e| panic!("{s}: {e}")),
-                        );
+                    for t in engines(&rt, &s) {
+                        let k = rt
+                            .kernel_with_tile(&s, &t)
+                            .unwrap_or_else(|e| panic!("{s} {t}: {e}"));
+                        for case in prefill_cases(w as usize, c as usize) {
+                            reports.push(
+                                verify::check_prefill(&stream, &k, &case)
+                                    .unwrap_or_else(|e| panic!("{s}: {e}")),
+                            );
+                        }
                     }
                 }
             }
@@ -191,6 +207,7 @@ fn prefill_every_tile_shape() {
                             warps,
                             stages,
                             splits: 0,
+                            ..Default::default()
                         },
                     ) else {
                         continue;
@@ -224,6 +241,61 @@ fn prefill_every_tile_shape() {
                         },
                     ] {
                         reports.push(verify::check_prefill(&stream, &k, &case).unwrap());
+                    }
+                }
+            }
+        }
+    }
+    // The wgmma engine's tiles, on a device that runs them.
+    if rt.arch() == "sm_90a".parse::<Arch>().unwrap() {
+        for (d, local, dtype) in [
+            (128, LocalMode::Block, DType::Bf16),
+            (64, LocalMode::Sliding, DType::F16),
+            (128, LocalMode::Sliding, DType::F16),
+        ] {
+            let s = spec(Op::Prefill, d, 256, 16, local, dtype, 1);
+            for warps in [12, 16] {
+                for bn in [64, 128] {
+                    for stages in [2, 3, 4] {
+                        let Ok(t) = Tile::default_for(&s, rt.arch()).with_overrides(
+                            &s,
+                            &format!(
+                                "engine=wgmma,warps={warps},block_m={},block_n={bn},stages={stages}",
+                                64 * (warps / 4 - 1)
+                            ),
+                        ) else {
+                            continue;
+                        };
+                        if t.validate_for(&s, rt.arch()).is_err() {
+                            continue;
+                        }
+                        let k = rt
+                            .kernel_with_tile(&s, &t)
+                            .unwrap_or_else(|e| panic!("{s} {t}: {e}"));
+                        for case in [
+                            PrefillCase {
+                                b: 2,
+                                n: 700,
+                                h: 4,
+                                hkv: 2,
+                                extra_summaries: 2,
+                                large_logits: true,
+                                strided: true,
+                                scale: None,
+                            },
+                            PrefillCase {
+                                b: 1,
+                                n: 61,
+                                h: 3,
+                                hkv: 1,
+                                extra_summaries: 0,
+                                large_logits: false,
+                                strided: false,
+                                scale: Some(0.2),
+                            },
+                        ] {
+                            reports.push(verify::check_prefill(&stream, &k, &case).unwrap());
+                        }
                     }
                 }
             }
@@ -327,6 +399,7 @@ fn decode_every_tile_shape() {
                         warps,
                         stages,
                         splits: 0,
+                        ..Default::default()
                     },
                 ) else {
                     continue;

@@ -8,8 +8,9 @@ stack frame, an ignored setmaxnreg, or serialized wgmma.
 NVRTC is looked up as: --nvrtc, $FLASHEVA_NVRTC, the flasheva NVRTC folder
 (~/.local/share/flasheva/nvrtc/nvidia/cu13/lib), $CUDA_HOME and /usr/local/cuda, the nvidia-cuda-nvrtc
 wheel, then the dynamic loader (libnvrtc.so.13).
---sass disassembles each cubin with cuobjdump ($CUOBJDUMP or PATH) and counts HGMMA / setmaxnreg
-(USETMAXREG) / TMA (UTMALDG) instructions.
+--sass disassembles each cubin with cuobjdump ($CUOBJDUMP or PATH; it needs nvdisasm beside it) and counts
+HGMMA, wgmma waits (WARPGROUP.DEPBAR: 4 when the wgmma are pipelined, about one per HGMMA when serialized),
+setmaxnreg (USETMAXREG), TMA (UTMALDG) and local-memory (LDL/STL) instructions.
 """
 import argparse
 import concurrent.futures as cf
@@ -22,6 +23,7 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ in the repo
 sys.path.insert(0, HERE)
 import render  # noqa: E402
 
@@ -124,7 +126,7 @@ def sass_counts(cubin_path, tool):
         "USETMAXREG": len(re.findall(r"USETMAXREG", out)),
         "UTMALDG": len(re.findall(r"UTMALDG", out)),
         "LDL/STL": len(re.findall(r"\b(LDL|STL)\b", out)),
-        "WARPSYNC/BAR": len(re.findall(r"\bBAR\.", out)),
+        "DEPBAR": len(re.findall(r"WARPGROUP\.DEPBAR", out)),
     }
 
 
@@ -182,7 +184,7 @@ def main():
             for r in results:
                 f.write(f"==== {r['v'].name}\n{r['log']}\n")
 
-    hdr = f"{'variant':<64} {'regs':>4} {'spill':>9} {'stack':>5} {'smem(dyn)':>9}  {'sass':<40} status"
+    hdr = f"{'variant':<64} {'regs':>4} {'spill':>9} {'stack':>5} {'smem(dyn)':>9}  {'sass':<50} status"
     print(hdr)
     print("-" * len(hdr))
     bad = 0
@@ -203,7 +205,10 @@ def main():
         s = r.get("sass")
         stxt = ""
         if s and "error" not in s:
-            stxt = f"HGMMA={s['HGMMA']} SETMAXREG={s['USETMAXREG']} TMA={s['UTMALDG']} LDL/STL={s['LDL/STL']}"
+            stxt = (f"HGMMA={s['HGMMA']} waits={s['DEPBAR']} SETMAXREG={s['USETMAXREG']} TMA={s['UTMALDG']} "
+                    f"LDL/STL={s['LDL/STL']}")
+            if s["DEPBAR"] * 2 > s["HGMMA"]:
+                problems.append("WGMMA SERIALIZED (SASS)")
             if s["HGMMA"] == 0:
                 problems.append("NO HGMMA")
             if s["USETMAXREG"] == 0:
@@ -215,7 +220,7 @@ def main():
             bad += 1
         regs = r["regs"] if r["regs"] is not None else "-"
         print(f"{v.name:<64} {regs:>4} {r['spill_st']:>4}/{r['spill_ld']:<4} {r['stack']:>5} {v.smem_bytes():>9}  "
-              f"{stxt:<40} {status}")
+              f"{stxt:<50} {status}")
         if not r["ok"] or r["warnings"]:
             for line in r["log"].splitlines():
                 if "error" in line.lower() or "warning" in line.lower() or "advisory" in line.lower():

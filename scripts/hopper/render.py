@@ -225,6 +225,10 @@ def device_entries():
         if timed(v) and v.warps == 12 and v.stages == default_stages(v.d, v.bm, v.bn) and v.bn == default_bn(v.d):
             # The same kernel without pingpong between the two consumer warpgroups.
             out.append(Entry("sm90", v.name + "_pp0", v.name, spec, tile, v.smem_bytes(), text, ["FE_PINGPONG=0"]))
+        if (v.d, v.w, v.c, v.mode, v.dtype, v.warps) == (64, 256, 16, "block", "bf16", 12) and v.bn == 128:
+            # Diagnostic: without setmaxnreg (D=64 fits the 168 registers of the launch without spilling).
+            out.append(Entry("sm90", v.name + "_nosmr", v.name, spec, tile, v.smem_bytes(), text,
+                             ["FE_SETMAXNREG=0"]))
     for spec in ((128, 512, 64, "block", "bf16"), (128, 512, 64, "sliding", "bf16"), (64, 256, 16, "block", "bf16")):
         b = baseline(*spec)
         if b:

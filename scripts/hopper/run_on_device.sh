@@ -10,7 +10,8 @@
 # (at most 8 files): summary.txt, probe.log, check.log, time.log, compile.log, nvrtc_check.log.
 # The summary is printed last. Exit status: 0 when the probes and every check passed.
 # Environment: OUT (log folder), BUILD (scratch, default /tmp/hopper-build), JOBS (parallel compiles),
-# SKIP_TIME=1 / SKIP_NVRTC=1 to skip those steps, KEY=<substring> to restrict to some kernels.
+# SKIP_TIME=1 / SKIP_NVRTC=1 to skip those steps, KEY=<substring> to restrict to some kernels,
+# EXTRA_NVCC="-DFE_V_DESC_SWAP=1" (say) for flags added to every kernel compile.
 set -u
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/hopper-out}"
@@ -21,6 +22,8 @@ mkdir -p "$OUT"
 rm -rf "$BUILD"
 mkdir -p "$BUILD"
 ARCH="-gencode=arch=compute_90a,code=sm_90a"
+command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
+command -v nvcc >/dev/null || { echo "FAIL: no nvcc on PATH or in /usr/local/cuda/bin"; exit 1; }
 t0=$(date +%s)
 say() { echo "[$(($(date +%s) - t0))s] $*"; }
 
@@ -50,11 +53,12 @@ done >"$BUILD/jobs.txt"
 compile_one() {
   local key=$1
   shift
-  nvcc -cubin -std=c++17 $ARCH -Xptxas -v "$@" -o "$BUILD/$key.cubin" "$BUILD/$key.cu" >"$BUILD/$key.ptxas.log" 2>&1 ||
+  nvcc -cubin -std=c++17 $ARCH -Xptxas -v "$@" $EXTRA_NVCC -o "$BUILD/$key.cubin" "$BUILD/$key.cu" >"$BUILD/$key.ptxas.log" 2>&1 ||
     echo "COMPILE-FAIL $key"
 }
 export -f compile_one
-export BUILD ARCH
+EXTRA_NVCC="${EXTRA_NVCC:-}"
+export BUILD ARCH EXTRA_NVCC
 (
   nvcc -std=c++17 -O2 $ARCH -I"$BUILD" scripts/hopper/probe.cu -o "$BUILD/probe" >"$BUILD/probe.build.log" 2>&1 || echo "BUILD-FAIL probe"
 ) &
@@ -102,7 +106,7 @@ passed_keys=()
 while IFS=$'\t' read -r kind key rest; do
   [[ "$kind" == "#"* ]] && continue
   [[ -n "$KEY" && "$key" != *"$KEY"* ]] && continue
-  timeout 300 "$BUILD/harness" "$BUILD" --check --key "$key" --timeout 20 >"$BUILD/check_$key.log" 2>&1
+  timeout 300 "$BUILD/harness" "$BUILD" --check --key "$key" --timeout 20 >"$BUILD/check_$key.log" 2>&1 </dev/null
   rc=$?
   grep -E "^(PASS|FAIL|NOTE)" "$BUILD/check_$key.log" >>"$OUT/check.log"
   if [[ $rc -ne 0 ]] && ! grep -q "^FAIL" "$BUILD/check_$key.log"; then

@@ -124,9 +124,6 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             None => rt.tile_for_workload(&w),
         };
         let kernel = rt.kernel_with_tile(&w.spec, &tile)?;
-        for warn in rt.take_warnings() {
-            eprintln!("flasheva: warning: {warn}");
-        }
         let mut bench = Bencher::new(&gpu, &stream, Problem::new(w), &kernel)?;
         eprintln!(
             "timing {} {} ({} rotating input sets) ...",

@@ -24,6 +24,15 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = "FLASHEVA_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// More log output on stderr: -v shows which artifact each kernel was loaded from and why
+    /// others were refused, -vv debug detail (RUST_LOG, when set, takes precedence).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors on stderr (no warnings).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -130,7 +139,31 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr: warnings by default, more with -v, only errors with -q; RUST_LOG wins.
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(format!("flasheva={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    init_logging(cli.verbose, cli.quiet);
     let cache_dir = cli.cache_dir.clone();
     match cli.command {
         Command::Render(a) => render_cmd::run(a),

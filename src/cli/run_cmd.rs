@@ -172,9 +172,6 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         None => rt.tile_for_workload(&problem.workload),
     };
     let kernel = rt.kernel_with_tile(&spec, &tile)?;
-    for w in rt.take_warnings() {
-        eprintln!("flasheva: warning: {w}");
-    }
     let outputs = flasheva::verify::run_once(&stream, &kernel, &problem, &inputs, 0)
         .with_context(|| format!("the {} kernel failed", a.op))?;
     let names = def.outputs(&problem);

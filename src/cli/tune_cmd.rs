@@ -120,7 +120,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let (arch, limits, device_name) = match &gpu {
         Some(g) => {
             let (ma, mi) = g.info().capability;
-            let arch = Arch::from_capability(ma, mi);
+            let arch = Arch::preferred_for(ma, mi);
             let mut l = arch.limits();
             l.smem_per_block = g.info().smem_per_block_optin;
             (arch, l, g.info().name.clone())

@@ -386,3 +386,54 @@ impl EventTimer {
             .map_err(drv("cuEventElapsedTime"))
     }
 }
+
+/// Encodes a TMA tensor map (`cuTensorMapEncodeTiled`): rank 4, the 128-byte swizzle, 128-byte L2
+/// promotion, out-of-bounds elements read as zero.
+pub fn encode_tensor_map(
+    m: &crate::gpu::params::TensorMapSpec,
+) -> Result<crate::gpu::params::TensorMap, GpuError> {
+    use sys::{
+        CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
+        CUtensorMapL2promotion, CUtensorMapSwizzle,
+    };
+    let mut out = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+    let element_strides = [1u32; 4];
+    let dtype = if m.bf16 {
+        CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+    } else {
+        CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+    };
+    // SAFETY: every array holds `rank` (strides: rank - 1) entries and outlives the call; the
+    // driver only reads them and writes the 128-byte map.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            out.as_mut_ptr(),
+            dtype,
+            4,
+            m.addr as *mut c_void,
+            m.dims.as_ptr(),
+            m.strides.as_ptr(),
+            m.boxes.as_ptr(),
+            element_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    }
+    .result()
+    .map_err(|e| GpuError::Driver {
+        call: "cuTensorMapEncodeTiled",
+        message: format!(
+            "{} (tensor {}: dims {:?}, byte strides {:?}, box {:?})",
+            describe(&e),
+            m.name,
+            m.dims,
+            m.strides,
+            m.boxes
+        ),
+    })?;
+    // SAFETY: the driver wrote the whole map on success.
+    let map = unsafe { out.assume_init() };
+    Ok(crate::gpu::params::TensorMap(map.opaque))
+}

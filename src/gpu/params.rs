@@ -376,12 +376,20 @@ fn grid_dim(what: &str, v: usize, max: usize) -> Result<u32, LaunchError> {
     Ok(v as u32)
 }
 
-/// Plans a prefill launch; `None` when there is nothing to compute (B = 0 or N = 0).
-pub fn plan_prefill(
-    spec: &KernelSpec,
-    tile: &Tile,
-    a: &PrefillArgs,
-) -> Result<Option<LaunchPlan<PrefillParams>>, LaunchError> {
+/// The sizes of a checked prefill call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct PrefillSizes {
+    b: usize,
+    n: usize,
+    h: usize,
+    hkv: usize,
+    /// Complete chunks N/C (the summaries some row may see).
+    nc: usize,
+    scale: f32,
+}
+
+/// Checks prefill tensors against `spec`; `None` when there is nothing to compute.
+fn check_prefill(spec: &KernelSpec, a: &PrefillArgs) -> Result<Option<PrefillSizes>, LaunchError> {
     check_op(spec, Op::Prefill)?;
     let et = ElemType::of(spec.dtype());
     let d = spec.head_dim() as usize;
@@ -441,6 +449,34 @@ pub fn plan_prefill(
         return Err(LaunchError::Size(format!("N = {n} is over {}", i32::MAX)));
     }
     let scale = checked_scale(a.scale, spec)?;
+    Ok(Some(PrefillSizes {
+        b,
+        n,
+        h,
+        hkv,
+        nc,
+        scale,
+    }))
+}
+
+/// Plans a prefill launch of the `mma` engine; `None` when there is nothing to compute (B = 0 or
+/// N = 0).
+pub fn plan_prefill(
+    spec: &KernelSpec,
+    tile: &Tile,
+    a: &PrefillArgs,
+) -> Result<Option<LaunchPlan<PrefillParams>>, LaunchError> {
+    let Some(PrefillSizes {
+        b,
+        n,
+        h,
+        hkv,
+        nc,
+        scale,
+    }) = check_prefill(spec, a)?
+    else {
+        return Ok(None);
+    };
     let bm = tile.block_m() as usize;
     let params = PrefillParams {
         q: a.q.ptr,
@@ -486,6 +522,162 @@ pub fn plan_prefill(
         block: (tile.threads(), 1, 1),
         smem: tile.smem_bytes(spec),
         params,
+    }))
+}
+
+/// One TMA tensor map to encode (`cuTensorMapEncodeTiled`): a 4-d view `{D, heads, rows, B}`
+/// (innermost first) of a token-major tensor, read in boxes of `{64, 1, box_rows, 1}` elements with
+/// the 128-byte swizzle; rows past the end read as zeros. Pure: the driver encodes it at launch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorMapSpec {
+    /// The tensor's name, for errors.
+    pub name: String,
+    /// bf16 (else f16).
+    pub bf16: bool,
+    /// Device address (16-byte aligned).
+    pub addr: u64,
+    /// `{D, heads, rows, B}`.
+    pub dims: [u64; 4],
+    /// Byte strides of dims 1..3 (heads, rows, batch).
+    pub strides: [u64; 3],
+    /// `{64, 1, box_rows, 1}`.
+    pub boxes: [u32; 4],
+}
+
+impl TensorMapSpec {
+    fn of(t: &TensorArg, bf16: bool, rows: usize, box_rows: u32) -> TensorMapSpec {
+        let es = t.dtype.size() as u64;
+        TensorMapSpec {
+            name: t.name.clone(),
+            bf16,
+            addr: t.ptr,
+            dims: [
+                t.shape[3] as u64,
+                t.shape[2] as u64,
+                rows.max(1) as u64,
+                t.shape[0] as u64,
+            ],
+            strides: [
+                t.strides[2] as u64 * es,
+                t.strides[1] as u64 * es,
+                t.strides[0] as u64 * es,
+            ],
+            boxes: [64, 1, box_rows, 1],
+        }
+    }
+}
+
+/// An encoded tensor map (`CUtensorMap`: 128 opaque bytes, 64-byte aligned).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TensorMap(pub [u64; 16]);
+
+/// Mirrors `PrefillSm90Params` in templates/prefill_sm90a.cu (768 bytes).
+#[repr(C, align(128))]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[allow(missing_docs)]
+pub struct PrefillSm90Params {
+    pub tm_q: TensorMap,
+    pub tm_k: TensorMap,
+    pub tm_v: TensorMap,
+    pub tm_ks: TensorMap,
+    pub tm_vs: TensorMap,
+    pub o: u64,
+    pub lse: u64,
+    pub o_sb: i64,
+    pub o_st: i64,
+    pub o_sh: i64,
+    pub lse_sb: i64,
+    pub lse_sh: i64,
+    pub n: i32,
+    pub h: i32,
+    pub hkv: i32,
+    pub nc: i32,
+    pub scale_log2: f32,
+    pub batch: i32,
+    /// Null: static persistent schedule; else two ints, zero before the first launch (the kernel
+    /// leaves them at zero).
+    pub tile_counter: u64,
+    pub reserved: [i32; 10],
+}
+
+/// A planned launch of the `wgmma` prefill: the geometry, the parameter block with its tensor maps
+/// still to encode, and the maps' descriptions (q, k, v, ks, vs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sm90PrefillPlan {
+    /// Grid, block, shared memory and the parameter block (tensor maps zero).
+    pub launch: LaunchPlan<PrefillSm90Params>,
+    /// The tensor maps to encode into `tm_q .. tm_vs`, in that order.
+    pub maps: [TensorMapSpec; 5],
+}
+
+/// Plans a prefill launch of the `wgmma` engine: a persistent grid of at most `sm_count` CTAs
+/// walking the query tiles, heaviest first. `None` when there is nothing to compute.
+pub fn plan_prefill_sm90(
+    spec: &KernelSpec,
+    tile: &Tile,
+    a: &PrefillArgs,
+    sm_count: u32,
+) -> Result<Option<Sm90PrefillPlan>, LaunchError> {
+    let Some(PrefillSizes {
+        b,
+        n,
+        h,
+        hkv,
+        nc,
+        scale,
+    }) = check_prefill(spec, a)?
+    else {
+        return Ok(None);
+    };
+    if b > i32::MAX as usize || h > i32::MAX as usize {
+        return Err(LaunchError::Size(format!(
+            "B = {b} or H = {h} is over {}",
+            i32::MAX
+        )));
+    }
+    let bf16 = spec.dtype() == crate::spec::DType::Bf16;
+    let (bm, bn) = (tile.block_m(), tile.block_n());
+    let tiles = n.div_ceil(bm as usize) * h * b;
+    let params = PrefillSm90Params {
+        o: a.o.ptr,
+        lse: a.lse.ptr,
+        o_sb: a.o.stride(0),
+        o_st: a.o.stride(1),
+        o_sh: a.o.stride(2),
+        lse_sb: a.lse.stride(0),
+        lse_sh: a.lse.stride(1),
+        n: n as i32,
+        h: h as i32,
+        hkv: hkv as i32,
+        nc: nc as i32,
+        scale_log2: scale * LOG2E,
+        batch: b as i32,
+        ..Default::default()
+    };
+    let rows = a.ks.shape[1];
+    Ok(Some(Sm90PrefillPlan {
+        launch: LaunchPlan {
+            grid: (
+                grid_dim(
+                    "persistent CTAs",
+                    tiles.min(sm_count.max(1) as usize),
+                    65535,
+                )?,
+                1,
+                1,
+            ),
+            block: (tile.threads(), 1, 1),
+            smem: tile.smem_bytes(spec),
+            params,
+        },
+        maps: [
+            TensorMapSpec::of(&a.q, bf16, n, bm),
+            TensorMapSpec::of(&a.k, bf16, n, bn),
+            TensorMapSpec::of(&a.v, bf16, n, bn),
+            TensorMapSpec::of(&a.ks, bf16, rows, bn),
+            TensorMapSpec::of(&a.vs, bf16, rows, bn),
+        ],
     }))
 }
 
@@ -816,6 +1008,14 @@ mod tests {
         assert_eq!(std::mem::size_of::<DecodeParams>(), 248);
         assert_eq!(std::mem::size_of::<ChunkMeanParams>(), 72);
         assert_eq!(std::mem::size_of::<ChunkSummarizeParams>(), 144);
+        assert_eq!(std::mem::size_of::<PrefillSm90Params>(), 768);
+        assert_eq!(std::mem::align_of::<PrefillSm90Params>(), 128);
+        let p = PrefillSm90Params::default();
+        let base = &p as *const _ as usize;
+        assert_eq!(&p.o as *const _ as usize - base, 640);
+        assert_eq!(&p.n as *const _ as usize - base, 696);
+        assert_eq!(&p.scale_log2 as *const _ as usize - base, 712);
+        assert_eq!(&p.tile_counter as *const _ as usize - base, 720);
     }
 
     #[test]

@@ -10,10 +10,10 @@ use std::sync::OnceLock;
 use serde::Serialize;
 
 use crate::spec::{KernelSpec, Op};
-use crate::tile::{DECODE_ROWS, SMEM_PAD, Tile, TileError};
+use crate::tile::{DECODE_ROWS, Engine, SMEM_PAD, Tile, TileError};
 
 /// The templates, by name, exactly as embedded.
-pub const TEMPLATES: [(&str, &str); 6] = [
+pub const TEMPLATES: [(&str, &str); 8] = [
     ("common.cuh", include_str!("../../templates/common.cuh")),
     (
         "attention.cuh",
@@ -29,6 +29,11 @@ pub const TEMPLATES: [(&str, &str); 6] = [
     ),
     ("prefill.cu", include_str!("../../templates/prefill.cu")),
     ("decode.cu", include_str!("../../templates/decode.cu")),
+    ("hopper.cuh", include_str!("../../templates/hopper.cuh")),
+    (
+        "prefill_sm90a.cu",
+        include_str!("../../templates/prefill_sm90a.cu"),
+    ),
 ];
 
 /// A failure to render.
@@ -109,12 +114,13 @@ impl RenderContext {
     }
 }
 
-fn template_name(op: Op) -> &'static str {
-    match op {
-        Op::ChunkMean => "chunk_mean.cu",
-        Op::ChunkSummarize => "chunk_summarize.cu",
-        Op::Prefill => "prefill.cu",
-        Op::Decode => "decode.cu",
+fn template_name(op: Op, engine: Engine) -> &'static str {
+    match (op, engine) {
+        (Op::ChunkMean, _) => "chunk_mean.cu",
+        (Op::ChunkSummarize, _) => "chunk_summarize.cu",
+        (Op::Prefill, Engine::Mma) => "prefill.cu",
+        (Op::Prefill, Engine::Wgmma) => "prefill_sm90a.cu",
+        (Op::Decode, _) => "decode.cu",
     }
 }
 
@@ -140,7 +146,7 @@ fn engine() -> &'static Result<tera::Tera, String> {
 /// Renders the CUDA source of `spec` with `tile` (which must satisfy the op's tile rules).
 pub fn render(spec: &KernelSpec, tile: &Tile) -> Result<String, RenderError> {
     tile.check(spec)?;
-    let template = template_name(spec.op());
+    let template = template_name(spec.op(), tile.engine());
     let tera = engine().as_ref().map_err(|m| RenderError::Template {
         template,
         message: m.clone(),

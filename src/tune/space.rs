@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::spec::{KernelSpec, LocalMode, Op};
 use crate::target::{Arch, Limits};
-use crate::tile::{Tile, TileParams};
+use crate::tile::{Engine, Tile, TileParams};
 
 /// The embedded spaces file.
 pub const SPACES_TOML: &str = include_str!("../../autotune/spaces.toml");
@@ -16,6 +16,9 @@ pub const SPACES_TOML: &str = include_str!("../../autotune/spaces.toml");
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FieldValues {
+    /// Prefill engines (`mma`, `wgmma`).
+    #[serde(default)]
+    pub engine: Option<Vec<Engine>>,
     /// block_m values.
     #[serde(default)]
     pub block_m: Option<Vec<u32>>,
@@ -34,6 +37,9 @@ pub struct FieldValues {
     /// Per-arch replacements.
     #[serde(default)]
     pub arch: BTreeMap<String, FieldValues>,
+    /// Values for tiles of the `wgmma` engine (its knobs differ from `mma`'s).
+    #[serde(default)]
+    pub wgmma: Option<Box<FieldValues>>,
 }
 
 /// The spaces of every op.
@@ -98,28 +104,50 @@ impl Spaces {
     pub fn candidates(&self, spec: &KernelSpec, arch: Arch, limits: Limits) -> Candidates {
         let base = self.of(spec.op());
         let over = base.arch.get(&arch.to_string());
-        let pick = |f: fn(&FieldValues) -> &Option<Vec<u32>>, dflt: u32| -> Vec<u32> {
-            over.and_then(|o| f(o).clone())
-                .or_else(|| f(base).clone())
-                .unwrap_or_else(|| vec![dflt])
-        };
         let d = Tile::default_for(spec, arch);
+        let engines = over
+            .and_then(|o| o.engine.clone())
+            .or_else(|| base.engine.clone())
+            .unwrap_or_else(|| vec![d.engine()]);
         let mut all = Vec::new();
-        for &m in &pick(|f| &f.block_m, d.block_m()) {
-            for &n in &pick(|f| &f.block_n, d.block_n()) {
-                for &w in &pick(|f| &f.warps, d.warps()) {
-                    for &s in &pick(|f| &f.stages, d.stages()) {
-                        for &k in &pick(|f| &f.splits, d.splits()) {
-                            let t = TileParams {
-                                block_m: m,
-                                block_n: n,
-                                warps: w,
-                                stages: s,
-                                splits: k,
-                            }
-                            .normalized(spec.op());
-                            if !all.contains(&t) {
-                                all.push(t);
+        for &e in &engines {
+            // The value lists of engine `e`: its own table (arch's, then the op's), then the
+            // arch's lists, then the op's, then the default tile's value.
+            let layers: Vec<&FieldValues> = match e {
+                Engine::Wgmma => [
+                    over.and_then(|o| o.wgmma.as_deref()),
+                    base.wgmma.as_deref(),
+                    over,
+                    Some(base),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+                Engine::Mma => [over, Some(base)].into_iter().flatten().collect(),
+            };
+            let pick = |f: fn(&FieldValues) -> &Option<Vec<u32>>, dflt: u32| -> Vec<u32> {
+                layers
+                    .iter()
+                    .find_map(|l| f(l).clone())
+                    .unwrap_or_else(|| vec![dflt])
+            };
+            for &m in &pick(|f| &f.block_m, d.block_m()) {
+                for &n in &pick(|f| &f.block_n, d.block_n()) {
+                    for &w in &pick(|f| &f.warps, d.warps()) {
+                        for &s in &pick(|f| &f.stages, d.stages()) {
+                            for &k in &pick(|f| &f.splits, d.splits()) {
+                                let t = TileParams {
+                                    engine: e,
+                                    block_m: m,
+                                    block_n: n,
+                                    warps: w,
+                                    stages: s,
+                                    splits: k,
+                                }
+                                .normalized(spec.op());
+                                if !all.contains(&t) {
+                                    all.push(t);
+                                }
                             }
                         }
                     }
@@ -311,6 +339,7 @@ mod tests {
             Tile::new(
                 &s,
                 TileParams {
+                    engine: Engine::Mma,
                     block_m,
                     block_n: 64,
                     warps: 8,
