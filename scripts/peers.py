@@ -52,13 +52,18 @@ def visible_pairs(n, w, c, mode):
 
 
 def eva_mask_mod(n, w, c, mode):
+    """The EVA mask over [K; Ks] (query i, column j < n a raw key, j >= n summary j - n). Its
+    parameters are captured as tensors, so one compiled kernel serves every window, chunk and mode."""
+    n_t = torch.tensor(n, device="cuda")
+    w_t = torch.tensor(w, device="cuda")
+    c_t = torch.tensor(c, device="cuda")
+    sliding = torch.tensor(mode == "sliding", device="cuda")
+
     def mask(b, h, q_idx, kv_idx):
-        raw = kv_idx < n
-        if mode == "block":
-            local = (kv_idx <= q_idx) & ((kv_idx // w) == (q_idx // w))
-        else:
-            local = (kv_idx <= q_idx) & (kv_idx > q_idx - w)
-        summary = (kv_idx - n) < (q_idx // c)
+        raw = kv_idx < n_t
+        in_window = torch.where(sliding, kv_idx > q_idx - w_t, (kv_idx // w_t) == (q_idx // w_t))
+        local = (kv_idx <= q_idx) & in_window
+        summary = (kv_idx - n_t) < (q_idx // c_t)
         return (raw & local) | (~raw & summary)
 
     return mask
