@@ -12,7 +12,7 @@ use crate::cache::compat::{Usable, usable_on};
 use crate::cache::winner::{Bucket, WinnerRecord};
 use crate::cache::{CacheStore, Entry, layout};
 use crate::error::{Error, Result};
-use crate::gpu::driver::{CudaStream, Function, Gpu, encode_tensor_map};
+use crate::gpu::driver::{CudaStream, Function, Gpu, StreamCounters, encode_tensor_map};
 use crate::gpu::params::{
     self, ChunkMeanArgs, ChunkSummarizeArgs, DecodeArgs, LaunchPlan, PrefillArgs,
 };
@@ -104,6 +104,8 @@ pub struct Kernel {
     pub origin: Origin,
     functions: Vec<Function>,
     sm_count: u32,
+    ctx: std::sync::Arc<crate::gpu::CudaContext>,
+    counters: StreamCounters,
 }
 
 /// How the runtime behaves. The default is the same in every build: use tuned winners, never
@@ -434,6 +436,8 @@ impl Runtime {
             origin,
             functions,
             sm_count: self.gpu.info().sm_count,
+            ctx: self.gpu.context().clone(),
+            counters: StreamCounters::default(),
         })
     }
 
@@ -469,6 +473,8 @@ impl Kernel {
                     params::plan_prefill_sm90(&self.spec, &self.tile, args, self.sm_count)?
                 {
                     let p = &mut plan.launch.params;
+                    // Dynamic tile scheduling: a counter pair of this stream.
+                    p.tile_counter = self.counters.for_stream(&self.ctx, stream)?;
                     for (slot, spec) in [
                         &mut p.tm_q,
                         &mut p.tm_k,

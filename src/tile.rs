@@ -452,8 +452,10 @@ impl Tile {
             Op::Prefill => {
                 let mut v = Vec::new();
                 if d <= 128 {
-                    // The Hopper kernel where it runs (validate_for accepts it on sm_90a only).
-                    v.push(hopper(128, 128, 12, 2));
+                    // The Hopper kernel where it runs (validate_for accepts it on sm_90a only):
+                    // 128 x 128 tiles, 2 consumer warpgroups; the stage count measured best on
+                    // the H200 (docs/VALIDATION.md, 2026-11-28): 2 for D = 128, 4 for D = 64.
+                    v.push(hopper(128, 128, 12, if d <= 64 { 4 } else { 2 }));
                     if arch.major >= 9 {
                         // Two 16-row tiles per warp: the fastest tile measured on the H100
                         // (docs/VALIDATION.md); on sm_8x ptxas spills it, so it is not their default.

@@ -796,5 +796,26 @@ fn sanitizer_subset() {
         )
         .unwrap(),
     );
+    // The mma.sync prefill too, on a device whose default is the wgmma kernel.
+    let sp = spec(Op::Prefill, 128, 128, 16, LocalMode::Block, DType::Bf16, 1);
+    let mma = Tile::default_for(&sp, Arch::new(9, 0));
+    let p3 = rt.kernel_with_tile(&sp, &mma).unwrap();
+    reports.push(
+        verify::check_prefill(
+            &stream,
+            &p3,
+            &PrefillCase {
+                b: 1,
+                n: 200,
+                h: 2,
+                hkv: 1,
+                extra_summaries: 0,
+                large_logits: true,
+                strided: false,
+                scale: None,
+            },
+        )
+        .unwrap(),
+    );
     settle("sanitizer subset", reports);
 }

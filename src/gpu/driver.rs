@@ -437,3 +437,29 @@ pub fn encode_tensor_map(
     let map = unsafe { out.assume_init() };
     Ok(crate::gpu::params::TensorMap(map.opaque))
 }
+
+/// Zeroed device counters, one pair per stream, for kernels that hand out work dynamically (the
+/// `wgmma` prefill's persistent tile scheduler): a kernel leaves its pair at zero when it ends, so a
+/// pair is zeroed once, when first used on a stream; launches on one stream run one after the
+/// other, so they never share a pair at the same time.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    pairs: std::sync::Mutex<std::collections::HashMap<usize, (CudaSlice<i32>, u64)>>,
+}
+
+impl StreamCounters {
+    /// The device address of the pair of `stream`, allocated and zeroed on first use.
+    pub fn for_stream(&self, ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<u64, GpuError> {
+        let key = stream.cu_stream() as usize;
+        let mut pairs = self.pairs.lock().expect("counter map lock");
+        if let Some((_, addr)) = pairs.get(&key) {
+            return Ok(*addr);
+        }
+        let s = ctx.default_stream();
+        let buf = s.alloc_zeros::<i32>(2).map_err(drv("cuMemAlloc"))?;
+        s.synchronize().map_err(drv("cuStreamSynchronize"))?;
+        let addr = device_address(&buf, &s);
+        pairs.insert(key, (buf, addr));
+        Ok(addr)
+    }
+}
