@@ -52,29 +52,29 @@ def visible_pairs(n, w, c, mode):
 
 
 def eva_mask_mod(n, w, c, mode):
-    """The EVA mask over [K; Ks] (query i, column j < n a raw key, j >= n summary j - n). Its
-    parameters are captured as tensors, so one compiled kernel serves every window, chunk and mode."""
-    n_t = torch.tensor(n, device="cuda")
-    w_t = torch.tensor(w, device="cuda")
-    c_t = torch.tensor(c, device="cuda")
-    sliding = torch.tensor(mode == "sliding", device="cuda")
+    """The EVA mask over [K; Ks]: column j < n is raw key j (window rule), column j >= n is summary
+    j - n (visible iff j - n < i // C). Plain Python constants, as a model would write it (so the
+    compiled kernel divides by powers of two with shifts)."""
 
     def mask(b, h, q_idx, kv_idx):
-        raw = kv_idx < n_t
-        in_window = torch.where(sliding, kv_idx > q_idx - w_t, (kv_idx // w_t) == (q_idx // w_t))
+        raw = kv_idx < n
+        if mode == "block":
+            in_window = (kv_idx // w) == (q_idx // w)
+        else:
+            in_window = kv_idx > q_idx - w
         local = (kv_idx <= q_idx) & in_window
-        summary = (kv_idx - n_t) < (q_idx // c_t)
+        summary = (kv_idx - n) < (q_idx // c)
         return (raw & local) | (~raw & summary)
 
     return mask
 
 
-def reference(q, k, v, ks, vs, n, w, c, mode, scale):
-    """Float64 EVA attention over [K; Ks] (the contract), returns [B, H, N, D]."""
+def reference_rows(q, k, v, ks, vs, rows, n, w, c, mode, scale):
+    """Float64 EVA attention (the contract) for the query rows `rows` only: [B, H, len(rows), D]."""
     kk = torch.cat([k, ks], dim=2).double()
     vv = torch.cat([v, vs], dim=2).double()
-    s = torch.einsum("bhid,bhjd->bhij", q.double(), kk) * scale
-    i = torch.arange(n, device=q.device)[:, None]
+    s = torch.einsum("bhid,bhjd->bhij", q[:, :, rows].double(), kk) * scale
+    i = rows[:, None]
     j = torch.arange(kk.shape[2], device=q.device)[None, :]
     raw = j < n
     if mode == "block":
@@ -126,18 +126,14 @@ def flex_fn():
     return _compiled["flex"]
 
 
-def check_flex(d, w, c, mode, dtype):
-    """FlexAttention with the EVA mask against float64 on a small shape; returns rel error."""
-    b, n = 1, 2 * w + 3 * c + 5
-    nc = n // c
-    torch.manual_seed(0)
-    q, k, v, ks, vs = make_sets(b, n, d, nc, dtype, 1 << 40)[0]
-    kk = torch.cat([k, ks], dim=2)
-    vv = torch.cat([v, vs], dim=2)
-    bm = create_block_mask(eva_mask_mod(n, w, c, mode), None, None, n, n + nc, device="cuda")
-    out = flex_fn()(q, kk, vv, block_mask=bm, scale=1 / math.sqrt(d))
-    ref = reference(q, k, v, ks, vs, n, w, c, mode, 1 / math.sqrt(d))
-    return ((out.double() - ref).norm() / ref.norm()).item()
+def check_rows(out, q, k, v, ks, vs, n, w, c, mode, scale):
+    """Relative error of `out` against float64 on the first, last and a middle block of rows."""
+    pick = sorted(set(list(range(0, min(n, 192))) + list(range(max(0, n - 192), n))
+                      + list(range(n // 2, min(n, n // 2 + 128)))))
+    rows = torch.tensor(pick, device=q.device)
+    ref = reference_rows(q, k, v, ks, vs, rows, n, w, c, mode, scale)
+    got = out[:, :, rows].double()
+    return ((got - ref).norm() / ref.norm()).item()
 
 
 def run_flasheva(exe, b, n, d, w, c, mode, dtype, iters):
@@ -167,34 +163,40 @@ def main():
     ap.add_argument("--json", help="write every row here")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
+    # One compiled kernel per shape, mask and dtype: raise dynamo's recompile limit so that no
+    # configuration silently falls back to the eager (dense, quadratic-memory) path.
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 1024)
     dev = torch.cuda.get_device_name()
     print(f"device: {dev}, torch {torch.__version__}", flush=True)
     shapes = SHAPES if a.shapes == "all" else [SHAPES[int(i)] for i in a.shapes.split(",")]
     rows = []
-    checked = set()
     for (b, n, d, w, c) in shapes:
         nc = n // c
         for dt_name in a.dtypes.split(","):
             dtype = torch.bfloat16 if dt_name == "bf16" else torch.float16
             sets = None
             for mode in a.modes.split(","):
-                key = (d, w, c, mode, dt_name)
-                if key not in checked:
-                    err = check_flex(d, w, c, mode, dtype)
-                    tol = 8e-3 if dt_name == "bf16" else 2e-3
-                    status = "PASS" if err <= tol else "FAIL"
-                    print(f"{status} FlexAttention EVA mask D={d} W={w} C={c} {mode} {dt_name}: "
-                          f"rel err {err:.2e} vs float64 (tol {tol:.0e})", flush=True)
-                    checked.add(key)
-                    if status == "FAIL":
-                        sys.exit(1)
                 if sets is None:
                     per_set = 2 * b * HEADS * (2 * n + 2 * nc) * d + 2 * b * HEADS * n * d
                     sets = make_sets(b, n, d, nc, dtype, per_set)
                     aug = [(q, torch.cat([k, ks], 2), torch.cat([v, vs], 2)) for (q, k, v, ks, vs) in sets]
                 bm = create_block_mask(eva_mask_mod(n, w, c, mode), None, None, n, n + nc, device="cuda")
                 flex = flex_fn()
-                flex_ms = time_ms(lambda q, kk, vv: flex(q, kk, vv, block_mask=bm, scale=1 / math.sqrt(d)),
+                scale = 1 / math.sqrt(d)
+                # FlexAttention is checked against float64 on this very shape (a subset of rows).
+                out = flex(*aug[0], block_mask=bm, scale=scale)
+                err = check_rows(out, *sets[0], n, w, c, mode, scale)
+                del out
+                tol = 8e-3 if dt_name == "bf16" else 2e-3
+                status = "PASS" if err <= tol else "FAIL"
+                print(f"{status} FlexAttention EVA mask B={b} N={n} D={d} W={w} C={c} {mode} {dt_name}: "
+                      f"rel err {err:.2e} vs float64 on {3 * 128}+ rows (tol {tol:.0e})", flush=True)
+                if status == "FAIL":
+                    sys.exit(1)
+                flex_ms = time_ms(lambda q, kk, vv: flex(q, kk, vv, block_mask=bm, scale=scale),
                                   aug, a.iters)
                 flops = 4.0 * d * b * HEADS * visible_pairs(n, w, c, mode)
                 row = {"B": b, "N": n, "D": d, "W": w, "C": c, "mode": mode, "dtype": dt_name,
