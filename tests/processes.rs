@@ -74,7 +74,7 @@ fn eight_processes_compiling_the_same_key() {
     );
     let v = flasheva(dir.path(), &["cache", "verify"]).output().unwrap();
     assert!(v.status.success());
-    assert!(String::from_utf8_lossy(&v.stdout).contains("1 entries verified, 0 damaged"));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("1 entry verified, 0 damaged"));
 }
 
 #[test]
@@ -102,9 +102,12 @@ fn eight_processes_importing_and_compiling_the_same_keys() {
     let mut kids = Vec::new();
     for i in 0..8 {
         kids.push(if i % 2 == 0 {
-            flasheva(dst.path(), &["cache", "import", b.to_str().unwrap()])
-                .spawn()
-                .unwrap()
+            flasheva(
+                dst.path(),
+                &["cache", "import", "--allow-unsigned", b.to_str().unwrap()],
+            )
+            .spawn()
+            .unwrap()
         } else {
             flasheva(dst.path(), &["compile", "--arch", "sm_90", "-j1"])
                 .spawn()
@@ -192,17 +195,23 @@ fn sigkill_during_import_leaves_no_partial_entry() {
     );
     let dst = tempfile::tempdir().unwrap();
     for delay_ms in [2u64, 10, 30, 60, 120] {
-        let mut c = flasheva(dst.path(), &["cache", "import", b.to_str().unwrap()])
-            .spawn()
-            .unwrap();
+        let mut c = flasheva(
+            dst.path(),
+            &["cache", "import", "--allow-unsigned", b.to_str().unwrap()],
+        )
+        .spawn()
+        .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = c.kill();
         c.wait().unwrap();
         assert_no_partial_entries(dst.path());
     }
-    let o = flasheva(dst.path(), &["cache", "import", b.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = flasheva(
+        dst.path(),
+        &["cache", "import", "--allow-unsigned", b.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
     assert!(o.status.success());
     assert_no_partial_entries(dst.path());
     let a: Vec<_> = content(src.path())
