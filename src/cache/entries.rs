@@ -374,8 +374,10 @@ impl CacheStore {
         for e in fs::read_dir(dir).map_err(io("read folder", dir))? {
             let e = e.map_err(io("read folder", dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let regular = e.file_type().is_ok_and(|t| t.is_file());
-            if !regular || !layout::is_entry_file_name(&name) {
+            // A known name of the wrong type (a link, a FIFO) is unlinked like the file it
+            // replaces (unlinking never follows it); folders and unknown names are left alone.
+            let folder = e.file_type().is_ok_and(|t| t.is_dir());
+            if folder || !layout::is_entry_file_name(&name) {
                 return Err(CacheError::NotOurs {
                     path: e.path(),
                     reason: "flasheva did not create it, so it is left where it is".into(),

@@ -142,44 +142,66 @@ pub fn is_real_dir(path: &Path, dev: u64) -> bool {
 }
 
 /// Makes sure `dir` (below `root`) exists as a chain of real folders on `root`'s device, creating
-/// missing ones one level at a time and refusing links, files and mount points on the way.
+/// missing ones one level at a time and refusing links, files and mount points on the way. A
+/// folder removed meanwhile by a racing `clear` is made again.
 pub fn ensure_dir(root: &Path, dir: &Path, dev: u64) -> Result<(), CacheError> {
     let rel = dir.strip_prefix(root).map_err(|_| CacheError::NotOurs {
         path: dir.to_path_buf(),
         reason: "it is outside the cache".into(),
     })?;
+    let mut last = None;
+    for _ in 0..64 {
+        match ensure_chain(root, rel, dev)? {
+            None => return Ok(()),
+            Some(e) => last = Some(e),
+        }
+    }
+    let (p, e) = last.expect("at least one attempt");
+    Err(io("create folder", &p)(e))
+}
+
+/// One pass of [`ensure_dir`]; `Some` when a parent vanished while it worked (try again).
+fn ensure_chain(
+    root: &Path,
+    rel: &Path,
+    dev: u64,
+) -> Result<Option<(PathBuf, io::Error)>, CacheError> {
     let mut p = root.to_path_buf();
     for c in rel.components() {
         p.push(c);
-        loop {
-            match fs::symlink_metadata(&p) {
-                Ok(m) if m.file_type().is_dir() && m.dev() == dev => break,
-                Ok(m) if m.file_type().is_dir() => {
-                    return Err(CacheError::NotOurs {
-                        path: p,
-                        reason: "it is on another filesystem (flasheva stays on the cache's)"
-                            .into(),
-                    });
-                }
-                Ok(m) => {
-                    return Err(CacheError::NotOurs {
-                        path: p,
-                        reason: format!(
-                            "it is {}, where flasheva keeps a folder (links are never followed)",
-                            kind_of(&m.file_type())
-                        ),
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&p) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(io("create folder", &p)(e)),
-                },
-                Err(e) => return Err(io("inspect", &p)(e)),
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_dir() && m.dev() == dev => {}
+            Ok(m) if m.file_type().is_dir() => {
+                return Err(CacheError::NotOurs {
+                    path: p,
+                    reason: "it is on another filesystem (flasheva stays on the cache's)".into(),
+                });
             }
+            Ok(m) => {
+                return Err(CacheError::NotOurs {
+                    path: p,
+                    reason: format!(
+                        "it is {}, where flasheva keeps a folder (links are never followed)",
+                        kind_of(&m.file_type())
+                    ),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&p) {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound
+                    ) =>
+                {
+                    return Ok(Some((p, e)));
+                }
+                Err(e) => return Err(io("create folder", &p)(e)),
+            },
+            Err(e) => return Err(io("inspect", &p)(e)),
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Deletes `path` and everything below it without following links (a link is removed, never its

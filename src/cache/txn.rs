@@ -172,3 +172,123 @@ fn conflict(old: &WinnerRecord, new: &WinnerRecord, what: &str) -> String {
     ))
     .into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::layout::StageKind;
+    use crate::cache::meta::{EntryMeta, META_FORMAT};
+    use crate::key::{CompilerId, Key};
+    use crate::spec::{KernelSpec, Op, SpecParams};
+    use crate::target::Arch;
+    use crate::tile::Tile;
+
+    /// A complete entry of a chunk_mean spec, installed in `store`.
+    fn entry(store: &CacheStore, chunk: u32) -> crate::cache::Entry {
+        let spec = KernelSpec::new(
+            Op::ChunkMean,
+            &SpecParams {
+                head_dim: Some(64),
+                chunk: Some(chunk),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let arch = Arch::new(9, 0);
+        let mut meta = EntryMeta {
+            format: META_FORMAT,
+            key: Key([0; 32]),
+            crate_version: crate::CRATE_VERSION.into(),
+            name: spec.name(),
+            spec,
+            tile: Tile::default_for(&spec, arch),
+            arch,
+            compiler: CompilerId {
+                name: "test".into(),
+                version: "1".into(),
+            },
+            options: vec![],
+            entry_points: spec.entry_points(),
+            threads: 128,
+            shared_mem_bytes: 0,
+            ptx_isa: Some("9.0".into()),
+            resources: vec![],
+            compile_ms: 1.0,
+            created_unix: 0,
+            files: Default::default(),
+            seal: String::new(),
+        };
+        meta.key = meta.computed_key("source");
+        store
+            .insert(
+                meta,
+                &[
+                    (layout::PTX_FILE, b".version 9.0\n"),
+                    (layout::CUBIN_FILE, b"\x7fELF"),
+                    (layout::SOURCE_FILE, b"source"),
+                    (layout::LOG_FILE, b""),
+                ],
+            )
+            .unwrap()
+    }
+
+    /// Moves installed entries back into an import staging folder, as an importer stages them.
+    fn staged_import(store: &CacheStore, chunks: &[u32]) -> (crate::cache::fsx::Staged, Journal) {
+        let staged = store.stage(StageKind::Import, true).unwrap();
+        let mut j = Journal::default();
+        for &c in chunks {
+            let e = entry(store, c);
+            let rel = e.meta.rel_dir();
+            let to = staged.path().join(&rel);
+            fs::create_dir_all(to.parent().unwrap()).unwrap();
+            fs::rename(&e.dir, &to).unwrap();
+            j.entries.push(rel);
+        }
+        (staged, j)
+    }
+
+    #[test]
+    fn a_dead_importers_committed_journal_is_completed_by_the_next_open() {
+        let d = tempfile::tempdir().unwrap();
+        let store = CacheStore::open(d.path()).unwrap();
+        let (staged, j) = staged_import(&store, &[2, 4, 8]);
+        commit(&store, staged.path(), &j).unwrap();
+        staged.keep(); // the importer dies here: lock released, journal committed, nothing moved
+        assert!(store.scan().unwrap().is_empty());
+        let again = CacheStore::open(d.path()).unwrap();
+        let s = again.scan().unwrap();
+        assert_eq!(s.len(), 3);
+        assert!(s.iter().all(|e| e.entry.is_ok()));
+        assert_eq!(fs::read_dir(again.layout().tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_dead_importers_uncommitted_staging_is_reclaimed_not_installed() {
+        let d = tempfile::tempdir().unwrap();
+        let store = CacheStore::open(d.path()).unwrap();
+        let (staged, _) = staged_import(&store, &[2, 4]);
+        staged.keep();
+        let again = CacheStore::open(d.path()).unwrap();
+        assert!(again.scan().unwrap().is_empty());
+        assert_eq!(again.reclaim_tmp(), 1);
+        assert_eq!(fs::read_dir(again.layout().tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_live_importers_staging_is_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let store = CacheStore::open(d.path()).unwrap();
+        let (staged, j) = staged_import(&store, &[2]);
+        commit(&store, staged.path(), &j).unwrap();
+        assert_eq!(store.reclaim_tmp(), 0);
+        assert!(
+            CacheStore::open(d.path())
+                .unwrap()
+                .scan()
+                .unwrap()
+                .is_empty()
+        );
+        assert!(staged.path().exists());
+        assert_eq!(apply(&store, staged.path()).unwrap().added, 1);
+    }
+}

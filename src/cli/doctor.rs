@@ -61,7 +61,7 @@ pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         Ok(store) => store,
         Err(CacheError::Missing(_)) => {
             println!(
-                "cache:  {} (none yet: flasheva compile or cache import creates it)",
+                "cache:  there is no cache at {} yet (flasheva compile or cache import creates it)",
                 flasheva::cache::text::path(&root)
             );
             return Ok(());
