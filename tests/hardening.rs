@@ -272,6 +272,30 @@ fn d01_gc_and_clear_delete_only_what_flasheva_wrote() {
     run(&root, &["cache", "clear"]);
     intact(&tfiles);
 
+    // v1/ itself a link to a tree that looks like flasheva's: never walked, never deleted in
+    let (d2, s2, b2) = fake_cache(1);
+    let real = d2.path().join("elsewhere");
+    fs::rename(s2.layout().version_dir(), &real).unwrap();
+    symlink(&real, s2.layout().version_dir()).unwrap();
+    let rel = b2[0]
+        .entry
+        .dir
+        .strip_prefix(s2.layout().version_dir())
+        .unwrap()
+        .to_path_buf();
+    let cubin = real.join(&rel).join(layout::CUBIN_FILE);
+    let before = fs::read(&cubin).unwrap();
+    run(
+        s2.root(),
+        &["cache", "gc", "--max-size", "0", "--include-winners"],
+    );
+    run(s2.root(), &["cache", "clear"]);
+    assert_eq!(
+        fs::read(&cubin).unwrap(),
+        before,
+        "deleted through a linked v1/"
+    );
+
     // A folder that is not a flasheva cache: a home folder, or one with an unrelated v1/.
     for setup in ["home", "v1"] {
         let d = tempfile::tempdir().unwrap();

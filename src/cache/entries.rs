@@ -223,7 +223,7 @@ impl CacheStore {
         let dir = self.layout.variant_dir(spec, tile, arch);
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        if !fsx::is_real_dir(&dir, self.dev) {
+        if !self.is_ours(&dir) {
             return (good, bad);
         }
         let Ok(rd) = fs::read_dir(&dir) else {
@@ -363,7 +363,7 @@ impl CacheStore {
         match fs::symlink_metadata(dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io("inspect", dir)(e)),
-            Ok(_) if !fsx::is_real_dir(dir, self.dev) => {
+            Ok(_) if !self.is_ours(dir) => {
                 return Err(CacheError::NotOurs {
                     path: dir.to_path_buf(),
                     reason: "it is not a folder on the cache's filesystem".into(),
@@ -407,7 +407,7 @@ impl CacheStore {
         if fs::symlink_metadata(&root).is_err() {
             return Ok((out, foreign));
         }
-        if !fsx::is_real_dir(&root, self.dev) {
+        if !self.is_ours(&root) {
             foreign.push(root);
             return Ok((out, foreign));
         }
@@ -468,7 +468,7 @@ impl CacheStore {
     /// Marks an entry as used now (its `.used` file's time orders `gc`'s evictions). Never
     /// through a link; failures are ignored (the mark is a hint).
     pub fn touch(&self, entry: &Entry) {
-        if !fsx::is_real_dir(&entry.dir, self.dev) {
+        if !self.is_ours(&entry.dir) {
             return;
         }
         if let Ok(f) = fsx::open_marker(&entry.dir.join(USED_FILE), true) {
@@ -512,7 +512,7 @@ impl CacheStore {
 
     /// Removes the empty folders flasheva made below `dir` (depth: 0 = kernels/).
     fn prune_empty_dirs(&self, dir: &Path, depth: usize) {
-        if depth > 3 || !fsx::is_real_dir(dir, self.dev) {
+        if depth > 3 || !self.is_ours(dir) {
             return;
         }
         if let Ok(rd) = fs::read_dir(dir) {
@@ -537,7 +537,7 @@ impl CacheStore {
     fn remove_key_files(&self, dir: &Path, depth: usize, ext: &str) -> (usize, Vec<PathBuf>) {
         let mut n = 0;
         let mut foreign = Vec::new();
-        if !fsx::is_real_dir(dir, self.dev) {
+        if !self.is_ours(dir) {
             if fs::symlink_metadata(dir).is_ok() {
                 foreign.push(dir.to_path_buf());
             }
@@ -574,7 +574,7 @@ impl CacheStore {
     /// Deletes the lock files no process holds (taking each lock first).
     fn remove_free_locks(&self) {
         let dir = self.layout.locks_dir();
-        if !fsx::is_real_dir(&dir, self.dev) {
+        if !self.is_ours(&dir) {
             return;
         }
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {

@@ -141,6 +141,19 @@ pub fn is_real_dir(path: &Path, dev: u64) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_dir() && m.dev() == dev)
 }
 
+/// Whether `dir` (below `root`) is reached through real folders only, all on device `dev`:
+/// no component below the root is a link or a mount point.
+pub fn is_real_chain(root: &Path, dir: &Path, dev: u64) -> bool {
+    let Ok(rel) = dir.strip_prefix(root) else {
+        return false;
+    };
+    let mut p = root.to_path_buf();
+    rel.components().all(|c| {
+        p.push(c);
+        is_real_dir(&p, dev)
+    })
+}
+
 /// Makes sure `dir` (below `root`) exists as a chain of real folders on `root`'s device, creating
 /// missing ones one level at a time and refusing links, files and mount points on the way. A
 /// folder removed meanwhile by a racing `clear` is made again.

@@ -142,7 +142,7 @@ impl CacheStore {
             self.layout.tmp_dir(),
         ]
         .iter()
-        .filter(|d| fsx::is_real_dir(d, self.dev))
+        .filter(|d| self.is_ours(d))
         .map(|d| walk(d, self.dev))
         .sum()
     }

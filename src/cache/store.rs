@@ -210,6 +210,12 @@ impl CacheStore {
         self.layout.root()
     }
 
+    /// Whether `dir` below the root is reached through real folders on the cache's filesystem
+    /// only (what may be read, walked or deleted in).
+    pub(crate) fn is_ours(&self, dir: &Path) -> bool {
+        fsx::is_real_chain(self.root(), dir, self.dev)
+    }
+
     /// Creates `dir` below the root as real folders on the cache's filesystem.
     pub(crate) fn ensure_dir(&self, dir: &Path) -> Result<(), CacheError> {
         fsx::ensure_dir(self.root(), dir, self.dev)
@@ -229,7 +235,7 @@ impl CacheStore {
     /// Completes committed imports of dead processes (errors are left for the next open).
     fn recover(&self) {
         let tmp = self.layout.tmp_dir();
-        if !fsx::is_real_dir(&tmp, self.dev) {
+        if !self.is_ours(&tmp) {
             return;
         }
         for c in fsx::dead_staged(&tmp) {
@@ -246,7 +252,7 @@ impl CacheStore {
     /// free); committed imports among them are completed first. Returns how many were removed.
     pub fn reclaim_tmp(&self) -> usize {
         let tmp = self.layout.tmp_dir();
-        if !fsx::is_real_dir(&tmp, self.dev) {
+        if !self.is_ours(&tmp) {
             return 0;
         }
         let mut n = 0;

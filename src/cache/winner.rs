@@ -147,6 +147,30 @@ impl WinnerRecord {
             t.check(&r.spec)
                 .map_err(|e| format!("winner record of {}: {e}", r.spec))?;
         }
+        let text_ok = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
+        // A status may carry a compile log: lines and tabs, but no escape sequences.
+        let log_ok = |s: &str| {
+            s.len() <= 1 << 20
+                && !s
+                    .chars()
+                    .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+        };
+        if !text_ok(&r.crate_version, 32)
+            || !text_ok(&r.device.name, 256)
+            || r.device
+                .nvrtc_version
+                .as_deref()
+                .is_some_and(|v| !text_ok(v, 32))
+            || r.candidates.len() > 100_000
+            || r.candidates
+                .iter()
+                .any(|c| !log_ok(&c.status) || !text_ok(&c.rate_unit, 16))
+        {
+            return Err(format!(
+                "winner record of {}: it holds text flasheva does not write (control characters, or too long)",
+                r.spec
+            ));
+        }
         if !(r.median_ms.is_finite() && r.median_ms > 0.0) {
             return Err(format!(
                 "winner record of {}: median {} ms is not a positive time",

@@ -64,7 +64,7 @@ impl CacheStore {
         let dir = self.layout.winners_dir().join(spec.name());
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        if !fsx::is_real_dir(&dir, self.dev) {
+        if !self.is_ours(&dir) {
             return (good, bad);
         }
         let Ok(rd) = fs::read_dir(&dir) else {
@@ -90,7 +90,7 @@ impl CacheStore {
     pub fn all_winners(&self) -> Vec<WinnerRecord> {
         let mut out = Vec::new();
         let dir = self.layout.winners_dir();
-        if !fsx::is_real_dir(&dir, self.dev) {
+        if !self.is_ours(&dir) {
             return out;
         }
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
