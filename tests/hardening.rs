@@ -1028,6 +1028,21 @@ fn d10_a_failed_write_leaks_nothing_and_installs_nothing() {
         dstore.scan().unwrap().is_empty(),
         "entries installed by a failed import"
     );
+    // ... nor when the record's file is a folder (refused before the commit, not half-done after)
+    fs::remove_file(dstore.layout().winners_dir().join(m.spec.name())).unwrap();
+    let rec = winner(&m.spec, m.tile, Some(m.key), 0.5);
+    fs::create_dir_all(dstore.winner_path(&rec)).unwrap();
+    let e = bundle::import(&dstore, &file, &allow())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("where the import would put a winner record"),
+        "{e}"
+    );
+    assert!(
+        dstore.scan().unwrap().is_empty(),
+        "entries installed by a failed import"
+    );
     assert!(
         staged_leftovers(&dstore).is_empty(),
         "{:?}",

@@ -70,10 +70,37 @@ pub fn is_committed(staging: &Path) -> bool {
 /// commits the journal into `staging`.
 pub fn commit(store: &CacheStore, staging: &Path, j: &Journal) -> Result<(), CacheError> {
     let v1 = store.layout.version_dir();
-    for rel in j.entries.iter().chain(&j.winners) {
+    for (rel, is_entry) in j
+        .entries
+        .iter()
+        .map(|r| (r, true))
+        .chain(j.winners.iter().map(|r| (r, false)))
+    {
         assert!(rel_ok(rel), "journal item {rel} is not a cache path");
-        let parent = v1.join(rel);
-        store.ensure_dir(parent.parent().expect("a cache path has a folder"))?;
+        let dest = v1.join(rel);
+        store.ensure_dir(dest.parent().expect("a cache path has a folder"))?;
+        // What is in the way must be what flasheva would replace: an entry folder, a record file.
+        if let Ok(m) = fs::symlink_metadata(&dest) {
+            let fits = if is_entry {
+                store.is_ours(&dest)
+            } else {
+                m.file_type().is_file()
+            };
+            if !fits {
+                return Err(CacheError::NotOurs {
+                    path: dest,
+                    reason: format!(
+                        "it is {}, where the import would put {}",
+                        crate::cache::damage::kind_of(&m.file_type()),
+                        if is_entry {
+                            "an entry"
+                        } else {
+                            "a winner record"
+                        }
+                    ),
+                });
+            }
+        }
     }
     let tmp = staging.join(JOURNAL_TMP);
     fsx::write_new(&tmp, &serde_json::to_vec(j).expect("journal serializes"))?;
