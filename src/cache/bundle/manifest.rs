@@ -156,11 +156,10 @@ impl Manifest {
         for w in &self.winners {
             let ok = w
                 .path
-                .strip_prefix("winners/")
-                .and_then(|r| r.split_once('/'))
-                .is_some_and(|(s, f)| {
-                    s == w.spec.name() && layout::key_file_name(f, "json").is_some()
-                });
+                .rsplit('/')
+                .next()
+                .and_then(|f| layout::key_file_name(f, "json"))
+                .is_some_and(|k| Layout::winner_rel(&w.spec, &k) == w.path);
             if !ok {
                 return Err(format!(
                     "winner record {:?} is not at winners/<spec>/<key>.json",
