@@ -108,7 +108,15 @@ fn benches(c: &mut Criterion) {
             || tempfile::tempdir().unwrap(),
             |d| {
                 let s = CacheStore::open(d.path()).unwrap();
-                let r = bundle::import(&s, &file, &[]).unwrap();
+                let r = bundle::import(
+                    &s,
+                    &file,
+                    &bundle::ImportOptions {
+                        allow_unsigned: true,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
                 assert_eq!(r.added, 100);
                 d
             },

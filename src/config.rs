@@ -11,7 +11,7 @@
 //! | `FLASHEVA_CACHE_DIR` | the cache folder | `<user cache dir>/flasheva` |
 //! | `FLASHEVA_NVRTC` | folder (or file) of `libnvrtc.so.13` | the usual CUDA folders, then flasheva's data folder |
 //! | `FLASHEVA_NO_TUNE` | switch: the loader ignores tuned winners | off |
-//! | `FLASHEVA_TRUSTED_KEYS` | comma-separated public keys `cache import` requires | none |
+//! | `FLASHEVA_TRUSTED_KEYS` | comma-separated public keys `cache import` trusts (a value naming no key is an error) | none |
 //! | `FLASHEVA_REQUIRE_GPU` | switch: GPU tests fail instead of skipping without a device | off |
 
 use std::ffi::OsString;

@@ -12,7 +12,7 @@
 //!
 //! - pure values: [`spec`], [`tile`], [`target`], [`key`], [`render`], [`cache::layout`],
 //!   [`cache::meta`], [`gpu::params`], [`reference`];
-//! - side effects, each in one home: [`compile::nvrtc`] (NVRTC), [`cache::store`] (cache files),
+//! - side effects, each in one home: [`compile::nvrtc`] (NVRTC), [`cache`] (cache files: `fsx`, `entries`),
 //!   [`gpu::driver`] (the CUDA driver).
 //!
 //! Without the default features the crate is the light loader: it reads the cache and launches,

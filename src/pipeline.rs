@@ -45,6 +45,11 @@ pub struct Planned {
     pub key: Key,
 }
 
+/// The warning for a damaged entry met on the way (made safe for a terminal).
+fn damaged(dir: &std::path::Path, damage: &crate::cache::Damage) -> String {
+    crate::cache::text::printable(&format!("{}: {damage}", dir.display())).into_owned()
+}
+
 /// Joins a cache and a compiler.
 pub struct Pipeline<'a> {
     store: &'a CacheStore,
@@ -93,7 +98,7 @@ impl<'a> Pipeline<'a> {
                     warnings,
                 });
             }
-            Lookup::Damaged(w) => warnings.push(w),
+            Lookup::Damaged { dir, damage } => warnings.push(damaged(&dir, &damage)),
             Lookup::Miss => {}
         }
         let _lock = self.store.lock(&plan.key)?;
@@ -105,8 +110,13 @@ impl<'a> Pipeline<'a> {
                     warnings,
                 });
             }
-            Lookup::Damaged(w) if !warnings.contains(&w) => warnings.push(w),
-            _ => {}
+            Lookup::Damaged { dir, damage } => {
+                let w = damaged(&dir, &damage);
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+            Lookup::Miss => {}
         }
         let program = spec.source_file_name();
         let art = self.compiler.compile(&CompileJob {

@@ -36,8 +36,16 @@ pub const DEFAULT_ARCHS: [Arch; 5] = [
 
 /// An architecture name that is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown arch '{0}': accepted are {SUPPORTED}")]
+#[error("{}", describe_arch_error(.0))]
 pub struct ArchError(pub String);
+
+fn describe_arch_error(s: &str) -> String {
+    if s.trim().is_empty() {
+        format!("an empty arch name: accepted are {SUPPORTED}, comma-separated")
+    } else {
+        format!("unknown arch '{s}': accepted are {SUPPORTED}")
+    }
+}
 
 /// What one thread block may use on an architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,17 +122,19 @@ impl Arch {
         }
     }
 
-    /// Parses a comma-separated list such as `sm_80,sm_90a`, keeping the given order, no duplicates.
+    /// Parses a comma-separated list such as `sm_80,sm_90a`, keeping the given order, no
+    /// duplicates. Spaces around items are allowed; an empty item (`sm_80,,sm_90`, a trailing
+    /// comma, an empty list) is refused.
     pub fn parse_list(s: &str) -> Result<Vec<Arch>, ArchError> {
         let mut out = Vec::new();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in s.split(',').map(str::trim) {
+            if part.is_empty() {
+                return Err(ArchError(String::new()));
+            }
             let a: Arch = part.parse()?;
             if !out.contains(&a) {
                 out.push(a);
             }
-        }
-        if out.is_empty() {
-            return Err(ArchError(s.to_string()));
         }
         Ok(out)
     }
@@ -146,10 +156,9 @@ impl FromStr for Arch {
     type Err = ArchError;
     fn from_str(s: &str) -> Result<Arch, ArchError> {
         let err = || ArchError(s.to_string());
-        let rest = s
-            .strip_prefix("sm_")
-            .or_else(|| s.strip_prefix("compute_"))
-            .ok_or_else(err)?;
+        // Only real (`sm_`) targets: flasheva compiles PTX and cubin for one, and a `compute_`
+        // name would compile PTX alone under an `sm_` cache folder.
+        let rest = s.strip_prefix("sm_").ok_or_else(err)?;
         let (digits, specific) = match rest.strip_suffix('a') {
             Some(d) => (d, true),
             None => (rest, false),
@@ -174,7 +183,11 @@ impl FromStr for Arch {
                 | (10, 0, _)
                 | (12, 0, false)
         );
-        if ok { Ok(arch) } else { Err(err()) }
+        if ok && arch.to_string() == s {
+            Ok(arch)
+        } else {
+            Err(err())
+        }
     }
 }
 
@@ -200,8 +213,17 @@ mod tests {
         for s in ["sm_80", "sm_86", "sm_89", "sm_90", "sm_90a", "sm_120"] {
             assert_eq!(s.parse::<Arch>().unwrap().to_string(), s);
         }
-        assert_eq!("compute_90".parse::<Arch>().unwrap(), Arch::new(9, 0));
-        for bad in ["sm_70", "sm_75", "sm9", "sm_", "sm_89a", "gfx90a", ""] {
+        for bad in [
+            "sm_70",
+            "sm_75",
+            "sm9",
+            "sm_",
+            "sm_89a",
+            "gfx90a",
+            "",
+            "compute_90",
+            "sm_090",
+        ] {
             let e = bad.parse::<Arch>().unwrap_err();
             assert!(e.to_string().contains("accepted are sm_80"), "{e}");
         }
@@ -209,7 +231,18 @@ mod tests {
             Arch::parse_list("sm_80, sm_90,sm_80").unwrap(),
             vec![Arch::new(8, 0), Arch::new(9, 0)]
         );
-        assert!(Arch::parse_list(",").is_err());
+        for bad in [
+            ",",
+            "",
+            " ",
+            "sm_80,",
+            "sm_80,,sm_90",
+            ",sm_90",
+            "sm_80, ,sm_90",
+        ] {
+            let e = Arch::parse_list(bad).unwrap_err();
+            assert!(e.to_string().contains("accepted are sm_80"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -1,24 +1,42 @@
 //! Bundles: export then import into an empty cache gives identical keys and bytes; every kind of
 //! tampered or malicious bundle is refused with its message and leaves the cache untouched;
-//! signatures; winner merging.
+//! signatures; winner merging. The fake compiler builds the caches; one round trip (with
+//! `--rebuild-check`) uses real NVRTC.
 
 mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use common::fake::Fake;
 use common::{Counting, cheap_spec, content, winner};
 use flasheva::cache::CacheStore;
-use flasheva::cache::bundle::{self, ExportOptions};
+use flasheva::cache::bundle::{self, ExportOptions, ImportOptions, Vouched};
 use flasheva::cache::winner::Bucket;
 use flasheva::pipeline::Pipeline;
 use flasheva::{Arch, Tile};
 
-/// A cache with a few real entries and one winner record.
+/// Import options that accept an unsigned bundle.
+fn allow() -> ImportOptions<'static> {
+    ImportOptions {
+        allow_unsigned: true,
+        ..Default::default()
+    }
+}
+
+/// Import options that trust `keys` (and nothing else).
+fn trust(keys: &[ed25519_dalek::VerifyingKey]) -> ImportOptions<'static> {
+    ImportOptions {
+        trusted: keys.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A cache with a few entries (fake compiler) and one winner record.
 fn source_cache() -> (tempfile::TempDir, CacheStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = CacheStore::open(dir.path()).unwrap();
-    let nv = Counting::new();
+    let nv = Fake::new();
     let p = Pipeline::new(&store, &nv);
     for c in [4, 8] {
         for arch in [Arch::new(8, 0), Arch::new(9, 0)] {
@@ -42,7 +60,7 @@ fn export_then_import_gives_identical_keys_and_bytes() {
     assert_eq!((s.entries, s.winners), (4, 1));
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = CacheStore::open(dst_dir.path()).unwrap();
-    let r = bundle::import(&dst, &file, &[]).unwrap();
+    let r = bundle::import(&dst, &file, &allow()).unwrap();
     assert_eq!((r.added, r.present, r.winners_added), (4, 0, 1));
     assert_eq!(
         content(src_dir.path()),
@@ -50,7 +68,7 @@ fn export_then_import_gives_identical_keys_and_bytes() {
         "keys, layout and bytes must be identical"
     );
     // importing again changes nothing
-    let r = bundle::import(&dst, &file, &[]).unwrap();
+    let r = bundle::import(&dst, &file, &allow()).unwrap();
     assert_eq!((r.added, r.present, r.winners_kept), (0, 4, 1));
     // winners-only: just the winner's artifact
     let f2 = out.path().join("w.flasheva");
@@ -123,25 +141,28 @@ fn manifest_of(file: &Path) -> (serde_json::Value, Vec<(String, Vec<u8>)>) {
     (m, files)
 }
 
-fn rebuild(path: &Path, files: &[(String, Vec<u8>)]) {
+/// Writes members (name, bytes) as a bundle does: ustar headers, in this order.
+pub fn rebuild(path: &Path, files: &[(String, Vec<u8>)]) {
     let f = std::fs::File::create(path).unwrap();
     let enc = zstd::Encoder::new(f, 3).unwrap();
     let mut t = tar::Builder::new(enc);
     for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
-        t.append_data(&mut h, name, data.as_slice()).unwrap();
+        h.set_cksum();
+        t.append(&h, data.as_slice()).unwrap();
     }
     t.into_inner().unwrap().finish().unwrap();
 }
 
 /// Imports `file` into a cache that already holds entries, and checks it is refused with a message
 /// containing `expect` and that the cache did not change.
-fn refused(file: &Path, trusted: &[ed25519_dalek::VerifyingKey], expect: &str) {
+fn refused(file: &Path, opts: &ImportOptions<'_>, expect: &str) {
     let (dir, store) = source_cache();
     let before = content(dir.path());
-    let e = bundle::import(&store, file, trusted)
+    let e = bundle::import(&store, file, opts)
         .expect_err(expect)
         .to_string();
     assert!(e.contains(expect), "expected {expect:?} in: {e}");
@@ -173,45 +194,52 @@ fn malicious_members_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     let reg = tar::EntryType::Regular;
+    let empty =
+        br#"{"format":2,"crate_version":"0.1.0","created_unix":0,"entries":[],"winners":[]}"#;
     raw_bundle(
         &p("traversal"),
         &[
-            ("manifest.json", reg, b"{}", None),
+            ("manifest.json", reg, empty, None),
             ("../evil", reg, b"x", None),
         ],
     );
-    refused(&p("traversal"), &[], "climbs out of the bundle");
+    refused(&p("traversal"), &allow(), "climbs out of the bundle");
     raw_bundle(&p("absolute"), &[("/tmp/evil", reg, b"x", None)]);
-    refused(&p("absolute"), &[], "absolute path");
+    refused(&p("absolute"), &allow(), "absolute path");
     raw_bundle(
         &p("symlink"),
         &[("link", tar::EntryType::Symlink, b"", None)],
     );
-    refused(&p("symlink"), &[], "symbolic link");
+    refused(&p("symlink"), &allow(), "symbolic link");
     raw_bundle(&p("hardlink"), &[("link", tar::EntryType::Link, b"", None)]);
-    refused(&p("hardlink"), &[], "hard link");
+    refused(&p("hardlink"), &allow(), "hard link");
     raw_bundle(
         &p("dup"),
         &[
-            ("manifest.json", reg, b"{}", None),
-            ("manifest.json", reg, b"{}", None),
+            ("manifest.json", reg, empty, None),
+            ("manifest.json", reg, empty, None),
         ],
     );
-    refused(&p("dup"), &[], "appears twice");
+    refused(&p("dup"), &allow(), "appears twice");
     raw_bundle(
         &p("huge"),
-        &[("big", reg, b"", Some(bundle::MAX_MEMBER_BYTES + 1))],
+        &[(
+            "manifest.json",
+            reg,
+            b"",
+            Some(bundle::MAX_MEMBER_BYTES + 1),
+        )],
     );
-    refused(&p("huge"), &[], "over the");
+    refused(&p("huge"), &allow(), "over the");
     raw_bundle(&p("nomanifest"), &[("readme", reg, b"hi", None)]);
-    refused(&p("nomanifest"), &[], "no manifest.json");
+    refused(&p("nomanifest"), &allow(), "no manifest.json");
     raw_bundle(
         &p("format"),
         &[("manifest.json", reg, br#"{"format": 99}"#, None)],
     );
-    refused(&p("format"), &[], "bundle format 99 is unknown");
+    refused(&p("format"), &allow(), "bundle format 99 is unknown");
     std::fs::write(p("garbage"), b"this is not zstd at all").unwrap();
-    refused(&p("garbage"), &[], "damaged or truncated");
+    refused(&p("garbage"), &allow(), "damaged or truncated");
 }
 
 #[test]
@@ -220,7 +248,7 @@ fn truncated_and_damaged_archives_are_refused() {
     let bytes = std::fs::read(&file).unwrap();
     let t = file.with_extension("truncated");
     std::fs::write(&t, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    refused(&t, &[], "damaged or truncated");
+    refused(&t, &allow(), "damaged or truncated");
     let d = file.with_extension("flipped");
     let mut b = bytes.clone();
     let i = b.len() / 2;
@@ -228,7 +256,7 @@ fn truncated_and_damaged_archives_are_refused() {
     std::fs::write(&d, b).unwrap();
     let (dir, store) = source_cache();
     let before = content(dir.path());
-    assert!(bundle::import(&store, &d, &[]).is_err());
+    assert!(bundle::import(&store, &d, &allow()).is_err());
     assert_eq!(before, content(dir.path()));
 }
 
@@ -246,19 +274,19 @@ fn tampered_content_is_refused() {
     f1[i].1[j] ^= 1;
     let t = file.with_extension("t1");
     rebuild(&t, &f1);
-    refused(&t, &[], "does not match its sha256 in the manifest");
+    refused(&t, &allow(), "does not match its sha256 in the manifest");
     // an extra member that the manifest does not list
     let mut f2 = files.clone();
     f2.push(("kernels/extra.txt".into(), b"smuggled".to_vec()));
     let t = file.with_extension("t2");
     rebuild(&t, &f2);
-    refused(&t, &[], "is not in the manifest");
+    refused(&t, &allow(), "is not in the manifest");
     // a listed member missing
     let mut f3 = files.clone();
     f3.retain(|(n, _)| !n.ends_with("source.cu"));
     let t = file.with_extension("t3");
     rebuild(&t, &f3);
-    refused(&t, &[], "is in the manifest but not in the bundle");
+    refused(&t, &allow(), "is in the manifest but not in the bundle");
     // a manifest that points an entry elsewhere
     let mut f4 = files.clone();
     let mut m: serde_json::Value = serde_json::from_slice(&f4[0].1).unwrap();
@@ -266,7 +294,7 @@ fn tampered_content_is_refused() {
     f4[0].1 = serde_json::to_vec(&m).unwrap();
     let t = file.with_extension("t4");
     rebuild(&t, &f4);
-    refused(&t, &[], "is filed under");
+    refused(&t, &allow(), "is filed under");
     // metadata whose digests were rewritten consistently but whose seal no longer holds
     let mut f5 = files.clone();
     let k = f5
@@ -288,7 +316,7 @@ fn tampered_content_is_refused() {
     f5[0].1 = serde_json::to_vec(&m).unwrap();
     let t = file.with_extension("t5");
     rebuild(&t, &f5);
-    refused(&t, &[], "seal mismatch");
+    refused(&t, &allow(), "seal mismatch");
 }
 
 #[test]
@@ -316,15 +344,24 @@ fn signatures_and_trust() {
     assert!(s.signer.is_some());
     // trusted signer: accepted
     let dst = tempfile::tempdir().unwrap();
-    let r = bundle::import(&CacheStore::open(dst.path()).unwrap(), &signed, &[pk1]).unwrap();
+    let r = bundle::import(
+        &CacheStore::open(dst.path()).unwrap(),
+        &signed,
+        &trust(&[pk1]),
+    )
+    .unwrap();
     assert_eq!(r.added, 4);
+    assert_eq!(
+        r.vouched,
+        Some(Vouched::Signed(hex::encode(pk1.to_bytes())))
+    );
     assert_eq!(content(src_dir.path()), content(dst.path()));
     // another key: refused
-    refused(&signed, &[pk2], "which is not a trusted key");
+    refused(&signed, &trust(&[pk2]), "which is not a trusted key");
     // unsigned with trust required: refused
     let unsigned = keys.path().join("unsigned.flasheva");
     bundle::export(&src, &unsigned, &ExportOptions::default(), None).unwrap();
-    refused(&unsigned, &[pk1], "it is not signed");
+    refused(&unsigned, &trust(&[pk1]), "it is not signed");
     // a signed manifest altered afterwards: refused even without trusted keys
     let (_m, mut files) = manifest_of(&signed);
     let mut m: serde_json::Value = serde_json::from_slice(&files[0].1).unwrap();
@@ -332,7 +369,11 @@ fn signatures_and_trust() {
     files[0].1 = serde_json::to_vec_pretty(&m).unwrap();
     let altered = keys.path().join("altered.flasheva");
     rebuild(&altered, &files);
-    refused(&altered, &[], "the signature does not match the manifest");
+    refused(
+        &altered,
+        &allow(),
+        "the signature does not match the manifest",
+    );
 }
 
 #[test]
@@ -349,7 +390,7 @@ fn winner_conflicts_keep_the_faster_record_and_are_reported() {
         .with_overrides(&s, "warps=8")
         .unwrap();
     dst.put_winner(&winner(&s, other, None, 0.25)).unwrap();
-    let r = bundle::import(&dst, &file, &[]).unwrap();
+    let r = bundle::import(&dst, &file, &allow()).unwrap();
     assert_eq!((r.winners_added, r.winners_kept), (0, 1));
     assert_eq!(r.conflicts.len(), 1);
     assert!(
@@ -366,7 +407,7 @@ fn winner_conflicts_keep_the_faster_record_and_are_reported() {
     );
     // a slower local record is replaced, also reported
     dst.put_winner(&winner(&s, other, None, 0.75)).unwrap();
-    let r = bundle::import(&dst, &file, &[]).unwrap();
+    let r = bundle::import(&dst, &file, &allow()).unwrap();
     assert_eq!(r.winners_added, 1);
     assert!(r.conflicts[0].contains("took the bundle's"));
     assert_ne!(
@@ -375,4 +416,36 @@ fn winner_conflicts_keep_the_faster_record_and_are_reported() {
             .tile,
         other
     );
+}
+
+#[test]
+fn real_nvrtc_round_trip_with_rebuild_check() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = CacheStore::open(src_dir.path()).unwrap();
+    let nv = Counting::new();
+    let s = cheap_spec(8);
+    let arch = Arch::new(9, 0);
+    Pipeline::new(&src, &nv)
+        .ensure(&s, &Tile::default_for(&s, arch), arch)
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("b.flasheva");
+    bundle::export(&src, &file, &ExportOptions::default(), None).unwrap();
+    // Unsigned: refused by default, taken when NVRTC here reproduces every byte.
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = CacheStore::open(dst_dir.path()).unwrap();
+    let e = bundle::import(&dst, &file, &ImportOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("it is not signed"), "{e}");
+    let r = bundle::import(
+        &dst,
+        &file,
+        &ImportOptions {
+            rebuild: Some(&nv.inner),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((r.added, r.rebuilt), (1, 1));
+    assert_eq!(r.vouched, Some(Vouched::Rebuilt));
+    assert_eq!(content(src_dir.path()), content(dst_dir.path()));
 }

@@ -1,8 +1,10 @@
-//! The content-addressed cache with real NVRTC compiles: hits, misses, damaged entries (never
-//! loaded, replaced by the next compile), last-use tracking and gc, winner records.
+//! The content-addressed cache: hits and misses with real NVRTC compiles; damaged entries (never
+//! loaded, replaced by the next compile), last-use tracking and gc, winner records with the fake
+//! compiler.
 
 mod common;
 
+use common::fake::Fake;
 use common::{Counting, cheap_spec, winner};
 use flasheva::cache::winner::Bucket;
 use flasheva::cache::{CacheStore, Lookup, layout};
@@ -13,7 +15,7 @@ use flasheva::{Arch, Tile};
 fn damage_and_check(what: &str, f: impl Fn(&std::path::Path)) {
     let dir = tempfile::tempdir().unwrap();
     let store = CacheStore::open(dir.path()).unwrap();
-    let nv = Counting::new();
+    let nv = Fake::new();
     let p = Pipeline::new(&store, &nv);
     let spec = cheap_spec(8);
     let arch = Arch::new(9, 0);
@@ -24,7 +26,10 @@ fn damage_and_check(what: &str, f: impl Fn(&std::path::Path)) {
     // The damaged entry is reported by lookup, skipped by verify/scan, refused by verified reads...
     let key = first.entry.meta.key;
     match store.lookup(&spec, &tile, arch, &key) {
-        Lookup::Damaged(reason) => assert!(!reason.is_empty(), "{what}"),
+        Lookup::Damaged { dir, damage } => {
+            assert_eq!(dir, first.entry.dir, "{what}");
+            assert!(!damage.to_string().is_empty(), "{what}");
+        }
         other => panic!("{what}: expected Damaged, got {other:?}"),
     }
     assert!(
@@ -149,7 +154,7 @@ fn edited_metadata_is_damage() {
 fn gc_evicts_least_recently_used_and_keeps_winners() {
     let dir = tempfile::tempdir().unwrap();
     let store = CacheStore::open(dir.path()).unwrap();
-    let nv = Counting::new();
+    let nv = Fake::new();
     let p = Pipeline::new(&store, &nv);
     let arch = Arch::new(9, 0);
     let mut built = Vec::new();

@@ -46,6 +46,18 @@ fn bad_input(args: &[&str], needle: &str) {
 fn bad_input_gets_one_clear_line_and_exit_2() {
     let s = ["--window", "128", "--chunk", "8"];
     bad_input(
+        &["tune", "--preset", "eva-lm", "--shapes", ""],
+        "--shapes '' names no shape",
+    );
+    bad_input(
+        &["tune", "--preset", "eva-lm", "--shapes", " , "],
+        "names no shape",
+    );
+    bad_input(
+        &["tune", "--preset", "eva-lm", "--space", "/dev/zero"],
+        "--space /dev/zero:",
+    );
+    bad_input(
         &[
             "render",
             "prefill",
@@ -358,7 +370,9 @@ fn gpu_commands_say_clearly_when_there_is_no_gpu() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("in.safetensors");
+    // the input lives beside the cache, not in it (a cache folder holds only what flasheva writes)
+    let inputs = tempfile::tempdir().unwrap();
+    let f = inputs.path().join("in.safetensors");
     std::fs::write(&f, b"not used").unwrap();
     for args in [
         vec![

@@ -78,7 +78,15 @@ fn imported_bundle_runs_without_compiling() {
         }
         other => panic!("expected NotCached, got {other:?}"),
     }
-    bundle::import(&store, &file, &[]).unwrap();
+    bundle::import(
+        &store,
+        &file,
+        &bundle::ImportOptions {
+            allow_unsigned: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let rt = Runtime::with_gpu(g.clone(), store, no_compile);
     let k = rt.kernel(&s).unwrap();
     assert!(matches!(k.origin, Origin::Cubin { .. }), "{:?}", k.origin);

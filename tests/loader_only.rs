@@ -75,7 +75,6 @@ fn loader_only_build_has_neither_tera_nor_nvrtc() {
         "rand ",
         "half ",
         "toml ",
-        "libloading ",
         "rayon ",
         "safetensors ",
     ] {
@@ -84,4 +83,25 @@ fn loader_only_build_has_neither_tera_nor_nvrtc() {
             "{heavy} is in the loader-only build"
         );
     }
+    // libloading is in the tree through cudarc (it loads libcuda at run time), but flasheva itself
+    // uses it only to find NVRTC, with the compiler.
+    let direct = Command::new(&cargo)
+        .args([
+            "tree",
+            "--no-default-features",
+            "--edges",
+            "normal",
+            "--depth",
+            "1",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(root)
+        .output()
+        .expect("run cargo tree");
+    let direct = String::from_utf8_lossy(&direct.stdout);
+    assert!(
+        !direct.lines().skip(1).any(|l| l.starts_with("libloading ")),
+        "libloading is a direct dependency of the loader-only build:\n{direct}"
+    );
 }

@@ -74,7 +74,7 @@ fn eight_processes_compiling_the_same_key() {
     );
     let v = flasheva(dir.path(), &["cache", "verify"]).output().unwrap();
     assert!(v.status.success());
-    assert!(String::from_utf8_lossy(&v.stdout).contains("1 entries verified, 0 damaged"));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("1 entry verified, 0 damaged"));
 }
 
 #[test]
@@ -102,9 +102,12 @@ fn eight_processes_importing_and_compiling_the_same_keys() {
     let mut kids = Vec::new();
     for i in 0..8 {
         kids.push(if i % 2 == 0 {
-            flasheva(dst.path(), &["cache", "import", b.to_str().unwrap()])
-                .spawn()
-                .unwrap()
+            flasheva(
+                dst.path(),
+                &["cache", "import", "--allow-unsigned", b.to_str().unwrap()],
+            )
+            .spawn()
+            .unwrap()
         } else {
             flasheva(dst.path(), &["compile", "--arch", "sm_90", "-j1"])
                 .spawn()
@@ -192,17 +195,23 @@ fn sigkill_during_import_leaves_no_partial_entry() {
     );
     let dst = tempfile::tempdir().unwrap();
     for delay_ms in [2u64, 10, 30, 60, 120] {
-        let mut c = flasheva(dst.path(), &["cache", "import", b.to_str().unwrap()])
-            .spawn()
-            .unwrap();
+        let mut c = flasheva(
+            dst.path(),
+            &["cache", "import", "--allow-unsigned", b.to_str().unwrap()],
+        )
+        .spawn()
+        .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = c.kill();
         c.wait().unwrap();
         assert_no_partial_entries(dst.path());
     }
-    let o = flasheva(dst.path(), &["cache", "import", b.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = flasheva(
+        dst.path(),
+        &["cache", "import", "--allow-unsigned", b.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
     assert!(o.status.success());
     assert_no_partial_entries(dst.path());
     let a: Vec<_> = content(src.path())
@@ -214,4 +223,83 @@ fn sigkill_during_import_leaves_no_partial_entry() {
         .filter(|p| p.starts_with("v1"))
         .collect();
     assert_eq!(a, c);
+}
+
+#[test]
+fn compiles_and_imports_racing_clear_and_gc_all_succeed_and_leak_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    let compile: [&str; 10] = [
+        "compile",
+        "chunk_mean",
+        "--head-dim",
+        "64",
+        "--chunk",
+        "8",
+        "--arch",
+        "sm_80,sm_86,sm_89,sm_90",
+        "-j",
+        "1",
+    ];
+    assert!(
+        flasheva(src.path(), &compile)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let b = src.path().join("b.flasheva");
+    let b = b.to_str().unwrap();
+    assert!(
+        flasheva(src.path(), &["cache", "export", "--out", b])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let dst = tempfile::tempdir().unwrap();
+    let dst = dst.path();
+    assert!(
+        flasheva(dst, &["cache", "ls"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let jobs: Vec<Vec<&str>> = vec![
+        compile.to_vec(),
+        compile.to_vec(),
+        vec!["cache", "import", "--allow-unsigned", b],
+        vec!["cache", "import", "--allow-unsigned", b],
+        vec!["cache", "clear"],
+        vec!["cache", "gc", "--max-size", "0", "--include-winners"],
+        vec!["cache", "clear"],
+    ];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|args| {
+                s.spawn(move || {
+                    for _ in 0..4 {
+                        let o = flasheva(dst, args).output().unwrap();
+                        assert!(
+                            o.status.success(),
+                            "{args:?} failed while racing: {}",
+                            String::from_utf8_lossy(&o.stderr)
+                        );
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    let v = flasheva(dst, &["cache", "verify"]).output().unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    let left: Vec<_> = std::fs::read_dir(dst.join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in tmp/: {left:?}");
 }

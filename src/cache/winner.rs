@@ -98,8 +98,9 @@ pub enum CandidateStatus {
     Ok,
     /// Its output differs from the trusted result by more than the dtype's tolerance.
     Wrong {
-        /// `‖out − trusted‖ / ‖trusted‖` (infinite when an output was NaN).
-        rel_diff: f64,
+        /// `‖out − trusted‖ / ‖trusted‖`; `None` when the output held NaN or infinities (JSON
+        /// has no non-finite numbers).
+        rel_diff: Option<f64>,
         /// The tolerance it was held to.
         tolerance: f64,
     },
@@ -124,10 +125,16 @@ impl std::fmt::Display for CandidateStatus {
             CandidateStatus::Wrong {
                 rel_diff,
                 tolerance,
-            } => write!(
-                f,
-                "WRONG: differs from the trusted result by {rel_diff:.2e} (tolerance {tolerance:.0e})"
-            ),
+            } => match rel_diff {
+                Some(d) => write!(
+                    f,
+                    "WRONG: differs from the trusted result by {d:.2e} (tolerance {tolerance:.0e})"
+                ),
+                None => write!(
+                    f,
+                    "WRONG: its output holds NaN or infinities (tolerance {tolerance:.0e})"
+                ),
+            },
             CandidateStatus::Pruned { reason } => write!(f, "pruned: {reason}"),
             CandidateStatus::Failed { stage, message } => write!(f, "{stage} failed: {message}"),
         }
@@ -238,6 +245,30 @@ impl WinnerRecord {
             t.check(&r.spec)
                 .map_err(|e| format!("winner record of {}: {e}", r.spec))?;
         }
+        let text_ok = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
+        // A status may carry a compile log: lines and tabs, but no escape sequences.
+        let log_ok = |s: &str| {
+            s.len() <= 1 << 20
+                && !s
+                    .chars()
+                    .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+        };
+        if !text_ok(&r.crate_version, 32)
+            || !text_ok(&r.device.name, 256)
+            || r.device
+                .nvrtc_version
+                .as_deref()
+                .is_some_and(|v| !text_ok(v, 32))
+            || r.candidates.len() > 100_000
+            || r.candidates
+                .iter()
+                .any(|c| !log_ok(&status_text(&c.status)) || !text_ok(&c.rate_unit, 16))
+        {
+            return Err(format!(
+                "winner record of {}: it holds text flasheva does not write (control characters, or too long)",
+                r.spec
+            ));
+        }
         if !(r.median_ms.is_finite() && r.median_ms > 0.0) {
             return Err(format!(
                 "winner record of {}: median {} ms is not a positive time",
@@ -263,6 +294,15 @@ impl WinnerRecord {
     }
 }
 
+/// The free text a status carries (a pruning reason, a failure message).
+fn status_text(s: &CandidateStatus) -> String {
+    match s {
+        CandidateStatus::Pruned { reason } => reason.clone(),
+        CandidateStatus::Failed { message, .. } => message.clone(),
+        CandidateStatus::Ok | CandidateStatus::Wrong { .. } => String::new(),
+    }
+}
+
 /// The key of the winner record of (device, spec, bucket).
 pub fn winner_key(device: &str, capability: (u32, u32), spec: &KernelSpec, bucket: &Bucket) -> Key {
     KeyBuilder::new("flasheva-winner/1")
@@ -277,6 +317,35 @@ pub fn winner_key(device: &str, capability: (u32, u32), spec: &KernelSpec, bucke
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_candidate_status_survives_json() {
+        for st in [
+            CandidateStatus::Ok,
+            CandidateStatus::Wrong {
+                rel_diff: Some(0.5),
+                tolerance: 8e-3,
+            },
+            CandidateStatus::Wrong {
+                rel_diff: None,
+                tolerance: 2e-3,
+            },
+            CandidateStatus::Pruned {
+                reason: "spills 8 bytes".into(),
+            },
+            CandidateStatus::Failed {
+                stage: Stage::Launch,
+                message: "cuLaunchKernel failed".into(),
+            },
+        ] {
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(
+                serde_json::from_str::<CandidateStatus>(&json).unwrap(),
+                st,
+                "{json}"
+            );
+        }
+    }
 
     #[test]
     fn buckets() {

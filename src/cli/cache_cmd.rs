@@ -4,13 +4,15 @@ use std::path::PathBuf;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
-use flasheva::cache::bundle::{self, ExportOptions};
+use flasheva::cache::bundle::{self, ExportOptions, ImportOptions, Vouched};
 use flasheva::cache::compat::{Usable, usable_on};
 use flasheva::cache::meta::EntryMeta;
+use flasheva::cache::text::{path as shown, printable};
+use flasheva::cache::{CacheError, CacheStore};
 use flasheva::gpu::driver;
 
 use super::args::Selection;
-use super::{open_store, table, usage};
+use super::{open_existing_store, open_store, table, usage};
 
 #[derive(Args, Debug)]
 pub struct CacheArgs {
@@ -54,7 +56,7 @@ pub enum CacheCommand {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// The bundle file to write.
+    /// The bundle file to write (a new or regular file), or - for standard output.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     #[command(flatten)]
@@ -71,10 +73,18 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// The bundle file.
     pub file: PathBuf,
-    /// Accept only bundles signed by this public key (64 hex digits, or a file holding them);
-    /// repeat for several. Also read from FLASHEVA_TRUSTED_KEYS (comma-separated).
+    /// Trust bundles signed by this public key (64 hex digits, or a file holding them); repeat
+    /// for several. Also read from FLASHEVA_TRUSTED_KEYS (comma-separated). Without
+    /// --allow-unsigned or --rebuild-check, only bundles a trusted key signed are imported.
     #[arg(long, value_name = "PUBKEY")]
     pub trust: Vec<String>,
+    /// Import a bundle that no trusted key signed (its artifacts are then trusted as they are).
+    #[arg(long)]
+    pub allow_unsigned: bool,
+    /// Recompile every entry here (NVRTC) and import only bundles whose PTX and cubin are
+    /// reproduced byte for byte; winner records are then left out unless a trusted key signed.
+    #[arg(long)]
+    pub rebuild_check: bool,
 }
 
 /// Parses sizes like 500M, 2G, 64K, 1048576.
@@ -116,10 +126,42 @@ pub fn usability(meta: &EntryMeta, here: &Result<driver::DriverInfo, driver::Gpu
     }
 }
 
+/// `n entry` / `n entries`.
+pub fn entries(n: usize) -> String {
+    format!("{n} entr{}", if n == 1 { "y" } else { "ies" })
+}
+
+/// Lists what flasheva left because it did not create it.
+fn report_foreign(foreign: &[PathBuf]) {
+    if foreign.is_empty() {
+        return;
+    }
+    let shown: Vec<String> = foreign.iter().take(5).map(|p| shown(p)).collect();
+    eprintln!(
+        "flasheva: warning: left {} item{} flasheva did not create: {}{}",
+        foreign.len(),
+        if foreign.len() == 1 { "" } else { "s" },
+        shown.join(", "),
+        if foreign.len() > 5 { ", ..." } else { "" }
+    );
+}
+
+/// The cache for a command that only reads or removes: `None` (after saying so) when there is
+/// none yet.
+fn existing(cache_dir: Option<PathBuf>, what: &str) -> anyhow::Result<Option<CacheStore>> {
+    let store = open_existing_store(cache_dir)?;
+    if let Err(p) = &store {
+        println!("there is no cache at {} yet: {what}", shown(p));
+    }
+    Ok(store.ok())
+}
+
 pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let store = open_store(cache_dir)?;
     match a.command {
         CacheCommand::Ls => {
+            let Some(store) = existing(cache_dir, "0 entries")? else {
+                return Ok(());
+            };
             let here = driver::probe();
             let mut rows = Vec::new();
             for s in store.scan()? {
@@ -129,25 +171,25 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                         let size: u64 = m.files.values().map(|f| f.bytes).sum();
                         rows.push(vec![
                             m.key.short(),
-                            m.name.clone(),
+                            printable(&m.name).into_owned(),
                             m.tile.name(m.spec.op()),
                             m.arch.to_string(),
-                            m.compiler.to_string(),
+                            printable(&m.compiler.to_string()).into_owned(),
                             table::bytes(size),
                             usability(m, &here),
                         ]);
                     }
-                    Err(reason) => rows.push(vec![
+                    Err(damage) => rows.push(vec![
                         s.dir
                             .file_name()
                             .map(|n| n.to_string_lossy().chars().take(12).collect())
                             .unwrap_or_default(),
-                        s.dir.display().to_string(),
+                        shown(&s.dir),
                         "-".into(),
                         "-".into(),
                         "-".into(),
                         "-".into(),
-                        format!("DAMAGED (never loaded): {reason}"),
+                        printable(&format!("DAMAGED (never loaded): {damage}")).into_owned(),
                     ]),
                 }
             }
@@ -166,32 +208,49 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                     &rows
                 )
             );
-            println!("{} entries in {}", rows.len(), store.root().display());
+            println!("{} in {}", entries(rows.len()), shown(store.root()));
         }
         CacheCommand::Show { key } => {
+            let store = open_existing_store(cache_dir)?.map_err(|p| {
+                usage(CacheError::NotFound(format!(
+                    "{key} (there is no cache at {} yet)",
+                    shown(&p)
+                )))
+            })?;
             let s = store.find_by_key(&key).map_err(|e| match e {
-                flasheva::cache::CacheError::NotFound(_)
-                | flasheva::cache::CacheError::Ambiguous { .. } => usage(e),
+                CacheError::NotFound(_) | CacheError::Ambiguous { .. } => usage(e),
                 e => e.into(),
             })?;
-            println!("{}", s.dir.display());
+            println!("{}", shown(&s.dir));
             match s.entry {
-                Ok(e) => print!("{}", String::from_utf8_lossy(&e.meta.to_json())),
-                Err(reason) => {
-                    return Err(anyhow!("damaged cache entry {}: {reason}", s.dir.display()));
+                Ok(e) => print!("{}", printable(&String::from_utf8_lossy(&e.meta.to_json()))),
+                Err(damage) => {
+                    return Err(anyhow!(
+                        "damaged cache entry {}: {}",
+                        shown(&s.dir),
+                        printable(&damage.to_string())
+                    ));
                 }
             }
         }
         CacheCommand::Verify => {
-            let scanned = store.scan()?;
+            let Some(store) = existing(cache_dir, "nothing to verify")? else {
+                return Ok(());
+            };
+            let (scanned, foreign) = store.scan_all()?;
             let mut bad = 0;
             for s in &scanned {
-                if let Err(reason) = &s.entry {
+                if let Err(damage) = &s.entry {
                     bad += 1;
-                    println!("DAMAGED {}: {reason}", s.dir.display());
+                    println!(
+                        "DAMAGED {}: {}",
+                        shown(&s.dir),
+                        printable(&damage.to_string())
+                    );
                 }
             }
-            println!("{} entries verified, {} damaged", scanned.len(), bad);
+            println!("{} verified, {} damaged", entries(scanned.len()), bad);
+            report_foreign(&foreign);
             if bad > 0 {
                 return Err(anyhow!(
                     "{bad} damaged cache entr{} (they are never loaded; `flasheva compile` replaces them, `flasheva cache gc` removes them)",
@@ -200,8 +259,20 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             }
         }
         CacheCommand::Clear => {
-            let n = store.clear()?;
-            println!("removed {n} entries from {}", store.root().display());
+            let Some(store) = existing(cache_dir, "nothing to clear")? else {
+                return Ok(());
+            };
+            let s = store.clear()?;
+            println!(
+                "removed {}, {} winner record{} and {} tuning journal{} from {}",
+                entries(s.entries),
+                s.winners,
+                if s.winners == 1 { "" } else { "s" },
+                s.journals,
+                if s.journals == 1 { "" } else { "s" },
+                shown(store.root())
+            );
+            report_foreign(&s.foreign);
         }
         CacheCommand::Export(x) => {
             let specs = if x.select.named() {
@@ -215,32 +286,71 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 .map(bundle::read_signing_key)
                 .transpose()
                 .map_err(usage)?;
-            let s = bundle::export(
-                &store,
-                &x.out,
-                &ExportOptions {
-                    specs,
-                    winners_only: x.winners_only,
+            let to_stdout = x.out.as_os_str() == "-";
+            if to_stdout && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                return Err(usage(
+                    "--out - writes a binary bundle to standard output, which is a terminal: redirect it, or give --out FILE",
+                ));
+            }
+            let store = open_existing_store(cache_dir)?.map_err(|p| {
+                anyhow!("there is no cache at {} yet: nothing to export", shown(&p))
+            })?;
+            let opts = ExportOptions {
+                specs,
+                winners_only: x.winners_only,
+            };
+            let s = if to_stdout {
+                bundle::export_to(&store, std::io::stdout().lock(), &opts, key.as_ref())?
+            } else {
+                bundle::export(&store, &x.out, &opts, key.as_ref()).map_err(|e| match e {
+                    bundle::BundleError::Output { .. } => usage(e),
+                    e => e.into(),
+                })?
+            };
+            let line = format!(
+                "wrote {}{}: {}, {} winner records{}{}",
+                if to_stdout {
+                    "the bundle to standard output".to_string()
+                } else {
+                    shown(&x.out)
                 },
-                key.as_ref(),
-            )?;
-            println!(
-                "wrote {} ({}): {} entries, {} winner records{}{}",
-                x.out.display(),
-                table::bytes(s.bytes),
-                s.entries,
+                if to_stdout {
+                    String::new()
+                } else {
+                    format!(" ({})", table::bytes(s.bytes))
+                },
+                entries(s.entries),
                 s.winners,
                 s.signer
+                    .as_ref()
                     .map(|k| format!(", signed by {k}"))
                     .unwrap_or_default(),
                 if s.skipped_damaged > 0 {
-                    format!(", {} damaged entries left out", s.skipped_damaged)
+                    format!(", {} damaged left out", entries(s.skipped_damaged))
                 } else {
                     String::new()
                 }
             );
+            if to_stdout {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
             if s.entries == 0 && s.winners == 0 {
-                eprintln!("flasheva: warning: the bundle is empty: nothing in the cache matched");
+                if s.skipped_damaged > 0 {
+                    eprintln!(
+                        "flasheva: warning: the bundle is empty: {} damaged and left out (flasheva cache verify names them)",
+                        if s.skipped_damaged == 1 {
+                            "the only entry is".to_string()
+                        } else {
+                            format!("all {} entries are", s.skipped_damaged)
+                        }
+                    );
+                } else {
+                    eprintln!(
+                        "flasheva: warning: the bundle is empty: nothing in the cache matched"
+                    );
+                }
             }
         }
         CacheCommand::Import(x) => {
@@ -254,25 +364,51 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             {
                 keys.push(bundle::parse_public_key(k).map_err(usage)?);
             }
-            let s = bundle::import(&store, &x.file, &keys)?;
+            let nvrtc = if x.rebuild_check {
+                Some(flasheva::compile::nvrtc::Nvrtc::load()?)
+            } else {
+                None
+            };
+            let store = open_store(cache_dir)?;
+            let s = bundle::import(
+                &store,
+                &x.file,
+                &ImportOptions {
+                    trusted: keys,
+                    allow_unsigned: x.allow_unsigned,
+                    rebuild: nvrtc
+                        .as_ref()
+                        .map(|n| n as &dyn flasheva::compile::Compiler),
+                },
+            )?;
+            let how = match &s.vouched {
+                Some(Vouched::Signed(k)) => format!("signed by trusted key {k}"),
+                Some(Vouched::AllowedUnsigned) => match &s.signer {
+                    Some(k) => {
+                        format!("signed by {k}, not a trusted key (accepted with --allow-unsigned)")
+                    }
+                    None => "not signed (accepted with --allow-unsigned)".into(),
+                },
+                Some(Vouched::Rebuilt) | None => format!(
+                    "{} recompiled here to the same bytes (--rebuild-check)",
+                    entries(s.rebuilt)
+                ),
+            };
             println!(
-                "imported {}: {} entries added, {} already present, {} winner records added, {} kept (faster here){}",
-                x.file.display(),
-                s.added,
+                "imported {}: {} added, {} already present, {} winner records added, {} kept (faster here); {how}",
+                shown(&x.file),
+                entries(s.added),
                 s.present,
                 s.winners_added,
                 s.winners_kept,
-                s.signer
-                    .map(|k| format!(
-                        "; signed by {k}{}",
-                        if keys.is_empty() {
-                            " (not checked against trusted keys: none given)"
-                        } else {
-                            ""
-                        }
-                    ))
-                    .unwrap_or_default()
             );
+            if s.winners_skipped > 0 {
+                println!(
+                    "left out {} winner record{}: only a trusted signature vouches for measurements",
+                    s.winners_skipped,
+                    if s.winners_skipped == 1 { "" } else { "s" }
+                );
+            }
             for c in &s.conflicts {
                 println!("conflict: {c}");
             }
@@ -281,7 +417,7 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             let pk = bundle::keygen(&out).map_err(usage)?;
             println!(
                 "wrote the secret key to {} (keep it on the build machine)",
-                out.display()
+                shown(&out)
             );
             println!("public key (give it to importers: flasheva cache import --trust KEY):\n{pk}");
         }
@@ -289,10 +425,13 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             max_size,
             include_winners,
         } => {
+            let Some(store) = existing(cache_dir, "nothing to collect")? else {
+                return Ok(());
+            };
             let s = store.gc(max_size, include_winners)?;
             println!(
-                "evicted {} entries ({} damaged), freed {}, {} left{}{}",
-                s.evicted,
+                "evicted {} ({} damaged), freed {}, {} left{}{}",
+                entries(s.evicted),
                 s.damaged,
                 table::bytes(s.freed_bytes),
                 table::bytes(s.remaining_bytes),
@@ -310,6 +449,7 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                     String::new()
                 }
             );
+            report_foreign(&s.foreign);
             if s.remaining_bytes > max_size {
                 eprintln!(
                     "flasheva: warning: the cache is still over {} because winner artifacts are kept",

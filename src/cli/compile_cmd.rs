@@ -25,9 +25,23 @@ pub struct CompileArgs {
     /// Target archs, comma-separated (accepted: sm_80, sm_86, sm_87, sm_89, sm_90, sm_90a, sm_100, sm_100a, sm_120).
     #[arg(long, value_name = "LIST", value_parser = parse_archs)]
     pub arch: Option<ArchList>,
-    /// Compiles to run at once (default: one per core).
-    #[arg(long, short = 'j', value_name = "N")]
+    /// Compiles to run at once, 1 to 256 (default: one per core).
+    #[arg(long, short = 'j', value_name = "N", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
+}
+
+/// Most compiles `-j` runs at once: each holds a compiler and its output in memory.
+pub const MAX_JOBS: usize = 256;
+
+/// Parses `-j`: a whole number from 1 to [`MAX_JOBS`].
+pub fn parse_jobs(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_JOBS).contains(n))
+        .ok_or_else(|| {
+            format!("-j {s} is not accepted: give a whole number of compiles from 1 to {MAX_JOBS}")
+        })
 }
 
 pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
@@ -53,7 +67,7 @@ pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 .map(|n| n.get())
                 .unwrap_or(1)
         })
-        .max(1);
+        .clamp(1, MAX_JOBS);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()

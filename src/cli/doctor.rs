@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use flasheva::compile::nvrtc::Nvrtc;
 use flasheva::gpu::driver;
 
-use super::{open_store, table};
+use flasheva::cache::{CacheError, CacheStore};
+
+use super::table;
 
 pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!("flasheva {}", env!("CARGO_PKG_VERSION"));
@@ -51,13 +53,34 @@ pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
         Err(e) => println!("driver: {e}"),
     }
-    let store = open_store(cache_dir)?;
+    let root = match cache_dir {
+        Some(d) => d,
+        None => flasheva::cache::store::default_root()?,
+    };
+    let store = match CacheStore::open_existing(&root) {
+        Ok(store) => store,
+        Err(CacheError::Missing(_)) => {
+            println!(
+                "cache:  there is no cache at {} yet (flasheva compile or cache import creates it)",
+                flasheva::cache::text::path(&root)
+            );
+            return Ok(());
+        }
+        Err(e @ CacheError::NotACache { .. }) => {
+            println!(
+                "cache:  {}",
+                flasheva::cache::text::printable(&e.to_string())
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let scanned = store.scan()?;
     let damaged = scanned.iter().filter(|s| s.entry.is_err()).count();
     println!(
-        "cache:  {} ({} entries, {} damaged, {} winner records, {})",
-        store.root().display(),
-        scanned.len(),
+        "cache:  {} ({}, {} damaged, {} winner records, {})",
+        flasheva::cache::text::path(store.root()),
+        super::cache_cmd::entries(scanned.len()),
         damaged,
         store.all_winners().len(),
         table::bytes(store.size_bytes())

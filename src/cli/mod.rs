@@ -176,10 +176,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Opens the cache chosen by `--cache-dir` / `FLASHEVA_CACHE_DIR` / the default.
+/// Opens the cache chosen by `--cache-dir` / `FLASHEVA_CACHE_DIR` / the default, creating it
+/// when missing; a folder that is not a flasheva cache is refused as bad input.
 pub fn open_store(dir: Option<PathBuf>) -> anyhow::Result<flasheva::cache::CacheStore> {
-    Ok(match dir {
-        Some(d) => flasheva::cache::CacheStore::open(d)?,
-        None => flasheva::cache::CacheStore::open_default()?,
-    })
+    let root = match dir {
+        Some(d) => d,
+        None => flasheva::cache::store::default_root()?,
+    };
+    flasheva::cache::CacheStore::open(root).map_err(store_error)
+}
+
+/// Opens an existing cache for a command that only reads (or only removes): creates nothing;
+/// `Err(root)` when there is no cache there yet.
+pub fn open_existing_store(
+    dir: Option<PathBuf>,
+) -> anyhow::Result<Result<flasheva::cache::CacheStore, PathBuf>> {
+    let root = match dir {
+        Some(d) => d,
+        None => flasheva::cache::store::default_root()?,
+    };
+    match flasheva::cache::CacheStore::open_existing(root) {
+        Ok(s) => Ok(Ok(s)),
+        Err(flasheva::cache::CacheError::Missing(p)) => Ok(Err(p)),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+fn store_error(e: flasheva::cache::CacheError) -> anyhow::Error {
+    match e {
+        e @ flasheva::cache::CacheError::NotACache { .. } => usage(e),
+        e => e.into(),
+    }
 }

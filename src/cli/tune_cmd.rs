@@ -62,6 +62,11 @@ fn say(pb: &ProgressBar, msg: String) {
 }
 
 fn parse_shapes(s: &str) -> anyhow::Result<Vec<(usize, usize)>> {
+    if s.split(',').all(|p| p.trim().is_empty()) {
+        return Err(usage(format!(
+            "--shapes '{s}' names no shape: give BxN pairs separated by commas, e.g. 1x16384,8x2048"
+        )));
+    }
     s.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
@@ -103,10 +108,14 @@ fn workloads(a: &TuneArgs) -> anyhow::Result<Vec<Workload>> {
 pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let loads = workloads(&a)?;
     let spaces = match &a.space {
-        Some(p) => Spaces::parse(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )
-        .map_err(usage)?,
+        // A spaces file is a few hundred bytes: 1 MiB is a generous cap (and /dev/zero is refused).
+        Some(p) => {
+            let bytes = flasheva::cache::fsx::read_capped(p, 1 << 20, true)
+                .map_err(|e| usage(format!("--space {}: {e}", p.display())))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| usage(format!("--space {}: not UTF-8 text", p.display())))?;
+            Spaces::parse(&text).map_err(usage)?
+        }
         None => Spaces::builtin(),
     };
     if a.samples == 0 {

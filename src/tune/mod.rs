@@ -279,16 +279,16 @@ pub fn tune(
                 } else {
                     match measure(rt, &mut bench, &w, &tile, &default, &trusted, tol, cfg) {
                         Measured::Done(diff, t) => {
-                            r.rel_diff = Some(diff);
+                            r.rel_diff = diff.is_finite().then_some(diff);
                             r.rate = Some(rate_of(&w, t.median_ms).0);
                             r.median_ms = Some(t.median_ms);
                             r.min_ms = Some(t.min_ms);
                             r.max_ms = Some(t.max_ms);
                         }
                         Measured::Wrong(diff) => {
-                            r.rel_diff = Some(diff);
+                            r.rel_diff = diff.is_finite().then_some(diff);
                             r.status = CandidateStatus::Wrong {
-                                rel_diff: diff,
+                                rel_diff: diff.is_finite().then_some(diff),
                                 tolerance: tol,
                             };
                         }
@@ -469,7 +469,7 @@ mod tests {
 
     fn wrong() -> CandidateStatus {
         CandidateStatus::Wrong {
-            rel_diff: 0.5,
+            rel_diff: Some(0.5),
             tolerance: 8e-3,
         }
     }

@@ -176,7 +176,7 @@ mod tests {
                     8,
                     None,
                     CandidateStatus::Wrong {
-                        rel_diff: 0.1,
+                        rel_diff: Some(0.1),
                         tolerance: 8e-3,
                     },
                 ),

@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests: NVRTC (required, never skipped), a compiler wrapper
-//! that counts real compiles, cheap specs, and a snapshot of a folder's files and bytes.
+//! that counts real compiles, a fake compiler ([`fake`]), cheap specs, and a snapshot of a
+//! folder's files and bytes.
 
 #![allow(dead_code)]
+
+pub mod fake;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
