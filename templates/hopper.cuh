@@ -40,14 +40,6 @@ FE_DEV void fe_mbar_init_fence() {
 FE_DEV void fe_mbar_arrive_tx(u32 bar, u32 bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
 }
-// An asynchronous 4-byte store into this CTA's shared memory that completes on mbarrier `bar` (its
-// bytes count against the phase's expected transaction count, like a TMA load's): a value handed to the
-// threads that wait on `bar` through the barrier itself, with no generic-proxy store in between.
-FE_DEV void fe_st_async_s32(u32 addr, int value, u32 bar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.s32 [%0], %1, [%2];" ::"r"(addr), "r"(value),
-               "r"(bar)
-               : "memory");
-}
 FE_DEV void fe_mbar_arrive(u32 bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }

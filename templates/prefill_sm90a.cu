@@ -136,7 +136,7 @@ FE_DEV FeTile fe_tile(int t, const PrefillSm90Params& p) {
 }
 
 // ---- producer: one thread ------------------------------------------------------------------------------
-FE_DEV void fe_producer(const PrefillSm90Params& p, u32 sbase) {
+FE_DEV void fe_producer(const PrefillSm90Params& p, u32 sbase, int* slot) {
   const int total = ((p.n + BM - 1) / BM) * p.h * p.batch;
   fe_prefetch_tmap(&p.tm_q);
   fe_prefetch_tmap(&p.tm_k);
@@ -151,17 +151,17 @@ FE_DEV void fe_producer(const PrefillSm90Params& p, u32 sbase) {
   for (;;) {
     // The consumers are done reading Q of the previous tile (and have read its slot).
     fe_mbar_wait(bar + 8 * BAR_Q_EMPTY, tpar ^ 1u);
-    // The tile number reaches the consumers through q_full itself (an asynchronous store counted in
-    // its transaction bytes), so no generic shared-memory store races their reads of the slot.
+    // The slot is written before q_full's arrival (release) and read after its wait (acquire); the
+    // consumers read it before arriving on q_empty, which this thread waited for above.
     if (tile >= total) {
-      fe_mbar_arrive_tx(bar + 8 * BAR_Q_FULL, 4);
-      fe_st_async_s32(sbase + OFF_SLOT, -1, bar + 8 * BAR_Q_FULL);
+      *(volatile int*)slot = -1;
+      fe_mbar_arrive(bar + 8 * BAR_Q_FULL);
       break;
     }
+    *(volatile int*)slot = tile;
     const FeTile t = fe_tile(tile, p);
     const int hk = t.h / (p.h / p.hkv);
-    fe_mbar_arrive_tx(bar + 8 * BAR_Q_FULL, Q_BYTES + 4);
-    fe_st_async_s32(sbase + OFF_SLOT, tile, bar + 8 * BAR_Q_FULL);
+    fe_mbar_arrive_tx(bar + 8 * BAR_Q_FULL, Q_BYTES);
 #pragma unroll
     for (int pn = 0; pn < PANELS; ++pn)
       fe_tma_load_4d(sbase + OFF_Q + pn * Q_PANEL, &p.tm_q, pn * 64, t.h, t.m0, t.b, bar + 8 * BAR_Q_FULL);
@@ -534,7 +534,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) {{ name }}(const __grid_cons
   const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0);  // warp-uniform, see above
   if (wg == 0) {
     if (FE_SETMAXNREG) fe_setmaxnreg_dec<REG_PRODUCER>();
-    if (threadIdx.x == 0) fe_producer(p, sbase);
+    if (threadIdx.x == 0) fe_producer(p, sbase, slot);
   } else {
     if (FE_SETMAXNREG) fe_setmaxnreg_inc<REG_CONSUMER>();
     fe_consumer(p, sbase, slot, wg - 1);
