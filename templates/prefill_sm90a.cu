@@ -33,7 +33,8 @@ static_assert(FE_W > 0 && FE_C > 0, "window and chunk must be positive");
 
 // Experiments (not template context: -D on the compiler command line overrides the defaults).
 #ifndef FE_PINGPONG
-#define FE_PINGPONG 1  // the two consumer warpgroups take turns issuing their wgmma (named barriers 1, 2)
+#define FE_PINGPONG 0  // 1: the two consumer warpgroups take turns issuing their wgmma (named barriers 1, 2);
+                       // off by default: measured 1-2.5% slower on the H200 (docs/VALIDATION.md, 2026-11-28)
 #endif
 #ifndef FE_SETMAXNREG
 #define FE_SETMAXNREG 1  // 0: no register reallocation (diagnostic: consumers then spill at D=128)
@@ -152,13 +153,15 @@ FE_DEV void fe_producer(const PrefillSm90Params& p, u32 sbase, int* slot) {
     // The consumers are done reading Q of the previous tile (and have read its slot).
     fe_mbar_wait(bar + 8 * BAR_Q_EMPTY, tpar ^ 1u);
     // The slot is written before q_full's arrival (release) and read after its wait (acquire); the
-    // consumers read it before arriving on q_empty, which this thread waited for above.
+    // consumers read it before arriving on q_empty, which this thread waited for above. Both sides
+    // use atomics, so the hand-off is not a data race even for a checker that does not model
+    // mbarrier ordering (racecheck reported it with plain accesses: device run 2).
     if (tile >= total) {
-      *(volatile int*)slot = -1;
+      atomicExch(slot, -1);
       fe_mbar_arrive(bar + 8 * BAR_Q_FULL);
       break;
     }
-    *(volatile int*)slot = tile;
+    atomicExch(slot, tile);
     const FeTile t = fe_tile(tile, p);
     const int hk = t.h / (p.h / p.hkv);
     fe_mbar_arrive_tx(bar + 8 * BAR_Q_FULL, Q_BYTES);
@@ -310,41 +313,6 @@ FE_DEV void fe_to_p(u32 (&P)[BN / 4], const float (&S)[BN / 2]) {
   for (int j = 0; j < BN / 4; ++j) P[j] = fe_pack2(S[2 * j], S[2 * j + 1]);
 }
 
-FE_DEV u32 fe_sel4(const u32 (&a)[4], int i) { return i == 0 ? a[0] : i == 1 ? a[1] : i == 2 ? a[2] : a[3]; }
-
-// Stores one row of normalised output with 16-byte stores. This thread holds, for every 8-column group g,
-// the two columns 8g + 2q, 8g + 2q + 1 of its row (q = lane % 4; accumulator elements O[4g + e0], +1); a
-// 4 x 4 transpose within the quad (three shuffles per four groups) gives lane q all of group 4k + q, so each
-// store writes a whole 16-byte chunk and the quad a 64-byte run: full sectors instead of 4-byte pieces.
-// Every lane must call it (the shuffles); only `valid` rows are written.
-FE_DEV void fe_store_row16(u16* orow, const float (&O)[FE_D / 2], int e0, float inv, bool valid, int lane) {
-  const int quad = lane & 3;
-#pragma unroll
-  for (int k = 0; k < FE_D / 32; ++k) {
-    u32 a[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) a[j] = fe_pack2(O[4 * (4 * k + j) + e0] * inv, O[4 * (4 * k + j) + e0 + 1] * inv);
-    u32 b[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      // Round r: lane s sends word s of group 4k + (s + r) % 4; lane q receives from s = (q - r) % 4,
-      // i.e. word s of its own group 4k + q.
-      const int src = (quad - r) & 3;
-      const u32 got = __shfl_sync(0xffffffffu, fe_sel4(a, (quad + r) & 3), (lane & ~3) | src);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) b[i] = src == i ? got : b[i];
-    }
-    if (valid) {
-      fe_u32x4 v;
-      v.x = b[0];
-      v.y = b[1];
-      v.z = b[2];
-      v.w = b[3];
-      fe_st16(orow + 8 * (4 * k + quad), v);
-    }
-  }
-}
-
 FE_DEV void fe_rescale(float (&O)[FE_D / 2], const float (&alpha)[2]) {
   if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
@@ -380,7 +348,7 @@ FE_DEV void fe_warp_arrive(u32 bar, int lane) {
   if (lane == 0) fe_mbar_arrive(bar);
 }
 
-FE_DEV void fe_consumer(const PrefillSm90Params& p, u32 sbase, const int* slot, int wg) {
+FE_DEV void fe_consumer(const PrefillSm90Params& p, u32 sbase, int* slot, int wg) {
   const int tid = threadIdx.x - 128 * (wg + 1);
   const int lane = tid & 31;
   const int quad = lane & 3;
@@ -400,7 +368,7 @@ FE_DEV void fe_consumer(const PrefillSm90Params& p, u32 sbase, const int* slot, 
     tpar ^= 1u;
     // Broadcast from lane 0: the compiler then knows every value derived from it is warp-uniform
     // (wgmma in code it must assume divergent gets serialized, ptxas C7520).
-    const int tile = __shfl_sync(0xffffffffu, *(const volatile int*)slot, 0);
+    const int tile = __shfl_sync(0xffffffffu, (lane == 0) ? atomicAdd(slot, 0) : 0, 0);
     if (tile < 0) break;
     const FeTile t = fe_tile(tile, p);
     const int r_lo = t.m0 + 64 * wg;
@@ -499,9 +467,19 @@ FE_DEV void fe_consumer(const PrefillSm90Params& p, u32 sbase, const int* slot, 
     const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f;
     const float inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
     const int n = p.n;
-    u16* ob = p.o + t.b * p.o_sb + t.h * p.o_sh;
-    fe_store_row16(ob + (i64)ra * p.o_st, O, 0, inv0, ra < n, lane);
-    fe_store_row16(ob + (i64)rb * p.o_st, O, 2, inv1, rb < n, lane);
+    u16* ob = p.o + t.b * p.o_sb + t.h * p.o_sh + 2 * quad;
+    if (ra < n) {
+      u16* orow = ob + (i64)ra * p.o_st;
+#pragma unroll
+      for (int g = 0; g < FE_D / 8; ++g)
+        *reinterpret_cast<u32*>(orow + 8 * g) = fe_pack2(O[4 * g] * inv0, O[4 * g + 1] * inv0);
+    }
+    if (rb < n) {
+      u16* orow = ob + (i64)rb * p.o_st;
+#pragma unroll
+      for (int g = 0; g < FE_D / 8; ++g)
+        *reinterpret_cast<u32*>(orow + 8 * g) = fe_pack2(O[4 * g + 2] * inv1, O[4 * g + 3] * inv1);
+    }
     if (quad == 0) {
       float* lg = p.lse + t.b * p.lse_sb + t.h * p.lse_sh;
       if (ra < n) lg[ra] = fe_lse(m[0], l[0]);
