@@ -1227,3 +1227,23 @@ fn d12_read_only_commands_create_nothing_and_messages_count_right() {
         assert_eq!(err(&o).lines().count(), 1);
     }
 }
+
+/// A store opened read-only on an existing empty folder tags the folder before it creates any
+/// folder in it (a `gc` or `clear` there takes locks), so a process racing it never sees cache
+/// folders without the marker and never refuses the folder as a foreign one (seen in CI: compiles
+/// racing `cache gc` on a fresh empty folder failed with "is not a flasheva cache").
+#[test]
+fn a_store_opened_on_an_empty_folder_is_tagged_before_it_holds_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CacheStore::open_existing(dir.path()).unwrap();
+    assert!(
+        fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "opening wrote something"
+    );
+    let key = flasheva::key::sha256(b"any key");
+    let _lock = store.lock(&key).unwrap();
+    assert!(dir.path().join("locks").is_dir());
+    assert!(dir.path().join(layout::MARKER_FILE).is_file());
+    // another process opening for writing now sees a cache
+    CacheStore::open(dir.path()).unwrap();
+}

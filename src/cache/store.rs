@@ -218,6 +218,12 @@ impl CacheStore {
 
     /// Creates `dir` below the root as real folders on the cache's filesystem.
     pub(crate) fn ensure_dir(&self, dir: &Path) -> Result<(), CacheError> {
+        // A store opened on an existing empty folder (open_existing) becomes a tagged cache
+        // before it holds anything, so that no other process ever sees its folders without the
+        // marker (and takes the folder for a foreign one).
+        if fs::symlink_metadata(self.layout.marker_file()).is_err() {
+            write_tags(&self.layout)?;
+        }
         fsx::ensure_dir(self.root(), dir, self.dev)
     }
 
