@@ -480,3 +480,39 @@ fn run_names_missing_and_misshapen_tensors() {
         text(&o).1
     );
 }
+
+/// `flasheva render ... | head -1`: the reader is gone before flasheva writes (its end of the pipe
+/// is closed before the process starts, so every write meets a broken pipe); flasheva ends quietly
+/// with exit code 0 instead of panicking ("failed printing to stdout", exit 101).
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(bin())
+        .args([
+            "render",
+            "prefill",
+            "--head-dim",
+            "64",
+            "--window",
+            "64",
+            "--chunk",
+            "8",
+        ])
+        .env("FLASHEVA_CACHE_DIR", dir.path())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -167,7 +167,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             dense_causal_ms_at_rate: dense,
         });
     }
-    println!(
+    outln!(
         "device: {} (sm_{}{}, {} SMs); device-to-device copy {:.0} GB/s (read + write); {} timed launches per kernel after {} warm-up",
         info.name,
         info.capability.0,
@@ -177,7 +177,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         a.iters,
         a.warmup
     );
-    print!(
+    out!(
         "{}",
         table::format(
             &[

@@ -151,7 +151,7 @@ fn report_foreign(foreign: &[PathBuf]) {
 fn existing(cache_dir: Option<PathBuf>, what: &str) -> anyhow::Result<Option<CacheStore>> {
     let store = open_existing_store(cache_dir)?;
     if let Err(p) = &store {
-        println!("there is no cache at {} yet: {what}", shown(p));
+        outln!("there is no cache at {} yet: {what}", shown(p));
     }
     Ok(store.ok())
 }
@@ -193,7 +193,7 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                     ]),
                 }
             }
-            print!(
+            out!(
                 "{}",
                 table::format(
                     &[
@@ -208,7 +208,7 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                     &rows
                 )
             );
-            println!("{} in {}", entries(rows.len()), shown(store.root()));
+            outln!("{} in {}", entries(rows.len()), shown(store.root()));
         }
         CacheCommand::Show { key } => {
             let store = open_existing_store(cache_dir)?.map_err(|p| {
@@ -221,9 +221,9 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 CacheError::NotFound(_) | CacheError::Ambiguous { .. } => usage(e),
                 e => e.into(),
             })?;
-            println!("{}", shown(&s.dir));
+            outln!("{}", shown(&s.dir));
             match s.entry {
-                Ok(e) => print!("{}", printable(&String::from_utf8_lossy(&e.meta.to_json()))),
+                Ok(e) => out!("{}", printable(&String::from_utf8_lossy(&e.meta.to_json()))),
                 Err(damage) => {
                     return Err(anyhow!(
                         "damaged cache entry {}: {}",
@@ -242,14 +242,14 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             for s in &scanned {
                 if let Err(damage) = &s.entry {
                     bad += 1;
-                    println!(
+                    outln!(
                         "DAMAGED {}: {}",
                         shown(&s.dir),
                         printable(&damage.to_string())
                     );
                 }
             }
-            println!("{} verified, {} damaged", entries(scanned.len()), bad);
+            outln!("{} verified, {} damaged", entries(scanned.len()), bad);
             report_foreign(&foreign);
             if bad > 0 {
                 return Err(anyhow!(
@@ -263,7 +263,7 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 return Ok(());
             };
             let s = store.clear()?;
-            println!(
+            outln!(
                 "removed {}, {} winner record{} and {} tuning journal{} from {}",
                 entries(s.entries),
                 s.winners,
@@ -334,7 +334,7 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             if to_stdout {
                 eprintln!("{line}");
             } else {
-                println!("{line}");
+                outln!("{line}");
             }
             if s.entries == 0 && s.winners == 0 {
                 if s.skipped_damaged > 0 {
@@ -394,7 +394,7 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                     entries(s.rebuilt)
                 ),
             };
-            println!(
+            outln!(
                 "imported {}: {} added, {} already present, {} winner records added, {} kept (faster here); {how}",
                 shown(&x.file),
                 entries(s.added),
@@ -403,23 +403,23 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 s.winners_kept,
             );
             if s.winners_skipped > 0 {
-                println!(
+                outln!(
                     "left out {} winner record{}: only a trusted signature vouches for measurements",
                     s.winners_skipped,
                     if s.winners_skipped == 1 { "" } else { "s" }
                 );
             }
             for c in &s.conflicts {
-                println!("conflict: {c}");
+                outln!("conflict: {c}");
             }
         }
         CacheCommand::Keygen { out } => {
             let pk = bundle::keygen(&out).map_err(usage)?;
-            println!(
+            outln!(
                 "wrote the secret key to {} (keep it on the build machine)",
                 shown(&out)
             );
-            println!("public key (give it to importers: flasheva cache import --trust KEY):\n{pk}");
+            outln!("public key (give it to importers: flasheva cache import --trust KEY):\n{pk}");
         }
         CacheCommand::Gc {
             max_size,
@@ -429,7 +429,7 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 return Ok(());
             };
             let s = store.gc(max_size, include_winners)?;
-            println!(
+            outln!(
                 "evicted {} ({} damaged), freed {}, {} left{}{}",
                 entries(s.evicted),
                 s.damaged,

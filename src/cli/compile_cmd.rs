@@ -154,14 +154,14 @@ pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             }
         }
     }
-    print!(
+    out!(
         "{}",
         table::format(
             &["kernel", "arch", "tile", "status", "compile", "regs", "key"],
             &rows
         )
     );
-    println!(
+    outln!(
         "{} compiled, {} cached, {} failed in {:.1} s ({} in the cache at {})",
         compiled,
         cached,

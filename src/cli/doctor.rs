@@ -10,7 +10,7 @@ use flasheva::cache::{CacheError, CacheStore};
 use super::table;
 
 pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    println!("flasheva {}", env!("CARGO_PKG_VERSION"));
+    outln!("flasheva {}", env!("CARGO_PKG_VERSION"));
     match Nvrtc::load() {
         Ok(n) => {
             let i = n.info();
@@ -20,25 +20,25 @@ pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 .map(|d| d.display().to_string())
                 .unwrap_or_else(|| "found by the dynamic loader".into());
             let archs: Vec<String> = i.archs.iter().map(|a| format!("sm_{a}")).collect();
-            println!(
+            outln!(
                 "nvrtc:  {}.{} ({at}); targets {}",
                 i.version.0,
                 i.version.1,
                 archs.join(" ")
             );
         }
-        Err(e) => println!("nvrtc:  not available: {e}"),
+        Err(e) => outln!("nvrtc:  not available: {e}"),
     }
     let here = driver::probe();
     match &here {
         Ok(d) => {
             let (isa_major, isa_minor) = driver::max_ptx_isa(d.version);
-            println!(
+            outln!(
                 "driver: CUDA {} (accepts PTX ISA up to {isa_major}.{isa_minor})",
                 d.version_string()
             );
             for g in &d.devices {
-                println!(
+                outln!(
                     "gpu {}:  {}, sm_{}{}, {} SMs, {} memory, {} shared memory per block, {} L2",
                     g.ordinal,
                     g.name,
@@ -51,7 +51,7 @@ pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 );
             }
         }
-        Err(e) => println!("driver: {e}"),
+        Err(e) => outln!("driver: {e}"),
     }
     let root = match cache_dir {
         Some(d) => d,
@@ -60,14 +60,14 @@ pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let store = match CacheStore::open_existing(&root) {
         Ok(store) => store,
         Err(CacheError::Missing(_)) => {
-            println!(
+            outln!(
                 "cache:  there is no cache at {} yet (flasheva compile or cache import creates it)",
                 flasheva::cache::text::path(&root)
             );
             return Ok(());
         }
         Err(e @ CacheError::NotACache { .. }) => {
-            println!(
+            outln!(
                 "cache:  {}",
                 flasheva::cache::text::printable(&e.to_string())
             );
@@ -77,7 +77,7 @@ pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let scanned = store.scan()?;
     let damaged = scanned.iter().filter(|s| s.entry.is_err()).count();
-    println!(
+    outln!(
         "cache:  {} ({}, {} damaged, {} winner records, {})",
         flasheva::cache::text::path(store.root()),
         super::cache_cmd::entries(scanned.len()),
@@ -93,7 +93,7 @@ pub fn run(cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     for (reason, n) in why {
-        println!(
+        outln!(
             "        {n} entr{} usable here? {reason}",
             if n == 1 { "y" } else { "ies" }
         );

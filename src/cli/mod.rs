@@ -1,6 +1,22 @@
 //! The command-line edge: clap definitions (their doc comments are the help), dispatch, and the
 //! mapping of errors to one line on stderr and an exit code (2 for bad input, 1 for failures).
 
+/// Writes to standard output; a closed pipe (`flasheva cache ls | head -1`) ends the process
+/// quietly with exit code 0, any other write error with one line and exit code 1.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+
+/// As [`out!`], with a newline.
+macro_rules! outln {
+    () => { $crate::cli::write_out(format_args!("\n")) };
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod args;
 mod bench_cmd;
 pub mod cache_cmd;
@@ -53,6 +69,18 @@ pub enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Find the fastest correct tile of each spec on this GPU and record the winners.
     Tune(tune_cmd::TuneArgs),
+}
+
+/// The one writer behind [`out!`] and [`outln!`].
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("flasheva: error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// Input errors: bad flags, specs, tiles, archs, presets, keys. Exit code 2.

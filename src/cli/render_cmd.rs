@@ -24,6 +24,6 @@ pub struct RenderArgs {
 pub fn run(a: RenderArgs) -> anyhow::Result<()> {
     let spec = a.spec.spec(a.op)?;
     let tile = tile_for(&spec, a.arch, a.tile.as_deref())?;
-    print!("{}", flasheva::render::render(&spec, &tile)?);
+    out!("{}", flasheva::render::render(&spec, &tile)?);
     Ok(())
 }

@@ -142,10 +142,10 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     };
 
     if a.dry_run {
-        println!("candidates on {device_name}:");
+        outln!("candidates on {device_name}:");
         for w in &loads {
             let c = spaces.candidates(&w.spec, arch, limits);
-            println!(
+            outln!(
                 "\n{} at {}: {} candidates, {} pruned",
                 w.spec,
                 w.describe(),
@@ -172,9 +172,9 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                     .iter()
                     .map(|p| vec![p.tile.name(w.spec.op()), format!("pruned: {}", p.reason)]),
             );
-            print!("{}", table::format(&["tile", "decision"], &rows));
+            out!("{}", table::format(&["tile", "decision"], &rows));
         }
-        println!(
+        outln!(
             "\n(after compiling, candidates that spill registers or exceed the register file are dropped too)"
         );
         return Ok(());
@@ -278,9 +278,15 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     }
     pb.finish_and_clear();
     for r in &records {
-        println!(
+        outln!(
             "\n{} on {}, B={} N={} H={} Hkv={} ({})",
-            r.spec, r.device.name, r.shape.0, r.shape.1, r.shape.2, r.shape.3, r.bucket
+            r.spec,
+            r.device.name,
+            r.shape.0,
+            r.shape.1,
+            r.shape.2,
+            r.shape.3,
+            r.bucket
         );
         let rows: Vec<Vec<String>> = r
             .candidates
@@ -302,7 +308,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        print!(
+        out!(
             "{}",
             table::format(
                 &["candidate", "median ms", "rate", "vs default", "status"],
@@ -310,7 +316,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             )
         );
     }
-    println!("\nwinners (recorded in {}):", rt.store().root().display());
+    outln!("\nwinners (recorded in {}):", rt.store().root().display());
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
@@ -326,7 +332,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table::format(
             &[
@@ -341,7 +347,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             &rows
         )
     );
-    println!(
+    outln!(
         "{} workload(s) tuned in {:.1} s",
         records.len(),
         t0.elapsed().as_secs_f64()
@@ -350,7 +356,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         for p in tune::report::write(dir, &records)
             .with_context(|| format!("writing the report into {}", dir.display()))?
         {
-            println!("wrote {}", p.display());
+            outln!("wrote {}", p.display());
         }
     }
     if !failures.is_empty() {
