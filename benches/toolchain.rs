@@ -111,10 +111,7 @@ fn benches(c: &mut Criterion) {
                 let r = bundle::import(
                     &s,
                     &file,
-                    &bundle::ImportOptions {
-                        allow_unsigned: true,
-                        ..Default::default()
-                    },
+                    &bundle::ImportOptions::default().allow_unsigned(true),
                 )
                 .unwrap();
                 assert_eq!(r.added, 100);

@@ -9,6 +9,7 @@ use crate::tile::TileError;
 
 /// Any flasheva failure.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A spec failed validation.
     #[error(transparent)]
@@ -19,8 +20,8 @@ pub enum Error {
     /// An unknown arch.
     #[error(transparent)]
     Arch(#[from] ArchError),
-    /// Rendering failed.
-    #[cfg(feature = "compiler")]
+    /// Rendering failed (only a build with the `compiler` feature renders; the variant exists in
+    /// every build, so matching on errors does not depend on features).
     #[error(transparent)]
     Render(#[from] crate::render::RenderError),
     /// Compiling failed, or no compiler.

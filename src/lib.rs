@@ -39,7 +39,6 @@ pub mod pipeline;
 pub mod presets;
 #[cfg(feature = "cli")]
 pub mod reference;
-#[cfg(feature = "compiler")]
 pub mod render;
 pub mod spec;
 pub mod target;

@@ -23,6 +23,7 @@ use crate::tile::{Engine, Tile};
 
 /// Where a loaded kernel came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Origin {
     /// A cached cubin.
     Cubin {

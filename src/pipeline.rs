@@ -16,6 +16,7 @@ pub use crate::CRATE_VERSION;
 
 /// Whether an artifact came from the cache or was compiled now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Status {
     /// Found in the cache.
     Cached,

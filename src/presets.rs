@@ -59,6 +59,7 @@ pub struct Presets {
 
 /// A preset that does not exist or does not expand.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum PresetError {
     /// Unknown name.
     #[error("unknown preset '{name}': accepted are {accepted}")]

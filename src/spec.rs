@@ -21,6 +21,7 @@ pub const MAX_GROUP: u32 = 256;
 /// The four kernels of the FlashEVA contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Op {
     /// `X[B,N,G,D] -> Xbar[B,Nc,G,D]`, the mean of every complete chunk.
     ChunkMean,
@@ -80,6 +81,7 @@ impl FromStr for Op {
 /// Which raw keys a query sees (see the contract's visibility rule).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum LocalMode {
     /// Windows are fixed blocks of W tokens: key `j` is visible to query `i` iff `j/W == i/W`.
     Block,
@@ -123,6 +125,7 @@ impl FromStr for LocalMode {
 /// Storage type of the tensors (accumulation is always fp32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum DType {
     /// IEEE half precision.
     F16,
@@ -171,6 +174,7 @@ impl FromStr for DType {
 
 /// A spec that failed validation: names the field, the value and what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpecError {
     /// A name that is not one of the accepted words.
     #[error("unknown {field} '{value}': accepted are {accepted}")]

@@ -6,6 +6,7 @@ use crate::spec::DType;
 
 /// Element types of kernel arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ElemType {
     /// IEEE half.
     F16,

@@ -21,6 +21,7 @@ pub const SMEM_PAD: u32 = 8;
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Engine {
     /// `mma.sync` tensor-core tiles with a `cp.async` pipeline (templates/prefill.cu), sm_80+.
     #[default]
@@ -153,6 +154,7 @@ const MAX_SPLITS: u32 = 128;
 
 /// A tile that breaks a rule of its op or does not fit the architecture.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TileError {
     /// A field outside the values the op's template handles.
     #[error("tile {field} = {value} is not accepted for {op}: accepted are {accepted}")]

@@ -18,18 +18,12 @@ use flasheva::{Arch, Tile};
 
 /// Import options that accept an unsigned bundle.
 fn allow() -> ImportOptions<'static> {
-    ImportOptions {
-        allow_unsigned: true,
-        ..Default::default()
-    }
+    ImportOptions::default().allow_unsigned(true)
 }
 
 /// Import options that trust `keys` (and nothing else).
 fn trust(keys: &[ed25519_dalek::VerifyingKey]) -> ImportOptions<'static> {
-    ImportOptions {
-        trusted: keys.to_vec(),
-        ..Default::default()
-    }
+    ImportOptions::trusting(keys.to_vec())
 }
 
 /// A cache with a few entries (fake compiler) and one winner record.
@@ -72,25 +66,13 @@ fn export_then_import_gives_identical_keys_and_bytes() {
     assert_eq!((r.added, r.present, r.winners_kept), (0, 4, 1));
     // winners-only: just the winner's artifact
     let f2 = out.path().join("w.flasheva");
-    let s = bundle::export(
-        &src,
-        &f2,
-        &ExportOptions {
-            specs: None,
-            winners_only: true,
-        },
-        None,
-    )
-    .unwrap();
+    let s = bundle::export(&src, &f2, &ExportOptions::all().winners_only(true), None).unwrap();
     assert_eq!((s.entries, s.winners), (1, 1));
     // spec filter
     let s = bundle::export(
         &src,
         &f2,
-        &ExportOptions {
-            specs: Some(vec![cheap_spec(4)]),
-            winners_only: false,
-        },
+        &ExportOptions::all().specs(Some(vec![cheap_spec(4)])),
         None,
     )
     .unwrap();
@@ -439,10 +421,7 @@ fn real_nvrtc_round_trip_with_rebuild_check() {
     let r = bundle::import(
         &dst,
         &file,
-        &ImportOptions {
-            rebuild: Some(&nv.inner),
-            ..Default::default()
-        },
+        &ImportOptions::default().rebuild(Some(&nv.inner)),
     )
     .unwrap();
     assert_eq!((r.added, r.rebuilt), (1, 1));

@@ -81,10 +81,7 @@ fn imported_bundle_runs_without_compiling() {
     bundle::import(
         &store,
         &file,
-        &bundle::ImportOptions {
-            allow_unsigned: true,
-            ..Default::default()
-        },
+        &bundle::ImportOptions::default().allow_unsigned(true),
     )
     .unwrap();
     let rt = Runtime::with_gpu(g.clone(), store, no_compile);

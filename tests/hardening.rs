@@ -86,10 +86,7 @@ fn fill(store: &CacheStore, n: u32) -> Vec<Built> {
 }
 
 fn allow() -> ImportOptions<'static> {
-    ImportOptions {
-        allow_unsigned: true,
-        ..Default::default()
-    }
+    ImportOptions::default().allow_unsigned(true)
 }
 
 /// Every member (name, bytes) of a bundle, in order.
@@ -626,10 +623,7 @@ fn d06_bundles_cannot_replace_or_forge_artifacts() {
     let e = bundle::import(
         &dstore,
         &evil_file,
-        &ImportOptions {
-            rebuild: Some(&fake),
-            ..Default::default()
-        },
+        &ImportOptions::default().rebuild(Some(&fake)),
     )
     .unwrap_err()
     .to_string();
@@ -639,10 +633,7 @@ fn d06_bundles_cannot_replace_or_forge_artifacts() {
     let r = bundle::import(
         &dstore,
         &file,
-        &ImportOptions {
-            rebuild: Some(&fake),
-            ..Default::default()
-        },
+        &ImportOptions::default().rebuild(Some(&fake)),
     )
     .unwrap();
     assert_eq!((r.added, r.rebuilt), (2, 2));

@@ -105,3 +105,80 @@ fn loader_only_build_has_neither_tera_nor_nvrtc() {
         "libloading is a direct dependency of the loader-only build:\n{direct}"
     );
 }
+
+/// Features are additive: a consumer written against the loader-only build (`default-features =
+/// false`, an exhaustive-looking match on `Error` with a wildcard, `RuntimeOptions::default()`)
+/// compiles and prints the same whether or not another crate in its build graph turns flasheva's
+/// default features on (simulated by a feature of the consumer that enables `flasheva/default`).
+#[test]
+fn a_loader_only_consumer_behaves_the_same_with_default_features_on() {
+    let Ok(cargo) = std::env::var("CARGO") else {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"FEATURE ADDITIVITY TEST SKIPPED: not run under cargo (no Rust toolchain here)\n",
+        );
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"consumer\"\nversion = \"0.0.0\"\nedition = \"2024\"\n\n\
+             [dependencies]\nflasheva = {{ path = {:?}, default-features = false }}\n\n\
+             [features]\nother = [\"flasheva/default\"]\n\n[workspace]\n",
+            root.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("src/main.rs"),
+        r#"use flasheva::Error;
+use flasheva::loader::RuntimeOptions;
+
+fn kind(e: &Error) -> &'static str {
+    match e {
+        Error::Spec(_) => "spec",
+        Error::Tile(_) => "tile",
+        Error::Render(_) => "render",
+        Error::NotCached(_) => "not cached",
+        Error::Gpu(_) => "gpu",
+        _ => "other",
+    }
+}
+
+fn main() {
+    let o = RuntimeOptions::default();
+    let e: Error = flasheva::KernelSpec::new(flasheva::Op::Prefill, &Default::default())
+        .unwrap_err()
+        .into();
+    println!("compile_on_miss={} use_tuned={} error={}", o.compile_on_miss, o.use_tuned, kind(&e));
+}
+"#,
+    )
+    .unwrap();
+    let target = root.join("target").join("consumer");
+    let run = |features: &[&str]| {
+        let o = Command::new(&cargo)
+            .args(["run", "--quiet", "--target-dir"])
+            .arg(&target)
+            .args(features)
+            .current_dir(dir.path())
+            .output()
+            .expect("run cargo");
+        assert!(
+            o.status.success(),
+            "consumer {features:?} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let light = run(&[]);
+    let full = run(&["--features", "other"]);
+    assert_eq!(
+        light, "compile_on_miss=false use_tuned=true error=spec\n",
+        "{light}"
+    );
+    assert_eq!(light, full, "behaviour changed with default features on");
+}

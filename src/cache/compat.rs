@@ -10,6 +10,7 @@ use crate::compile::ptx_isa_accepted;
 
 /// How an entry would be loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Usable {
     /// Load the cubin.
     Cubin,

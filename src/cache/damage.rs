@@ -5,6 +5,7 @@ use crate::key::Key;
 
 /// Why an entry folder is not a usable entry.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Damage {
     /// A file could not be opened or read.
     #[error("cannot read {file}: {error}")]

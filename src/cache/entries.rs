@@ -29,6 +29,7 @@ pub struct Entry {
 
 /// Result of looking up one key.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Lookup {
     /// Present and every file verified.
     Hit(Box<Entry>),

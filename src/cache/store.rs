@@ -14,6 +14,7 @@ use crate::cache::layout::{self, Layout};
 
 /// A cache failure (I/O, or a request the cache cannot satisfy).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CacheError {
     /// A file operation failed.
     #[error("{action} {path}: {source}")]

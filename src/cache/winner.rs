@@ -71,6 +71,7 @@ impl std::fmt::Display for Bucket {
 /// The stage at which a candidate failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Stage {
     /// Rendering or compiling.
     Compile,
@@ -93,6 +94,7 @@ impl std::fmt::Display for Stage {
 /// What became of one candidate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum CandidateStatus {
     /// Correct and timed.
     Ok,

@@ -118,7 +118,7 @@ pub fn usability(meta: &EntryMeta, here: &Result<driver::DriverInfo, driver::Gpu
                     Ok(Usable::Cubin) => return format!("yes: cubin on gpu {}", g.ordinal),
                     Ok(Usable::Ptx) => best = format!("yes: PTX (driver JIT) on gpu {}", g.ordinal),
                     Err(r) if best.is_empty() => best = format!("no: {r}"),
-                    Err(_) => {}
+                    Err(_) | Ok(_) => {}
                 }
             }
             best
@@ -295,10 +295,9 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             let store = open_existing_store(cache_dir)?.map_err(|p| {
                 anyhow!("there is no cache at {} yet: nothing to export", shown(&p))
             })?;
-            let opts = ExportOptions {
-                specs,
-                winners_only: x.winners_only,
-            };
+            let opts = ExportOptions::all()
+                .specs(specs)
+                .winners_only(x.winners_only);
             let s = if to_stdout {
                 bundle::export_to(&store, std::io::stdout().lock(), &opts, key.as_ref())?
             } else {
@@ -373,13 +372,13 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             let s = bundle::import(
                 &store,
                 &x.file,
-                &ImportOptions {
-                    trusted: keys,
-                    allow_unsigned: x.allow_unsigned,
-                    rebuild: nvrtc
-                        .as_ref()
-                        .map(|n| n as &dyn flasheva::compile::Compiler),
-                },
+                &ImportOptions::trusting(keys)
+                    .allow_unsigned(x.allow_unsigned)
+                    .rebuild(
+                        nvrtc
+                            .as_ref()
+                            .map(|n| n as &dyn flasheva::compile::Compiler),
+                    ),
             )?;
             let how = match &s.vouched {
                 Some(Vouched::Signed(k)) => format!("signed by trusted key {k}"),
@@ -389,7 +388,7 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                     }
                     None => "not signed (accepted with --allow-unsigned)".into(),
                 },
-                Some(Vouched::Rebuilt) | None => format!(
+                Some(_) | None => format!(
                     "{} recompiled here to the same bytes (--rebuild-check)",
                     entries(s.rebuilt)
                 ),

@@ -124,7 +124,7 @@ pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                         compiled += 1;
                         ("compiled", format!("{:.0} ms", m.compile_ms))
                     }
-                    Status::Cached => {
+                    _ => {
                         cached += 1;
                         ("cached", "-".into())
                     }

@@ -131,6 +131,7 @@ fn st_dtype(e: ElemType) -> Dtype {
         ElemType::Bf16 => Dtype::BF16,
         ElemType::F32 => Dtype::F32,
         ElemType::I32 => Dtype::I32,
+        _ => Dtype::U8,
     }
 }
 

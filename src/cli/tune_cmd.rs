@@ -197,11 +197,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             .saturating_sub(1)
             .max(1)
     });
-    let cfg = TuneConfig {
-        warmup: a.warmup,
-        samples: a.samples,
-        jobs,
-    };
+    let cfg = TuneConfig::new(a.warmup, a.samples, jobs);
     let plans: Vec<_> = loads
         .iter()
         .map(|w| (*w, spaces.candidates(&w.spec, arch, limits)))
@@ -249,6 +245,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                     );
                 }
             }
+            _ => {}
         };
         match tune::tune(&rt, &stream, &nvrtc, *w, cands, &cfg, &mut on_event) {
             Ok(o) => {

@@ -59,6 +59,7 @@ pub struct ResourceUsage {
 
 /// A failed compile, or no compiler.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum CompileError {
     /// NVRTC could not be loaded.
     #[error(

@@ -5,6 +5,7 @@ use cudarc::driver::{result, sys};
 
 /// A failure of the driver or of the device.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum GpuError {
     /// libcuda is not installed.
     #[error(

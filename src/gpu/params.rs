@@ -9,6 +9,7 @@ use crate::tile::{DECODE_ROWS, Tile};
 
 /// Tensors that do not fit a kernel call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LaunchError {
     /// A tensor's shape is not the expected one.
     #[error("tensor {name} has shape {got:?}, expected {expected}")]

@@ -5,12 +5,17 @@
 //! Template syntax: blocks are `<% ... %>`, variables `{{ ... }}`, comments `<# ... #>`, so that
 //! inline PTX such as `"{%0,%1}"` needs no escaping.
 
+#[cfg(feature = "compiler")]
 use std::sync::OnceLock;
 
 use serde::Serialize;
 
-use crate::spec::{KernelSpec, Op};
-use crate::tile::{DECODE_ROWS, Engine, SMEM_PAD, Tile, TileError};
+use crate::spec::KernelSpec;
+#[cfg(feature = "compiler")]
+use crate::spec::Op;
+#[cfg(feature = "compiler")]
+use crate::tile::Engine;
+use crate::tile::{DECODE_ROWS, SMEM_PAD, Tile, TileError};
 
 /// The templates, by name, exactly as embedded.
 pub const TEMPLATES: [(&str, &str); 8] = [
@@ -38,6 +43,7 @@ pub const TEMPLATES: [(&str, &str); 8] = [
 
 /// A failure to render.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RenderError {
     /// The tile breaks a rule of the op.
     #[error(transparent)]
@@ -114,6 +120,7 @@ impl RenderContext {
     }
 }
 
+#[cfg(feature = "compiler")]
 fn template_name(op: Op, engine: Engine) -> &'static str {
     match (op, engine) {
         (Op::ChunkMean, _) => "chunk_mean.cu",
@@ -124,6 +131,7 @@ fn template_name(op: Op, engine: Engine) -> &'static str {
     }
 }
 
+#[cfg(feature = "compiler")]
 fn engine() -> &'static Result<tera::Tera, String> {
     static ENGINE: OnceLock<Result<tera::Tera, String>> = OnceLock::new();
     ENGINE.get_or_init(|| {
@@ -144,6 +152,7 @@ fn engine() -> &'static Result<tera::Tera, String> {
 }
 
 /// Renders the CUDA source of `spec` with `tile` (which must satisfy the op's tile rules).
+#[cfg(feature = "compiler")]
 pub fn render(spec: &KernelSpec, tile: &Tile) -> Result<String, RenderError> {
     tile.check(spec)?;
     let template = template_name(spec.op(), tile.engine());
@@ -164,7 +173,7 @@ pub fn render(spec: &KernelSpec, tile: &Tile) -> Result<String, RenderError> {
         })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "compiler"))]
 mod tests {
     use super::*;
     use crate::spec::{DType, LocalMode, SpecParams};

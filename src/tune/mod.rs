@@ -37,6 +37,7 @@ use space::{Candidates, prune_compiled};
 
 /// Why a tuning run gave no winner.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TuneError {
     /// The search space left no candidate.
     #[error("no candidate tiles for {0}")]
@@ -57,6 +58,7 @@ pub enum TuneError {
 
 /// How hard to measure.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct TuneConfig {
     /// Untimed launches per candidate.
     pub warmup: usize,
@@ -66,8 +68,21 @@ pub struct TuneConfig {
     pub jobs: usize,
 }
 
+impl TuneConfig {
+    /// `warmup` untimed launches and `samples` timed samples per candidate, `jobs` compile
+    /// threads.
+    pub fn new(warmup: usize, samples: usize, jobs: usize) -> TuneConfig {
+        TuneConfig {
+            warmup,
+            samples,
+            jobs,
+        }
+    }
+}
+
 /// What the tuner reports as it goes.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Event {
     /// The trusted default passed its float64 check.
     Trusted(verify::Report),

@@ -46,6 +46,7 @@ pub use manifest::{
 
 /// A bundle that cannot be written or is refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BundleError {
     /// File I/O.
     #[error("{action} {path}: {source}")]
@@ -137,11 +138,31 @@ pub enum BundleError {
 
 /// What to export.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct ExportOptions {
     /// Only entries of these specs (and their winners); `None` = everything.
     pub specs: Option<Vec<KernelSpec>>,
     /// Only winner records and the entries they name.
     pub winners_only: bool,
+}
+
+impl ExportOptions {
+    /// Everything in the cache (the default).
+    pub fn all() -> ExportOptions {
+        ExportOptions::default()
+    }
+
+    /// Only entries of these specs (and their winners).
+    pub fn specs(mut self, specs: Option<Vec<KernelSpec>>) -> ExportOptions {
+        self.specs = specs;
+        self
+    }
+
+    /// Only winner records and the entries they name.
+    pub fn winners_only(mut self, on: bool) -> ExportOptions {
+        self.winners_only = on;
+        self
+    }
 }
 
 /// What an export wrote.
@@ -161,6 +182,7 @@ pub struct ExportSummary {
 
 /// Who vouches for an imported bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Vouched {
     /// Signed by this trusted key (hex).
     Signed(String),
@@ -172,6 +194,7 @@ pub enum Vouched {
 
 /// How an import decides what to trust.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct ImportOptions<'a> {
     /// Keys whose signature is trusted.
     pub trusted: Vec<VerifyingKey>,
@@ -181,6 +204,29 @@ pub struct ImportOptions<'a> {
     /// no trusted key signed is then accepted for the entries (its winner records, which no
     /// rebuild can vouch for, are left out).
     pub rebuild: Option<&'a dyn Compiler>,
+}
+
+impl<'a> ImportOptions<'a> {
+    /// Import only bundles signed by one of `keys` (the default, with no keys: nothing imports
+    /// until a key is trusted or unsigned bundles are allowed).
+    pub fn trusting(keys: Vec<VerifyingKey>) -> ImportOptions<'a> {
+        ImportOptions {
+            trusted: keys,
+            ..ImportOptions::default()
+        }
+    }
+
+    /// Also accept a bundle no trusted key signed.
+    pub fn allow_unsigned(mut self, on: bool) -> ImportOptions<'a> {
+        self.allow_unsigned = on;
+        self
+    }
+
+    /// Recompile every entry with `compiler` and accept only what comes out byte-identical.
+    pub fn rebuild(mut self, compiler: Option<&'a dyn Compiler>) -> ImportOptions<'a> {
+        self.rebuild = compiler;
+        self
+    }
 }
 
 /// What an import did.
