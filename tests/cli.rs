@@ -217,7 +217,10 @@ fn undocumented(help: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let t = line.trim_start();
-        if !line.starts_with(' ') || !t.starts_with('-') {
+        // flags sit in the first columns (clap indents them by 2 or 6); "- name: description"
+        // lines list a flag's possible values, and deeper lines are wrapped descriptions
+        let indent = line.len() - t.len();
+        if !line.starts_with(' ') || !t.starts_with('-') || t.starts_with("- ") || indent > 6 {
             continue;
         }
         // the flag column ends at the first run of two spaces
@@ -514,5 +517,93 @@ fn a_closed_pipe_ends_output_quietly() {
         o.stderr.is_empty(),
         "{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Every listing has a JSON form a script can parse, naming its schema; commands without one
+/// refuse `--format json` as bad input; `doctor --check` fails when something is wrong.
+#[test]
+fn listings_have_json_forms_and_doctor_check_fails_on_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = run(&cache, args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o).1);
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", text(&o).0))
+    };
+    // nothing there yet: still a document
+    let ls = json(&["--format", "json", "cache", "ls"]);
+    assert_eq!(ls["schema"], "flasheva/cache-ls/1");
+    assert_eq!(ls["exists"], false);
+    let c = json(&[
+        "--format",
+        "json",
+        "compile",
+        "chunk_mean",
+        "--head-dim",
+        "64",
+        "--chunk",
+        "8",
+        "--arch",
+        "sm_80",
+    ]);
+    assert_eq!(c["schema"], "flasheva/compile/1");
+    assert_eq!(
+        (c["compiled"].as_u64(), c["failed"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let key = c["results"][0]["key"].as_str().unwrap().to_string();
+    let ls = json(&["--format", "json", "cache", "ls"]);
+    assert_eq!(ls["entries"][0]["key"], key.as_str());
+    assert_eq!(ls["entries"][0]["spec"]["op"], "chunk_mean");
+    let show = json(&["--format", "json", "cache", "show", &key[..8]]);
+    assert_eq!(show["schema"], "flasheva/cache-show/1");
+    assert_eq!(show["meta"]["key"], key.as_str());
+    let v = json(&["--format", "json", "cache", "verify"]);
+    assert_eq!(
+        (
+            v["verified"].as_u64(),
+            v["damaged"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0))
+    );
+    let d = json(&["--format", "json", "doctor"]);
+    assert_eq!(d["schema"], "flasheva/doctor/1");
+    assert_eq!(d["cache"]["entries"], 1);
+    assert!(
+        d["config"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "FLASHEVA_NO_TUNE")
+    );
+    bad_input(
+        &[
+            "--format",
+            "json",
+            "render",
+            "prefill",
+            "--head-dim",
+            "64",
+            "--window",
+            "64",
+            "--chunk",
+            "8",
+        ],
+        "--format json is not available for render",
+    );
+    // a refused environment value is a problem doctor --check reports
+    let o = Command::new(bin())
+        .args(["doctor", "--check"])
+        .env("FLASHEVA_CACHE_DIR", &cache)
+        .env("FLASHEVA_NO_TUNE", "maybe")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains("FLASHEVA_NO_TUNE=\"maybe\""),
+        "{}",
+        text(&o).1
     );
 }

@@ -13,7 +13,7 @@ use flasheva::ops::Problem;
 use flasheva::spec::{KernelSpec, Op};
 
 use super::args::{Selected, Selection, ShapeFlags, tile_for};
-use super::{open_store, table, usage};
+use super::{Format, json_doc, open_store, table, usage};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -100,7 +100,7 @@ pub fn preset_workload(
     }
 }
 
-pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
     let loads = workloads(&a.select, &a.shape, "bench")?;
     if a.iters == 0 {
         return Err(usage("--iters must be at least 1"));
@@ -167,6 +167,23 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             dense_causal_ms_at_rate: dense,
         });
     }
+    let doc = serde_json::json!({
+        "device": info.name,
+        "arch": format!("sm_{}{}", info.capability.0, info.capability.1),
+        "copy_gbps": copy / 1e9,
+        "iters": a.iters,
+        "warmup": a.warmup,
+        "results": out_rows,
+    });
+    if let Some(path) = &a.json {
+        let mut d = doc.clone();
+        d["schema"] = "flasheva/bench/1".into();
+        std::fs::write(path, serde_json::to_vec_pretty(&d)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if format == Format::Json {
+        return json_doc("flasheva/bench/1", doc);
+    }
     outln!(
         "device: {} (sm_{}{}, {} SMs); device-to-device copy {:.0} GB/s (read + write); {} timed launches per kernel after {} warm-up",
         info.name,
@@ -192,10 +209,5 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             &rows
         )
     );
-    if let Some(path) = a.json {
-        let doc = serde_json::json!({ "device": info.name, "copy_gbps": copy / 1e9, "results": out_rows });
-        std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
     Ok(())
 }

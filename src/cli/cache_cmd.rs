@@ -12,7 +12,7 @@ use flasheva::cache::{CacheError, CacheStore};
 use flasheva::gpu::driver;
 
 use super::args::Selection;
-use super::{open_existing_store, open_store, table, usage};
+use super::{Format, json_doc, open_existing_store, open_store, table, usage};
 
 #[derive(Args, Debug)]
 pub struct CacheArgs {
@@ -156,19 +156,45 @@ fn existing(cache_dir: Option<PathBuf>, what: &str) -> anyhow::Result<Option<Cac
     Ok(store.ok())
 }
 
-pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
+    let json = format == Format::Json;
     match a.command {
         CacheCommand::Ls => {
-            let Some(store) = existing(cache_dir, "0 entries")? else {
+            let store = if json {
+                match open_existing_store(cache_dir)? {
+                    Ok(s) => Some(s),
+                    Err(p) => {
+                        return json_doc(
+                            "flasheva/cache-ls/1",
+                            serde_json::json!({ "cache": shown(&p), "exists": false, "entries": [] }),
+                        );
+                    }
+                }
+            } else {
+                existing(cache_dir, "0 entries")?
+            };
+            let Some(store) = store else {
                 return Ok(());
             };
             let here = driver::probe();
             let mut rows = Vec::new();
+            let mut items = Vec::new();
             for s in store.scan()? {
                 match s.entry {
                     Ok(e) => {
                         let m = &e.meta;
                         let size: u64 = m.files.values().map(|f| f.bytes).sum();
+                        items.push(serde_json::json!({
+                            "key": m.key.hex(),
+                            "dir": shown(&e.dir),
+                            "kernel": m.name,
+                            "spec": m.spec,
+                            "tile": m.tile.name(m.spec.op()),
+                            "arch": m.arch.to_string(),
+                            "compiler": m.compiler.to_string(),
+                            "bytes": size,
+                            "usable_here": usability(m, &here),
+                        }));
                         rows.push(vec![
                             m.key.short(),
                             printable(&m.name).into_owned(),
@@ -179,19 +205,31 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                             usability(m, &here),
                         ]);
                     }
-                    Err(damage) => rows.push(vec![
-                        s.dir
-                            .file_name()
-                            .map(|n| n.to_string_lossy().chars().take(12).collect())
-                            .unwrap_or_default(),
-                        shown(&s.dir),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        printable(&format!("DAMAGED (never loaded): {damage}")).into_owned(),
-                    ]),
+                    Err(damage) => {
+                        items.push(serde_json::json!({
+                            "dir": shown(&s.dir),
+                            "damaged": damage.to_string(),
+                        }));
+                        rows.push(vec![
+                            s.dir
+                                .file_name()
+                                .map(|n| n.to_string_lossy().chars().take(12).collect())
+                                .unwrap_or_default(),
+                            shown(&s.dir),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            printable(&format!("DAMAGED (never loaded): {damage}")).into_owned(),
+                        ])
+                    }
                 }
+            }
+            if json {
+                return json_doc(
+                    "flasheva/cache-ls/1",
+                    serde_json::json!({ "cache": shown(store.root()), "exists": true, "entries": items }),
+                );
             }
             out!(
                 "{}",
@@ -221,9 +259,17 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                 CacheError::NotFound(_) | CacheError::Ambiguous { .. } => usage(e),
                 e => e.into(),
             })?;
-            outln!("{}", shown(&s.dir));
             match s.entry {
-                Ok(e) => out!("{}", printable(&String::from_utf8_lossy(&e.meta.to_json()))),
+                Ok(e) if json => {
+                    return json_doc(
+                        "flasheva/cache-show/1",
+                        serde_json::json!({ "dir": shown(&s.dir), "meta": e.meta }),
+                    );
+                }
+                Ok(e) => {
+                    outln!("{}", shown(&s.dir));
+                    out!("{}", printable(&String::from_utf8_lossy(&e.meta.to_json())))
+                }
                 Err(damage) => {
                     return Err(anyhow!(
                         "damaged cache entry {}: {}",
@@ -239,18 +285,37 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
             };
             let (scanned, foreign) = store.scan_all()?;
             let mut bad = 0;
+            let mut damaged = Vec::new();
             for s in &scanned {
                 if let Err(damage) = &s.entry {
                     bad += 1;
-                    outln!(
-                        "DAMAGED {}: {}",
-                        shown(&s.dir),
-                        printable(&damage.to_string())
-                    );
+                    damaged.push(serde_json::json!({
+                        "dir": shown(&s.dir),
+                        "damage": damage.to_string(),
+                    }));
+                    if !json {
+                        outln!(
+                            "DAMAGED {}: {}",
+                            shown(&s.dir),
+                            printable(&damage.to_string())
+                        );
+                    }
                 }
             }
-            outln!("{} verified, {} damaged", entries(scanned.len()), bad);
-            report_foreign(&foreign);
+            if json {
+                json_doc(
+                    "flasheva/cache-verify/1",
+                    serde_json::json!({
+                        "cache": shown(store.root()),
+                        "verified": scanned.len(),
+                        "damaged": damaged,
+                        "foreign": foreign.iter().map(|p| shown(p)).collect::<Vec<_>>(),
+                    }),
+                )?;
+            } else {
+                outln!("{} verified, {} damaged", entries(scanned.len()), bad);
+                report_foreign(&foreign);
+            }
             if bad > 0 {
                 return Err(anyhow!(
                     "{bad} damaged cache entr{} (they are never loaded; `flasheva compile` replaces them, `flasheva cache gc` removes them)",

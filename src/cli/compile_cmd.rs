@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::args::{ArchList, Selection, parse_archs, tile_for};
-use super::{open_store, table};
+use super::{Format, json_doc, open_store, table};
 
 #[derive(Args, Debug)]
 pub struct CompileArgs {
@@ -44,7 +44,7 @@ pub fn parse_jobs(s: &str) -> Result<usize, String> {
         })
 }
 
-pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
     let selected = a.select.resolve("compile")?;
     let (what, specs) = (selected.describe(), selected.specs()?);
     let archs: Vec<Arch> = a
@@ -105,6 +105,7 @@ pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
 
     let (mut compiled, mut cached, mut failed) = (0, 0, 0);
     let mut rows = Vec::new();
+    let mut items = Vec::new();
     let mut errors = Vec::new();
     for (spec, arch, tile, r) in results {
         match r {
@@ -129,6 +130,16 @@ pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                         ("cached", "-".into())
                     }
                 };
+                items.push(serde_json::json!({
+                    "kernel": spec.name(),
+                    "spec": spec,
+                    "arch": arch.to_string(),
+                    "tile": tile.name(spec.op()),
+                    "status": status,
+                    "compile_ms": (status == "compiled").then_some(m.compile_ms),
+                    "registers": regs.parse::<u32>().ok(),
+                    "key": m.key.hex(),
+                }));
                 rows.push(vec![
                     spec.name(),
                     arch.to_string(),
@@ -150,9 +161,34 @@ pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
                     "-".into(),
                     "-".into(),
                 ]);
+                items.push(serde_json::json!({
+                    "kernel": spec.name(),
+                    "spec": spec,
+                    "arch": arch.to_string(),
+                    "tile": tile.name(spec.op()),
+                    "status": "failed",
+                    "error": e.to_string(),
+                }));
                 errors.push(format!("{spec} {arch}: {e}"));
             }
         }
+    }
+    if format == Format::Json {
+        json_doc(
+            "flasheva/compile/1",
+            serde_json::json!({
+                "cache": store.root().display().to_string(),
+                "compiled": compiled,
+                "cached": cached,
+                "failed": failed,
+                "seconds": wall.as_secs_f64(),
+                "results": items,
+            }),
+        )?;
+        if failed > 0 {
+            return Err(anyhow!("{failed} of {} compiles failed", rows.len()));
+        }
+        return Ok(());
     }
     out!(
         "{}",

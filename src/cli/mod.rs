@@ -34,10 +34,19 @@ use clap::{Parser, Subcommand};
 
 /// flasheva: FlashEVA attention kernels for NVIDIA GPUs: render, compile with NVRTC, cache, tune and run.
 #[derive(Parser, Debug)]
-#[command(name = "flasheva", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "flasheva",
+    version,
+    long_version = long_version(),
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = env_help()
+)]
 pub struct Cli {
-    /// Cache folder (default: $FLASHEVA_CACHE_DIR, else <user cache dir>/flasheva).
-    #[arg(long, global = true, value_name = "DIR", env = "FLASHEVA_CACHE_DIR")]
+    /// Cache folder (default: $FLASHEVA_CACHE_DIR, else <user cache dir>/flasheva; an empty
+    /// FLASHEVA_CACHE_DIR counts as unset).
+    #[arg(long, global = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
     /// More log output on stderr: -v shows which artifact each kernel was loaded from and why
@@ -48,6 +57,11 @@ pub struct Cli {
     /// Only errors on stderr (no warnings).
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// Output format of listings and summaries (cache ls/show/verify, doctor, compile, tune,
+    /// bench): text for people, json for scripts (each document names its schema and version).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 
     #[command(subcommand)]
     pub command: Command,
@@ -61,14 +75,25 @@ pub enum Command {
     Compile(compile_cmd::CompileArgs),
     /// Inspect, verify or clear the kernel cache.
     Cache(cache_cmd::CacheArgs),
-    /// Report NVRTC, the CUDA driver, GPUs and the cache.
-    Doctor,
+    /// Report NVRTC, the CUDA driver, GPUs, the cache and the configuration in effect.
+    Doctor(doctor::DoctorArgs),
     /// Run one op on the GPU on tensors from a safetensors file.
     Run(run_cmd::RunArgs),
     /// Time kernels on the GPU (median of many launches, rotated inputs).
     Bench(bench_cmd::BenchArgs),
     /// Find the fastest correct tile of each spec on this GPU and record the winners.
     Tune(tune_cmd::TuneArgs),
+}
+
+/// Prints one JSON document: `{"schema": schema, ...body's fields}` (schemas are named
+/// `flasheva/<command>/<version>`; a version changes when a field changes meaning or goes away).
+pub fn json_doc(schema: &str, body: serde_json::Value) -> anyhow::Result<()> {
+    let mut doc = serde_json::json!({ "schema": schema });
+    if let (Some(d), serde_json::Value::Object(b)) = (doc.as_object_mut(), body) {
+        d.extend(b);
+    }
+    outln!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
 }
 
 /// The one writer behind [`out!`] and [`outln!`].
@@ -167,6 +192,58 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The environment variables, for the end of `--help` (one rule: unset and empty are the same;
+/// switches take 1/true/yes/on and 0/false/no/off).
+fn env_help() -> String {
+    let mut s = String::from(
+        "Environment (unset and empty are the same; switches take 1, true, yes, on or 0, false, no, off):\n",
+    );
+    for v in flasheva::config::ALL {
+        s.push_str(&format!("  {:<22} {}\n", v.name, v.meaning));
+    }
+    s.push_str("  RUST_LOG               log filter (overrides -v and -q)");
+    s
+}
+
+/// `--version`: the crate, and what it runs with here (NVRTC, the driver, the CUDA bindings).
+fn long_version() -> String {
+    // clap builds the command (and this text) on every run: probe only when it will be shown.
+    if !std::env::args().any(|a| a == "--version" || a == "-V") {
+        return env!("CARGO_PKG_VERSION").to_string();
+    }
+    let nvrtc = match flasheva::compile::nvrtc::Nvrtc::load() {
+        Ok(n) => format!("{}.{}", n.info().version.0, n.info().version.1),
+        Err(_) => "not found".into(),
+    };
+    let driver = match flasheva::gpu::driver::probe() {
+        Ok(d) => format!("CUDA {}", d.version_string()),
+        Err(_) => "none".into(),
+    };
+    format!(
+        "{}\nnvrtc: {nvrtc}\ndriver: {driver}\ncuda bindings: cudarc 0.19 (CUDA 13.0 API, loaded at run time)",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// `--format json` on a command that has no JSON form is bad input.
+fn text_only(format: Format, command: &str) -> anyhow::Result<()> {
+    if format == Format::Json {
+        return Err(usage(format!(
+            "--format json is not available for {command}: it applies to cache ls, cache show, cache verify, doctor, compile, tune and bench"
+        )));
+    }
+    Ok(())
+}
+
+/// How listings and summaries are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Tables and lines for people.
+    Text,
+    /// One JSON document with a `schema` field (`flasheva/<command>/<version>`).
+    Json,
+}
+
 /// Logs to stderr: warnings by default, more with -v, only errors with -q; RUST_LOG wins.
 fn init_logging(verbose: u8, quiet: bool) {
     use tracing_subscriber::EnvFilter;
@@ -194,13 +271,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.verbose, cli.quiet);
     let cache_dir = cli.cache_dir.clone();
     match cli.command {
-        Command::Render(a) => render_cmd::run(a),
-        Command::Compile(a) => compile_cmd::run(a, cache_dir),
-        Command::Cache(a) => cache_cmd::run(a, cache_dir),
-        Command::Doctor => doctor::run(cache_dir),
-        Command::Run(a) => run_cmd::run(a, cache_dir),
-        Command::Bench(a) => bench_cmd::run(a, cache_dir),
-        Command::Tune(a) => tune_cmd::run(a, cache_dir),
+        Command::Render(a) => {
+            text_only(cli.format, "render")?;
+            render_cmd::run(a)
+        }
+        Command::Compile(a) => compile_cmd::run(a, cache_dir, cli.format),
+        Command::Cache(a) => cache_cmd::run(a, cache_dir, cli.format),
+        Command::Doctor(a) => doctor::run(a, cache_dir, cli.format),
+        Command::Run(a) => {
+            text_only(cli.format, "run")?;
+            run_cmd::run(a, cache_dir)
+        }
+        Command::Bench(a) => bench_cmd::run(a, cache_dir, cli.format),
+        Command::Tune(a) => tune_cmd::run(a, cache_dir, cli.format),
     }
 }
 

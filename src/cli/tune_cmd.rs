@@ -18,7 +18,7 @@ use flasheva::workload::Workload;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::{Selection, ShapeFlags};
-use super::{open_store, table, usage};
+use super::{Format, json_doc, open_store, table, usage};
 
 #[derive(Args, Debug)]
 pub struct TuneArgs {
@@ -105,7 +105,7 @@ fn workloads(a: &TuneArgs) -> anyhow::Result<Vec<Workload>> {
     Ok(base)
 }
 
-pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
     let loads = workloads(&a)?;
     let spaces = match &a.space {
         // A spaces file is a few hundred bytes: 1 MiB is a generous cap (and /dev/zero is refused).
@@ -274,6 +274,25 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     pb.finish_and_clear();
+    if format == Format::Json {
+        json_doc(
+            "flasheva/tune/1",
+            serde_json::json!({
+                "cache": rt.store().root().display().to_string(),
+                "seconds": t0.elapsed().as_secs_f64(),
+                "records": records,
+                "failures": failures,
+            }),
+        )?;
+        if let Some(dir) = &a.report {
+            tune::report::write(dir, &records)
+                .with_context(|| format!("writing the report into {}", dir.display()))?;
+        }
+        if !failures.is_empty() {
+            return Err(anyhow!("{} workload(s) failed to tune", failures.len()));
+        }
+        return Ok(());
+    }
     for r in &records {
         outln!(
             "\n{} on {}, B={} N={} H={} Hkv={} ({})",
