@@ -607,3 +607,19 @@ fn listings_have_json_forms_and_doctor_check_fails_on_problems() {
         text(&o).1
     );
 }
+
+/// Shell completions come from the same flag definitions as the help.
+#[test]
+fn completions_for_every_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let o = run(dir.path(), &["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", text(&o).1);
+        let (script, _) = text(&o);
+        assert!(
+            script.contains("flasheva") && script.contains("cache-dir"),
+            "{shell}"
+        );
+    }
+    bad_input(&["completions", "tcsh"], "invalid value 'tcsh'");
+}

@@ -45,7 +45,8 @@ pub enum CacheCommand {
     },
     /// Evict entries until the cache fits SIZE (damaged first, then least recently used).
     Gc {
-        /// Size to fit, e.g. 500M, 2G, 1048576.
+        /// Size to fit, e.g. 500M, 2GiB, 500MB, 1048576 (K/M/G/T and KiB/MiB/GiB/TiB are powers
+        /// of 1024, KB/MB/GB/TB of 1000).
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         max_size: u64,
         /// Also evict the artifacts that tuned winner records name (kept by default).
@@ -90,20 +91,31 @@ pub struct ImportArgs {
 /// Parses sizes like 500M, 2G, 64K, 1048576.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let (num, mul) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
-        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    // K, M, G, T and KiB... are powers of 1024 (what `cache ls` prints); KB, MB... powers of 1000.
+    let mul: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => u64::MAX,
     };
-    num.trim()
-        .parse::<f64>()
+    num.parse::<f64>()
         .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .map(|v| (v * mul as f64) as u64)
+        .filter(|v| v.is_finite() && *v >= 0.0 && mul != u64::MAX)
+        .map(|v| (v * mul as f64).min(u64::MAX as f64) as u64)
         .ok_or_else(|| {
-            format!("'{s}' is not a size: write a number with an optional K, M, G or T suffix")
+            format!(
+                "'{s}' is not a size: write a number with an optional unit: K, M, G, T or KiB, MiB, GiB, TiB (powers of 1024), KB, MB, GB, TB (powers of 1000)"
+            )
         })
 }
 
@@ -523,4 +535,22 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_the_units_ls_prints() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5 MiB"), Ok(3 << 19));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        for bad in ["", "M", "-1G", "2 parsecs", "1e9"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 }

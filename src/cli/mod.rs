@@ -83,6 +83,13 @@ pub enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Find the fastest correct tile of each spec on this GPU and record the winners.
     Tune(tune_cmd::TuneArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell), e.g.
+    /// `flasheva completions bash > /etc/bash_completion.d/flasheva`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Prints one JSON document: `{"schema": schema, ...body's fields}` (schemas are named
@@ -281,6 +288,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => {
             text_only(cli.format, "run")?;
             run_cmd::run(a, cache_dir)
+        }
+        Command::Completions { shell } => {
+            text_only(cli.format, "completions")?;
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "flasheva", &mut buf);
+            out!("{}", String::from_utf8_lossy(&buf));
+            Ok(())
         }
         Command::Bench(a) => bench_cmd::run(a, cache_dir, cli.format),
         Command::Tune(a) => tune_cmd::run(a, cache_dir, cli.format),
