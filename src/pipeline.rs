@@ -89,9 +89,13 @@ impl<'a> Pipeline<'a> {
     /// processes) of the same key compile it once: lock, look again, compile.
     pub fn ensure(&self, spec: &KernelSpec, tile: &Tile, arch: Arch) -> Result<Built> {
         let plan = self.plan(spec, tile, arch)?;
+        let span =
+            tracing::debug_span!("ensure", kernel = %spec, tile = %tile.name(spec.op()), %arch);
+        let _enter = span.enter();
         let mut warnings = Vec::new();
         match self.store.lookup(spec, tile, arch, &plan.key) {
             Lookup::Hit(entry) => {
+                tracing::debug!(key = %plan.key.short(), "cache hit");
                 self.store.touch(&entry);
                 return Ok(Built {
                     entry: *entry,
@@ -99,7 +103,10 @@ impl<'a> Pipeline<'a> {
                     warnings,
                 });
             }
-            Lookup::Damaged { dir, damage } => warnings.push(damaged(&dir, &damage)),
+            Lookup::Damaged { dir, damage } => {
+                tracing::warn!(entry = %dir.display(), %damage, "damaged cache entry: compiling it again");
+                warnings.push(damaged(&dir, &damage))
+            }
             Lookup::Miss => {}
         }
         let _lock = self.store.lock(&plan.key)?;
@@ -149,6 +156,12 @@ impl<'a> Pipeline<'a> {
             files: Default::default(),
             seal: String::new(),
         };
+        tracing::info!(
+            key = %plan.key.short(),
+            ms = art.elapsed.as_secs_f64() * 1e3,
+            compiler = %self.compiler.id(),
+            "compiled"
+        );
         let entry = self.store.insert(
             meta,
             &[

@@ -312,6 +312,16 @@ pub fn tune(
                 }
             }
         }
+        match &r.status {
+            CandidateStatus::Ok => tracing::info!(
+                tile = %tile.name(spec.op()),
+                median_ms = r.median_ms.unwrap_or(f64::NAN),
+                "candidate timed"
+            ),
+            other => {
+                tracing::info!(tile = %tile.name(spec.op()), status = %other, "candidate rejected")
+            }
+        }
         store.append_journal(&run, &r).map_err(Error::from)?;
         on_event(Event::Candidate {
             result: r.clone(),

@@ -458,6 +458,27 @@ pub fn import(
     bundle: &Path,
     opts: &ImportOptions<'_>,
 ) -> Result<ImportSummary, BundleError> {
+    let span = tracing::info_span!("import", bundle = %bundle.display());
+    let _enter = span.enter();
+    let r = import_inner(store, bundle, opts);
+    match &r {
+        Ok(s) => tracing::info!(
+            added = s.added,
+            present = s.present,
+            winners_added = s.winners_added,
+            conflicts = s.conflicts.len(),
+            "imported"
+        ),
+        Err(e) => tracing::warn!(error = %e, "refused"),
+    }
+    r
+}
+
+fn import_inner(
+    store: &CacheStore,
+    bundle: &Path,
+    opts: &ImportOptions<'_>,
+) -> Result<ImportSummary, BundleError> {
     let invalid = |reason: String| BundleError::Invalid {
         path: bundle.to_path_buf(),
         reason,
