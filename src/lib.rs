@@ -53,6 +53,12 @@ pub mod workload;
 
 pub use error::{Error, Result};
 
+/// The CUDA bindings flasheva is built on (the same version), for callers that use cudarc
+/// themselves: `Gpu::from_context(Arc<cudarc::driver::CudaContext>)`, launches on a
+/// `cudarc::driver::CudaStream`. Engines with raw handles use `Gpu::from_raw_context` and
+/// `gpu::RawStream` instead.
+pub use cudarc;
+
 /// The crate version: part of every cache key, and the loader uses only entries of its own.
 pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use key::Key;

@@ -12,7 +12,7 @@ use crate::cache::compat::{Usable, usable_on};
 use crate::cache::winner::{Bucket, WinnerRecord};
 use crate::cache::{CacheStore, Entry, layout};
 use crate::error::{Error, Result};
-use crate::gpu::driver::{CudaStream, Function, Gpu, StreamCounters, encode_tensor_map};
+use crate::gpu::driver::{Function, Gpu, LaunchStream, StreamCounters, encode_tensor_map};
 use crate::gpu::params::{
     self, ChunkMeanArgs, ChunkSummarizeArgs, DecodeArgs, LaunchPlan, PrefillArgs,
 };
@@ -453,7 +453,7 @@ impl Runtime {
     }
 }
 
-fn launch<P: Copy>(f: &Function, stream: &CudaStream, plan: &LaunchPlan<P>) -> Result<()> {
+fn launch<P: Copy>(f: &Function, stream: &dyn LaunchStream, plan: &LaunchPlan<P>) -> Result<()> {
     // SAFETY: the plan was built by `gpu::params` from tensors whose shapes, strides, dtypes and
     // alignment were checked against the kernel's spec; the caller owns the memory.
     unsafe { f.launch(stream, plan.grid, plan.block, plan.smem, &plan.params) }?;
@@ -462,7 +462,7 @@ fn launch<P: Copy>(f: &Function, stream: &CudaStream, plan: &LaunchPlan<P>) -> R
 
 impl Kernel {
     /// Prefill: `q, k, v, ks, vs -> o, lse` on `stream`. Nothing is launched for B = 0 or N = 0.
-    pub fn prefill(&self, stream: &CudaStream, args: &PrefillArgs) -> Result<()> {
+    pub fn prefill(&self, stream: &dyn LaunchStream, args: &PrefillArgs) -> Result<()> {
         match self.tile.engine() {
             Engine::Mma => {
                 if let Some(plan) = params::plan_prefill(&self.spec, &self.tile, args)? {
@@ -506,7 +506,7 @@ impl Kernel {
     /// elements) of at least [`params::decode_workspace_elems`].
     pub fn decode(
         &self,
-        stream: &CudaStream,
+        stream: &dyn LaunchStream,
         args: &DecodeArgs,
         splits: usize,
         workspace: Option<(u64, usize)>,
@@ -523,7 +523,7 @@ impl Kernel {
     }
 
     /// chunk_mean: `x -> xbar` on `stream`.
-    pub fn chunk_mean(&self, stream: &CudaStream, args: &ChunkMeanArgs) -> Result<()> {
+    pub fn chunk_mean(&self, stream: &dyn LaunchStream, args: &ChunkMeanArgs) -> Result<()> {
         if let Some(plan) = params::plan_chunk_mean(&self.spec, &self.tile, args)? {
             launch(&self.functions[0], stream, &plan)?;
         }
@@ -531,7 +531,11 @@ impl Kernel {
     }
 
     /// chunk_summarize: `k, v, omega -> vs` on `stream`.
-    pub fn chunk_summarize(&self, stream: &CudaStream, args: &ChunkSummarizeArgs) -> Result<()> {
+    pub fn chunk_summarize(
+        &self,
+        stream: &dyn LaunchStream,
+        args: &ChunkSummarizeArgs,
+    ) -> Result<()> {
         if let Some(plan) = params::plan_chunk_summarize(&self.spec, &self.tile, args)? {
             launch(&self.functions[0], stream, &plan)?;
         }

@@ -23,6 +23,14 @@ pub enum GpuError {
         /// Present.
         count: usize,
     },
+    /// A context handed in is not the primary context of its device.
+    #[error(
+        "the context handed in is not the primary context of gpu {ordinal}: flasheva loads and launches in a device's primary context (the one the CUDA runtime and PyTorch use); pass that one, or use Gpu::open"
+    )]
+    NotPrimary {
+        /// The device of the context.
+        ordinal: usize,
+    },
     /// A driver call failed.
     #[error("{call} failed: {message}")]
     Driver {
@@ -211,6 +219,35 @@ impl Gpu {
         })
     }
 
+    /// The device whose primary context is `ctx`, a raw handle an engine owns (what the CUDA
+    /// runtime and PyTorch use on that device). flasheva works in primary contexts only: any
+    /// other context is [`GpuError::NotPrimary`]. Probes for the driver first, so a machine
+    /// without one gets an error, never a panic.
+    ///
+    /// # Safety
+    /// `ctx` must be a live context handle for the duration of the call.
+    pub unsafe fn from_raw_context(ctx: sys::CUcontext) -> Result<Gpu, GpuError> {
+        init()?;
+        // SAFETY: the caller vouches for `ctx`; it is popped again below.
+        unsafe { sys::cuCtxPushCurrent_v2(ctx) }
+            .result()
+            .map_err(drv("cuCtxPushCurrent"))?;
+        let mut dev: sys::CUdevice = 0;
+        // SAFETY: valid out-pointer, a context is current.
+        let got = unsafe { sys::cuCtxGetDevice(&mut dev) }.result();
+        let mut popped: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: pops what was pushed above.
+        let _ = unsafe { sys::cuCtxPopCurrent_v2(&mut popped) };
+        got.map_err(drv("cuCtxGetDevice"))?;
+        let gpu = Gpu::open(dev as usize)?;
+        if gpu.ctx.cu_ctx() != ctx {
+            return Err(GpuError::NotPrimary {
+                ordinal: dev as usize,
+            });
+        }
+        Ok(gpu)
+    }
+
     /// The cudarc context (memory, streams).
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
@@ -284,6 +321,47 @@ impl Module {
     }
 }
 
+/// A stream kernels are launched on: a cudarc [`CudaStream`], or a raw `CUstream` an engine owns
+/// ([`RawStream`]). flasheva only enqueues work on it; it never synchronizes, destroys or
+/// otherwise uses the stream.
+pub trait LaunchStream {
+    /// The driver's handle.
+    fn cu_stream(&self) -> sys::CUstream;
+}
+
+impl LaunchStream for CudaStream {
+    fn cu_stream(&self) -> sys::CUstream {
+        CudaStream::cu_stream(self)
+    }
+}
+
+impl<T: LaunchStream + ?Sized> LaunchStream for Arc<T> {
+    fn cu_stream(&self) -> sys::CUstream {
+        (**self).cu_stream()
+    }
+}
+
+/// A raw `CUstream` owned by the caller (a serving engine's, PyTorch's current stream, ...).
+#[derive(Clone, Copy, Debug)]
+pub struct RawStream(sys::CUstream);
+
+impl RawStream {
+    /// Wraps `stream` (null: the legacy default stream).
+    ///
+    /// # Safety
+    /// `stream` must be a valid stream of the context the kernels were loaded in (the device's
+    /// primary context: see [`Gpu::open`]) for as long as work flasheva enqueues on it can run.
+    pub unsafe fn new(stream: sys::CUstream) -> RawStream {
+        RawStream(stream)
+    }
+}
+
+impl LaunchStream for RawStream {
+    fn cu_stream(&self) -> sys::CUstream {
+        self.0
+    }
+}
+
 /// A kernel of a loaded module.
 #[derive(Clone, Debug)]
 pub struct Function {
@@ -333,7 +411,7 @@ impl Function {
     /// for the accesses the kernel makes until the launch completes.
     pub unsafe fn launch<P: Copy>(
         &self,
-        stream: &CudaStream,
+        stream: &dyn LaunchStream,
         grid: (u32, u32, u32),
         block: (u32, u32, u32),
         smem: u32,
@@ -450,7 +528,11 @@ pub struct StreamCounters {
 
 impl StreamCounters {
     /// The device address of the pair of `stream`, allocated and zeroed on first use.
-    pub fn for_stream(&self, ctx: &Arc<CudaContext>, stream: &CudaStream) -> Result<u64, GpuError> {
+    pub fn for_stream(
+        &self,
+        ctx: &Arc<CudaContext>,
+        stream: &dyn LaunchStream,
+    ) -> Result<u64, GpuError> {
         let key = stream.cu_stream() as usize;
         let mut pairs = self.pairs.lock().expect("counter map lock");
         if let Some((_, addr)) = pairs.get(&key) {

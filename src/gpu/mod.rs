@@ -9,6 +9,6 @@ pub mod tensor;
 
 pub use driver::{
     CudaContext, CudaSlice, CudaStream, DeviceInfo, DriverInfo, EventTimer, Function, Gpu,
-    GpuError, Module, device_address,
+    GpuError, LaunchStream, Module, RawStream, device_address, driver_present, probe,
 };
 pub use params::{ElemType, LaunchError, TensorArg};
