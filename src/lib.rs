@@ -11,16 +11,18 @@
 //! ```
 //!
 //! - pure values: [`spec`], [`tile`], [`target`], [`key`], [`render`], [`cache::layout`],
-//!   [`cache::meta`], [`gpu::params`], [`reference`];
-//! - side effects, each in one home: [`compile::nvrtc`] (NVRTC), [`cache`] (cache files: `fsx`, `entries`),
+//!   [`cache::meta`], [`gpu::params`], `reference`;
+//! - side effects, each in one home: `compile::nvrtc` (NVRTC), [`cache`] (cache files: `fsx`, `entries`),
 //!   [`gpu::driver`] (the CUDA driver).
 //!
 //! Without the default features the crate is the light loader: it reads the cache and launches,
 //! with neither tera nor NVRTC.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod bench;
 pub mod cache;
 pub mod compile;
@@ -28,16 +30,21 @@ pub mod config;
 pub mod error;
 pub mod gpu;
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod hostdata;
 pub mod key;
 pub mod loader;
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod ops;
 #[cfg(feature = "compiler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "compiler")))]
 pub mod pipeline;
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod presets;
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod reference;
 pub mod render;
 pub mod spec;
@@ -45,8 +52,10 @@ pub mod target;
 pub mod tensor;
 pub mod tile;
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod tune;
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod verify;
 pub mod visibility;
 pub mod workload;
@@ -65,3 +74,8 @@ pub use key::Key;
 pub use spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
 pub use target::Arch;
 pub use tile::Tile;
+
+/// The README's code, compiled (not run) as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

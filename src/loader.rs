@@ -180,6 +180,23 @@ impl Runtime {
     }
 
     /// A runtime on an opened device, with options.
+    ///
+    /// ```no_run
+    /// use flasheva::cache::CacheStore;
+    /// use flasheva::gpu::Gpu;
+    /// use flasheva::loader::{Runtime, RuntimeOptions};
+    ///
+    /// let store = CacheStore::open_existing("/var/lib/engine/flasheva-cache")?;
+    /// // a server: never compile, a miss is an error (the default)
+    /// let rt = Runtime::with_gpu(Gpu::open(0)?, store, RuntimeOptions::default());
+    /// // a development box: compile misses with NVRTC, ignore tuning
+    /// let dev = Runtime::with_gpu(
+    ///     Gpu::open(0)?,
+    ///     CacheStore::open_default()?,
+    ///     RuntimeOptions::default().compile_on_miss(true).use_tuned(false),
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_gpu(gpu: Gpu, store: CacheStore, options: RuntimeOptions) -> Runtime {
         Runtime {
             gpu,
@@ -242,7 +259,21 @@ impl Runtime {
         found
     }
 
-    /// The kernel for a workload (see [`Runtime::tile_for_workload`]).
+    /// The kernel for a workload (see [`Runtime::tile_for_workload`]). A miss is
+    /// [`Error::NotCached`], naming what was looked for and why each
+    /// entry that was there was refused.
+    ///
+    /// ```no_run
+    /// # use flasheva::{loader::Runtime, workload::Workload, KernelSpec};
+    /// # fn serve(rt: &Runtime, spec: KernelSpec) -> flasheva::Result<()> {
+    /// let w = Workload { spec, b: 1, n: 8192, h: 32, hkv: 8 };
+    /// match rt.kernel_for(&w) {
+    ///     Ok(kernel) => println!("{} from {:?}", kernel.tile.name(spec.op()), kernel.origin),
+    ///     Err(flasheva::Error::NotCached(miss)) => eprintln!("not cached: {miss}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn kernel_for(&self, w: &crate::workload::Workload) -> Result<Arc<Kernel>> {
         self.kernel_with_tile(&w.spec, &self.tile_for_workload(w))
     }
@@ -504,6 +535,19 @@ impl Kernel {
     /// Decode: `q, k_ring, v_ring, ks, vs, len -> o, lse` on `stream` with `splits` splits (see
     /// [`Kernel::decode_splits`]); splits > 1 need `workspace` = (device address, fp32
     /// elements) of at least [`params::decode_workspace_elems`].
+    ///
+    /// ```no_run
+    /// # use flasheva::{gpu::{device_address, CudaStream, params::{self, DecodeArgs}}, loader::Kernel};
+    /// # use std::sync::Arc;
+    /// # fn step(kernel: &Kernel, stream: &Arc<CudaStream>, args: &DecodeArgs, b: usize, h: usize,
+    /// #         hkv: usize, longest: usize) -> Result<(), Box<dyn std::error::Error>> {
+    /// let splits = kernel.decode_splits(b, hkv, longest);
+    /// let d = kernel.spec.head_dim() as usize;
+    /// let elems = params::decode_workspace_elems(b, h, d, splits);
+    /// let ws = stream.alloc_zeros::<f32>(elems.max(1))?; // reuse it across steps
+    /// kernel.decode(stream, args, splits, Some((device_address(&ws, stream), elems)))?;
+    /// # Ok(()) }
+    /// ```
     pub fn decode(
         &self,
         stream: &dyn LaunchStream,

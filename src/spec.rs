@@ -308,6 +308,26 @@ impl TryFrom<SpecRepr> for KernelSpec {
 
 impl KernelSpec {
     /// Validates `p` for `op` and normalizes it: fields the op ignores are dropped.
+    ///
+    /// ```
+    /// use flasheva::{DType, KernelSpec, LocalMode, Op, SpecParams};
+    ///
+    /// let p = SpecParams {
+    ///     head_dim: Some(128),
+    ///     window: Some(512),
+    ///     chunk: Some(64),
+    ///     local: Some(LocalMode::Block),
+    ///     dtype: Some(DType::Bf16),
+    ///     group: Some(4), // prefill ignores the group: dropped
+    /// };
+    /// let spec = KernelSpec::new(Op::Prefill, &p)?;
+    /// assert_eq!(spec.name(), "flasheva_prefill_d128_w512_c64_block_bf16");
+    ///
+    /// // bad input is an error naming the value and what is accepted
+    /// let bad = KernelSpec::new(Op::Prefill, &SpecParams { head_dim: Some(80), ..p });
+    /// assert!(bad.unwrap_err().to_string().contains("accepted are 32, 64, 96, 128, 256"));
+    /// # Ok::<(), flasheva::spec::SpecError>(())
+    /// ```
     pub fn new(op: Op, p: &SpecParams) -> Result<KernelSpec, SpecError> {
         let head_dim = p.head_dim.ok_or(SpecError::Missing {
             op,

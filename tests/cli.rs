@@ -578,6 +578,38 @@ fn listings_have_json_forms_and_doctor_check_fails_on_problems() {
             .iter()
             .any(|c| c["name"] == "FLASHEVA_NO_TUNE")
     );
+    // tune --dry-run needs no GPU: the plan, default tile first, every pruned tile with a reason
+    let plan = json(&[
+        "--format",
+        "json",
+        "tune",
+        "prefill",
+        "--head-dim",
+        "128",
+        "--window",
+        "512",
+        "--chunk",
+        "64",
+        "--dry-run",
+        "--arch",
+        "sm_80",
+    ]);
+    assert_eq!(plan["schema"], "flasheva/tune-plan/1");
+    let w0 = &plan["workloads"][0];
+    assert!(
+        w0["spec"]
+            .as_str()
+            .unwrap()
+            .starts_with("flasheva_prefill_d128_w512_c64")
+    );
+    assert!(!w0["keep"].as_array().unwrap().is_empty());
+    assert!(
+        w0["pruned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| !p["reason"].as_str().unwrap().is_empty())
+    );
     bad_input(
         &[
             "--format",

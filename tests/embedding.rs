@@ -58,3 +58,100 @@ fn the_serving_example_logs_its_error_and_exits_1() {
     }
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// The serving example's binary: beside this test executable's profile folder
+/// (`target/<profile>/examples/serve`, built by `cargo test`), else `.device/bin/serve` (the
+/// GPU machine, where the packed binaries live).
+fn serve_binary() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let beside = exe.parent()?.parent()?.join("examples").join("serve");
+    [beside, std::path::PathBuf::from(".device/bin/serve")]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// The CLI binary: the one cargo built for these tests, else the packed one.
+fn cli_binary() -> Option<std::path::PathBuf> {
+    [
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_flasheva")),
+        std::path::PathBuf::from(".device/bin/flasheva"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+/// On a GPU: the CLI fills a cache with the example's kernel for this device, and the example
+/// serves every request from it (cubin, no compiling) and exits 0; with an empty cache it
+/// refuses every request and exits 1.
+#[test]
+fn the_serving_example_serves_from_a_cache_the_cli_filled() {
+    let required = flasheva::config::require_gpu().unwrap_or(false);
+    let Ok(info) = flasheva::gpu::probe() else {
+        assert!(
+            !required,
+            "FLASHEVA_REQUIRE_GPU is set but there is no usable GPU"
+        );
+        eprintln!("GPU TEST SKIPPED: no CUDA driver or device");
+        return;
+    };
+    let (Some(serve), Some(cli)) = (serve_binary(), cli_binary()) else {
+        assert!(
+            !required,
+            "the serve example or the CLI binary is missing (build it: cargo build --release --example serve, and pack it into .device/bin)"
+        );
+        eprintln!("GPU TEST SKIPPED: the serve example is not built");
+        return;
+    };
+    let (major, minor) = info.devices[0].capability;
+    let arch = flasheva::Arch::preferred_for(major, minor);
+    let cache = tempfile::tempdir().unwrap();
+
+    // empty cache: refused, logged, exit 1
+    let o = Command::new(&serve)
+        .arg(cache.path())
+        .arg("2")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("request refused: kernel not cached"), "{err}");
+
+    let o = Command::new(&cli)
+        .args([
+            "compile",
+            "prefill",
+            "--head-dim",
+            "128",
+            "--window",
+            "512",
+            "--chunk",
+            "64",
+            "--local",
+            "block",
+            "--dtype",
+            "bf16",
+            "--arch",
+            &arch.to_string(),
+            "--cache-dir",
+        ])
+        .arg(cache.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let o = Command::new(&serve)
+        .arg(cache.path())
+        .arg("8")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(err.matches("served").count(), 8 + 1, "{err}"); // 8 requests, and the total
+    assert!(
+        err.contains("Cubin"),
+        "loaded from the cubin the CLI compiled: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

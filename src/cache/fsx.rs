@@ -247,7 +247,7 @@ pub fn remove_tree(path: &Path, dev: u64) -> io::Result<()> {
 
 /// A folder (or file) staged in `tmp/` under a name only this process uses, with an owner lock
 /// held for its lifetime: `tmp/<kind>-<pid>-<nonce>` and `tmp/<kind>-<pid>-<nonce>.owner`. Dropped,
-/// it deletes what is still staged; a process killed leaves it to [`reclaim`].
+/// it deletes what is still staged; a process killed leaves it to [`CacheStore::reclaim_tmp`](super::CacheStore::reclaim_tmp).
 #[derive(Debug)]
 pub struct Staged {
     path: PathBuf,

@@ -3,7 +3,7 @@
 //! (what can be wrong with an entry), [`winner`] (tuning records), [`compat`] (where an entry
 //! runs), [`text`] (terminal-safe text). File side: [`fsx`] (the only code that opens, creates
 //! or deletes cache files), [`store`] (opening a cache root), [`entries`], [`winners`], [`gc`]
-//! and [`txn`] (all-or-nothing imports); [`bundle`] moves caches between machines.
+//! and [`txn`] (all-or-nothing imports); `bundle` moves caches between machines.
 //!
 //! Threat model: only the user and their flasheva processes write the cache; nothing in it is
 //! followed through a link or across filesystems, and only names flasheva creates are deleted.
@@ -11,6 +11,7 @@
 //! for them; see the README.
 
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod bundle;
 pub mod compat;
 pub mod damage;

@@ -151,6 +151,19 @@ impl CacheStore {
     /// Opens the cache at `root` for reading and writing: creates and tags a missing or empty
     /// folder, opens a tagged one, and refuses any other folder ([`CacheError::NotACache`]).
     /// Completes imports that were committed by a process that died before finishing them.
+    ///
+    /// ```
+    /// use flasheva::cache::{CacheError, CacheStore};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = CacheStore::open(dir.path().join("cache"))?; // new folder: created and tagged
+    /// assert!(store.root().join("CACHEDIR.TAG").is_file());
+    ///
+    /// // a folder that is not a cache is refused, never written into
+    /// std::fs::write(dir.path().join("notes.txt"), "mine")?;
+    /// assert!(matches!(CacheStore::open(dir.path()), Err(CacheError::NotACache { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(root: impl Into<PathBuf>) -> Result<CacheStore, CacheError> {
         let root = root.into();
         match root_state(&root)? {
@@ -176,6 +189,16 @@ impl CacheStore {
     /// Opens an existing cache for commands that only read: creates nothing. A missing folder is
     /// [`CacheError::Missing`]; an empty one is an empty cache; an untagged, non-empty one is
     /// refused. Committed but unfinished imports are completed (they were asked for).
+    ///
+    /// ```
+    /// use flasheva::cache::{CacheError, CacheStore};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let missing = dir.path().join("typo");
+    /// assert!(matches!(CacheStore::open_existing(&missing), Err(CacheError::Missing(_))));
+    /// assert!(!missing.exists()); // nothing created
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_existing(root: impl Into<PathBuf>) -> Result<CacheStore, CacheError> {
         let root = root.into();
         match root_state(&root)? {

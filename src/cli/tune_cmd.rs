@@ -141,6 +141,32 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::R
         ),
     };
 
+    if a.dry_run && format == Format::Json {
+        let workloads: Vec<serde_json::Value> = loads
+            .iter()
+            .map(|w| {
+                let c = spaces.candidates(&w.spec, arch, limits);
+                serde_json::json!({
+                    "spec": w.spec.name(),
+                    "b": w.b, "n": w.n, "h": w.h, "hkv": w.hkv,
+                    "keep": c.keep.iter().map(|t| t.name(w.spec.op())).collect::<Vec<_>>(),
+                    "pruned": c.pruned.iter().map(|p| serde_json::json!({
+                        "tile": p.tile.name(w.spec.op()),
+                        "reason": p.reason,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        return json_doc(
+            "flasheva/tune-plan/1",
+            serde_json::json!({
+                "device": device_name,
+                "arch": arch.to_string(),
+                "default_first": true,
+                "workloads": workloads,
+            }),
+        );
+    }
     if a.dry_run {
         outln!("candidates on {device_name}:");
         for w in &loads {

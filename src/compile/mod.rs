@@ -1,10 +1,11 @@
 //! Compilation: the `Compiler` trait, the options flasheva compiles with, and the pure helpers
 //! around a compiler's output (ptxas resource report, error excerpts, PTX ISA version).
 //!
-//! The only NVRTC caller is [`nvrtc`] (feature `compiler`); everything here is pure, so cache and
+//! The only NVRTC caller is `nvrtc` (feature `compiler`); everything here is pure, so cache and
 //! tuning logic can be tested with a fake compiler.
 
 #[cfg(feature = "compiler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "compiler")))]
 pub mod nvrtc;
 
 use std::time::Duration;

@@ -147,6 +147,15 @@ pub fn device_info(ordinal: usize) -> Result<DeviceInfo, GpuError> {
 }
 
 /// Probes the driver: its version and every device. `NoDriver` / `NoDevice` on machines without.
+/// Call it before anything that creates a CUDA context through cudarc directly (which panics
+/// without a driver); flasheva's own entry points probe first.
+///
+/// ```
+/// match flasheva::gpu::probe() {
+///     Ok(d) => println!("driver {}, {} device(s)", d.version, d.devices.len()),
+///     Err(e) => println!("no usable GPU: {e}"), // no driver, no device: a value, not a panic
+/// }
+/// ```
 pub fn probe() -> Result<DriverInfo, GpuError> {
     init()?;
     let mut version = 0;
@@ -183,6 +192,13 @@ pub struct Gpu {
 impl Gpu {
     /// Opens device `ordinal` (probing for the driver first, so a machine without one gets an
     /// error, not a panic). Cross-stream event tracking is off: callers order their streams.
+    ///
+    /// ```no_run
+    /// let gpu = flasheva::gpu::Gpu::open(0)?;
+    /// let stream = gpu.context().new_stream()?; // a cudarc stream of the primary context
+    /// println!("{} (sm_{}{})", gpu.info().name, gpu.info().capability.0, gpu.info().capability.1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(ordinal: usize) -> Result<Gpu, GpuError> {
         let d = probe()?;
         if ordinal >= d.devices.len() {
@@ -226,6 +242,18 @@ impl Gpu {
     ///
     /// # Safety
     /// `ctx` must be a live context handle for the duration of the call.
+    ///
+    /// ```no_run
+    /// use flasheva::cudarc::driver::sys;
+    /// use flasheva::gpu::{Gpu, RawStream};
+    ///
+    /// # fn engine_handles() -> (sys::CUcontext, sys::CUstream) { unimplemented!() }
+    /// let (ctx, stream) = engine_handles(); // e.g. PyTorch's current context and stream
+    /// // SAFETY: both handles are live while flasheva uses them.
+    /// let gpu = unsafe { Gpu::from_raw_context(ctx)? };
+    /// let stream = unsafe { RawStream::new(stream) }; // pass `&stream` to Kernel::prefill etc.
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub unsafe fn from_raw_context(ctx: sys::CUcontext) -> Result<Gpu, GpuError> {
         init()?;
         // SAFETY: the caller vouches for `ctx`; it is popped again below.

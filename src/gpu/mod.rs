@@ -5,6 +5,7 @@
 pub mod driver;
 pub mod params;
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod tensor;
 
 pub use driver::{

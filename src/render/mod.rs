@@ -153,6 +153,17 @@ fn engine() -> &'static Result<tera::Tera, String> {
 
 /// Renders the CUDA source of `spec` with `tile` (which must satisfy the op's tile rules).
 #[cfg(feature = "compiler")]
+///
+/// ```
+/// use flasheva::{Arch, DType, KernelSpec, LocalMode, Op, SpecParams, Tile};
+///
+/// let spec = KernelSpec::new(Op::ChunkMean, &SpecParams {
+///     head_dim: Some(64), chunk: Some(8), dtype: Some(DType::F16), ..SpecParams::default()
+/// })?;
+/// let source = flasheva::render::render(&spec, &Tile::default_for(&spec, Arch::new(8, 0)))?;
+/// assert!(source.contains("flasheva_chunk_mean"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn render(spec: &KernelSpec, tile: &Tile) -> Result<String, RenderError> {
     tile.check(spec)?;
     let template = template_name(spec.op(), tile.engine());

@@ -1,5 +1,5 @@
 //! Tuning reports: the results as JSON and an SVG plot (time per candidate per shape, the winner
-//! marked, rejected candidates listed with their reasons). Files are written only by [`write`].
+//! marked, rejected candidates listed with their reasons). Files are written only by [`write()`].
 
 use std::path::{Path, PathBuf};
 
