@@ -10,10 +10,11 @@ use rand::RngExt;
 
 use crate::error::Result;
 use crate::gpu::driver::{CudaStream, EventTimer, Gpu, drv};
+use crate::gpu::tensor::OpTensors;
 use crate::gpu::tensor::{DeviceTensor, upload};
 use crate::hostdata::{HostTensor, fresh_rng};
 use crate::loader::Kernel;
-use crate::ops::{self, Problem, Tensors};
+use crate::ops::{self, Problem};
 
 pub use crate::workload::Workload;
 
@@ -57,7 +58,7 @@ pub struct Bencher {
     /// The call being timed.
     pub problem: Problem,
     /// The device tensors in use; `inputs` is swapped with a slot of `sets` to rotate.
-    tensors: Tensors,
+    tensors: OpTensors,
     sets: Vec<Vec<DeviceTensor>>,
     current: usize,
     timer: EventTimer,
@@ -127,7 +128,15 @@ impl Bencher {
             def.random_inputs(&problem, &mut draw, false)
         };
         let first = make(&mut rng);
-        let tensors = Tensors::new(stream, def, &problem, kernel, &first, 0)?;
+        let splits = kernel.splits_for(&problem);
+        let tensors = OpTensors::new(
+            stream,
+            def,
+            &problem,
+            def.workspace(&problem, splits),
+            &first,
+            0,
+        )?;
         let mut sets = vec![Vec::new()];
         for _ in 1..nsets {
             let ins = make(&mut rng);
@@ -171,7 +180,12 @@ impl Bencher {
     /// Launches `kernel` once on input set `set`.
     pub fn launch(&mut self, kernel: &Kernel, set: usize) -> Result<()> {
         self.select(set);
-        ops::of(self.problem.spec().op()).launch(kernel, &self.stream, &self.problem, &self.tensors)
+        // Each kernel (tile) may split differently, and need a larger workspace.
+        let splits = kernel.splits_for(&self.problem);
+        let def = ops::of(self.problem.spec().op());
+        self.tensors
+            .ensure_workspace(&self.stream, def.workspace(&self.problem, splits))?;
+        kernel.launch(&self.stream, &self.tensors.op_args(&self.problem, splits))
     }
 
     /// `warmup` untimed launches, then `samples` samples of [`REPS`] back-to-back launches between

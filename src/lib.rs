@@ -10,7 +10,7 @@
 //!                                   tune (winners) ──▶ loader ──▶ launch
 //! ```
 //!
-//! - pure values: [`spec`], [`tile`], [`target`], [`key`], [`render`], [`cache::layout`],
+//! - pure values: [`spec`], [`tile`], [`ops`] (the op table), [`target`], [`key`], [`render`], [`cache::layout`],
 //!   [`cache::meta`], [`gpu::params`], `reference`;
 //! - side effects, each in one home: `compile::nvrtc` (NVRTC), [`cache`] (cache files: `fsx`, `entries`),
 //!   [`gpu::driver`] (the CUDA driver).
@@ -34,8 +34,6 @@ pub mod gpu;
 pub mod hostdata;
 pub mod key;
 pub mod loader;
-#[cfg(feature = "cli")]
-#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod ops;
 #[cfg(feature = "compiler")]
 #[cfg_attr(docsrs, doc(cfg(feature = "compiler")))]

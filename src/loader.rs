@@ -14,12 +14,14 @@ use crate::cache::{CacheStore, Entry, layout};
 use crate::error::{Error, Result};
 use crate::gpu::driver::{Function, Gpu, LaunchStream, StreamCounters, encode_tensor_map};
 use crate::gpu::params::{
-    self, ChunkMeanArgs, ChunkSummarizeArgs, DecodeArgs, LaunchPlan, PrefillArgs,
+    self, ChunkMeanArgs, ChunkSummarizeArgs, DecodeArgs, DeviceFacts, LaunchError, OpArgs,
+    PrefillArgs,
 };
 use crate::key::Key;
-use crate::spec::KernelSpec;
+use crate::ops::{self, Problem};
+use crate::spec::{KernelSpec, Op};
 use crate::target::Arch;
-use crate::tile::{Engine, Tile};
+use crate::tile::Tile;
 
 /// Where a loaded kernel came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -484,46 +486,58 @@ impl Runtime {
     }
 }
 
-fn launch<P: Copy>(f: &Function, stream: &dyn LaunchStream, plan: &LaunchPlan<P>) -> Result<()> {
-    // SAFETY: the plan was built by `gpu::params` from tensors whose shapes, strides, dtypes and
-    // alignment were checked against the kernel's spec; the caller owns the memory.
-    unsafe { f.launch(stream, plan.grid, plan.block, plan.smem, &plan.params) }?;
-    Ok(())
-}
-
 impl Kernel {
-    /// Prefill: `q, k, v, ks, vs -> o, lse` on `stream`. Nothing is launched for B = 0 or N = 0.
-    pub fn prefill(&self, stream: &dyn LaunchStream, args: &PrefillArgs) -> Result<()> {
-        match self.tile.engine() {
-            Engine::Mma => {
-                if let Some(plan) = params::plan_prefill(&self.spec, &self.tile, args)? {
-                    launch(&self.functions[0], stream, &plan)?;
-                }
+    /// Launches this kernel on `stream` with the op table's generic arguments (its tensors in
+    /// the op's order, inputs then outputs; see [`crate::ops::OpDef`]): the op checks them and
+    /// plans the launches, the loader fills in what only the device knows (TMA tensor maps, the
+    /// stream's tile counter) and launches. Nothing is launched when there is nothing to compute.
+    pub fn launch(&self, stream: &dyn LaunchStream, args: &OpArgs) -> Result<()> {
+        let device = DeviceFacts {
+            sm_count: self.sm_count,
+        };
+        for mut step in ops::of(self.spec.op()).plan(&self.spec, &self.tile, args, device)? {
+            for (offset, map) in &step.tensor_maps {
+                let encoded = encode_tensor_map(map)?;
+                step.params.write(*offset, bytemuck::bytes_of(&encoded));
             }
-            Engine::Wgmma => {
-                if let Some(mut plan) =
-                    params::plan_prefill_sm90(&self.spec, &self.tile, args, self.sm_count)?
-                {
-                    let p = &mut plan.launch.params;
-                    // Dynamic tile scheduling: a counter pair of this stream.
-                    p.tile_counter = self.counters.for_stream(&self.ctx, stream)?;
-                    for (slot, spec) in [
-                        &mut p.tm_q,
-                        &mut p.tm_k,
-                        &mut p.tm_v,
-                        &mut p.tm_ks,
-                        &mut p.tm_vs,
-                    ]
-                    .into_iter()
-                    .zip(&plan.maps)
-                    {
-                        *slot = encode_tensor_map(spec)?;
-                    }
-                    launch(&self.functions[0], stream, &plan.launch)?;
-                }
+            if let Some(offset) = step.tile_counter {
+                let counter = self.counters.for_stream(&self.ctx, stream)?;
+                step.params.write(offset, &counter.to_ne_bytes());
             }
+            let f = self.functions.get(step.function).ok_or_else(|| {
+                LaunchError::Size(format!(
+                    "{} has no entry point {} (a bug in its op description)",
+                    self.spec, step.function
+                ))
+            })?;
+            // SAFETY: the op's plan checked the tensors' shapes, strides, dtypes and alignment
+            // against the kernel's spec and laid out the template's parameter block; the caller
+            // owns the memory.
+            unsafe { f.launch(stream, step.grid, step.block, step.smem, &step.params) }?;
         }
         Ok(())
+    }
+
+    /// The splits a launch of this kernel on `p` uses on this device (1 but for split decode).
+    pub fn splits_for(&self, p: &Problem) -> usize {
+        ops::of(self.spec.op()).splits(p, &self.tile, self.sm_count)
+    }
+
+    fn expect_op(&self, op: Op) -> Result<()> {
+        if self.spec.op() != op {
+            return Err(LaunchError::Op {
+                got: self.spec.op(),
+                expected: op,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Prefill: `q, k, v, ks, vs -> o, lse` on `stream`. Nothing is launched for B = 0 or N = 0.
+    pub fn prefill(&self, stream: &dyn LaunchStream, args: &PrefillArgs) -> Result<()> {
+        self.expect_op(Op::Prefill)?;
+        self.launch(stream, &args.to_op_args())
     }
 
     /// The split count a decode of `b` sequences over `hkv` kv heads uses, the longest visible
@@ -555,23 +569,14 @@ impl Kernel {
         splits: usize,
         workspace: Option<(u64, usize)>,
     ) -> Result<()> {
-        if let Some((main, combine)) =
-            params::plan_decode(&self.spec, &self.tile, args, splits, workspace)?
-        {
-            launch(&self.functions[0], stream, &main)?;
-            if let Some(c) = combine {
-                launch(&self.functions[1], stream, &c)?;
-            }
-        }
-        Ok(())
+        self.expect_op(Op::Decode)?;
+        self.launch(stream, &args.to_op_args(splits, workspace))
     }
 
     /// chunk_mean: `x -> xbar` on `stream`.
     pub fn chunk_mean(&self, stream: &dyn LaunchStream, args: &ChunkMeanArgs) -> Result<()> {
-        if let Some(plan) = params::plan_chunk_mean(&self.spec, &self.tile, args)? {
-            launch(&self.functions[0], stream, &plan)?;
-        }
-        Ok(())
+        self.expect_op(Op::ChunkMean)?;
+        self.launch(stream, &args.to_op_args())
     }
 
     /// chunk_summarize: `k, v, omega -> vs` on `stream`.
@@ -580,10 +585,8 @@ impl Kernel {
         stream: &dyn LaunchStream,
         args: &ChunkSummarizeArgs,
     ) -> Result<()> {
-        if let Some(plan) = params::plan_chunk_summarize(&self.spec, &self.tile, args)? {
-            launch(&self.functions[0], stream, &plan)?;
-        }
-        Ok(())
+        self.expect_op(Op::ChunkSummarize)?;
+        self.launch(stream, &args.to_op_args())
     }
 
     /// Registers per thread of the main kernel, as the driver reports.

@@ -440,11 +440,7 @@ impl KernelSpec {
 
     /// The entry points the compiled module exports, first the main kernel.
     pub fn entry_points(&self) -> Vec<String> {
-        let main = self.name();
-        match self.op {
-            Op::Decode => vec![main.clone(), format!("{main}_combine")],
-            _ => vec![main],
-        }
+        crate::ops::of(self.op).entry_points(self)
     }
 
     /// The program (source file) name given to the compiler; it appears in compile logs.

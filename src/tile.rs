@@ -1,5 +1,7 @@
 //! `Tile`: the launch-shape knobs of a kernel (block sizes, warps, pipeline stages, splits),
-//! their per-op rules, their resource needs and the default tile of each spec and arch.
+//! validated once against the rules of their op. The rules, names, shared memory and default
+//! tiles of each op live in its description in [`crate::ops`]; this module holds the values, the
+//! field domains and the arch checks.
 //!
 //! Pure: resource needs are computed from the spec, and checked against [`crate::target::Limits`].
 
@@ -8,6 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ops;
 use crate::spec::{KernelSpec, Op};
 use crate::target::Arch;
 
@@ -146,11 +149,16 @@ impl TryFrom<TileParams> for Tile {
     }
 }
 
-const BLOCK_M: [u32; 5] = [16, 32, 64, 128, 256];
-const BLOCK_N: [u32; 4] = [16, 32, 64, 128];
-const WARPS: [u32; 4] = [1, 2, 4, 8];
-const STAGES: [u32; 3] = [1, 2, 3];
-const MAX_SPLITS: u32 = 128;
+/// block_m values of the `mma` prefill.
+pub(crate) const BLOCK_M: [u32; 5] = [16, 32, 64, 128, 256];
+/// block_n values of the `mma` prefill (and the field's domain).
+pub(crate) const BLOCK_N: [u32; 4] = [16, 32, 64, 128];
+/// Warps of the `mma.sync` kernels.
+pub(crate) const WARPS: [u32; 4] = [1, 2, 4, 8];
+/// Pipeline stages of the `mma.sync` kernels.
+pub(crate) const STAGES: [u32; 3] = [1, 2, 3];
+/// The most decode splits.
+pub(crate) const MAX_SPLITS: u32 = 128;
 
 /// A tile that breaks a rule of its op or does not fit the architecture.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -219,7 +227,8 @@ pub enum TileError {
     Syntax(String),
 }
 
-fn one_of(
+/// `value` must be one of `set` (the op's rule for `field`).
+pub(crate) fn one_of(
     op: Op,
     field: &'static str,
     value: u32,
@@ -241,41 +250,12 @@ fn one_of(
 impl TileParams {
     /// The readable name of these knobs for `op`, e.g. `m128_n64_w4_s2`.
     pub fn name(&self, op: Op) -> String {
-        match op {
-            Op::Prefill => format!(
-                "{}m{}_n{}_w{}_s{}",
-                if self.engine == Engine::Wgmma {
-                    "wg_"
-                } else {
-                    ""
-                },
-                self.block_m,
-                self.block_n,
-                self.warps,
-                self.stages
-            ),
-            Op::Decode => format!(
-                "n{}_w{}_s{}_k{}",
-                self.block_n, self.warps, self.stages, self.splits
-            ),
-            Op::ChunkMean | Op::ChunkSummarize => format!("w{}", self.warps),
-        }
+        ops::of(op).tile_name(self)
     }
 
     /// These knobs with the fields `op` does not use set to 0.
     pub fn normalized(self, op: Op) -> TileParams {
-        match op {
-            Op::Prefill => TileParams { splits: 0, ..self },
-            Op::Decode => TileParams {
-                block_m: 0,
-                engine: Engine::Mma,
-                ..self
-            },
-            Op::ChunkMean | Op::ChunkSummarize => TileParams {
-                warps: self.warps,
-                ..TileParams::default()
-            },
-        }
+        ops::of(op).normalize(self)
     }
 
     /// Applies `field=value,...` (fields `block_m`/`m`, `block_n`/`n`, `warps`/`w`,
@@ -314,8 +294,9 @@ impl Tile {
     /// The tile of `p` for `spec`: fields the op does not use are dropped, the rest must follow
     /// the op's rules (not the arch's limits; see [`Tile::validate_for`]).
     pub fn new(spec: &KernelSpec, p: TileParams) -> Result<Tile, TileError> {
-        let p = p.normalized(spec.op());
-        check_rules(spec, &p)?;
+        let def = ops::of(spec.op());
+        let p = def.normalize(p);
+        def.check_tile(spec, &p)?;
         Ok(Tile {
             engine: p.engine,
             block_m: p.block_m,
@@ -380,7 +361,7 @@ impl Tile {
                 accepted: "only the fields the op uses (run it through Tile::new)",
             });
         }
-        check_rules(spec, &p)
+        ops::of(spec.op()).check_tile(spec, &p)
     }
 
     /// Checks the op's rules and that the tile fits `arch`'s shared memory and threads.
@@ -420,25 +401,7 @@ impl Tile {
 
     /// Dynamic shared memory per block, bytes, exactly as the templates lay it out.
     pub fn smem_bytes(&self, spec: &KernelSpec) -> u32 {
-        let d = spec.head_dim();
-        let row = (d + SMEM_PAD) * 2;
-        match spec.op() {
-            // 1 KiB of alignment slack, Q and the K/V stages in 128-byte-swizzled panels, and the
-            // mbarriers (full and empty for K and V per stage, two for Q) plus the tile slot.
-            Op::Prefill if self.engine == Engine::Wgmma => {
-                1024 + (self.block_m + 2 * self.stages * self.block_n) * d * 2
-                    + 8 * (4 * self.stages + 3)
-            }
-            Op::Prefill => (self.block_m + self.stages * 2 * self.block_n) * row,
-            Op::Decode => {
-                let q = DECODE_ROWS * row;
-                let kv = self.warps * self.stages * 2 * self.block_n * row;
-                let combine = self.warps * (DECODE_ROWS * d + 2 * DECODE_ROWS) * 4;
-                q + kv.max(combine)
-            }
-            Op::ChunkMean => 0,
-            Op::ChunkSummarize => (spec.chunk() + 2 * self.warps + self.warps * d) * 4,
-        }
+        ops::of(spec.op()).smem_bytes(spec, &self.params())
     }
 
     /// The readable name of the tile for `op`, e.g. `m128_n64_w4_s2`.
@@ -446,37 +409,16 @@ impl Tile {
         self.params().name(op)
     }
 
-    /// The tile flasheva uses when no tuned winner exists: the first of a preference list that
-    /// fits `arch`.
+    /// The tile flasheva uses when no tuned winner exists: the first of the op's preference
+    /// list that fits `arch` (else the last of the list).
     pub fn default_for(spec: &KernelSpec, arch: Arch) -> Tile {
-        let d = spec.head_dim();
-        let prefs: Vec<Tile> = match spec.op() {
-            Op::Prefill => {
-                let mut v = Vec::new();
-                if d <= 128 {
-                    // The Hopper kernel where it runs (validate_for accepts it on sm_90a only):
-                    // 128 x 128 tiles, 2 consumer warpgroups; the stage count measured best on
-                    // the H200 (docs/VALIDATION.md, 2026-11-28): 2 for D = 128, 4 for D = 64.
-                    v.push(hopper(128, 128, 12, if d <= 64 { 4 } else { 2 }));
-                    if arch.major >= 9 {
-                        // Two 16-row tiles per warp: the fastest tile measured on the H100
-                        // (docs/VALIDATION.md); on sm_8x ptxas spills it, so it is not their default.
-                        v.push(prefill(128, 32, 4, 2));
-                    }
-                    v.push(prefill(128, 64, 8, 2));
-                    v.push(prefill(128, 32, 8, 2));
-                }
-                v.push(prefill(64, 32, 4, 2));
-                v.push(prefill(64, 32, 4, 1));
-                v.push(prefill(32, 16, 2, 1));
-                v
-            }
-            Op::Decode => vec![decode(16, 4, 2), decode(16, 2, 2), decode(16, 1, 1)],
-            Op::ChunkMean => vec![warps(4)],
-            Op::ChunkSummarize => vec![warps(4)],
-        };
-        let fallback = *prefs.last().expect("non-empty preference list");
-        prefs
+        let prefs = ops::of(spec.op()).default_tiles(spec, arch);
+        let tiles: Vec<Tile> = prefs
+            .into_iter()
+            .filter_map(|p| Tile::new(spec, p).ok())
+            .collect();
+        let fallback = *tiles.last().expect("every op has a valid default tile");
+        tiles
             .into_iter()
             .find(|t| t.validate_for(spec, arch).is_ok())
             .unwrap_or(fallback)
@@ -485,125 +427,6 @@ impl Tile {
     /// This tile with `field=value,...` overrides applied, for `spec`.
     pub fn with_overrides(&self, spec: &KernelSpec, text: &str) -> Result<Tile, TileError> {
         Tile::new(spec, self.params().with_overrides(text)?)
-    }
-}
-
-/// The op's rules for normalized knobs `t`.
-fn check_rules(spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
-    let op = spec.op();
-    match op {
-        Op::Prefill if t.engine == Engine::Wgmma => {
-            one_of(
-                op,
-                "head_dim",
-                spec.head_dim(),
-                &[64, 128],
-                "64, 128 (wgmma)",
-            )?;
-            one_of(
-                op,
-                "warps",
-                t.warps,
-                &[12, 16],
-                "12, 16 (wgmma: a producer warpgroup and 2 or 3 consumers)",
-            )?;
-            if t.block_m != 64 * (t.warps / 4 - 1) {
-                return Err(TileError::Field {
-                    op,
-                    field: "block_m",
-                    value: t.block_m,
-                    accepted: "64 x consumer warpgroups (128 with 12 warps, 192 with 16) for wgmma",
-                });
-            }
-            one_of(op, "block_n", t.block_n, &[64, 128], "64, 128 (wgmma)")?;
-            one_of(
-                op,
-                "stages",
-                t.stages,
-                &[2, 3, 4, 5, 6, 7, 8],
-                "2..=8 (wgmma)",
-            )?;
-        }
-        Op::Prefill => {
-            one_of(op, "block_m", t.block_m, &BLOCK_M, "16, 32, 64, 128, 256")?;
-            one_of(op, "block_n", t.block_n, &BLOCK_N, "16, 32, 64, 128")?;
-            one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
-            one_of(op, "stages", t.stages, &STAGES, "1, 2, 3")?;
-            let rows = t.warps * 16;
-            let mt = t.block_m / rows;
-            if !t.block_m.is_multiple_of(rows)
-                || !(1..=2).contains(&mt)
-                || mt * spec.head_dim() > 256
-            {
-                return Err(TileError::Field {
-                    op,
-                    field: "block_m",
-                    value: t.block_m,
-                    accepted: "16 x warps, or 32 x warps when head_dim <= 128 (one or two 16-row tiles per warp)",
-                });
-            }
-        }
-        Op::Decode => {
-            one_of(op, "block_n", t.block_n, &[16, 32, 64], "16, 32, 64")?;
-            one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
-            one_of(op, "stages", t.stages, &STAGES, "1, 2, 3")?;
-            if t.splits > MAX_SPLITS {
-                return Err(TileError::Field {
-                    op,
-                    field: "splits",
-                    value: t.splits,
-                    accepted: "0 (automatic) or 1..=128",
-                });
-            }
-        }
-        Op::ChunkMean | Op::ChunkSummarize => {
-            one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
-        }
-    }
-    Ok(())
-}
-
-fn prefill(block_m: u32, block_n: u32, warps: u32, stages: u32) -> Tile {
-    Tile {
-        engine: Engine::Mma,
-        block_m,
-        block_n,
-        warps,
-        stages,
-        splits: 0,
-    }
-}
-
-fn hopper(block_m: u32, block_n: u32, warps: u32, stages: u32) -> Tile {
-    Tile {
-        engine: Engine::Wgmma,
-        block_m,
-        block_n,
-        warps,
-        stages,
-        splits: 0,
-    }
-}
-
-fn decode(block_n: u32, warps: u32, stages: u32) -> Tile {
-    Tile {
-        engine: Engine::Mma,
-        block_m: 0,
-        block_n,
-        warps,
-        stages,
-        splits: 0,
-    }
-}
-
-fn warps(warps: u32) -> Tile {
-    Tile {
-        engine: Engine::Mma,
-        block_m: 0,
-        block_n: 0,
-        warps,
-        stages: 0,
-        splits: 0,
     }
 }
 
@@ -632,6 +455,18 @@ impl FromStr for TileParams {
 mod tests {
     use super::*;
     use crate::spec::SpecParams;
+
+    /// An `mma` prefill tile, unchecked.
+    fn prefill(block_m: u32, block_n: u32, warps: u32, stages: u32) -> Tile {
+        Tile {
+            engine: Engine::Mma,
+            block_m,
+            block_n,
+            warps,
+            stages,
+            splits: 0,
+        }
+    }
 
     fn spec(op: Op, d: u32) -> KernelSpec {
         KernelSpec::new(

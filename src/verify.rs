@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::gpu::driver::{CudaStream, GpuError, describe};
+use crate::gpu::tensor::OpTensors;
 use crate::hostdata::{HostTensor, fresh_rng};
 use crate::loader::Kernel;
-use crate::ops::{self, Problem, Tensors};
+use crate::ops::{self, Problem};
 use crate::reference;
-use crate::spec::{DType, KernelSpec, Op};
+use crate::spec::{DType, KernelSpec};
 use crate::workload::Workload;
 
 /// The contract's tolerance for a storage type.
@@ -258,10 +259,11 @@ pub fn run_once(
     pad: usize,
 ) -> Result<Vec<HostTensor>> {
     let def = ops::of(kernel.spec.op());
-    let t = Tensors::new(stream, def, p, kernel, inputs, pad)?;
-    def.launch(kernel, stream, p, &t)?;
+    let splits = kernel.splits_for(p);
+    let t = OpTensors::new(stream, def, p, def.workspace(p, splits), inputs, pad)?;
+    kernel.launch(stream, &t.op_args(p, splits))?;
     sync(stream)?;
-    t.download_outputs(stream)
+    Ok(t.download_outputs(stream)?)
 }
 
 /// Runs `kernel` on a fresh random instance of `case` and compares every output with the
@@ -315,26 +317,11 @@ pub fn check(stream: &Arc<CudaStream>, kernel: &Kernel, case: &Case) -> Result<R
 }
 
 fn describe_case(kernel: &Kernel, case: &Case) -> String {
-    let p = &case.problem;
-    let w = &p.workload;
     let spec = kernel.spec;
-    let shape = match spec.op() {
-        Op::Decode => {
-            let shown: Vec<String> = p.lens.iter().take(4).map(|l| l.to_string()).collect();
-            format!(
-                "B={} H={} lens=[{}{}]{}",
-                w.b,
-                w.h,
-                shown.join(","),
-                if p.lens.len() > 4 { ",..." } else { "" },
-                p.splits.map(|s| format!(" splits={s}")).unwrap_or_default()
-            )
-        }
-        _ => w.describe(),
-    };
     format!(
-        "{spec} tile {} {shape}{}{}",
+        "{spec} tile {} {}{}{}",
         kernel.tile.name(spec.op()),
+        ops::of(spec.op()).describe_problem(&case.problem),
         if case.large_logits {
             " large-logits"
         } else {

@@ -1,8 +1,8 @@
 //! `Workload`: one kernel at one set of sizes, and the work it must do (flops, the fewest bytes
 //! it must move). Pure; the loader picks tuned tiles by it, bench and tune measure it.
 
-use crate::spec::{KernelSpec, LocalMode, Op};
-use crate::visibility::{count_prefill_pairs, key_range, summaries_visible};
+use crate::ops;
+use crate::spec::KernelSpec;
 
 /// The sizes of one call of a kernel. Prefill and chunk ops: `n` tokens. Decode: every sequence
 /// has `n` tokens (query position `n - 1`).
@@ -21,22 +21,9 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Short text, e.g. `B=1 N=16384 H=16 Hkv=16`.
+    /// Short text, e.g. `B=1 N=16384 H=16 Hkv=16` (decode: the position).
     pub fn describe(&self) -> String {
-        match self.spec.op() {
-            Op::Decode => format!(
-                "B={} H={} Hkv={} pos={}",
-                self.b,
-                self.h,
-                self.hkv,
-                self.n.saturating_sub(1)
-            ),
-            _ => format!("B={} N={} H={} Hkv={}", self.b, self.n, self.h, self.hkv),
-        }
-    }
-
-    fn local(&self) -> LocalMode {
-        self.spec.local().unwrap_or(LocalMode::Block)
+        ops::of(self.spec.op()).describe(self)
     }
 
     /// Summary rows present in the decode cache.
@@ -44,54 +31,15 @@ impl Workload {
         (self.n / self.spec.chunk() as usize).max(1)
     }
 
-    /// Useful floating-point work: 4·D per visible (query, key-or-summary) pair for attention,
-    /// one add per element for chunk_mean, 4·D per token for chunk_summarize.
+    /// Useful floating-point work (attention: 4·D per visible (query, key-or-summary) pair).
     pub fn flops(&self) -> f64 {
-        let d = self.spec.head_dim() as f64;
-        let w = self.spec.window_or_zero() as usize;
-        let c = self.spec.chunk() as usize;
-        match self.spec.op() {
-            Op::Prefill => {
-                4.0 * d
-                    * (self.b * self.h) as f64
-                    * count_prefill_pairs(self.n, w, c, self.local()) as f64
-            }
-            Op::Decode => {
-                let p = self.n - 1;
-                let items =
-                    key_range(p, w, self.local()).len() + summaries_visible(p, c, self.max_nc());
-                4.0 * d * (self.b * self.h * items) as f64
-            }
-            Op::ChunkMean => (self.b * self.n * self.h) as f64 * d,
-            Op::ChunkSummarize => 4.0 * d * (self.b * self.n * self.hkv) as f64,
-        }
+        ops::of(self.spec.op()).flops(self)
     }
 
-    /// The fewest bytes the op must move through device memory (inputs read once, outputs written once).
+    /// The fewest bytes the op must move through device memory (inputs read once, outputs
+    /// written once).
     pub fn bytes(&self) -> f64 {
-        let d = self.spec.head_dim() as usize;
-        let c = self.spec.chunk() as usize;
-        let w = self.spec.window_or_zero() as usize;
-        let e = 2usize;
-        let nc = self.n / c;
-        let v = match self.spec.op() {
-            Op::Prefill => {
-                self.b * self.n * d * e * (2 * self.h + 2 * self.hkv)
-                    + self.b * nc * self.hkv * d * e * 2
-                    + self.b * self.h * self.n * 4
-            }
-            Op::Decode => {
-                let p = self.n - 1;
-                let items =
-                    key_range(p, w, self.local()).len() + summaries_visible(p, c, self.max_nc());
-                self.b * self.hkv * items * d * e * 2
-                    + self.b * self.h * (2 * d * e + 4)
-                    + self.b * 4
-            }
-            Op::ChunkMean => self.b * (self.n + nc) * self.h * d * e,
-            Op::ChunkSummarize => self.b * (2 * self.n + 2 * nc) * self.hkv * d * e,
-        };
-        v as f64
+        ops::of(self.spec.op()).bytes(self)
     }
 
     /// What dense causal attention over the same tokens would compute (prefill only).
@@ -104,7 +52,7 @@ impl Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{DType, SpecParams};
+    use crate::spec::{DType, Op, SpecParams};
 
     #[test]
     fn work_counts() {

@@ -42,10 +42,7 @@ pub struct Bucket {
 impl Bucket {
     /// The bucket of a workload of `op`: `b` sequences, `n` tokens, `h` heads, `hkv` kv heads.
     pub fn of(op: Op, b: usize, n: usize, h: usize, hkv: usize) -> Bucket {
-        let rows = match op {
-            Op::Decode | Op::ChunkSummarize => b * hkv,
-            Op::Prefill | Op::ChunkMean => b * h,
-        };
+        let rows = crate::ops::of(op).bucket_rows(b, h, hkv);
         Bucket {
             tokens_log2: log2_ceil(n),
             rows_log2: log2_ceil(rows),

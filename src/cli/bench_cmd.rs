@@ -9,7 +9,7 @@ use clap::Args;
 use flasheva::bench::{Bencher, Timing, Workload, copy_bandwidth};
 use flasheva::gpu::Gpu;
 use flasheva::loader::{Runtime, RuntimeOptions};
-use flasheva::ops::Problem;
+use flasheva::ops::{Problem, Rate};
 use flasheva::spec::{KernelSpec, Op};
 
 use super::args::{Selected, Selection, ShapeFlags, tile_for};
@@ -137,16 +137,17 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         let gbps = w.bytes() / secs / 1e9;
         let dense =
             (w.spec.op() == Op::Prefill).then(|| w.dense_causal_flops() / (tflops * 1e12) * 1e3);
-        let rate = match w.spec.op() {
-            Op::Prefill => format!(
-                "{tflops:.1} TFLOP/s (dense causal: {:.2} ms at this rate)",
-                dense.unwrap_or(0.0)
-            ),
-            Op::Decode => format!(
+        // Compute-bound ops in TFLOP/s, memory-bound ones in GB/s against the copy rate;
+        // prefill also against dense causal attention of the same length.
+        let rate = match flasheva::ops::of(w.spec.op()).rate() {
+            Rate::Flops => match dense {
+                Some(ms) => format!("{tflops:.1} TFLOP/s (dense causal: {ms:.2} ms at this rate)"),
+                None => format!("{tflops:.1} TFLOP/s"),
+            },
+            _ => format!(
                 "{gbps:.0} GB/s = {:.0}% of copy",
                 100.0 * w.bytes() / secs / copy
             ),
-            _ => format!("{gbps:.0} GB/s"),
         };
         rows.push(vec![
             w.spec.name(),

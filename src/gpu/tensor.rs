@@ -137,6 +137,105 @@ impl DeviceTensor {
     }
 }
 
+/// The device tensors of one op call: inputs, poisoned outputs, and the workspace.
+pub struct OpTensors {
+    /// Inputs, in [`crate::ops::OpDef::inputs`] order.
+    pub inputs: Vec<DeviceTensor>,
+    /// Outputs, in [`crate::ops::OpDef::outputs`] order.
+    pub outputs: Vec<DeviceTensor>,
+    /// fp32 workspace (NaN-filled), if the launch needs one.
+    pub workspace: Option<DeviceTensor>,
+}
+
+/// The value written into the padding of input rows: large enough that a kernel reading it
+/// would be caught by the reference check.
+const JUNK: f64 = 7.0;
+
+impl OpTensors {
+    /// Uploads `inputs` for `p` (storage-type rows padded by `pad` elements when `pad > 0`, so
+    /// strides are not contiguous), allocates poisoned outputs (padded likewise) and a
+    /// `workspace`-element fp32 workspace (none for 0).
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        def: &dyn crate::ops::OpDef,
+        p: &crate::ops::Problem,
+        workspace: usize,
+        inputs: &[HostTensor],
+        pad: usize,
+    ) -> Result<OpTensors, GpuError> {
+        let descs = def.inputs(p);
+        let mut ins = Vec::with_capacity(inputs.len());
+        for (d, t) in descs.iter().zip(inputs) {
+            ins.push(upload(stream, d.name, t, pad, JUNK)?);
+        }
+        let mut outs = Vec::new();
+        for d in def.outputs(p) {
+            outs.push(alloc_poisoned(stream, d.name, d.elem, &d.shape, pad)?);
+        }
+        let workspace = if workspace > 0 {
+            Some(alloc_poisoned(
+                stream,
+                "workspace",
+                ElemType::F32,
+                &[workspace],
+                0,
+            )?)
+        } else {
+            None
+        };
+        Ok(OpTensors {
+            inputs: ins,
+            outputs: outs,
+            workspace,
+        })
+    }
+
+    /// The generic launch arguments of `p` on these tensors with `splits`.
+    pub fn op_args(&self, p: &crate::ops::Problem, splits: usize) -> crate::ops::OpArgs {
+        let tensors = self
+            .inputs
+            .iter()
+            .chain(&self.outputs)
+            .map(|t| t.arg.clone())
+            .collect();
+        let ws = self.workspace.as_ref().map(|w| (w.arg.ptr, w.arg.shape[0]));
+        p.op_args(tensors, splits, ws)
+    }
+
+    /// Makes the workspace at least `elems` fp32 elements (a kernel with more splits than the
+    /// one the tensors were made for needs more).
+    pub fn ensure_workspace(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        elems: usize,
+    ) -> Result<(), GpuError> {
+        let have = self.workspace.as_ref().map_or(0, |w| w.arg.shape[0]);
+        if elems > have {
+            self.workspace = Some(alloc_poisoned(
+                stream,
+                "workspace",
+                ElemType::F32,
+                &[elems],
+                0,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Poisons every output again (before a launch whose outputs will be read).
+    pub fn poison_outputs(&mut self, stream: &Arc<CudaStream>) -> Result<(), GpuError> {
+        for o in &mut self.outputs {
+            o.poison(stream)?;
+        }
+        Ok(())
+    }
+
+    /// Downloads every output.
+    pub fn download_outputs(&self, stream: &Arc<CudaStream>) -> Result<Vec<HostTensor>, GpuError> {
+        self.outputs.iter().map(|o| o.download(stream)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

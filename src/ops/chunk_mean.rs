@@ -1,32 +1,182 @@
-//! chunk_mean: `x [B,N,G,D]` -> `xbar [B,NC,G,D]` (NC >= N/C rows; the first N/C are written).
+//! chunk_mean: `x [B,N,G,D]` -> `xbar [B,NC,G,D]` (NC >= N/C rows; the first N/C are written),
+//! templates/chunk_mean.cu.
 
-use super::{
-    Draw, OpDef, Problem, Reference, Tensors, common_dtype, desc, probe_problem, spec_from,
+use super::launch::{
+    LaunchError, LaunchPlan, OpArgs, Step, check_op, expect_chunk_rows, expect_dtype, expect_shape,
+    expect_vector_layout, grid_dim,
 };
-use crate::error::Result;
-use crate::gpu::driver::CudaStream;
-use crate::gpu::params::ChunkMeanArgs;
+use super::{
+    CheckProblem, DeviceFacts, OpDef, Problem, Rate, TensorDesc, common_dtype, desc, probe_problem,
+    spec_from,
+};
+#[cfg(feature = "cli")]
+use super::{Draw, Reference};
+#[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
-use crate::loader::Kernel;
+#[cfg(feature = "cli")]
 use crate::reference;
-use crate::spec::{Op, SpecParams};
-use crate::tensor::ElemType;
+use crate::spec::{KernelSpec, Op, SpecParams};
+use crate::target::Arch;
+use crate::tensor::{ElemType, TensorArg};
+use crate::tile::{Tile, TileError, TileParams, WARPS, one_of};
 use crate::workload::Workload;
 
 /// The chunk_mean op. The workload's `h` is the number of heads G of X.
 pub struct ChunkMean;
+
+/// chunk_mean tensors: `x [B,N,G,D]` -> `xbar [B,NC,G,D]`, NC >= N/C.
+#[derive(Clone, Debug)]
+pub struct ChunkMeanArgs {
+    /// Input `[B, N, G, D]`.
+    pub x: TensorArg,
+    /// Chunk means `[B, NC, G, D]` (the first N/C rows written).
+    pub xbar: TensorArg,
+}
+
+impl ChunkMeanArgs {
+    /// The generic form of these arguments.
+    pub fn to_op_args(&self) -> OpArgs {
+        OpArgs {
+            tensors: vec![self.x.clone(), self.xbar.clone()],
+            scale: None,
+            splits: 1,
+            workspace: None,
+        }
+    }
+
+    fn from_op_args(a: &OpArgs) -> Result<ChunkMeanArgs, LaunchError> {
+        let t = a.expect(Op::ChunkMean, &["x", "xbar"])?;
+        Ok(ChunkMeanArgs {
+            x: t[0].clone(),
+            xbar: t[1].clone(),
+        })
+    }
+}
+
+/// Mirrors `ChunkMeanParams` in templates/chunk_mean.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[allow(missing_docs)]
+pub struct ChunkMeanParams {
+    pub x: u64,
+    pub xbar: u64,
+    pub x_sb: i64,
+    pub x_st: i64,
+    pub x_sh: i64,
+    pub y_sb: i64,
+    pub y_st: i64,
+    pub y_sh: i64,
+    pub nc: i32,
+    pub g: i32,
+}
+
+/// Plans a chunk_mean launch; `None` when there is no complete chunk.
+pub fn plan_chunk_mean(
+    spec: &KernelSpec,
+    tile: &Tile,
+    a: &ChunkMeanArgs,
+) -> Result<Option<LaunchPlan<ChunkMeanParams>>, LaunchError> {
+    check_op(spec, Op::ChunkMean)?;
+    let et = ElemType::of(spec.dtype());
+    let d = spec.head_dim() as usize;
+    expect_dtype(&a.x, et)?;
+    expect_dtype(&a.xbar, et)?;
+    expect_shape(&a.x, &[None, None, None, Some(d)], "[B, N, G, D]")?;
+    let (b, n, g) = (a.x.shape[0], a.x.shape[1], a.x.shape[2]);
+    let nc = n / spec.chunk() as usize;
+    expect_chunk_rows(&a.xbar, b, nc, g, d, "G")?;
+    if b == 0 || nc == 0 || g == 0 {
+        return Ok(None);
+    }
+    expect_vector_layout(&a.x)?;
+    expect_vector_layout(&a.xbar)?;
+    let per_cta = (tile.threads() as usize) / (d / 8);
+    Ok(Some(LaunchPlan {
+        grid: (
+            grid_dim("chunks", nc, i32::MAX as usize)?,
+            grid_dim("head groups", g.div_ceil(per_cta), 65535)?,
+            grid_dim("B", b, 65535)?,
+        ),
+        block: (tile.threads(), 1, 1),
+        smem: 0,
+        params: ChunkMeanParams {
+            x: a.x.ptr,
+            xbar: a.xbar.ptr,
+            x_sb: a.x.stride(0),
+            x_st: a.x.stride(1),
+            x_sh: a.x.stride(2),
+            y_sb: a.xbar.stride(0),
+            y_st: a.xbar.stride(1),
+            y_sh: a.xbar.stride(2),
+            nc: nc as i32,
+            g: g as i32,
+        },
+    }))
+}
+
+/// The knobs of the chunk ops: warps only.
+pub(crate) fn warps_only(t: TileParams) -> TileParams {
+    TileParams {
+        warps: t.warps,
+        ..TileParams::default()
+    }
+}
 
 impl OpDef for ChunkMean {
     fn op(&self) -> Op {
         Op::ChunkMean
     }
 
-    fn inputs(&self, p: &Problem) -> Vec<super::TensorDesc> {
+    fn template(&self, _tile: &TileParams) -> &'static str {
+        "chunk_mean.cu"
+    }
+
+    fn tile_name(&self, t: &TileParams) -> String {
+        format!("w{}", t.warps)
+    }
+
+    fn normalize(&self, t: TileParams) -> TileParams {
+        warps_only(t)
+    }
+
+    fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        one_of(Op::ChunkMean, "warps", t.warps, &WARPS, "1, 2, 4, 8")
+    }
+
+    fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
+        0
+    }
+
+    fn default_tiles(&self, _spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
+        vec![TileParams {
+            warps: 4,
+            ..TileParams::default()
+        }]
+    }
+
+    fn flops(&self, w: &Workload) -> f64 {
+        (w.b * w.n * w.h) as f64 * w.spec.head_dim() as f64
+    }
+
+    fn bytes(&self, w: &Workload) -> f64 {
+        let nc = w.n / w.spec.chunk() as usize;
+        (w.b * (w.n + nc) * w.h * w.spec.head_dim() as usize * 2) as f64
+    }
+
+    fn rate(&self) -> Rate {
+        Rate::Bytes
+    }
+
+    fn bucket_rows(&self, b: usize, h: usize, _hkv: usize) -> usize {
+        b * h
+    }
+
+    fn inputs(&self, p: &Problem) -> Vec<TensorDesc> {
         let w = &p.workload;
         vec![desc("x", p.elem(), &[w.b, w.n, w.h, p.d()], "[B, N, G, D]")]
     }
 
-    fn outputs(&self, p: &Problem) -> Vec<super::TensorDesc> {
+    fn outputs(&self, p: &Problem) -> Vec<TensorDesc> {
         let w = &p.workload;
         vec![desc(
             "xbar",
@@ -41,7 +191,7 @@ impl OpDef for ChunkMean {
         flags: &SpecParams,
         inputs: &[(ElemType, Vec<usize>)],
         _lens: Option<&[i32]>,
-    ) -> std::result::Result<Problem, String> {
+    ) -> Result<Problem, String> {
         let dtype = common_dtype(&self.inputs(&probe_problem(Op::ChunkMean)), inputs)?;
         let x = &inputs[0].1;
         let spec = spec_from(Op::ChunkMean, flags, x[3], dtype, None)?;
@@ -54,26 +204,28 @@ impl OpDef for ChunkMean {
         }))
     }
 
+    fn check_problem(&self, w: &Workload) -> CheckProblem {
+        // Five chunks and a partial one, at most 8 heads.
+        let c = w.spec.chunk() as usize;
+        let heads = w.h.min(8);
+        CheckProblem {
+            problem: Problem::new(Workload {
+                spec: w.spec,
+                b: 1,
+                n: 5 * c + 3,
+                h: heads,
+                hkv: heads,
+            }),
+            large_logits: false,
+        }
+    }
+
+    #[cfg(feature = "cli")]
     fn random_inputs(&self, p: &Problem, draw: Draw<'_>, _large: bool) -> Vec<HostTensor> {
         self.inputs(p).iter().map(|t| draw(&t.shape, 1.0)).collect()
     }
 
-    fn launch(
-        &self,
-        kernel: &Kernel,
-        stream: &CudaStream,
-        _p: &Problem,
-        t: &Tensors,
-    ) -> Result<()> {
-        kernel.chunk_mean(
-            stream,
-            &ChunkMeanArgs {
-                x: t.arg("x"),
-                xbar: t.arg("xbar"),
-            },
-        )
-    }
-
+    #[cfg(feature = "cli")]
     fn reference(&self, p: &Problem, inputs: &[HostTensor]) -> Reference {
         let w = &p.workload;
         let c = w.spec.chunk() as usize;
@@ -86,9 +238,23 @@ impl OpDef for ChunkMean {
             lse_magnitudes: vec![None],
         }
     }
+
+    fn plan(
+        &self,
+        spec: &KernelSpec,
+        tile: &Tile,
+        args: &OpArgs,
+        _device: DeviceFacts,
+    ) -> Result<Vec<Step>, LaunchError> {
+        let a = ChunkMeanArgs::from_op_args(args)?;
+        Ok(plan_chunk_mean(spec, tile, &a)?
+            .map(|p| vec![Step::of(0, &p)])
+            .unwrap_or_default())
+    }
 }
 
 /// Widens `[b, nc, row]` to `[b, rows, row]` with NaN rows (not compared).
+#[cfg(feature = "cli")]
 pub(crate) fn pad_rows(v: &mut Vec<f64>, b: usize, nc: usize, rows: usize, row: usize) {
     if rows == nc {
         return;
@@ -98,4 +264,14 @@ pub(crate) fn pad_rows(v: &mut Vec<f64>, b: usize, nc: usize, rows: usize, row: 
         out[bi * rows * row..][..nc * row].copy_from_slice(&v[bi * nc * row..][..nc * row]);
     }
     *v = out;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn param_block_matches_the_template_layout() {
+        assert_eq!(std::mem::size_of::<ChunkMeanParams>(), 72);
+    }
 }

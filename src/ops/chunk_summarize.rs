@@ -1,28 +1,213 @@
 //! chunk_summarize: `k, v [B,N,Hkv,D]`, `omega [B,NC,Hkv,D]` -> `vs [B,NC,Hkv,D]` (NC >= N/C
-//! rows; the first N/C are written).
+//! rows; the first N/C are written), templates/chunk_summarize.cu.
 
-use super::{
-    Draw, OpDef, Problem, Reference, Tensors, common_dtype, desc, probe_problem, spec_from,
+use super::chunk_mean::warps_only;
+use super::launch::{
+    LaunchError, LaunchPlan, OpArgs, Step, check_op, expect_chunk_rows, expect_contiguous_rows,
+    expect_dtype, expect_shape, grid_dim,
 };
-use crate::error::Result;
-use crate::gpu::driver::CudaStream;
-use crate::gpu::params::ChunkSummarizeArgs;
+use super::{
+    CheckProblem, DeviceFacts, OpDef, Problem, Rate, TensorDesc, common_dtype, desc, probe_problem,
+    spec_from,
+};
+#[cfg(feature = "cli")]
+use super::{Draw, Reference};
+#[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
-use crate::loader::Kernel;
+#[cfg(feature = "cli")]
 use crate::reference;
-use crate::spec::{Op, SpecParams};
-use crate::tensor::ElemType;
+use crate::spec::{KernelSpec, Op, SpecParams};
+use crate::target::Arch;
+use crate::tensor::{ElemType, TensorArg};
+use crate::tile::{Tile, TileError, TileParams, WARPS, one_of};
 use crate::workload::Workload;
 
 /// The chunk_summarize op. The workload's `h` and `hkv` are both the kv heads.
 pub struct ChunkSummarize;
+
+/// chunk_summarize tensors: `k, v [B,N,Hkv,D]`, `omega, vs [B,NC,Hkv,D]`, NC >= N/C.
+#[derive(Clone, Debug)]
+pub struct ChunkSummarizeArgs {
+    /// Keys `[B, N, Hkv, D]`.
+    pub k: TensorArg,
+    /// Values `[B, N, Hkv, D]`.
+    pub v: TensorArg,
+    /// Per-chunk projections `[B, NC, Hkv, D]`.
+    pub omega: TensorArg,
+    /// Summary values `[B, NC, Hkv, D]` (the first N/C rows written).
+    pub vs: TensorArg,
+    /// Scale `s` of the logits (default `1/sqrt(D)`).
+    pub scale: Option<f32>,
+}
+
+impl ChunkSummarizeArgs {
+    /// The generic form of these arguments.
+    pub fn to_op_args(&self) -> OpArgs {
+        OpArgs {
+            tensors: vec![
+                self.k.clone(),
+                self.v.clone(),
+                self.omega.clone(),
+                self.vs.clone(),
+            ],
+            scale: self.scale,
+            splits: 1,
+            workspace: None,
+        }
+    }
+
+    fn from_op_args(a: &OpArgs) -> Result<ChunkSummarizeArgs, LaunchError> {
+        let t = a.expect(Op::ChunkSummarize, &["k", "v", "omega", "vs"])?;
+        Ok(ChunkSummarizeArgs {
+            k: t[0].clone(),
+            v: t[1].clone(),
+            omega: t[2].clone(),
+            vs: t[3].clone(),
+            scale: a.scale,
+        })
+    }
+}
+
+/// Mirrors `ChunkSummarizeParams` in templates/chunk_summarize.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[allow(missing_docs)]
+pub struct ChunkSummarizeParams {
+    pub k: u64,
+    pub v: u64,
+    pub omega: u64,
+    pub vs: u64,
+    pub k_sb: i64,
+    pub k_st: i64,
+    pub k_sh: i64,
+    pub v_sb: i64,
+    pub v_st: i64,
+    pub v_sh: i64,
+    pub om_sb: i64,
+    pub om_st: i64,
+    pub om_sh: i64,
+    pub vs_sb: i64,
+    pub vs_st: i64,
+    pub vs_sh: i64,
+    pub nc: i32,
+    pub hkv: i32,
+    pub scale: f32,
+    pub reserved: i32,
+}
+
+/// Plans a chunk_summarize launch; `None` when there is no complete chunk.
+pub fn plan_chunk_summarize(
+    spec: &KernelSpec,
+    tile: &Tile,
+    a: &ChunkSummarizeArgs,
+) -> Result<Option<LaunchPlan<ChunkSummarizeParams>>, LaunchError> {
+    check_op(spec, Op::ChunkSummarize)?;
+    let et = ElemType::of(spec.dtype());
+    let d = spec.head_dim() as usize;
+    for t in [&a.k, &a.v, &a.omega, &a.vs] {
+        expect_dtype(t, et)?;
+    }
+    expect_shape(&a.k, &[None, None, None, Some(d)], "[B, N, Hkv, D]")?;
+    let (b, n, hkv) = (a.k.shape[0], a.k.shape[1], a.k.shape[2]);
+    expect_shape(
+        &a.v,
+        &[Some(b), Some(n), Some(hkv), Some(d)],
+        "[B, N, Hkv, D]",
+    )?;
+    let nc = n / spec.chunk() as usize;
+    for t in [&a.omega, &a.vs] {
+        expect_chunk_rows(t, b, nc, hkv, d, "Hkv")?;
+    }
+    if b == 0 || nc == 0 || hkv == 0 {
+        return Ok(None);
+    }
+    for t in [&a.k, &a.v, &a.omega, &a.vs] {
+        expect_contiguous_rows(t)?;
+    }
+    let scale = a.scale.unwrap_or_else(|| spec.default_scale());
+    Ok(Some(LaunchPlan {
+        grid: (
+            grid_dim("chunks", nc, i32::MAX as usize)?,
+            grid_dim("Hkv", hkv, 65535)?,
+            grid_dim("B", b, 65535)?,
+        ),
+        block: (tile.threads(), 1, 1),
+        smem: tile.smem_bytes(spec),
+        params: ChunkSummarizeParams {
+            k: a.k.ptr,
+            v: a.v.ptr,
+            omega: a.omega.ptr,
+            vs: a.vs.ptr,
+            k_sb: a.k.stride(0),
+            k_st: a.k.stride(1),
+            k_sh: a.k.stride(2),
+            v_sb: a.v.stride(0),
+            v_st: a.v.stride(1),
+            v_sh: a.v.stride(2),
+            om_sb: a.omega.stride(0),
+            om_st: a.omega.stride(1),
+            om_sh: a.omega.stride(2),
+            vs_sb: a.vs.stride(0),
+            vs_st: a.vs.stride(1),
+            vs_sh: a.vs.stride(2),
+            nc: nc as i32,
+            hkv: hkv as i32,
+            scale,
+            reserved: 0,
+        },
+    }))
+}
 
 impl OpDef for ChunkSummarize {
     fn op(&self) -> Op {
         Op::ChunkSummarize
     }
 
-    fn inputs(&self, p: &Problem) -> Vec<super::TensorDesc> {
+    fn template(&self, _tile: &TileParams) -> &'static str {
+        "chunk_summarize.cu"
+    }
+
+    fn tile_name(&self, t: &TileParams) -> String {
+        format!("w{}", t.warps)
+    }
+
+    fn normalize(&self, t: TileParams) -> TileParams {
+        warps_only(t)
+    }
+
+    fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        one_of(Op::ChunkSummarize, "warps", t.warps, &WARPS, "1, 2, 4, 8")
+    }
+
+    fn smem_bytes(&self, spec: &KernelSpec, t: &TileParams) -> u32 {
+        (spec.chunk() + 2 * t.warps + t.warps * spec.head_dim()) * 4
+    }
+
+    fn default_tiles(&self, _spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
+        vec![TileParams {
+            warps: 4,
+            ..TileParams::default()
+        }]
+    }
+
+    fn flops(&self, w: &Workload) -> f64 {
+        4.0 * w.spec.head_dim() as f64 * (w.b * w.n * w.hkv) as f64
+    }
+
+    fn bytes(&self, w: &Workload) -> f64 {
+        let nc = w.n / w.spec.chunk() as usize;
+        (w.b * (2 * w.n + 2 * nc) * w.hkv * w.spec.head_dim() as usize * 2) as f64
+    }
+
+    fn rate(&self) -> Rate {
+        Rate::Flops
+    }
+
+    fn bucket_rows(&self, b: usize, _h: usize, hkv: usize) -> usize {
+        b * hkv
+    }
+
+    fn inputs(&self, p: &Problem) -> Vec<TensorDesc> {
         let w = &p.workload;
         let (e, d) = (p.elem(), p.d());
         vec![
@@ -37,7 +222,7 @@ impl OpDef for ChunkSummarize {
         ]
     }
 
-    fn outputs(&self, p: &Problem) -> Vec<super::TensorDesc> {
+    fn outputs(&self, p: &Problem) -> Vec<TensorDesc> {
         let w = &p.workload;
         vec![desc(
             "vs",
@@ -52,7 +237,7 @@ impl OpDef for ChunkSummarize {
         flags: &SpecParams,
         inputs: &[(ElemType, Vec<usize>)],
         _lens: Option<&[i32]>,
-    ) -> std::result::Result<Problem, String> {
+    ) -> Result<Problem, String> {
         let dtype = common_dtype(&self.inputs(&probe_problem(Op::ChunkSummarize)), inputs)?;
         let (k, om) = (&inputs[0].1, &inputs[2].1);
         let spec = spec_from(Op::ChunkSummarize, flags, k[3], dtype, None)?;
@@ -67,6 +252,23 @@ impl OpDef for ChunkSummarize {
         Ok(p)
     }
 
+    fn check_problem(&self, w: &Workload) -> CheckProblem {
+        // Five chunks and a partial one, one or two kv heads.
+        let c = w.spec.chunk() as usize;
+        let heads = w.hkv.clamp(1, 2);
+        CheckProblem {
+            problem: Problem::new(Workload {
+                spec: w.spec,
+                b: 1,
+                n: 5 * c + 3,
+                h: heads,
+                hkv: heads,
+            }),
+            large_logits: false,
+        }
+    }
+
+    #[cfg(feature = "cli")]
     fn random_inputs(&self, p: &Problem, draw: Draw<'_>, large: bool) -> Vec<HostTensor> {
         // Large: keys and omega of amplitude 8 make logits of a few hundred.
         let amp = if large { 8.0 } else { 1.0 };
@@ -78,19 +280,7 @@ impl OpDef for ChunkSummarize {
         ]
     }
 
-    fn launch(&self, kernel: &Kernel, stream: &CudaStream, p: &Problem, t: &Tensors) -> Result<()> {
-        kernel.chunk_summarize(
-            stream,
-            &ChunkSummarizeArgs {
-                k: t.arg("k"),
-                v: t.arg("v"),
-                omega: t.arg("omega"),
-                vs: t.arg("vs"),
-                scale: p.scale,
-            },
-        )
-    }
-
+    #[cfg(feature = "cli")]
     fn reference(&self, p: &Problem, inputs: &[HostTensor]) -> Reference {
         let w = &p.workload;
         let c = w.spec.chunk() as usize;
@@ -118,5 +308,28 @@ impl OpDef for ChunkSummarize {
             outputs: vec![out],
             lse_magnitudes: vec![None],
         }
+    }
+
+    fn plan(
+        &self,
+        spec: &KernelSpec,
+        tile: &Tile,
+        args: &OpArgs,
+        _device: DeviceFacts,
+    ) -> Result<Vec<Step>, LaunchError> {
+        let a = ChunkSummarizeArgs::from_op_args(args)?;
+        Ok(plan_chunk_summarize(spec, tile, &a)?
+            .map(|p| vec![Step::of(0, &p)])
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn param_block_matches_the_template_layout() {
+        assert_eq!(std::mem::size_of::<ChunkSummarizeParams>(), 144);
     }
 }

@@ -1,32 +1,324 @@
 //! decode: `q [B,H,D]`, `k_ring, v_ring [B,W,Hkv,D]`, `ks, vs [B,MAXNC,Hkv,D]`, `len [B]` int32
-//! -> `o [B,H,D]`, `lse [B,H]` fp32. Split-KV with a combine kernel and an fp32 workspace.
+//! -> `o [B,H,D]`, `lse [B,H]` fp32. Split-KV with a combine kernel and an fp32 workspace
+//! (templates/decode.cu).
 
+use super::launch::{
+    LOG2E, LaunchError, LaunchPlan, OpArgs, Step, check_op, checked_scale, expect_dtype,
+    expect_shape, expect_vector_layout, grid_dim,
+};
 use super::{
-    Draw, OpDef, Problem, Reference, Tensors, amplify_rows, common_dtype, desc, probe_problem,
+    CheckProblem, DeviceFacts, OpDef, Problem, Rate, TensorDesc, common_dtype, desc, probe_problem,
     spec_from,
 };
-use crate::error::Result;
-use crate::gpu::driver::CudaStream;
-use crate::gpu::params::{DecodeArgs, decode_workspace_elems};
+#[cfg(feature = "cli")]
+use super::{Draw, Reference, amplify_rows};
+#[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
-use crate::loader::Kernel;
+#[cfg(feature = "cli")]
 use crate::reference;
-use crate::spec::{LocalMode, Op, SpecParams};
-use crate::tensor::ElemType;
+use crate::spec::{KernelSpec, LocalMode, Op, SpecParams};
+use crate::target::Arch;
+use crate::tensor::{ElemType, TensorArg};
+use crate::tile::{
+    DECODE_ROWS, Engine, MAX_SPLITS, SMEM_PAD, STAGES, Tile, TileError, TileParams, WARPS, one_of,
+};
+use crate::visibility::{key_range, summaries_visible};
 use crate::workload::Workload;
 
 /// The decode op.
 pub struct Decode;
 
-fn splits(p: &Problem, kernel: &Kernel) -> usize {
-    let w = &p.workload;
-    p.splits.unwrap_or_else(|| {
-        kernel.decode_splits(
-            w.b,
-            w.hkv,
-            w.spec.window_or_zero() as usize + p.summary_rows,
-        )
-    })
+/// Decode tensors: `q, o [B,H,D]`, `k_ring, v_ring [B,W,Hkv,D]`, `ks, vs [B,MAXNC,Hkv,D]`,
+/// `len [B]` int32, `lse [B,H]` fp32.
+#[derive(Clone, Debug)]
+pub struct DecodeArgs {
+    /// The new queries `[B, H, D]`.
+    pub q: TensorArg,
+    /// Key ring `[B, W, Hkv, D]` (token t in slot t mod W).
+    pub k_ring: TensorArg,
+    /// Value ring `[B, W, Hkv, D]`.
+    pub v_ring: TensorArg,
+    /// Summary keys `[B, MAXNC, Hkv, D]`.
+    pub ks: TensorArg,
+    /// Summary values `[B, MAXNC, Hkv, D]`.
+    pub vs: TensorArg,
+    /// int32 tokens per sequence, the new one included `[B]`.
+    pub len: TensorArg,
+    /// Output `[B, H, D]` (written).
+    pub o: TensorArg,
+    /// fp32 log-sum-exp `[B, H]` (written).
+    pub lse: TensorArg,
+    /// Softmax scale (default `1/sqrt(D)`).
+    pub scale: Option<f32>,
+}
+
+impl DecodeArgs {
+    /// The generic form of these arguments with `splits` and the workspace.
+    pub fn to_op_args(&self, splits: usize, workspace: Option<(u64, usize)>) -> OpArgs {
+        OpArgs {
+            tensors: vec![
+                self.q.clone(),
+                self.k_ring.clone(),
+                self.v_ring.clone(),
+                self.ks.clone(),
+                self.vs.clone(),
+                self.len.clone(),
+                self.o.clone(),
+                self.lse.clone(),
+            ],
+            scale: self.scale,
+            splits,
+            workspace,
+        }
+    }
+
+    fn from_op_args(a: &OpArgs) -> Result<DecodeArgs, LaunchError> {
+        let t = a.expect(
+            Op::Decode,
+            &["q", "k_ring", "v_ring", "ks", "vs", "len", "o", "lse"],
+        )?;
+        Ok(DecodeArgs {
+            q: t[0].clone(),
+            k_ring: t[1].clone(),
+            v_ring: t[2].clone(),
+            ks: t[3].clone(),
+            vs: t[4].clone(),
+            len: t[5].clone(),
+            o: t[6].clone(),
+            lse: t[7].clone(),
+            scale: a.scale,
+        })
+    }
+}
+
+/// Mirrors `DecodeParams` in templates/decode.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[allow(missing_docs)]
+pub struct DecodeParams {
+    pub q: u64,
+    pub kr: u64,
+    pub vr: u64,
+    pub ks: u64,
+    pub vs: u64,
+    pub len: u64,
+    pub o: u64,
+    pub lse: u64,
+    pub ws_o: u64,
+    pub ws_ml: u64,
+    pub q_sb: i64,
+    pub q_sh: i64,
+    pub kr_sb: i64,
+    pub kr_ss: i64,
+    pub kr_sh: i64,
+    pub vr_sb: i64,
+    pub vr_ss: i64,
+    pub vr_sh: i64,
+    pub ks_sb: i64,
+    pub ks_st: i64,
+    pub ks_sh: i64,
+    pub vs_sb: i64,
+    pub vs_st: i64,
+    pub vs_sh: i64,
+    pub o_sb: i64,
+    pub o_sh: i64,
+    pub lse_sb: i64,
+    pub lse_sh: i64,
+    pub b: i32,
+    pub h: i32,
+    pub hkv: i32,
+    pub max_nc: i32,
+    pub splits: i32,
+    pub scale_log2: f32,
+}
+
+/// The decode splits to use: the tile's, or (tile.splits = 0) enough CTAs to fill the device
+/// twice over, without giving a warp less than one tile of the longest sequence.
+pub fn decode_splits(
+    spec: &KernelSpec,
+    tile: &Tile,
+    b: usize,
+    hkv: usize,
+    max_items: usize,
+    sm_count: u32,
+) -> usize {
+    if tile.splits() > 0 {
+        return tile.splits() as usize;
+    }
+    let head_tiles = spec.group_or_one().div_ceil(DECODE_ROWS) as usize;
+    let ctas = (b * hkv * head_tiles).max(1);
+    let want = (2 * sm_count as usize).div_ceil(ctas);
+    let per_split = (tile.block_n() * tile.warps()) as usize;
+    let most = max_items.div_ceil(per_split).max(1);
+    want.clamp(1, most.min(64))
+}
+
+/// fp32 elements of the decode workspace for `splits` (0 when no workspace is needed).
+pub fn decode_workspace_elems(b: usize, h: usize, d: usize, splits: usize) -> usize {
+    if splits <= 1 {
+        0
+    } else {
+        splits * b * h * (d + 2)
+    }
+}
+
+/// A decode launch and, when split, its combine launch.
+pub type DecodePlan = (LaunchPlan<DecodeParams>, Option<LaunchPlan<DecodeParams>>);
+
+/// Plans a decode launch (and its combine launch when split); `None` when B = 0.
+/// `workspace` is the device address of at least [`decode_workspace_elems`] fp32 elements.
+pub fn plan_decode(
+    spec: &KernelSpec,
+    tile: &Tile,
+    a: &DecodeArgs,
+    splits: usize,
+    workspace: Option<(u64, usize)>,
+) -> Result<Option<DecodePlan>, LaunchError> {
+    check_op(spec, Op::Decode)?;
+    let et = ElemType::of(spec.dtype());
+    let d = spec.head_dim() as usize;
+    let w = spec.window_or_zero() as usize;
+    let g = spec.group_or_one() as usize;
+    for t in [&a.q, &a.k_ring, &a.v_ring, &a.ks, &a.vs, &a.o] {
+        expect_dtype(t, et)?;
+    }
+    expect_dtype(&a.len, ElemType::I32)?;
+    expect_dtype(&a.lse, ElemType::F32)?;
+    if a.q.shape.len() != 3 {
+        expect_shape(&a.q, &[None, None, Some(d)], "[B, H, D]")?;
+    }
+    let (b, h) = (a.q.shape[0], a.q.shape[1]);
+    expect_shape(&a.q, &[Some(b), Some(h), Some(d)], "[B, H, D]")?;
+    if h % g != 0 {
+        return Err(LaunchError::Shape {
+            name: "q".into(),
+            got: a.q.shape.clone(),
+            expected: format!("H a multiple of the kernel's group {g}"),
+        });
+    }
+    let hkv = h / g;
+    expect_shape(
+        &a.k_ring,
+        &[Some(b), Some(w), Some(hkv), Some(d)],
+        "[B, W, Hkv, D]",
+    )?;
+    expect_shape(
+        &a.v_ring,
+        &[Some(b), Some(w), Some(hkv), Some(d)],
+        "[B, W, Hkv, D]",
+    )?;
+    expect_shape(
+        &a.ks,
+        &[Some(b), None, Some(hkv), Some(d)],
+        "[B, MAXNC, Hkv, D]",
+    )?;
+    let max_nc = a.ks.shape[1];
+    expect_shape(
+        &a.vs,
+        &[Some(b), Some(max_nc), Some(hkv), Some(d)],
+        "[B, MAXNC, Hkv, D]",
+    )?;
+    expect_shape(&a.len, &[Some(b)], "[B]")?;
+    expect_shape(&a.o, &[Some(b), Some(h), Some(d)], "[B, H, D]")?;
+    expect_shape(&a.lse, &[Some(b), Some(h)], "[B, H]")?;
+    if b == 0 || h == 0 {
+        return Ok(None);
+    }
+    for t in [&a.q, &a.k_ring, &a.v_ring, &a.o] {
+        expect_vector_layout(t)?;
+    }
+    if max_nc > 0 {
+        expect_vector_layout(&a.ks)?;
+        expect_vector_layout(&a.vs)?;
+    }
+    let splits = splits.max(1);
+    let (ws_o, ws_ml) = if splits > 1 {
+        let need = decode_workspace_elems(b, h, d, splits);
+        match workspace {
+            Some((ptr, elems)) if elems >= need => (ptr, ptr + (splits * b * h * d * 4) as u64),
+            _ => {
+                return Err(LaunchError::Size(format!(
+                    "decode with {splits} splits needs a workspace of {need} fp32 elements"
+                )));
+            }
+        }
+    } else {
+        (0, 0)
+    };
+    let scale = checked_scale(a.scale, spec)?;
+    let params = DecodeParams {
+        q: a.q.ptr,
+        kr: a.k_ring.ptr,
+        vr: a.v_ring.ptr,
+        ks: a.ks.ptr,
+        vs: a.vs.ptr,
+        len: a.len.ptr,
+        o: a.o.ptr,
+        lse: a.lse.ptr,
+        ws_o,
+        ws_ml,
+        q_sb: a.q.stride(0),
+        q_sh: a.q.stride(1),
+        kr_sb: a.k_ring.stride(0),
+        kr_ss: a.k_ring.stride(1),
+        kr_sh: a.k_ring.stride(2),
+        vr_sb: a.v_ring.stride(0),
+        vr_ss: a.v_ring.stride(1),
+        vr_sh: a.v_ring.stride(2),
+        ks_sb: a.ks.stride(0),
+        ks_st: a.ks.stride(1),
+        ks_sh: a.ks.stride(2),
+        vs_sb: a.vs.stride(0),
+        vs_st: a.vs.stride(1),
+        vs_sh: a.vs.stride(2),
+        o_sb: a.o.stride(0),
+        o_sh: a.o.stride(1),
+        lse_sb: a.lse.stride(0),
+        lse_sh: a.lse.stride(1),
+        b: b as i32,
+        h: h as i32,
+        hkv: hkv as i32,
+        max_nc: max_nc as i32,
+        splits: splits as i32,
+        scale_log2: scale * LOG2E,
+    };
+    let head_tiles = g.div_ceil(DECODE_ROWS as usize);
+    let main = LaunchPlan {
+        grid: (
+            grid_dim("splits", splits, 65535)?,
+            grid_dim("Hkv x head tiles", hkv * head_tiles, 65535)?,
+            grid_dim("B", b, 65535)?,
+        ),
+        block: (tile.threads(), 1, 1),
+        smem: tile.smem_bytes(spec),
+        params,
+    };
+    let combine = (splits > 1).then_some(LaunchPlan {
+        grid: (h as u32, b as u32, 1),
+        block: (128, 1, 1),
+        smem: 0,
+        params,
+    });
+    Ok(Some((main, combine)))
+}
+
+/// Raw keys plus summaries the query at position `n - 1` of `w` sees.
+fn visible_items(w: &Workload) -> usize {
+    let p = w.n - 1;
+    let local = w.spec.local().unwrap_or(LocalMode::Block);
+    key_range(p, w.spec.window_or_zero() as usize, local).len()
+        + summaries_visible(p, w.spec.chunk() as usize, w.max_nc())
+}
+
+fn tile(block_n: u32, warps: u32, stages: u32) -> TileParams {
+    TileParams {
+        engine: Engine::Mma,
+        block_m: 0,
+        block_n,
+        warps,
+        stages,
+        splits: 0,
+    }
 }
 
 impl OpDef for Decode {
@@ -34,7 +326,108 @@ impl OpDef for Decode {
         Op::Decode
     }
 
-    fn inputs(&self, p: &Problem) -> Vec<super::TensorDesc> {
+    fn entry_points(&self, spec: &KernelSpec) -> Vec<String> {
+        let main = spec.name();
+        vec![main.clone(), format!("{main}_combine")]
+    }
+
+    fn template(&self, _tile: &TileParams) -> &'static str {
+        "decode.cu"
+    }
+
+    fn tile_name(&self, t: &TileParams) -> String {
+        format!("n{}_w{}_s{}_k{}", t.block_n, t.warps, t.stages, t.splits)
+    }
+
+    fn normalize(&self, t: TileParams) -> TileParams {
+        TileParams {
+            block_m: 0,
+            engine: Engine::Mma,
+            ..t
+        }
+    }
+
+    fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        let op = Op::Decode;
+        one_of(op, "block_n", t.block_n, &[16, 32, 64], "16, 32, 64")?;
+        one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
+        one_of(op, "stages", t.stages, &STAGES, "1, 2, 3")?;
+        if t.splits > MAX_SPLITS {
+            return Err(TileError::Field {
+                op,
+                field: "splits",
+                value: t.splits,
+                accepted: "0 (automatic) or 1..=128",
+            });
+        }
+        Ok(())
+    }
+
+    fn smem_bytes(&self, spec: &KernelSpec, t: &TileParams) -> u32 {
+        let d = spec.head_dim();
+        let row = (d + SMEM_PAD) * 2;
+        let q = DECODE_ROWS * row;
+        let kv = t.warps * t.stages * 2 * t.block_n * row;
+        let combine = t.warps * (DECODE_ROWS * d + 2 * DECODE_ROWS) * 4;
+        q + kv.max(combine)
+    }
+
+    fn default_tiles(&self, _spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
+        vec![tile(16, 4, 2), tile(16, 2, 2), tile(16, 1, 1)]
+    }
+
+    fn flops(&self, w: &Workload) -> f64 {
+        4.0 * w.spec.head_dim() as f64 * (w.b * w.h * visible_items(w)) as f64
+    }
+
+    fn bytes(&self, w: &Workload) -> f64 {
+        let d = w.spec.head_dim() as usize;
+        let e = 2;
+        (w.b * w.hkv * visible_items(w) * d * e * 2 + w.b * w.h * (2 * d * e + 4) + w.b * 4) as f64
+    }
+
+    fn rate(&self) -> Rate {
+        Rate::Bytes
+    }
+
+    fn bucket_rows(&self, b: usize, _h: usize, hkv: usize) -> usize {
+        b * hkv
+    }
+
+    fn describe(&self, w: &Workload) -> String {
+        format!(
+            "B={} H={} Hkv={} pos={}",
+            w.b,
+            w.h,
+            w.hkv,
+            w.n.saturating_sub(1)
+        )
+    }
+
+    fn describe_problem(&self, p: &Problem) -> String {
+        let w = &p.workload;
+        let shown: Vec<String> = p.lens.iter().take(4).map(|l| l.to_string()).collect();
+        format!(
+            "B={} H={} lens=[{}{}]{}",
+            w.b,
+            w.h,
+            shown.join(","),
+            if p.lens.len() > 4 { ",..." } else { "" },
+            p.splits.map(|s| format!(" splits={s}")).unwrap_or_default()
+        )
+    }
+
+    fn problem(&self, w: Workload) -> Problem {
+        Problem {
+            lens: vec![w.n as i32; w.b],
+            summary_rows: w.max_nc(),
+            workload: w,
+            scale: None,
+            splits: None,
+        }
+    }
+
+    fn inputs(&self, p: &Problem) -> Vec<TensorDesc> {
         let w = &p.workload;
         let (e, d) = (p.elem(), p.d());
         let win = w.spec.window_or_zero() as usize;
@@ -58,7 +451,7 @@ impl OpDef for Decode {
         ]
     }
 
-    fn outputs(&self, p: &Problem) -> Vec<super::TensorDesc> {
+    fn outputs(&self, p: &Problem) -> Vec<TensorDesc> {
         let w = &p.workload;
         vec![
             desc("o", p.elem(), &[w.b, w.h, p.d()], "[B, H, D]"),
@@ -71,7 +464,7 @@ impl OpDef for Decode {
         flags: &SpecParams,
         inputs: &[(ElemType, Vec<usize>)],
         lens: Option<&[i32]>,
-    ) -> std::result::Result<Problem, String> {
+    ) -> Result<Problem, String> {
         let dtype = common_dtype(&self.inputs(&probe_problem(Op::Decode)), inputs)?;
         let (q, kr, ks) = (&inputs[0].1, &inputs[1].1, &inputs[3].1);
         let hkv = kr[2];
@@ -110,6 +503,39 @@ impl OpDef for Decode {
         Ok(p)
     }
 
+    fn check_problem(&self, w: &Workload) -> CheckProblem {
+        // A fresh sequence, one inside the first chunk, one just past the window, and one as
+        // long as the workload's (capped): every visibility case of the ring and the summaries.
+        let win = w.spec.window_or_zero() as usize;
+        let c = w.spec.chunk() as usize;
+        let hkv = w.hkv.clamp(1, 2);
+        let h = (w.h / w.hkv.max(1)).max(1) * hkv;
+        let lens: Vec<i32> = [
+            1,
+            (c as i32) - 1,
+            win as i32 + 1,
+            w.n.min(3 * win + c + 5) as i32,
+        ]
+        .into_iter()
+        .map(|l| l.max(1))
+        .collect();
+        let n = *lens.iter().max().expect("non-empty") as usize;
+        let mut p = Problem::new(Workload {
+            spec: w.spec,
+            b: lens.len(),
+            n,
+            h,
+            hkv: h / w.spec.group_or_one() as usize,
+        });
+        p.lens = lens;
+        p.summary_rows = n / c + 1;
+        CheckProblem {
+            problem: p,
+            large_logits: true,
+        }
+    }
+
+    #[cfg(feature = "cli")]
     fn random_inputs(&self, p: &Problem, draw: Draw<'_>, large: bool) -> Vec<HostTensor> {
         // Stale ring slots and unused summaries hold random values the kernel must ignore.
         let mut v: Vec<HostTensor> = self
@@ -125,30 +551,7 @@ impl OpDef for Decode {
         v
     }
 
-    fn workspace(&self, p: &Problem, kernel: &Kernel) -> usize {
-        let w = &p.workload;
-        decode_workspace_elems(w.b, w.h, p.d(), splits(p, kernel))
-    }
-
-    fn launch(&self, kernel: &Kernel, stream: &CudaStream, p: &Problem, t: &Tensors) -> Result<()> {
-        kernel.decode(
-            stream,
-            &DecodeArgs {
-                q: t.arg("q"),
-                k_ring: t.arg("k_ring"),
-                v_ring: t.arg("v_ring"),
-                ks: t.arg("ks"),
-                vs: t.arg("vs"),
-                len: t.arg("len"),
-                o: t.arg("o"),
-                lse: t.arg("lse"),
-                scale: p.scale,
-            },
-            splits(p, kernel),
-            t.workspace_arg(),
-        )
-    }
-
+    #[cfg(feature = "cli")]
     fn reference(&self, p: &Problem, inputs: &[HostTensor]) -> Reference {
         let w = &p.workload;
         let f: Vec<Vec<f64>> = inputs[..5].iter().map(HostTensor::to_f64).collect();
@@ -169,5 +572,115 @@ impl OpDef for Decode {
             outputs: vec![o, lse],
             lse_magnitudes: vec![None, Some(mags)],
         }
+    }
+
+    fn splits(&self, p: &Problem, tile: &Tile, sm_count: u32) -> usize {
+        let w = &p.workload;
+        p.splits.unwrap_or_else(|| {
+            decode_splits(
+                &w.spec,
+                tile,
+                w.b,
+                w.hkv,
+                w.spec.window_or_zero() as usize + p.summary_rows,
+                sm_count,
+            )
+        })
+    }
+
+    fn workspace(&self, p: &Problem, splits: usize) -> usize {
+        let w = &p.workload;
+        decode_workspace_elems(w.b, w.h, p.d(), splits)
+    }
+
+    fn plan(
+        &self,
+        spec: &KernelSpec,
+        tile: &Tile,
+        args: &OpArgs,
+        _device: DeviceFacts,
+    ) -> Result<Vec<Step>, LaunchError> {
+        let a = DecodeArgs::from_op_args(args)?;
+        let Some((main, combine)) = plan_decode(spec, tile, &a, args.splits, args.workspace)?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut steps = vec![Step::of(0, &main)];
+        steps.extend(combine.map(|c| Step::of(1, &c)));
+        Ok(steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::DType;
+
+    fn spec() -> KernelSpec {
+        KernelSpec::new(
+            Op::Decode,
+            &SpecParams {
+                head_dim: Some(64),
+                window: Some(128),
+                chunk: Some(8),
+                group: Some(4),
+                dtype: Some(DType::Bf16),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn t(name: &str, dt: ElemType, shape: &[usize]) -> TensorArg {
+        TensorArg::contiguous(name, 0x1000, dt, shape)
+    }
+
+    #[test]
+    fn param_block_matches_the_template_layout() {
+        assert_eq!(std::mem::size_of::<DecodeParams>(), 248);
+    }
+
+    #[test]
+    fn decode_splits_and_workspace() {
+        let s = spec();
+        let tile = Tile::default_for(&s, Arch::new(9, 0));
+        // 64 sequences x 8 kv heads fill 132 SMs: no split.
+        assert_eq!(decode_splits(&s, &tile, 64, 8, 1023, 132), 1);
+        // one sequence, one kv head: split up to what the items allow
+        assert_eq!(decode_splits(&s, &tile, 1, 1, 1023, 132), 16);
+        assert_eq!(decode_splits(&s, &tile, 1, 1, 10, 132), 1);
+        let e = ElemType::Bf16;
+        let a = DecodeArgs {
+            q: t("q", e, &[2, 8, 64]),
+            k_ring: t("k_ring", e, &[2, 128, 2, 64]),
+            v_ring: t("v_ring", e, &[2, 128, 2, 64]),
+            ks: t("ks", e, &[2, 40, 2, 64]),
+            vs: t("vs", e, &[2, 40, 2, 64]),
+            len: t("len", ElemType::I32, &[2]),
+            o: t("o", e, &[2, 8, 64]),
+            lse: t("lse", ElemType::F32, &[2, 8]),
+            scale: None,
+        };
+        let (main, comb) = plan_decode(&s, &tile, &a, 1, None).unwrap().unwrap();
+        assert_eq!(main.grid, (1, 2, 2));
+        assert!(comb.is_none());
+        assert!(plan_decode(&s, &tile, &a, 4, None).is_err());
+        let need = decode_workspace_elems(2, 8, 64, 4);
+        let (main, comb) = plan_decode(&s, &tile, &a, 4, Some((0x2000, need)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(main.grid, (4, 2, 2));
+        assert_eq!(comb.unwrap().grid, (8, 2, 1));
+        assert_eq!(main.params.ws_ml, 0x2000 + (4 * 2 * 8 * 64 * 4) as u64);
+
+        // the generic plan: the main kernel, then the combine kernel (entry point 1)
+        let dev = DeviceFacts { sm_count: 132 };
+        let steps = Decode
+            .plan(&s, &tile, &a.to_op_args(4, Some((0x2000, need))), dev)
+            .unwrap();
+        assert_eq!(steps.iter().map(|s| s.function).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(steps[1].grid, (8, 2, 1));
+        let steps = Decode.plan(&s, &tile, &a.to_op_args(1, None), dev).unwrap();
+        assert_eq!(steps.len(), 1);
     }
 }

@@ -1,23 +1,31 @@
-//! One description per op: its inputs and outputs (names, shapes from a [`Problem`], element
-//! types), how to make random inputs, how to launch it on device tensors, and its float64
-//! reference. `run`, `bench`, the correctness checks and the tuner all go through this table, so
-//! adding an op is one new file here plus its template.
+//! The op table: one description per op, and everything about the op lives in it: its entry
+//! points and template, the rules, names, defaults and shared memory of its tiles, the work it
+//! does (flops, bytes, the rate it is judged by), its tensors (names, shapes from a [`Problem`],
+//! element types), the launch planning (checks of the caller's tensors and the parameter block),
+//! and, with the `cli` feature, random inputs and the float64 reference. Tiles, workloads, the
+//! renderer, the loader, `run`, `bench`, the checks and the tuner all go through this table, so
+//! adding an op is one new file here (and a variant of [`Op`]) plus its template and, to tune it,
+//! a table in `autotune/spaces.toml`. Pure.
 
-mod chunk_mean;
-mod chunk_summarize;
-mod decode;
-mod prefill;
+pub mod chunk_mean;
+pub mod chunk_summarize;
+pub mod decode;
+pub mod launch;
+pub mod prefill;
 
-use std::sync::Arc;
-
-use crate::error::Result;
-use crate::gpu::driver::CudaStream;
-use crate::gpu::tensor::{DeviceTensor, alloc_poisoned, upload};
+#[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
-use crate::loader::Kernel;
 use crate::spec::{DType, KernelSpec, Op, SpecParams};
+use crate::target::Arch;
 use crate::tensor::{ElemType, TensorArg};
+use crate::tile::{Tile, TileError, TileParams};
 use crate::workload::Workload;
+
+pub use chunk_mean::{ChunkMeanArgs, ChunkMeanParams};
+pub use chunk_summarize::{ChunkSummarizeArgs, ChunkSummarizeParams};
+pub use launch::{
+    DeviceFacts, LaunchError, LaunchPlan, OpArgs, ParamBlock, Step, TensorMap, TensorMapSpec,
+};
 
 /// One concrete call of an op: the workload and what it leaves open.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,21 +44,10 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// The problem of a workload with its defaults: decode sequences all of length `n`, exactly
-    /// N/C summary rows (decode: `max(N/C, 1)` slots), the default scale and splits.
+    /// The problem of a workload with the op's defaults (e.g. exactly N/C summary rows; decode:
+    /// every sequence of length `n`), the default scale and splits.
     pub fn new(workload: Workload) -> Problem {
-        let spec = workload.spec;
-        let (lens, summary_rows) = match spec.op() {
-            Op::Decode => (vec![workload.n as i32; workload.b], workload.max_nc()),
-            _ => (Vec::new(), workload.n / spec.chunk() as usize),
-        };
-        Problem {
-            workload,
-            lens,
-            summary_rows,
-            scale: None,
-            splits: None,
-        }
+        of(workload.spec.op()).problem(workload)
     }
 
     /// The spec.
@@ -73,6 +70,22 @@ impl Problem {
         self.scale
             .unwrap_or_else(|| self.workload.spec.default_scale()) as f64
     }
+
+    /// The generic launch arguments of this problem on `tensors` (inputs then outputs, in the
+    /// op's order), with `splits` and the workspace.
+    pub fn op_args(
+        &self,
+        tensors: Vec<TensorArg>,
+        splits: usize,
+        workspace: Option<(u64, usize)>,
+    ) -> OpArgs {
+        OpArgs {
+            tensors,
+            scale: self.scale,
+            splits,
+            workspace,
+        }
+    }
 }
 
 /// One tensor of an op call.
@@ -89,10 +102,12 @@ pub struct TensorDesc {
 }
 
 /// Makes random storage-type values: `draw(shape, amp)` gives values in `[-amp, amp]`.
+#[cfg(feature = "cli")]
 pub type Draw<'a> = &'a mut dyn FnMut(&[usize], f64) -> HostTensor;
 
 /// The reference result of a call: every output in float64, and for outputs that are LSEs, the
-/// magnitude of the largest summed logit term of each row (see [`crate::verify::lse_bound`]).
+/// magnitude of the largest summed logit term of each row (see `verify::lse_bound`).
+#[cfg(feature = "cli")]
 pub struct Reference {
     /// One vector per output, in [`OpDef::outputs`] order.
     pub outputs: Vec<Vec<f64>>,
@@ -100,10 +115,118 @@ pub struct Reference {
     pub lse_magnitudes: Vec<Option<Vec<f64>>>,
 }
 
-/// What an op is, as data and functions.
+/// What an op's speed is judged by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rate {
+    /// Useful floating-point work per second (TFLOP/s): compute-bound ops.
+    Flops,
+    /// The fewest bytes it must move per second (GB/s): memory-bound ops.
+    Bytes,
+}
+
+impl Rate {
+    /// The unit it is printed in.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Rate::Flops => "TFLOP/s",
+            Rate::Bytes => "GB/s",
+        }
+    }
+
+    /// The rate of `w` run in `ms` milliseconds, in [`Rate::unit`].
+    pub fn of(self, w: &Workload, ms: f64) -> f64 {
+        let s = ms * 1e-3;
+        match self {
+            Rate::Flops => w.flops() / s / 1e12,
+            Rate::Bytes => w.bytes() / s / 1e9,
+        }
+    }
+}
+
+/// A small problem of a workload's spec that a correctness check runs (the tuner's trusted
+/// reference), and whether it stresses the softmax with large logits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckProblem {
+    /// The call.
+    pub problem: Problem,
+    /// Some logits reach about ±1e4 (or what stresses this op).
+    pub large_logits: bool,
+}
+
+/// Everything about one op, as data and functions.
 pub trait OpDef: Sync {
     /// The op.
     fn op(&self) -> Op;
+
+    // ---- the module ---------------------------------------------------------------------
+
+    /// The kernels of a compiled module of `spec`, in the order [`Step::function`] counts.
+    fn entry_points(&self, spec: &KernelSpec) -> Vec<String> {
+        vec![spec.name()]
+    }
+
+    /// The template file (in `templates/`) of tiles with these knobs.
+    fn template(&self, tile: &TileParams) -> &'static str;
+
+    // ---- tiles --------------------------------------------------------------------------
+
+    /// The readable name of these knobs, e.g. `m128_n64_w4_s2`.
+    fn tile_name(&self, t: &TileParams) -> String;
+
+    /// The knobs with the fields this op does not use set to 0.
+    fn normalize(&self, t: TileParams) -> TileParams;
+
+    /// The op's rules for normalized knobs (not the arch's limits).
+    fn check_tile(&self, spec: &KernelSpec, t: &TileParams) -> Result<(), TileError>;
+
+    /// Dynamic shared memory per block, bytes, exactly as the template lays it out.
+    fn smem_bytes(&self, spec: &KernelSpec, t: &TileParams) -> u32;
+
+    /// The preference list of default tiles; the first that fits `arch` is the default.
+    fn default_tiles(&self, spec: &KernelSpec, arch: Arch) -> Vec<TileParams>;
+
+    /// Why a valid tile is not worth compiling for `spec` (e.g. it straddles windows), if so.
+    fn prune(&self, _spec: &KernelSpec, _tile: &Tile) -> Option<String> {
+        None
+    }
+
+    // ---- work ---------------------------------------------------------------------------
+
+    /// Useful floating-point work of `w`.
+    fn flops(&self, w: &Workload) -> f64;
+
+    /// The fewest bytes `w` must move through device memory.
+    fn bytes(&self, w: &Workload) -> f64;
+
+    /// What the op's speed is judged by.
+    fn rate(&self) -> Rate;
+
+    /// The independent rows of a workload for tuning buckets (B x heads or B x kv heads).
+    fn bucket_rows(&self, b: usize, h: usize, hkv: usize) -> usize;
+
+    /// Short text, e.g. `B=1 N=16384 H=16 Hkv=16`.
+    fn describe(&self, w: &Workload) -> String {
+        format!("B={} N={} H={} Hkv={}", w.b, w.n, w.h, w.hkv)
+    }
+
+    /// Text for one problem in a check's report (defaults to the workload's).
+    fn describe_problem(&self, p: &Problem) -> String {
+        self.describe(&p.workload)
+    }
+
+    // ---- tensors ------------------------------------------------------------------------
+
+    /// The problem of `w` with this op's defaults.
+    fn problem(&self, w: Workload) -> Problem {
+        Problem {
+            summary_rows: w.n / w.spec.chunk() as usize,
+            workload: w,
+            lens: Vec::new(),
+            scale: None,
+            splits: None,
+        }
+    }
 
     /// The input tensors, in launch order.
     fn inputs(&self, p: &Problem) -> Vec<TensorDesc>;
@@ -119,22 +242,41 @@ pub trait OpDef: Sync {
         flags: &SpecParams,
         inputs: &[(ElemType, Vec<usize>)],
         lens: Option<&[i32]>,
-    ) -> std::result::Result<Problem, String>;
+    ) -> Result<Problem, String>;
+
+    /// A small problem of `w`'s spec covering its edges, for a correctness check.
+    fn check_problem(&self, w: &Workload) -> CheckProblem;
 
     /// Random inputs for `p` (in [`OpDef::inputs`] order); `large` makes some logits reach
     /// about ±1e4 (or whatever stresses this op's softmax).
+    #[cfg(feature = "cli")]
     fn random_inputs(&self, p: &Problem, draw: Draw<'_>, large: bool) -> Vec<HostTensor>;
 
-    /// fp32 workspace elements a launch of `kernel` on `p` needs.
-    fn workspace(&self, _p: &Problem, _kernel: &Kernel) -> usize {
+    /// The float64 reference of `p` on `inputs`.
+    #[cfg(feature = "cli")]
+    fn reference(&self, p: &Problem, inputs: &[HostTensor]) -> Reference;
+
+    // ---- launch -------------------------------------------------------------------------
+
+    /// The splits a launch of `tile` on `p` uses on a device of `sm_count` multiprocessors.
+    fn splits(&self, _p: &Problem, _tile: &Tile, _sm_count: u32) -> usize {
+        1
+    }
+
+    /// fp32 workspace elements a launch of `p` with `splits` needs.
+    fn workspace(&self, _p: &Problem, _splits: usize) -> usize {
         0
     }
 
-    /// Launches `kernel` on `t` (made by [`Tensors::new`] for `p`) on `stream`.
-    fn launch(&self, kernel: &Kernel, stream: &CudaStream, p: &Problem, t: &Tensors) -> Result<()>;
-
-    /// The float64 reference of `p` on `inputs`.
-    fn reference(&self, p: &Problem, inputs: &[HostTensor]) -> Reference;
+    /// Checks the call's tensors against `spec` and plans its launches (none when there is
+    /// nothing to compute).
+    fn plan(
+        &self,
+        spec: &KernelSpec,
+        tile: &Tile,
+        args: &OpArgs,
+        device: DeviceFacts,
+    ) -> Result<Vec<Step>, LaunchError>;
 }
 
 /// The description of `op`.
@@ -148,7 +290,7 @@ pub fn of(op: Op) -> &'static dyn OpDef {
 }
 
 /// A small problem of `op`, to ask an op for its tensors' names, ranks and element types.
-pub(crate) fn probe_problem(op: Op) -> Problem {
+pub fn probe_problem(op: Op) -> Problem {
     Problem::new(Workload {
         spec: crate::spec::KernelSpec::new(
             op,
@@ -175,94 +317,6 @@ pub fn input_names(op: Op) -> String {
         .map(|t| t.name)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The device tensors of one call: inputs, poisoned outputs, and the workspace.
-pub struct Tensors {
-    /// Inputs, in [`OpDef::inputs`] order.
-    pub inputs: Vec<DeviceTensor>,
-    /// Outputs, in [`OpDef::outputs`] order.
-    pub outputs: Vec<DeviceTensor>,
-    /// fp32 workspace (NaN-filled), if the launch needs one.
-    pub workspace: Option<DeviceTensor>,
-}
-
-/// The value written into the padding of input rows: large enough that a kernel reading it
-/// would be caught by the reference check.
-const JUNK: f64 = 7.0;
-
-impl Tensors {
-    /// Uploads `inputs` for `p` (storage-type rows padded by `pad` elements when `pad > 0`, so
-    /// strides are not contiguous), allocates poisoned outputs (padded likewise) and the
-    /// workspace `kernel` needs.
-    pub fn new(
-        stream: &Arc<CudaStream>,
-        def: &dyn OpDef,
-        p: &Problem,
-        kernel: &Kernel,
-        inputs: &[HostTensor],
-        pad: usize,
-    ) -> Result<Tensors> {
-        let descs = def.inputs(p);
-        let mut ins = Vec::with_capacity(inputs.len());
-        for (d, t) in descs.iter().zip(inputs) {
-            ins.push(upload(stream, d.name, t, pad, JUNK)?);
-        }
-        let mut outs = Vec::new();
-        for d in def.outputs(p) {
-            outs.push(alloc_poisoned(stream, d.name, d.elem, &d.shape, pad)?);
-        }
-        let ws = def.workspace(p, kernel);
-        let workspace = if ws > 0 {
-            Some(alloc_poisoned(
-                stream,
-                "workspace",
-                ElemType::F32,
-                &[ws],
-                0,
-            )?)
-        } else {
-            None
-        };
-        Ok(Tensors {
-            inputs: ins,
-            outputs: outs,
-            workspace,
-        })
-    }
-
-    /// The argument of the input or output called `name`.
-    pub fn arg(&self, name: &str) -> TensorArg {
-        self.inputs
-            .iter()
-            .chain(&self.outputs)
-            .find(|t| t.arg.name == name)
-            .unwrap_or_else(|| panic!("the op description names no tensor {name}"))
-            .arg
-            .clone()
-    }
-
-    /// The workspace as (address, fp32 elements).
-    pub fn workspace_arg(&self) -> Option<(u64, usize)> {
-        self.workspace.as_ref().map(|w| (w.arg.ptr, w.arg.shape[0]))
-    }
-
-    /// Poisons every output again (before a launch whose outputs will be read).
-    pub fn poison_outputs(&mut self, stream: &Arc<CudaStream>) -> Result<()> {
-        for o in &mut self.outputs {
-            o.poison(stream)?;
-        }
-        Ok(())
-    }
-
-    /// Downloads every output.
-    pub fn download_outputs(&self, stream: &Arc<CudaStream>) -> Result<Vec<HostTensor>> {
-        Ok(self
-            .outputs
-            .iter()
-            .map(|o| o.download(stream))
-            .collect::<std::result::Result<_, _>>()?)
-    }
 }
 
 /// Shape helpers shared by the op descriptions.
@@ -353,6 +407,7 @@ pub(crate) fn spec_from(
 }
 
 /// Picks a random eighth of the rows (of the last dimension) of `t` and scales them by `amp`.
+#[cfg(feature = "cli")]
 pub(crate) fn amplify_rows(t: &HostTensor, d: usize, amp: f64, draw: Draw<'_>) -> HostTensor {
     let rows = t.len() / d.max(1);
     let pick = draw(&[rows.max(1)], 1.0);
@@ -367,7 +422,7 @@ pub(crate) fn amplify_rows(t: &HostTensor, d: usize, amp: f64, draw: Draw<'_>) -
     HostTensor::from_f64(t.elem, &t.shape, &vals)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cli"))]
 mod tests {
     use super::*;
     use crate::spec::LocalMode;

@@ -11,10 +11,6 @@ use std::sync::OnceLock;
 use serde::Serialize;
 
 use crate::spec::KernelSpec;
-#[cfg(feature = "compiler")]
-use crate::spec::Op;
-#[cfg(feature = "compiler")]
-use crate::tile::Engine;
 use crate::tile::{DECODE_ROWS, SMEM_PAD, Tile, TileError};
 
 /// The templates, by name, exactly as embedded.
@@ -121,17 +117,6 @@ impl RenderContext {
 }
 
 #[cfg(feature = "compiler")]
-fn template_name(op: Op, engine: Engine) -> &'static str {
-    match (op, engine) {
-        (Op::ChunkMean, _) => "chunk_mean.cu",
-        (Op::ChunkSummarize, _) => "chunk_summarize.cu",
-        (Op::Prefill, Engine::Mma) => "prefill.cu",
-        (Op::Prefill, Engine::Wgmma) => "prefill_sm90a.cu",
-        (Op::Decode, _) => "decode.cu",
-    }
-}
-
-#[cfg(feature = "compiler")]
 fn engine() -> &'static Result<tera::Tera, String> {
     static ENGINE: OnceLock<Result<tera::Tera, String>> = OnceLock::new();
     ENGINE.get_or_init(|| {
@@ -166,7 +151,7 @@ fn engine() -> &'static Result<tera::Tera, String> {
 /// ```
 pub fn render(spec: &KernelSpec, tile: &Tile) -> Result<String, RenderError> {
     tile.check(spec)?;
-    let template = template_name(spec.op(), tile.engine());
+    let template = crate::ops::of(spec.op()).template(&tile.params());
     let tera = engine().as_ref().map_err(|m| RenderError::Template {
         template,
         message: m.clone(),
@@ -187,7 +172,7 @@ pub fn render(spec: &KernelSpec, tile: &Tile) -> Result<String, RenderError> {
 #[cfg(all(test, feature = "compiler"))]
 mod tests {
     use super::*;
-    use crate::spec::{DType, LocalMode, SpecParams};
+    use crate::spec::{DType, LocalMode, Op, SpecParams};
     use crate::target::Arch;
 
     fn all_specs() -> Vec<KernelSpec> {

@@ -26,12 +26,11 @@ use crate::error::{Error, Result};
 use crate::gpu::CudaStream;
 use crate::key::KeyBuilder;
 use crate::loader::Runtime;
-use crate::ops::Problem;
+use crate::ops::{self, Problem};
 use crate::pipeline::{Built, Pipeline};
 use crate::reference::rel_error;
-use crate::spec::Op;
 use crate::tile::Tile;
-use crate::verify::{self, ChunkCase, DecodeCase, PrefillCase, tolerance};
+use crate::verify::{self, tolerance};
 use crate::workload::Workload;
 use space::{Candidates, prune_compiled};
 
@@ -138,68 +137,18 @@ fn trust(
     tile: &Tile,
 ) -> Result<verify::Report> {
     let k = rt.kernel_with_tile(&w.spec, tile)?;
-    let win = w.spec.window_or_zero() as usize;
-    let c = w.spec.chunk() as usize;
-    let hkv = w.hkv.clamp(1, 2);
-    let h = (w.h / w.hkv.max(1)).max(1) * hkv;
-    let case = match w.spec.op() {
-        Op::Prefill => PrefillCase {
-            b: 1,
-            n: (2 * win + c + 3).min(w.n.max(1)).max(1),
-            h,
-            hkv,
-            extra_summaries: 0,
-            large_logits: true,
-            strided: false,
-            scale: None,
-        }
-        .case(w.spec),
-        Op::Decode => {
-            let lens: Vec<i32> = [
-                1,
-                (c as i32) - 1,
-                win as i32 + 1,
-                w.n.min(3 * win + c + 5) as i32,
-            ]
-            .into_iter()
-            .map(|l| l.max(1))
-            .collect();
-            let max_nc = (*lens.iter().max().expect("non-empty") as usize) / c + 1;
-            DecodeCase {
-                h,
-                lens,
-                max_nc,
-                splits: None,
-                large_logits: true,
-            }
-            .case(w.spec)
-        }
-        Op::ChunkMean => ChunkCase {
-            b: 1,
-            n: 5 * c + 3,
-            heads: w.h.min(8),
-            strided: false,
-            large: false,
-        }
-        .case(w.spec),
-        Op::ChunkSummarize => ChunkCase {
-            b: 1,
-            n: 5 * c + 3,
-            heads: hkv,
-            strided: false,
-            large: false,
-        }
-        .case(w.spec),
+    let c = ops::of(w.spec.op()).check_problem(w);
+    let case = verify::Case {
+        problem: c.problem,
+        large_logits: c.large_logits,
+        strided: false,
     };
     verify::check(stream, &k, &case)
 }
 
 fn rate_of(w: &Workload, median_ms: f64) -> (f64, &'static str) {
-    let s = median_ms * 1e-3;
-    match w.spec.op() {
-        Op::Prefill | Op::ChunkSummarize => (w.flops() / s / 1e12, "TFLOP/s"),
-        Op::Decode | Op::ChunkMean => (w.bytes() / s / 1e9, "GB/s"),
-    }
+    let r = ops::of(w.spec.op()).rate();
+    (r.of(w, median_ms), r.unit())
 }
 
 /// Tunes `w` over `cands` (`cands.keep[0]` is the default tile). Compiles with `nvrtc` into
@@ -457,6 +406,7 @@ fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Op;
 
     fn tile(warps: u32) -> Tile {
         let spec = crate::spec::KernelSpec::new(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::spec::{KernelSpec, LocalMode, Op};
+use crate::spec::{KernelSpec, Op};
 use crate::target::{Arch, Limits};
 use crate::tile::{Engine, Tile, TileParams};
 
@@ -42,19 +42,24 @@ pub struct FieldValues {
     pub wgmma: Option<Box<FieldValues>>,
 }
 
-/// The spaces of every op.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The spaces of every op: one table per op, named as the op (`[prefill]`, `[decode]`, ...); an
+/// op without a table has only its default tile.
+#[derive(Clone, Debug)]
 pub struct Spaces {
-    /// prefill.
-    pub prefill: FieldValues,
-    /// decode.
-    pub decode: FieldValues,
-    /// chunk_mean.
-    pub chunk_mean: FieldValues,
-    /// chunk_summarize.
-    pub chunk_summarize: FieldValues,
+    ops: BTreeMap<String, FieldValues>,
 }
+
+/// The space of an op the file does not mention: the default tile only.
+static DEFAULT_ONLY: FieldValues = FieldValues {
+    engine: None,
+    block_m: None,
+    block_n: None,
+    warps: None,
+    stages: None,
+    splits: None,
+    arch: BTreeMap::new(),
+    wgmma: None,
+};
 
 /// A spaces file that does not parse.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -85,18 +90,22 @@ impl Spaces {
         Spaces::parse(SPACES_TOML).expect("the embedded search spaces parse (tested)")
     }
 
-    /// Parses a spaces file.
+    /// Parses a spaces file: every table must name an op.
     pub fn parse(text: &str) -> Result<Spaces, SpaceError> {
-        toml::from_str(text).map_err(|e| SpaceError(e.to_string()))
+        let ops: BTreeMap<String, FieldValues> =
+            toml::from_str(text).map_err(|e| SpaceError(e.to_string()))?;
+        if let Some(bad) = ops.keys().find(|k| k.parse::<Op>().is_err()) {
+            let names: Vec<&str> = Op::ALL.iter().map(|o| o.as_str()).collect();
+            return Err(SpaceError(format!(
+                "unknown op table [{bad}]: the tables are {}",
+                names.join(", ")
+            )));
+        }
+        Ok(Spaces { ops })
     }
 
     fn of(&self, op: Op) -> &FieldValues {
-        match op {
-            Op::Prefill => &self.prefill,
-            Op::Decode => &self.decode,
-            Op::ChunkMean => &self.chunk_mean,
-            Op::ChunkSummarize => &self.chunk_summarize,
-        }
+        self.ops.get(op.as_str()).unwrap_or(&DEFAULT_ONLY)
     }
 
     /// Expands the space of `spec` for `arch` (whose limits may be the device's measured ones)
@@ -194,34 +203,7 @@ pub fn prune_reason(spec: &KernelSpec, tile: &Tile, arch: Arch, limits: Limits) 
             limits.threads_per_block
         ));
     }
-    let w = spec.window_or_zero();
-    match spec.op() {
-        Op::Prefill if spec.local() == Some(LocalMode::Block) => {
-            if tile.block_n() > w || !w.is_multiple_of(tile.block_n()) {
-                return Some(format!(
-                    "block_n {} does not divide the window {w}: tiles would straddle windows",
-                    tile.block_n()
-                ));
-            }
-            if tile.block_m() > 2 * w {
-                return Some(format!(
-                    "block_m {} spans more than two windows of {w}: most of each tile is masked",
-                    tile.block_m()
-                ));
-            }
-            None
-        }
-        Op::Prefill => {
-            if tile.block_m() > 2 * w.max(64) {
-                return Some(format!(
-                    "block_m {} is more than twice the window {w}",
-                    tile.block_m()
-                ));
-            }
-            None
-        }
-        _ => None,
-    }
+    crate::ops::of(spec.op()).prune(spec, tile)
 }
 
 /// Drops candidates after compiling: spills, or more registers than a multiprocessor holds.
@@ -249,7 +231,7 @@ pub fn prune_compiled(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::SpecParams;
+    use crate::spec::{LocalMode, SpecParams};
 
     fn spec(op: Op, d: u32, w: u32, local: LocalMode) -> KernelSpec {
         KernelSpec::new(
@@ -370,5 +352,27 @@ mod tests {
             .is_some()
         );
         assert!(Spaces::parse("[prefill]\nblock_x = [1]").is_err());
+    }
+
+    /// Tables name ops; an op without one is tuned over its default tile alone.
+    #[test]
+    fn tables_are_ops_and_missing_ones_mean_the_default() {
+        let e = Spaces::parse("[prefil]\nwarps = [4]").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown op table [prefil]: the tables are chunk_mean"),
+            "{e}"
+        );
+        let only_decode = Spaces::parse("[decode]\nwarps = [2, 4]").unwrap();
+        let arch = Arch::new(9, 0);
+        let s = spec(Op::Prefill, 128, 512, LocalMode::Block);
+        let c = only_decode.candidates(&s, arch, arch.limits());
+        assert_eq!(c.keep, vec![Tile::default_for(&s, arch)]);
+        assert!(c.pruned.is_empty());
+        let d = spec(Op::Decode, 128, 512, LocalMode::Block);
+        assert_eq!(
+            only_decode.candidates(&d, arch, arch.limits()).keep.len(),
+            2
+        );
     }
 }
