@@ -10,9 +10,11 @@
 //! | --- | --- | --- |
 //! | `FLASHEVA_CACHE_DIR` | the cache folder | `<user cache dir>/flasheva` |
 //! | `FLASHEVA_NVRTC` | folder (or file) of `libnvrtc.so.13` | the usual CUDA folders, then flasheva's data folder |
+//! | `FLASHEVA_PYTHON` | the Python interpreter (with Triton) the Triton backend runs | flasheva's Triton environment, then `python3` |
 //! | `FLASHEVA_NO_TUNE` | switch: the loader ignores tuned winners | off |
 //! | `FLASHEVA_TRUSTED_KEYS` | comma-separated public keys `cache import` trusts (a value naming no key is an error) | none |
 //! | `FLASHEVA_REQUIRE_GPU` | switch: GPU tests fail instead of skipping without a device | off |
+//! | `FLASHEVA_REQUIRE_TRITON` | switch: Triton tests fail instead of skipping without Triton | off |
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -36,6 +38,11 @@ pub const NVRTC: EnvVar = EnvVar {
     name: "FLASHEVA_NVRTC",
     meaning: "folder (or file) of libnvrtc.so.13, when it is not on the usual paths",
 };
+/// The Python of the Triton backend.
+pub const PYTHON: EnvVar = EnvVar {
+    name: "FLASHEVA_PYTHON",
+    meaning: "the Python interpreter (with Triton) of the Triton backend (default: flasheva's Triton environment, then python3)",
+};
 /// The loader ignores tuned winners.
 pub const NO_TUNE: EnvVar = EnvVar {
     name: "FLASHEVA_NO_TUNE",
@@ -52,8 +59,22 @@ pub const REQUIRE_GPU: EnvVar = EnvVar {
     meaning: "switch: GPU tests fail instead of skipping when there is no device",
 };
 
+/// Triton tests fail instead of skipping.
+pub const REQUIRE_TRITON: EnvVar = EnvVar {
+    name: "FLASHEVA_REQUIRE_TRITON",
+    meaning: "switch: Triton tests fail instead of skipping when no Python with Triton is found",
+};
+
 /// Every variable, in the order the documentation lists them.
-pub const ALL: [EnvVar; 5] = [CACHE_DIR, NVRTC, NO_TUNE, TRUSTED_KEYS, REQUIRE_GPU];
+pub const ALL: [EnvVar; 7] = [
+    CACHE_DIR,
+    NVRTC,
+    PYTHON,
+    NO_TUNE,
+    TRUSTED_KEYS,
+    REQUIRE_GPU,
+    REQUIRE_TRITON,
+];
 
 /// A variable set to a value flasheva does not accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +135,16 @@ pub fn nvrtc_data_dir() -> Option<PathBuf> {
     dirs::data_local_dir().map(|d| d.join("flasheva/nvrtc/nvidia/cu13/lib"))
 }
 
+/// `FLASHEVA_PYTHON`, when set.
+pub fn python() -> Option<PathBuf> {
+    raw(PYTHON).map(PathBuf::from)
+}
+
+/// The Python of flasheva's Triton environment (where `scripts/with-triton` installs Triton).
+pub fn triton_python() -> Option<PathBuf> {
+    dirs::data_local_dir().map(|d| d.join("flasheva/triton/bin/python3"))
+}
+
 /// `FLASHEVA_NO_TUNE`.
 pub fn no_tune() -> Result<bool, ConfigError> {
     switch(NO_TUNE)
@@ -122,6 +153,11 @@ pub fn no_tune() -> Result<bool, ConfigError> {
 /// `FLASHEVA_REQUIRE_GPU`.
 pub fn require_gpu() -> Result<bool, ConfigError> {
     switch(REQUIRE_GPU)
+}
+
+/// `FLASHEVA_REQUIRE_TRITON`.
+pub fn require_triton() -> Result<bool, ConfigError> {
+    switch(REQUIRE_TRITON)
 }
 
 /// Splits a trusted-key list: `None` for unset or empty, an error for a value that names no key

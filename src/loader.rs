@@ -106,6 +106,9 @@ pub struct Kernel {
     /// Where it came from.
     pub origin: Origin,
     functions: Vec<Function>,
+    /// Dynamic shared memory per entry point when the artifact recorded it (else the main
+    /// kernel's, from the tile).
+    smem: Vec<u32>,
     sm_count: u32,
     ctx: std::sync::Arc<crate::gpu::CudaContext>,
     counters: StreamCounters,
@@ -369,7 +372,14 @@ impl Runtime {
                     arch: entry.meta.arch,
                 }
             };
-            match self.instantiate(spec, tile, &image, is_ptx, origin.clone()) {
+            match self.instantiate(
+                spec,
+                tile,
+                &image,
+                is_ptx,
+                &entry.meta.entry_shared_mem,
+                origin.clone(),
+            ) {
                 Ok(k) => {
                     self.store.touch(entry);
                     tracing::info!(
@@ -404,9 +414,24 @@ impl Runtime {
             return Err(self.not_cached(spec, tile, refused));
         }
         tracing::info!(arch = %self.arch(), candidates_refused = refused.len(), "not cached: compiling");
-        let nvrtc = crate::compile::nvrtc::Nvrtc::load()?;
-        let built =
-            crate::pipeline::Pipeline::new(&self.store, &nvrtc).ensure(spec, tile, self.arch())?;
+        let built = match tile.engine().backend() {
+            crate::tile::Backend::Triton => {
+                let triton = crate::compile::triton::Triton::load()?;
+                crate::pipeline::Pipeline::new(&self.store, &triton).ensure(
+                    spec,
+                    tile,
+                    self.arch(),
+                )?
+            }
+            _ => {
+                let nvrtc = crate::compile::nvrtc::Nvrtc::load()?;
+                crate::pipeline::Pipeline::new(&self.store, &nvrtc).ensure(
+                    spec,
+                    tile,
+                    self.arch(),
+                )?
+            }
+        };
         for w in &built.warnings {
             tracing::warn!(warning = %w, "while compiling");
         }
@@ -416,6 +441,7 @@ impl Runtime {
             tile,
             &image,
             false,
+            &built.entry.meta.entry_shared_mem,
             Origin::Compiled {
                 key: built.entry.meta.key,
             },
@@ -453,6 +479,7 @@ impl Runtime {
         tile: &Tile,
         image: &[u8],
         is_ptx: bool,
+        entry_shared_mem: &[u32],
         origin: Origin,
     ) -> Result<Kernel> {
         let module = self.gpu.load_module(image, is_ptx)?;
@@ -460,15 +487,24 @@ impl Runtime {
         for name in spec.entry_points() {
             functions.push(module.function(&name)?);
         }
-        let smem = tile.smem_bytes(spec);
-        if smem > 48 * 1024 {
-            functions[0].set_max_dynamic_smem(smem)?;
+        // The tile decides the main kernel's shared memory (CUDA templates), or the compiler
+        // decided every entry's and recorded it (Triton).
+        let smem: Vec<u32> = if entry_shared_mem.is_empty() {
+            vec![tile.smem_bytes(spec)]
+        } else {
+            entry_shared_mem.to_vec()
+        };
+        for (f, &bytes) in functions.iter().zip(&smem) {
+            if bytes > 48 * 1024 {
+                f.set_max_dynamic_smem(bytes)?;
+            }
         }
         Ok(Kernel {
             spec: *spec,
             tile: *tile,
             origin,
             functions,
+            smem,
             sm_count: self.gpu.info().sm_count,
             ctx: self.gpu.context().clone(),
             counters: StreamCounters::default(),
@@ -510,10 +546,20 @@ impl Kernel {
                     self.spec, step.function
                 ))
             })?;
+            let smem = if step.smem_from_artifact {
+                self.smem.get(step.function).copied().unwrap_or(0)
+            } else {
+                step.smem
+            };
             // SAFETY: the op's plan checked the tensors' shapes, strides, dtypes and alignment
-            // against the kernel's spec and laid out the template's parameter block; the caller
-            // owns the memory.
-            unsafe { f.launch(stream, step.grid, step.block, step.smem, &step.params) }?;
+            // against the kernel's spec and laid out the kernel's parameters; the caller owns the
+            // memory.
+            match &step.args {
+                None => unsafe { f.launch(stream, step.grid, step.block, smem, &step.params) }?,
+                Some(offsets) => unsafe {
+                    f.launch_args(stream, step.grid, step.block, smem, &step.params, offsets)
+                }?,
+            }
         }
         Ok(())
     }

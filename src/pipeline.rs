@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cache::{CacheStore, Entry, EntryMeta, Lookup, layout};
-use crate::compile::{CompileJob, Compiler, options_for, parse_resource_usage, ptx_isa_version};
+use crate::compile::{CompileJob, Compiler, CompilerSet, parse_resource_usage, ptx_isa_version};
 use crate::error::Result;
 use crate::key::{ArtifactId, Key};
 use crate::render::render;
@@ -51,29 +51,34 @@ fn damaged(dir: &std::path::Path, damage: &crate::cache::Damage) -> String {
     crate::cache::text::printable(&format!("{}: {damage}", dir.display())).into_owned()
 }
 
-/// Joins a cache and a compiler.
+/// Joins a cache and the compilers (one per backend: a tile's engine picks it).
 pub struct Pipeline<'a> {
     store: &'a CacheStore,
-    compiler: &'a dyn Compiler,
+    compilers: &'a dyn CompilerSet,
 }
 
 impl<'a> Pipeline<'a> {
-    /// A pipeline over `store` compiling with `compiler`.
-    pub fn new(store: &'a CacheStore, compiler: &'a dyn Compiler) -> Pipeline<'a> {
-        Pipeline { store, compiler }
+    /// A pipeline over `store` compiling with `compilers` (a single [`Compiler`] is a set).
+    pub fn new(store: &'a CacheStore, compilers: &'a dyn CompilerSet) -> Pipeline<'a> {
+        Pipeline { store, compilers }
+    }
+
+    fn compiler(&self, tile: &Tile) -> Result<&'a dyn Compiler> {
+        Ok(self.compilers.for_backend(tile.engine().backend())?)
     }
 
     /// Validates, renders and computes the key (pure apart from the compiler's identity).
     pub fn plan(&self, spec: &KernelSpec, tile: &Tile, arch: Arch) -> Result<Planned> {
         tile.validate_for(spec, arch)?;
+        let compiler = self.compiler(tile)?;
         let source = render(spec, tile)?;
-        let options = options_for(arch);
+        let options = compiler.options(arch);
         let key = ArtifactId {
             crate_version: CRATE_VERSION,
             spec,
             tile,
             source: &source,
-            compiler: self.compiler.id(),
+            compiler: compiler.id(),
             arch,
             options: &options,
         }
@@ -127,7 +132,8 @@ impl<'a> Pipeline<'a> {
             Lookup::Miss => {}
         }
         let program = spec.source_file_name();
-        let art = self.compiler.compile(&CompileJob {
+        let compiler = self.compiler(tile)?;
+        let art = compiler.compile(&CompileJob {
             program_name: &program,
             source: &plan.source,
             arch,
@@ -141,11 +147,16 @@ impl<'a> Pipeline<'a> {
             spec: *spec,
             tile: *tile,
             arch,
-            compiler: self.compiler.id().clone(),
+            compiler: compiler.id().clone(),
             options: plan.options.clone(),
             entry_points: spec.entry_points(),
             threads: tile.threads(),
-            shared_mem_bytes: tile.smem_bytes(spec),
+            shared_mem_bytes: art
+                .entry_shared_mem
+                .first()
+                .copied()
+                .unwrap_or_else(|| tile.smem_bytes(spec)),
+            entry_shared_mem: art.entry_shared_mem.clone(),
             ptx_isa: ptx_isa_version(&art.ptx),
             resources: parse_resource_usage(&art.log),
             compile_ms: art.elapsed.as_secs_f64() * 1e3,
@@ -159,7 +170,7 @@ impl<'a> Pipeline<'a> {
         tracing::info!(
             key = %plan.key.short(),
             ms = art.elapsed.as_secs_f64() * 1e3,
-            compiler = %self.compiler.id(),
+            compiler = %compiler.id(),
             "compiled"
         );
         let entry = self.store.insert(

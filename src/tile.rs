@@ -19,7 +19,8 @@ pub const DECODE_ROWS: u32 = 16;
 /// Extra elements at the end of every shared-memory row, so `ldmatrix` reads hit distinct banks.
 pub const SMEM_PAD: u32 = 8;
 
-/// Which kernel template a prefill tile selects.
+/// Which kernel a tile selects: a CUDA C++ template compiled by NVRTC (`mma`, `wgmma`), or the
+/// op's Triton kernel (`triton`, compiled by Triton; triton/flasheva_triton.py).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -32,7 +33,52 @@ pub enum Engine {
     /// Hopper warpgroup MMA with TMA loads and warp specialization (templates/prefill_sm90a.cu),
     /// sm_90a only.
     Wgmma,
+    /// The op's Triton kernel (every op; sm_80, sm_86, sm_87, sm_89 and sm_90a).
+    Triton,
 }
+
+/// Which compiler builds a tile's kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Backend {
+    /// CUDA C++ templates through NVRTC.
+    Nvrtc,
+    /// Triton kernels through Triton (a Python subprocess).
+    Triton,
+}
+
+impl Backend {
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Nvrtc => "nvrtc",
+            Backend::Triton => "triton",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = TileError;
+    fn from_str(s: &str) -> Result<Backend, TileError> {
+        match s {
+            "nvrtc" => Ok(Backend::Nvrtc),
+            "triton" => Ok(Backend::Triton),
+            _ => Err(TileError::Syntax(format!(
+                "backend {s}: accepted are nvrtc, triton"
+            ))),
+        }
+    }
+}
+
+/// The arches the Triton backend targets (Triton emits sm_90a code for compute capability 9.0).
+pub const TRITON_ARCHS: &str = "sm_80, sm_86, sm_87, sm_89, sm_90a";
 
 impl Engine {
     /// Whether this is the default engine (then it is left out of names and records).
@@ -45,6 +91,15 @@ impl Engine {
         match self {
             Engine::Mma => "mma",
             Engine::Wgmma => "wgmma",
+            Engine::Triton => "triton",
+        }
+    }
+
+    /// The compiler of this engine's kernels.
+    pub fn backend(self) -> Backend {
+        match self {
+            Engine::Triton => Backend::Triton,
+            _ => Backend::Nvrtc,
         }
     }
 }
@@ -213,16 +268,18 @@ pub enum TileError {
         accepted: &'static str,
     },
     /// An engine the arch cannot run.
-    #[error("tile {tile} uses wgmma and runs only on sm_90a, not {arch}")]
+    #[error("tile {tile} runs only on {runs_on}, not {arch}")]
     Engine {
         /// The tile's name.
         tile: String,
         /// The arch.
         arch: Arch,
+        /// Where it runs.
+        runs_on: &'static str,
     },
     /// Text that is not `field=value,...`.
     #[error(
-        "cannot read tile '{0}': write field=value pairs separated by commas, fields engine (mma, wgmma), block_m, block_n, warps, stages, splits"
+        "cannot read tile '{0}': write field=value pairs separated by commas, fields engine (mma, wgmma, triton), block_m, block_n, warps, stages, splits"
     )]
     Syntax(String),
 }
@@ -269,6 +326,7 @@ impl TileParams {
                 self.engine = match v.trim() {
                     "mma" => Engine::Mma,
                     "wgmma" => Engine::Wgmma,
+                    "triton" => Engine::Triton,
                     _ => return Err(TileError::Syntax(text.to_string())),
                 };
                 continue;
@@ -367,10 +425,18 @@ impl Tile {
     /// Checks the op's rules and that the tile fits `arch`'s shared memory and threads.
     pub fn validate_for(&self, spec: &KernelSpec, arch: Arch) -> Result<(), TileError> {
         self.check(spec)?;
+        if self.engine == Engine::Triton && !triton_targets(arch) {
+            return Err(TileError::Engine {
+                tile: self.name(spec.op()),
+                arch,
+                runs_on: TRITON_ARCHS,
+            });
+        }
         if self.engine == Engine::Wgmma && !(arch.specific && (arch.major, arch.minor) == (9, 0)) {
             return Err(TileError::Engine {
                 tile: self.name(spec.op()),
                 arch,
+                runs_on: "sm_90a",
             });
         }
         let lim = arch.limits();
@@ -424,9 +490,30 @@ impl Tile {
             .unwrap_or(fallback)
     }
 
+    /// The default tile of `spec` on `arch` for `backend`: [`Tile::default_for`] for NVRTC, the
+    /// op's Triton default for Triton.
+    pub fn default_for_backend(spec: &KernelSpec, arch: Arch, backend: Backend) -> Tile {
+        match backend {
+            Backend::Triton => Tile::new(spec, ops::of(spec.op()).triton_default(spec))
+                .unwrap_or_else(|_| Tile::default_for(spec, arch)),
+            _ => Tile::default_for(spec, arch),
+        }
+    }
+
     /// This tile with `field=value,...` overrides applied, for `spec`.
     pub fn with_overrides(&self, spec: &KernelSpec, text: &str) -> Result<Tile, TileError> {
         Tile::new(spec, self.params().with_overrides(text)?)
+    }
+}
+
+/// Whether Triton's output targets `arch` faithfully: sm_80 to sm_89 as themselves, and compute
+/// capability 9.0 as sm_90a (Triton emits arch-specific code there, so a plain sm_90 artifact
+/// would be mislabeled).
+pub fn triton_targets(arch: Arch) -> bool {
+    match (arch.major, arch.minor) {
+        (8, 0) | (8, 6) | (8, 7) | (8, 9) => !arch.specific,
+        (9, 0) => arch.specific,
+        _ => false,
     }
 }
 

@@ -121,7 +121,8 @@ fn prefill_cases(w: usize, c: usize) -> Vec<PrefillCase> {
 }
 
 /// The default tile of every prefill engine this device runs: the device's default (the `wgmma`
-/// kernel on compute capability 9.0 for D = 64, 128) and the `mma` kernel's default.
+/// kernel on compute capability 9.0 for D = 64, 128), the `mma` kernel's default, and the
+/// Triton backend's default where it can compile here.
 fn engines(rt: &Runtime, s: &flasheva::KernelSpec) -> Vec<Tile> {
     let mut v = vec![rt.default_tile(s)];
     let (a, b) = rt.gpu().info().capability;
@@ -129,6 +130,42 @@ fn engines(rt: &Runtime, s: &flasheva::KernelSpec) -> Vec<Tile> {
     if !v.contains(&mma) {
         v.push(mma);
     }
+    v.extend(triton_tile(rt, s));
+    v
+}
+
+/// Whether the Triton backend compiles for this device here (a Python with Triton, an arch it
+/// targets); FLASHEVA_REQUIRE_TRITON=1 makes a missing Triton a failure.
+fn triton_here(rt: &Runtime) -> bool {
+    static HERE: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = HERE.get_or_init(|| {
+        flasheva::compile::triton::Triton::load()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    match r {
+        Ok(()) => flasheva::tile::triton_targets(rt.arch()),
+        Err(e) => {
+            assert!(
+                !flasheva::config::require_triton().unwrap_or(false),
+                "FLASHEVA_REQUIRE_TRITON=1 but Triton is missing: {e}"
+            );
+            let _ = writeln!(std::io::stderr(), "TRITON BACKEND SKIPPED: {e}");
+            false
+        }
+    }
+}
+
+/// The Triton backend's default tile of `s`, where it runs here.
+fn triton_tile(rt: &Runtime, s: &flasheva::KernelSpec) -> Option<Tile> {
+    triton_here(rt)
+        .then(|| Tile::default_for_backend(s, rt.arch(), flasheva::tile::Backend::Triton))
+}
+
+/// The device's default tile of `s` and, where it runs here, the Triton backend's.
+fn backends(rt: &Runtime, s: &flasheva::KernelSpec) -> Vec<Tile> {
+    let mut v = vec![rt.default_tile(s)];
+    v.extend(triton_tile(rt, s));
     v
 }
 
@@ -367,12 +404,16 @@ fn decode_grid() {
                         continue;
                     }
                     let s = spec(Op::Decode, d, w, c, local, dtype, g);
-                    let k = rt.kernel(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
-                    for case in decode_cases(w as i32, c as i32, h) {
-                        reports.push(
-                            verify::check_decode(&stream, &k, &case)
-                                .unwrap_or_else(|e| panic!("{s}: {e}")),
-                        );
+                    for t in backends(&rt, &s) {
+                        let k = rt
+                            .kernel_with_tile(&s, &t)
+                            .unwrap_or_else(|e| panic!("{s} {t}: {e}"));
+                        for case in decode_cases(w as i32, c as i32, h) {
+                            reports.push(
+                                verify::check_decode(&stream, &k, &case)
+                                    .unwrap_or_else(|e| panic!("{s}: {e}")),
+                            );
+                        }
                     }
                 }
             }
@@ -426,16 +467,19 @@ fn decode_equals_the_prefill_row() {
     for (d, w, c) in [(64u32, 128u32, 8u32), (128, 512, 64)] {
         for local in LocalMode::ALL {
             for dtype in DType::ALL {
-                let dec = rt
-                    .kernel(&spec(Op::Decode, d, w, c, local, dtype, 4))
-                    .unwrap();
-                let pre = rt
-                    .kernel(&spec(Op::Prefill, d, w, c, local, dtype, 1))
-                    .unwrap();
-                for len in [1usize, c as usize, w as usize + 1, 3 * w as usize + 7] {
-                    reports.push(
-                        verify::check_decode_vs_prefill(&stream, &dec, &pre, 8, len).unwrap(),
-                    );
+                let (sd, sp) = (
+                    spec(Op::Decode, d, w, c, local, dtype, 4),
+                    spec(Op::Prefill, d, w, c, local, dtype, 1),
+                );
+                // Each backend's decode against its own prefill.
+                for (td, tp) in backends(&rt, &sd).into_iter().zip(backends(&rt, &sp)) {
+                    let dec = rt.kernel_with_tile(&sd, &td).unwrap();
+                    let pre = rt.kernel_with_tile(&sp, &tp).unwrap();
+                    for len in [1usize, c as usize, w as usize + 1, 3 * w as usize + 7] {
+                        reports.push(
+                            verify::check_decode_vs_prefill(&stream, &dec, &pre, 8, len).unwrap(),
+                        );
+                    }
                 }
             }
         }
@@ -452,34 +496,58 @@ fn chunk_ops_grid() {
     for d in [32u32, 64, 96, 128, 256] {
         for c in [1u32, 8, 64, 100] {
             for dtype in DType::ALL {
-                let m = rt
-                    .kernel(&spec(Op::ChunkMean, d, c, c, LocalMode::Block, dtype, 1))
-                    .unwrap();
-                let s = rt
-                    .kernel(&spec(
-                        Op::ChunkSummarize,
-                        d,
-                        c,
-                        c,
-                        LocalMode::Block,
-                        dtype,
-                        1,
-                    ))
-                    .unwrap();
-                for (b, n, g) in [
-                    (1usize, c as usize - 1, 4usize),
-                    (2, 5 * c as usize + 3, 3),
-                    (1, 7 * c as usize, 12),
-                ] {
+                let ms = spec(Op::ChunkMean, d, c, c, LocalMode::Block, dtype, 1);
+                let ss = spec(Op::ChunkSummarize, d, c, c, LocalMode::Block, dtype, 1);
+                for (tm, ts) in backends(&rt, &ms).into_iter().zip(backends(&rt, &ss)) {
+                    let m = rt
+                        .kernel_with_tile(&ms, &tm)
+                        .unwrap_or_else(|e| panic!("{ms} {tm}: {e}"));
+                    let s = rt
+                        .kernel_with_tile(&ss, &ts)
+                        .unwrap_or_else(|e| panic!("{ss} {ts}: {e}"));
+                    for (b, n, g) in [
+                        (1usize, c as usize - 1, 4usize),
+                        (2, 5 * c as usize + 3, 3),
+                        (1, 7 * c as usize, 12),
+                    ] {
+                        reports.push(
+                            verify::check_chunk(
+                                &stream,
+                                &m,
+                                &ChunkCase {
+                                    b,
+                                    n,
+                                    heads: g,
+                                    strided: false,
+                                    large: false,
+                                },
+                            )
+                            .unwrap(),
+                        );
+                        reports.push(
+                            verify::check_chunk(
+                                &stream,
+                                &s,
+                                &ChunkCase {
+                                    b,
+                                    n,
+                                    heads: g,
+                                    strided: false,
+                                    large: false,
+                                },
+                            )
+                            .unwrap(),
+                        );
+                    }
                     reports.push(
                         verify::check_chunk(
                             &stream,
                             &m,
                             &ChunkCase {
-                                b,
-                                n,
-                                heads: g,
-                                strided: false,
+                                b: 2,
+                                n: 3 * c as usize,
+                                heads: 5,
+                                strided: true,
                                 large: false,
                             },
                         )
@@ -490,44 +558,16 @@ fn chunk_ops_grid() {
                             &stream,
                             &s,
                             &ChunkCase {
-                                b,
-                                n,
-                                heads: g,
+                                b: 1,
+                                n: 4 * c as usize,
+                                heads: 2,
                                 strided: false,
-                                large: false,
+                                large: true,
                             },
                         )
                         .unwrap(),
                     );
                 }
-                reports.push(
-                    verify::check_chunk(
-                        &stream,
-                        &m,
-                        &ChunkCase {
-                            b: 2,
-                            n: 3 * c as usize,
-                            heads: 5,
-                            strided: true,
-                            large: false,
-                        },
-                    )
-                    .unwrap(),
-                );
-                reports.push(
-                    verify::check_chunk(
-                        &stream,
-                        &s,
-                        &ChunkCase {
-                            b: 1,
-                            n: 4 * c as usize,
-                            heads: 2,
-                            strided: false,
-                            large: true,
-                        },
-                    )
-                    .unwrap(),
-                );
             }
         }
     }
@@ -817,5 +857,45 @@ fn sanitizer_subset() {
         )
         .unwrap(),
     );
+    // The Triton backend's prefill and split decode (with its combine kernel), where it runs.
+    if let Some(t) = triton_tile(&rt, &sp) {
+        let p4 = rt.kernel_with_tile(&sp, &t).unwrap();
+        reports.push(
+            verify::check_prefill(
+                &stream,
+                &p4,
+                &PrefillCase {
+                    b: 1,
+                    n: 200,
+                    h: 2,
+                    hkv: 1,
+                    extra_summaries: 2,
+                    large_logits: true,
+                    strided: true,
+                    scale: None,
+                },
+            )
+            .unwrap(),
+        );
+        let sd = spec(Op::Decode, 128, 128, 16, LocalMode::Sliding, DType::Bf16, 4);
+        let td = triton_tile(&rt, &sd).expect("triton runs here");
+        let d4 = rt.kernel_with_tile(&sd, &td).unwrap();
+        for splits in [None, Some(3)] {
+            reports.push(
+                verify::check_decode(
+                    &stream,
+                    &d4,
+                    &DecodeCase {
+                        h: 8,
+                        lens: vec![1, 17, 129, 300, 0],
+                        max_nc: 20,
+                        splits,
+                        large_logits: true,
+                    },
+                )
+                .unwrap(),
+            );
+        }
+    }
     settle("sanitizer subset", reports);
 }

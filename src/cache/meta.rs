@@ -78,6 +78,10 @@ pub struct EntryMeta {
     pub threads: u32,
     /// Dynamic shared memory of the main kernel, bytes.
     pub shared_mem_bytes: u32,
+    /// Dynamic shared memory of each entry point when the compiler decides it (Triton
+    /// kernels), in entry-point order; empty when the tile decides it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entry_shared_mem: Vec<u32>,
     /// PTX ISA version of kernel.ptx (e.g. `9.0`).
     pub ptx_isa: Option<String>,
     /// ptxas report per entry point.
@@ -157,6 +161,19 @@ impl EntryMeta {
         }
         if self.name != self.spec.name() || self.entry_points != self.spec.entry_points() {
             return bad("its name or entry points are not its spec's".into());
+        }
+        let triton = self.tile.engine() == crate::tile::Engine::Triton;
+        let shared_ok = if triton {
+            self.entry_shared_mem.len() == self.entry_points.len()
+                && self.entry_shared_mem.iter().all(|&b| b <= 256 * 1024)
+        } else {
+            self.entry_shared_mem.is_empty()
+        };
+        if !shared_ok {
+            return bad(
+                "its per-entry shared memory does not fit its tile (one value per entry point, up to 256 KiB, for Triton tiles only)"
+                    .into(),
+            );
         }
         let texts = [
             (&self.crate_version, 32),

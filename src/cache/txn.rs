@@ -238,6 +238,7 @@ mod tests {
             entry_points: spec.entry_points(),
             threads: 128,
             shared_mem_bytes: 0,
+            entry_shared_mem: Vec::new(),
             ptx_isa: Some("9.0".into()),
             resources: vec![],
             compile_ms: 1.0,

@@ -4,7 +4,7 @@ use clap::Args;
 use flasheva::presets::{Preset, Presets};
 use flasheva::spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
 use flasheva::target::Arch;
-use flasheva::tile::Tile;
+use flasheva::tile::{Backend, Tile};
 
 use super::usage;
 
@@ -71,9 +71,24 @@ pub fn parse_archs(s: &str) -> Result<ArchList, flasheva::target::ArchError> {
     Arch::parse_list(s).map(ArchList)
 }
 
-/// The tile for `spec` on `arch`: the default, with `overrides` (`field=value,...`) applied.
-pub fn tile_for(spec: &KernelSpec, arch: Arch, overrides: Option<&str>) -> anyhow::Result<Tile> {
-    let t = Tile::default_for(spec, arch);
+/// Parses `--backend` for clap.
+pub fn parse_backend(s: &str) -> Result<Backend, String> {
+    s.parse::<Backend>().map_err(|_| {
+        format!(
+            "backend {s} is not accepted: accepted are nvrtc (CUDA C++ through NVRTC) and triton"
+        )
+    })
+}
+
+/// The tile for `spec` on `arch`: the default of `backend` (NVRTC's when not given), with
+/// `overrides` (`field=value,...`) applied.
+pub fn tile_for(
+    spec: &KernelSpec,
+    arch: Arch,
+    backend: Option<Backend>,
+    overrides: Option<&str>,
+) -> anyhow::Result<Tile> {
+    let t = Tile::default_for_backend(spec, arch, backend.unwrap_or(Backend::Nvrtc));
     match overrides {
         Some(o) => {
             let t = t.with_overrides(spec, o).map_err(usage)?;

@@ -12,7 +12,7 @@ use flasheva::loader::{Runtime, RuntimeOptions};
 use flasheva::ops::{Problem, Rate};
 use flasheva::spec::{KernelSpec, Op};
 
-use super::args::{Selected, Selection, ShapeFlags, tile_for};
+use super::args::{Selected, Selection, ShapeFlags, parse_backend, tile_for};
 use super::{Format, json_doc, open_store, table, usage};
 
 #[derive(Args, Debug)]
@@ -24,6 +24,10 @@ pub struct BenchArgs {
     /// Tile overrides, e.g. block_m=64,block_n=64 (default: tuned winner, else the default tile).
     #[arg(long, value_name = "FIELD=VALUE,...", requires = "op")]
     pub tile: Option<String>,
+    /// nvrtc or triton: that backend's default tile (with --tile overrides), not the tuned
+    /// winner (default: the tuned winner, whichever backend it is, else NVRTC's default).
+    #[arg(long, value_name = "BACKEND", value_parser = parse_backend)]
+    pub backend: Option<flasheva::tile::Backend>,
     /// Timed launches per kernel (the median is reported).
     #[arg(long, default_value_t = 50)]
     pub iters: usize,
@@ -120,7 +124,8 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
     let mut out_rows = Vec::new();
     for w in loads {
         let tile = match &a.tile {
-            Some(_) => tile_for(&w.spec, rt.arch(), a.tile.as_deref())?,
+            Some(_) => tile_for(&w.spec, rt.arch(), a.backend, a.tile.as_deref())?,
+            None if a.backend.is_some() => tile_for(&w.spec, rt.arch(), a.backend, None)?,
             None => rt.tile_for_workload(&w),
         };
         let kernel = rt.kernel_with_tile(&w.spec, &tile)?;

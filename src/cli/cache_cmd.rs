@@ -440,11 +440,8 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
             {
                 keys.push(bundle::parse_public_key(k).map_err(usage)?);
             }
-            let nvrtc = if x.rebuild_check {
-                Some(flasheva::compile::nvrtc::Nvrtc::load()?)
-            } else {
-                None
-            };
+            // Each entry is rebuilt by its backend's compiler (NVRTC or Triton), loaded on use.
+            let compilers = x.rebuild_check.then(flasheva::compile::Compilers::new);
             let store = open_store(cache_dir)?;
             let s = bundle::import(
                 &store,
@@ -452,9 +449,9 @@ pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
                 &ImportOptions::trusting(keys)
                     .allow_unsigned(x.allow_unsigned)
                     .rebuild(
-                        nvrtc
+                        compilers
                             .as_ref()
-                            .map(|n| n as &dyn flasheva::compile::Compiler),
+                            .map(|c| c as &dyn flasheva::compile::CompilerSet),
                     ),
             )?;
             let how = match &s.vouched {

@@ -6,14 +6,15 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use clap::Args;
-use flasheva::compile::nvrtc::Nvrtc;
+use flasheva::compile::{CompilerSet, Compilers};
 use flasheva::pipeline::{Pipeline, Status};
 use flasheva::target::{Arch, DEFAULT_ARCHS};
+use flasheva::tile::{Backend, triton_targets};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use super::args::{ArchList, Selection, parse_archs, tile_for};
-use super::{Format, json_doc, open_store, table};
+use super::args::{ArchList, Selection, parse_archs, parse_backend, tile_for};
+use super::{Format, json_doc, open_store, table, usage};
 
 #[derive(Args, Debug)]
 pub struct CompileArgs {
@@ -25,6 +26,10 @@ pub struct CompileArgs {
     /// Target archs, comma-separated (accepted: sm_80, sm_86, sm_87, sm_89, sm_90, sm_90a, sm_100, sm_100a, sm_120).
     #[arg(long, value_name = "LIST", value_parser = parse_archs)]
     pub arch: Option<ArchList>,
+    /// nvrtc (CUDA C++, the default) or triton (the Triton kernels; archs sm_80, sm_86, sm_87,
+    /// sm_89, sm_90a, and those of the default list when --arch is not given).
+    #[arg(long, value_name = "BACKEND", value_parser = parse_backend)]
+    pub backend: Option<Backend>,
     /// Compiles to run at once, 1 to 256 (default: one per core).
     #[arg(long, short = 'j', value_name = "N", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
@@ -47,18 +52,37 @@ pub fn parse_jobs(s: &str) -> Result<usize, String> {
 pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
     let selected = a.select.resolve("compile")?;
     let (what, specs) = (selected.describe(), selected.specs()?);
-    let archs: Vec<Arch> = a
-        .arch
-        .clone()
-        .map(|l| l.0)
-        .unwrap_or_else(|| DEFAULT_ARCHS.to_vec());
+    let backend = a.backend.unwrap_or(Backend::Nvrtc);
+    let archs: Vec<Arch> = match (&a.arch, backend) {
+        (Some(l), Backend::Triton) => {
+            if let Some(bad) = l.0.iter().find(|x| !triton_targets(**x)) {
+                return Err(usage(format!(
+                    "--arch {bad} is not accepted with --backend triton: Triton targets {}",
+                    flasheva::tile::TRITON_ARCHS
+                )));
+            }
+            l.0.clone()
+        }
+        (Some(l), _) => l.0.clone(),
+        (None, Backend::Triton) => DEFAULT_ARCHS
+            .iter()
+            .copied()
+            .filter(|x| triton_targets(*x))
+            .collect(),
+        (None, _) => DEFAULT_ARCHS.to_vec(),
+    };
     let mut jobs = Vec::new();
     for spec in &specs {
         for &arch in &archs {
-            jobs.push((*spec, arch, tile_for(spec, arch, a.tile.as_deref())?));
+            jobs.push((
+                *spec,
+                arch,
+                tile_for(spec, arch, a.backend, a.tile.as_deref())?,
+            ));
         }
     }
-    let nvrtc = Nvrtc::load()?;
+    let compilers = Compilers::new();
+    let compiler = compilers.for_backend(backend)?;
     let store = open_store(cache_dir)?;
     let threads = a
         .jobs
@@ -74,11 +98,10 @@ pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow
         .context("starting compile threads")?;
 
     eprintln!(
-        "compiling {what}: {} spec(s) x {} arch(s) with nvrtc {}.{} on {threads} thread(s) into {}",
+        "compiling {what}: {} spec(s) x {} arch(s) with {} on {threads} thread(s) into {}",
         specs.len(),
         archs.len(),
-        nvrtc.info().version.0,
-        nvrtc.info().version.1,
+        compiler.id(),
         store.root().display()
     );
     let pb = ProgressBar::new(jobs.len() as u64);
@@ -89,7 +112,7 @@ pub fn run(a: CompileArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow
         .expect("valid template"),
     );
     let t0 = Instant::now();
-    let pipeline = Pipeline::new(&store, &nvrtc);
+    let pipeline = Pipeline::new(&store, &compilers);
     let results: Vec<_> = pool.install(|| {
         jobs.par_iter()
             .map(|(spec, arch, tile)| {

@@ -28,6 +28,9 @@ struct Report {
     version: &'static str,
     #[serde(serialize_with = "found_or_error")]
     nvrtc: Result<NvrtcReport, String>,
+    /// The optional Triton backend (its absence is not a problem).
+    #[serde(serialize_with = "found_or_error")]
+    triton: Result<TritonReport, String>,
     #[serde(serialize_with = "found_or_error")]
     driver: Result<DriverReport, String>,
     cache: CacheReport,
@@ -41,6 +44,15 @@ struct NvrtcReport {
     /// The folder it was loaded from; `None` when the dynamic loader found it by name.
     dir: Option<String>,
     archs: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct TritonReport {
+    version: String,
+    python: String,
+    /// Whether it is the version flasheva pins (others may compile differently).
+    pinned: bool,
+    archs: &'static str,
 }
 
 #[derive(Serialize)]
@@ -115,6 +127,14 @@ fn gather(cache_dir: Option<PathBuf>) -> anyhow::Result<Report> {
     if let Err(e) = &nvrtc {
         problems.push(format!("nvrtc: {e}"));
     }
+    let triton = flasheva::compile::triton::Triton::load()
+        .map(|t| TritonReport {
+            version: flasheva::compile::Compiler::id(&t).version.clone(),
+            python: t.python().display().to_string(),
+            pinned: t.is_pinned(),
+            archs: flasheva::tile::TRITON_ARCHS,
+        })
+        .map_err(|e| e.to_string());
     let here = driver::probe();
     let driver = match &here {
         Ok(d) => {
@@ -220,6 +240,7 @@ fn gather(cache_dir: Option<PathBuf>) -> anyhow::Result<Report> {
         schema: "flasheva/doctor/1",
         version: env!("CARGO_PKG_VERSION"),
         nvrtc,
+        triton,
         driver,
         cache,
         config,
@@ -254,6 +275,20 @@ fn print_text(r: &Report) {
             n.archs.join(" ")
         ),
         Err(e) => outln!("nvrtc:  not available: {e}"),
+    }
+    match &r.triton {
+        Ok(t) => outln!(
+            "triton: {}{} ({}); the Triton backend targets {}",
+            t.version,
+            if t.pinned {
+                ""
+            } else {
+                " (flasheva pins 3.6.0: others may compile differently)"
+            },
+            t.python,
+            t.archs
+        ),
+        Err(e) => outln!("triton: not available (optional, for --backend triton): {e}"),
     }
     match &r.driver {
         Ok(d) => {

@@ -17,7 +17,7 @@ use flasheva::tensor::ElemType;
 use flasheva::workload::Workload;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use super::args::{parse_op, tile_for};
+use super::args::{parse_backend, parse_op, tile_for};
 use super::{open_store, usage};
 
 #[derive(Args, Debug)]
@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Tile overrides, e.g. block_m=64 (default: tuned winner, else the default tile).
     #[arg(long, value_name = "FIELD=VALUE,...")]
     pub tile: Option<String>,
+    /// nvrtc or triton: that backend's default tile (with --tile overrides), not the tuned
+    /// winner (default: the tuned winner, whichever backend it is, else NVRTC's default).
+    #[arg(long, value_name = "BACKEND", value_parser = parse_backend)]
+    pub backend: Option<flasheva::tile::Backend>,
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
@@ -169,7 +173,8 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let opts = opts.clone().use_tuned(opts.use_tuned && !a.ignore_tuning);
     let rt = Runtime::with_gpu(gpu, open_store(cache_dir)?, opts);
     let tile = match &a.tile {
-        Some(t) => tile_for(&spec, rt.arch(), Some(t))?,
+        Some(t) => tile_for(&spec, rt.arch(), a.backend, Some(t))?,
+        None if a.backend.is_some() => tile_for(&spec, rt.arch(), a.backend, None)?,
         None => rt.tile_for_workload(&problem.workload),
     };
     let kernel = rt.kernel_with_tile(&spec, &tile)?;

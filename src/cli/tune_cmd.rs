@@ -2,16 +2,18 @@
 //! and record the winners in the cache for every later process's loader.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use clap::Args;
 use flasheva::cache::winner::{CandidateStatus, WinnerRecord};
-use flasheva::compile::nvrtc::Nvrtc;
+use flasheva::compile::{Backend, CompilerSet, Compilers};
 use flasheva::gpu::Gpu;
 use flasheva::loader::{Runtime, RuntimeOptions};
 use flasheva::spec::Op;
 use flasheva::target::Arch;
+use flasheva::tune::space::Pruned;
 use flasheva::tune::space::Spaces;
 use flasheva::tune::{self, Event, TuneConfig};
 use flasheva::workload::Workload;
@@ -141,11 +143,28 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::R
         ),
     };
 
+    // Each tile's backend must have its compiler here: the others are pruned, with the reason.
+    let compilers = Arc::new(Compilers::new());
+    let candidates = |spec: &flasheva::KernelSpec| {
+        let mut c = spaces.candidates(spec, arch, limits);
+        let mut keep = Vec::new();
+        for t in std::mem::take(&mut c.keep) {
+            match compilers.for_backend(t.engine().backend()) {
+                Ok(_) => keep.push(t),
+                Err(e) => c.pruned.push(Pruned {
+                    tile: t.params(),
+                    reason: format!("no {} compiler: {e}", t.engine().backend()),
+                }),
+            }
+        }
+        c.keep = keep;
+        c
+    };
     if a.dry_run && format == Format::Json {
         let workloads: Vec<serde_json::Value> = loads
             .iter()
             .map(|w| {
-                let c = spaces.candidates(&w.spec, arch, limits);
+                let c = candidates(&w.spec);
                 serde_json::json!({
                     "spec": w.spec.name(),
                     "b": w.b, "n": w.n, "h": w.h, "hkv": w.hkv,
@@ -170,7 +189,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::R
     if a.dry_run {
         outln!("candidates on {device_name}:");
         for w in &loads {
-            let c = spaces.candidates(&w.spec, arch, limits);
+            let c = candidates(&w.spec);
             outln!(
                 "\n{} at {}: {} candidates, {} pruned",
                 w.spec,
@@ -207,7 +226,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::R
     }
 
     let gpu = gpu.expect("opened above");
-    let nvrtc = Nvrtc::load()?;
+    compilers.for_backend(Backend::Nvrtc)?;
     let stream = gpu.context().new_stream().context("creating a stream")?;
     let rt = Runtime::with_gpu(
         gpu,
@@ -224,10 +243,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::R
             .max(1)
     });
     let cfg = TuneConfig::new(a.warmup, a.samples, jobs);
-    let plans: Vec<_> = loads
-        .iter()
-        .map(|w| (*w, spaces.candidates(&w.spec, arch, limits)))
-        .collect();
+    let plans: Vec<_> = loads.iter().map(|w| (*w, candidates(&w.spec))).collect();
     let total: usize = plans.iter().map(|(_, c)| c.keep.len()).sum();
     eprintln!(
         "tuning {} workload(s), {total} candidates, on {device_name} ({jobs} compile threads)",
@@ -273,7 +289,7 @@ pub fn run(a: TuneArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::R
             }
             _ => {}
         };
-        match tune::tune(&rt, &stream, &nvrtc, *w, cands, &cfg, &mut on_event) {
+        match tune::tune(&rt, &stream, &compilers, *w, cands, &cfg, &mut on_event) {
             Ok(o) => {
                 say(
                     &pb,

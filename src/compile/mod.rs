@@ -7,6 +7,9 @@
 #[cfg(feature = "compiler")]
 #[cfg_attr(docsrs, doc(cfg(feature = "compiler")))]
 pub mod nvrtc;
+#[cfg(feature = "compiler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "compiler")))]
+pub mod triton;
 
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::key::CompilerId;
 use crate::target::Arch;
+pub use crate::tile::Backend;
 
 /// One program to compile for one arch.
 #[derive(Clone, Debug)]
@@ -39,6 +43,9 @@ pub struct CompiledArtifact {
     pub log: String,
     /// Wall time of the compile.
     pub elapsed: Duration,
+    /// Dynamic shared memory of each entry point, in entry-point order, when the compiler
+    /// decides it (Triton); empty when the tile does (NVRTC).
+    pub entry_shared_mem: Vec<u32>,
 }
 
 /// Registers, spills and static shared memory of one kernel, read from the ptxas report.
@@ -98,6 +105,22 @@ pub enum CompileError {
         /// The rendered source lines the log refers to.
         excerpt: String,
     },
+    /// No Python with Triton for the Triton backend.
+    #[error(
+        "Triton was not found: {reason}. Install it with `pip install triton==3.6.0` (scripts/with-triton installs it into flasheva's own environment), or point FLASHEVA_PYTHON at a Python that has it"
+    )]
+    TritonMissing {
+        /// What was tried and how it failed.
+        reason: String,
+    },
+    /// A pipeline was given a tile of a backend it has no compiler for.
+    #[error("no {backend} compiler here (this pipeline compiles with {have})")]
+    NoBackend {
+        /// The tile's backend.
+        backend: Backend,
+        /// The compiler the pipeline has.
+        have: CompilerId,
+    },
     /// The compiler does not support the arch.
     #[error("{compiler} cannot target {arch}; it supports {supported}")]
     UnsupportedArch {
@@ -110,12 +133,77 @@ pub enum CompileError {
     },
 }
 
-/// A compiler of rendered sources. NVRTC in production, fakes in tests.
+/// A compiler of rendered sources: NVRTC and Triton in production, fakes in tests.
 pub trait Compiler: Send + Sync {
     /// Name and version; part of every cache key.
     fn id(&self) -> &CompilerId;
     /// Compiles one job.
     fn compile(&self, job: &CompileJob<'_>) -> Result<CompiledArtifact, CompileError>;
+    /// The backend whose tiles it compiles.
+    fn backend(&self) -> Backend {
+        Backend::Nvrtc
+    }
+    /// The options it compiles for `arch` with (part of the cache key).
+    fn options(&self, arch: Arch) -> Vec<String> {
+        options_for(arch)
+    }
+}
+
+/// The compilers a pipeline can use: the one for each backend. Any single [`Compiler`] is a set
+/// holding only itself.
+pub trait CompilerSet: Send + Sync {
+    /// The compiler of `backend`, or why there is none.
+    fn for_backend(&self, backend: Backend) -> Result<&dyn Compiler, CompileError>;
+}
+
+/// NVRTC and Triton, each loaded on first use (a missing one is an error only when a tile of
+/// its backend is compiled).
+#[cfg(feature = "compiler")]
+#[derive(Default)]
+pub struct Compilers {
+    nvrtc: std::sync::OnceLock<Result<nvrtc::Nvrtc, CompileError>>,
+    triton: std::sync::OnceLock<Result<triton::Triton, CompileError>>,
+}
+
+#[cfg(feature = "compiler")]
+impl Compilers {
+    /// A set that loads each compiler when first asked for.
+    pub fn new() -> Compilers {
+        Compilers::default()
+    }
+}
+
+#[cfg(feature = "compiler")]
+impl CompilerSet for Compilers {
+    fn for_backend(&self, backend: Backend) -> Result<&dyn Compiler, CompileError> {
+        match backend {
+            Backend::Triton => self
+                .triton
+                .get_or_init(triton::Triton::load)
+                .as_ref()
+                .map(|c| c as &dyn Compiler)
+                .map_err(Clone::clone),
+            _ => self
+                .nvrtc
+                .get_or_init(nvrtc::Nvrtc::load)
+                .as_ref()
+                .map(|c| c as &dyn Compiler)
+                .map_err(Clone::clone),
+        }
+    }
+}
+
+impl<C: Compiler> CompilerSet for C {
+    fn for_backend(&self, backend: Backend) -> Result<&dyn Compiler, CompileError> {
+        if self.backend() == backend {
+            Ok(self)
+        } else {
+            Err(CompileError::NoBackend {
+                backend,
+                have: self.id().clone(),
+            })
+        }
+    }
 }
 
 /// The options flasheva compiles every kernel with (the arch flag yields both PTX and cubin;
@@ -127,6 +215,15 @@ pub fn options_for(arch: Arch) -> Vec<String> {
         "--generate-line-info".to_string(),
         "-Xptxas=-v".to_string(),
     ]
+}
+
+/// The options the compiler of `backend` compiles for `arch` with: [`options_for`] for NVRTC;
+/// for Triton, the ptxas flags its driver assembles with.
+pub fn options_for_backend(backend: Backend, arch: Arch) -> Vec<String> {
+    match backend {
+        Backend::Triton => vec![format!("--gpu-name={arch}"), "-v".into()],
+        _ => options_for(arch),
+    }
 }
 
 /// Parses ptxas `-v` output into one record per function.

@@ -302,6 +302,7 @@ impl Compiler for Nvrtc {
             cubin,
             log,
             elapsed,
+            entry_shared_mem: Vec::new(),
         })
     }
 }

@@ -457,6 +457,39 @@ impl Function {
     }
 }
 
+impl Function {
+    /// Launches with one kernel parameter per offset into `params` (a Triton kernel's scalar
+    /// parameters, packed by [`crate::ops::ArgList`]).
+    ///
+    /// # Safety
+    /// As [`Function::launch`]: the parameters match the kernel's, and the memory they point to
+    /// stays valid until the kernel has run.
+    pub unsafe fn launch_args(
+        &self,
+        stream: &dyn LaunchStream,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        params: &crate::ops::ParamBlock,
+        offsets: &[usize],
+    ) -> Result<(), GpuError> {
+        self.module
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("cuCtxSetCurrent"))?;
+        let mut block_copy = *params;
+        let base = &mut block_copy as *mut crate::ops::ParamBlock as *mut u8;
+        let mut args: Vec<*mut c_void> = offsets
+            .iter()
+            // SAFETY: every offset lies inside the block (ArgList wrote them there).
+            .map(|&o| unsafe { base.add(o) } as *mut c_void)
+            .collect();
+        // SAFETY: upheld by the caller; the driver copies each parameter at launch.
+        unsafe { result::launch_kernel(self.raw, grid, block, smem, stream.cu_stream(), &mut args) }
+            .map_err(drv("cuLaunchKernel"))
+    }
+}
+
 /// The device address of a cudarc buffer, for a [`crate::gpu::TensorArg`].
 pub fn device_address<T: DeviceRepr>(buf: &CudaSlice<T>, stream: &Arc<CudaStream>) -> u64 {
     let (ptr, _sync) = buf.device_ptr(stream);

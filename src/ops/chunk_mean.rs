@@ -2,12 +2,12 @@
 //! templates/chunk_mean.cu.
 
 use super::launch::{
-    LaunchError, LaunchPlan, OpArgs, Step, check_op, expect_chunk_rows, expect_dtype, expect_shape,
-    expect_vector_layout, grid_dim,
+    ArgList, LaunchError, LaunchPlan, OpArgs, Step, check_op, expect_chunk_rows, expect_dtype,
+    expect_shape, expect_vector_layout, grid_dim,
 };
 use super::{
-    CheckProblem, DeviceFacts, OpDef, Problem, Rate, TensorDesc, common_dtype, desc, probe_problem,
-    spec_from,
+    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
+    check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
 };
 #[cfg(feature = "cli")]
 use super::{Draw, Reference};
@@ -18,7 +18,7 @@ use crate::reference;
 use crate::spec::{KernelSpec, Op, SpecParams};
 use crate::target::Arch;
 use crate::tensor::{ElemType, TensorArg};
-use crate::tile::{Tile, TileError, TileParams, WARPS, one_of};
+use crate::tile::{Engine, Tile, TileError, TileParams, WARPS, one_of};
 use crate::workload::Workload;
 
 /// The chunk_mean op. The workload's `h` is the number of heads G of X.
@@ -70,6 +70,26 @@ pub struct ChunkMeanParams {
     pub g: i32,
 }
 
+/// The parameters of `fe_chunk_mean` (triton/flasheva_triton.py), in order.
+fn triton_args(p: &ChunkMeanParams) -> ArgList {
+    let mut a = ArgList::default();
+    a.ptr("X", p.x)
+        .ptr("XBAR", p.xbar)
+        .i64("x_sb", p.x_sb)
+        .i64("x_st", p.x_st)
+        .i64("x_sh", p.x_sh)
+        .i64("y_sb", p.y_sb)
+        .i64("y_st", p.y_st)
+        .i64("y_sh", p.y_sh)
+        .i32("NC", p.nc)
+        .i32("G", p.g);
+    a
+}
+
+fn triton_heads(p: &ChunkMeanParams) -> i32 {
+    p.g
+}
+
 /// Plans a chunk_mean launch; `None` when there is no complete chunk.
 pub fn plan_chunk_mean(
     spec: &KernelSpec,
@@ -117,6 +137,11 @@ pub fn plan_chunk_mean(
 /// The knobs of the chunk ops: warps only.
 pub(crate) fn warps_only(t: TileParams) -> TileParams {
     TileParams {
+        engine: if t.engine == Engine::Triton {
+            Engine::Triton
+        } else {
+            Engine::Mma
+        },
         warps: t.warps,
         ..TileParams::default()
     }
@@ -127,12 +152,23 @@ impl OpDef for ChunkMean {
         Op::ChunkMean
     }
 
-    fn template(&self, _tile: &TileParams) -> &'static str {
-        "chunk_mean.cu"
+    fn template(&self, tile: &TileParams) -> &'static str {
+        match tile.engine {
+            Engine::Triton => "flasheva_triton.py",
+            _ => "chunk_mean.cu",
+        }
     }
 
     fn tile_name(&self, t: &TileParams) -> String {
-        format!("w{}", t.warps)
+        format!(
+            "{}w{}",
+            if t.engine == Engine::Triton {
+                "tr_"
+            } else {
+                ""
+            },
+            t.warps
+        )
     }
 
     fn normalize(&self, t: TileParams) -> TileParams {
@@ -140,6 +176,9 @@ impl OpDef for ChunkMean {
     }
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        if t.engine == Engine::Triton {
+            return check_triton_tile(Op::ChunkMean, t, false, false, false);
+        }
         one_of(Op::ChunkMean, "warps", t.warps, &WARPS, "1, 2, 4, 8")
     }
 
@@ -151,6 +190,28 @@ impl OpDef for ChunkMean {
         vec![TileParams {
             warps: 4,
             ..TileParams::default()
+        }]
+    }
+
+    fn triton_default(&self, _spec: &KernelSpec) -> TileParams {
+        TileParams {
+            engine: Engine::Triton,
+            warps: 4,
+            ..TileParams::default()
+        }
+    }
+
+    fn triton_kernels(&self, spec: &KernelSpec, _tile: &Tile) -> Vec<TritonKernel> {
+        vec![TritonKernel {
+            function: "fe_chunk_mean",
+            entry: spec.name(),
+            constexprs: constexprs(
+                spec,
+                &[
+                    ("C", Const::Int(spec.chunk())),
+                    ("CP", Const::Int(super::pow2(spec.chunk()))),
+                ],
+            ),
         }]
     }
 
@@ -247,9 +308,21 @@ impl OpDef for ChunkMean {
         _device: DeviceFacts,
     ) -> Result<Vec<Step>, LaunchError> {
         let a = ChunkMeanArgs::from_op_args(args)?;
-        Ok(plan_chunk_mean(spec, tile, &a)?
-            .map(|p| vec![Step::of(0, &p)])
-            .unwrap_or_default())
+        let Some(p) = plan_chunk_mean(spec, tile, &a)? else {
+            return Ok(Vec::new());
+        };
+        if tile.engine() == Engine::Triton {
+            // One program per (chunk, head, sequence).
+            let heads = grid_dim("heads", triton_heads(&p.params) as usize, 65535)?;
+            let grid = (p.grid.0, heads, p.grid.2);
+            return Ok(vec![Step::triton(
+                0,
+                grid,
+                tile.warps(),
+                triton_args(&p.params),
+            )]);
+        }
+        Ok(vec![Step::of(0, &p)])
     }
 }
 

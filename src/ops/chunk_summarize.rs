@@ -3,12 +3,12 @@
 
 use super::chunk_mean::warps_only;
 use super::launch::{
-    LaunchError, LaunchPlan, OpArgs, Step, check_op, expect_chunk_rows, expect_contiguous_rows,
-    expect_dtype, expect_shape, grid_dim,
+    ArgList, LaunchError, LaunchPlan, OpArgs, Step, check_op, expect_chunk_rows,
+    expect_contiguous_rows, expect_dtype, expect_shape, grid_dim,
 };
 use super::{
-    CheckProblem, DeviceFacts, OpDef, Problem, Rate, TensorDesc, common_dtype, desc, probe_problem,
-    spec_from,
+    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
+    check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
 };
 #[cfg(feature = "cli")]
 use super::{Draw, Reference};
@@ -19,7 +19,7 @@ use crate::reference;
 use crate::spec::{KernelSpec, Op, SpecParams};
 use crate::target::Arch;
 use crate::tensor::{ElemType, TensorArg};
-use crate::tile::{Tile, TileError, TileParams, WARPS, one_of};
+use crate::tile::{Engine, Tile, TileError, TileParams, WARPS, one_of};
 use crate::workload::Workload;
 
 /// The chunk_summarize op. The workload's `h` and `hkv` are both the kv heads.
@@ -95,6 +95,37 @@ pub struct ChunkSummarizeParams {
     pub reserved: i32,
 }
 
+/// The parameters of `fe_chunk_summarize` (triton/flasheva_triton.py), in order.
+fn triton_args(p: &ChunkSummarizeParams) -> ArgList {
+    let mut a = ArgList::default();
+    a.ptr("K", p.k)
+        .ptr("V", p.v)
+        .ptr("OMEGA", p.omega)
+        .ptr("VS", p.vs);
+    for (name, v) in [
+        ("k_sb", p.k_sb),
+        ("k_st", p.k_st),
+        ("k_sh", p.k_sh),
+        ("v_sb", p.v_sb),
+        ("v_st", p.v_st),
+        ("v_sh", p.v_sh),
+        ("om_sb", p.om_sb),
+        ("om_st", p.om_st),
+        ("om_sh", p.om_sh),
+        ("vs_sb", p.vs_sb),
+        ("vs_st", p.vs_st),
+        ("vs_sh", p.vs_sh),
+    ] {
+        a.i64(name, v);
+    }
+    a.i32("NC", p.nc).i32("HKV", p.hkv).f32("scale", p.scale);
+    a
+}
+
+fn triton_heads(p: &ChunkSummarizeParams) -> i32 {
+    p.hkv
+}
+
 /// Plans a chunk_summarize launch; `None` when there is no complete chunk.
 pub fn plan_chunk_summarize(
     spec: &KernelSpec,
@@ -163,12 +194,23 @@ impl OpDef for ChunkSummarize {
         Op::ChunkSummarize
     }
 
-    fn template(&self, _tile: &TileParams) -> &'static str {
-        "chunk_summarize.cu"
+    fn template(&self, tile: &TileParams) -> &'static str {
+        match tile.engine {
+            Engine::Triton => "flasheva_triton.py",
+            _ => "chunk_summarize.cu",
+        }
     }
 
     fn tile_name(&self, t: &TileParams) -> String {
-        format!("w{}", t.warps)
+        format!(
+            "{}w{}",
+            if t.engine == Engine::Triton {
+                "tr_"
+            } else {
+                ""
+            },
+            t.warps
+        )
     }
 
     fn normalize(&self, t: TileParams) -> TileParams {
@@ -176,10 +218,16 @@ impl OpDef for ChunkSummarize {
     }
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        if t.engine == Engine::Triton {
+            return check_triton_tile(Op::ChunkSummarize, t, false, false, false);
+        }
         one_of(Op::ChunkSummarize, "warps", t.warps, &WARPS, "1, 2, 4, 8")
     }
 
     fn smem_bytes(&self, spec: &KernelSpec, t: &TileParams) -> u32 {
+        if t.engine == Engine::Triton {
+            return 0; // Triton's own layout: the loader takes it from the artifact
+        }
         (spec.chunk() + 2 * t.warps + t.warps * spec.head_dim()) * 4
     }
 
@@ -187,6 +235,28 @@ impl OpDef for ChunkSummarize {
         vec![TileParams {
             warps: 4,
             ..TileParams::default()
+        }]
+    }
+
+    fn triton_default(&self, _spec: &KernelSpec) -> TileParams {
+        TileParams {
+            engine: Engine::Triton,
+            warps: 4,
+            ..TileParams::default()
+        }
+    }
+
+    fn triton_kernels(&self, spec: &KernelSpec, _tile: &Tile) -> Vec<TritonKernel> {
+        vec![TritonKernel {
+            function: "fe_chunk_summarize",
+            entry: spec.name(),
+            constexprs: constexprs(
+                spec,
+                &[
+                    ("C", Const::Int(spec.chunk())),
+                    ("CP", Const::Int(super::pow2(spec.chunk()))),
+                ],
+            ),
         }]
     }
 
@@ -318,9 +388,21 @@ impl OpDef for ChunkSummarize {
         _device: DeviceFacts,
     ) -> Result<Vec<Step>, LaunchError> {
         let a = ChunkSummarizeArgs::from_op_args(args)?;
-        Ok(plan_chunk_summarize(spec, tile, &a)?
-            .map(|p| vec![Step::of(0, &p)])
-            .unwrap_or_default())
+        let Some(p) = plan_chunk_summarize(spec, tile, &a)? else {
+            return Ok(Vec::new());
+        };
+        if tile.engine() == Engine::Triton {
+            // One program per (chunk, head, sequence).
+            let heads = grid_dim("heads", triton_heads(&p.params) as usize, 65535)?;
+            let grid = (p.grid.0, heads, p.grid.2);
+            return Ok(vec![Step::triton(
+                0,
+                grid,
+                tile.warps(),
+                triton_args(&p.params),
+            )]);
+        }
+        Ok(vec![Step::of(0, &p)])
     }
 }
 

@@ -3,12 +3,12 @@
 //! (templates/decode.cu).
 
 use super::launch::{
-    LOG2E, LaunchError, LaunchPlan, OpArgs, Step, check_op, checked_scale, expect_dtype,
+    ArgList, LOG2E, LaunchError, LaunchPlan, OpArgs, Step, check_op, checked_scale, expect_dtype,
     expect_shape, expect_vector_layout, grid_dim,
 };
 use super::{
-    CheckProblem, DeviceFacts, OpDef, Problem, Rate, TensorDesc, common_dtype, desc, probe_problem,
-    spec_from,
+    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
+    check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
 };
 #[cfg(feature = "cli")]
 use super::{Draw, Reference, amplify_rows};
@@ -148,7 +148,11 @@ pub fn decode_splits(
     let head_tiles = spec.group_or_one().div_ceil(DECODE_ROWS) as usize;
     let ctas = (b * hkv * head_tiles).max(1);
     let want = (2 * sm_count as usize).div_ceil(ctas);
-    let per_split = (tile.block_n() * tile.warps()) as usize;
+    // The CUDA kernel gives each warp block_n keys per step, the Triton kernel its program.
+    let per_split = match tile.engine() {
+        Engine::Triton => tile.block_n() as usize,
+        _ => (tile.block_n() * tile.warps()) as usize,
+    };
     let most = max_items.div_ceil(per_split).max(1);
     want.clamp(1, most.min(64))
 }
@@ -310,6 +314,73 @@ fn visible_items(w: &Workload) -> usize {
         + summaries_visible(p, w.spec.chunk() as usize, w.max_nc())
 }
 
+/// Query heads per program of the Triton decode: the group rounded up to a power of two, at
+/// least 16 (tl.dot's smallest M) and at most 64.
+fn triton_block_h(group: u32) -> u32 {
+    super::pow2(group).clamp(16, 64)
+}
+
+/// The parameters of `fe_decode` (triton/flasheva_triton.py), in order.
+fn triton_args(p: &DecodeParams) -> ArgList {
+    let mut a = ArgList::default();
+    a.ptr("Q", p.q)
+        .ptr("KR", p.kr)
+        .ptr("VR", p.vr)
+        .ptr("KS", p.ks)
+        .ptr("VS", p.vs)
+        .ptr("LEN", p.len)
+        .ptr("O", p.o)
+        .ptr("LSE", p.lse)
+        .ptr("WS_O", p.ws_o)
+        .ptr("WS_ML", p.ws_ml);
+    for (name, v) in [
+        ("q_sb", p.q_sb),
+        ("q_sh", p.q_sh),
+        ("kr_sb", p.kr_sb),
+        ("kr_ss", p.kr_ss),
+        ("kr_sh", p.kr_sh),
+        ("vr_sb", p.vr_sb),
+        ("vr_ss", p.vr_ss),
+        ("vr_sh", p.vr_sh),
+        ("ks_sb", p.ks_sb),
+        ("ks_st", p.ks_st),
+        ("ks_sh", p.ks_sh),
+        ("vs_sb", p.vs_sb),
+        ("vs_st", p.vs_st),
+        ("vs_sh", p.vs_sh),
+        ("o_sb", p.o_sb),
+        ("o_sh", p.o_sh),
+        ("lse_sb", p.lse_sb),
+        ("lse_sh", p.lse_sh),
+    ] {
+        a.i64(name, v);
+    }
+    a.i32("B", p.b)
+        .i32("H", p.h)
+        .i32("HKV", p.hkv)
+        .i32("MAXNC", p.max_nc)
+        .i32("SPLITS", p.splits)
+        .f32("scale_log2", p.scale_log2);
+    a
+}
+
+/// The parameters of `fe_decode_combine`, in order.
+fn triton_combine_args(p: &DecodeParams) -> ArgList {
+    let mut a = ArgList::default();
+    a.ptr("O", p.o)
+        .ptr("LSE", p.lse)
+        .ptr("WS_O", p.ws_o)
+        .ptr("WS_ML", p.ws_ml)
+        .i64("o_sb", p.o_sb)
+        .i64("o_sh", p.o_sh)
+        .i64("lse_sb", p.lse_sb)
+        .i64("lse_sh", p.lse_sh)
+        .i32("B", p.b)
+        .i32("H", p.h)
+        .i32("SPLITS", p.splits);
+    a
+}
+
 fn tile(block_n: u32, warps: u32, stages: u32) -> TileParams {
     TileParams {
         engine: Engine::Mma,
@@ -331,27 +402,49 @@ impl OpDef for Decode {
         vec![main.clone(), format!("{main}_combine")]
     }
 
-    fn template(&self, _tile: &TileParams) -> &'static str {
-        "decode.cu"
+    fn template(&self, tile: &TileParams) -> &'static str {
+        match tile.engine {
+            Engine::Triton => "flasheva_triton.py",
+            _ => "decode.cu",
+        }
     }
 
     fn tile_name(&self, t: &TileParams) -> String {
-        format!("n{}_w{}_s{}_k{}", t.block_n, t.warps, t.stages, t.splits)
+        format!(
+            "{}n{}_w{}_s{}_k{}",
+            if t.engine == Engine::Triton {
+                "tr_"
+            } else {
+                ""
+            },
+            t.block_n,
+            t.warps,
+            t.stages,
+            t.splits
+        )
     }
 
     fn normalize(&self, t: TileParams) -> TileParams {
         TileParams {
             block_m: 0,
-            engine: Engine::Mma,
+            engine: if t.engine == Engine::Triton {
+                Engine::Triton
+            } else {
+                Engine::Mma
+            },
             ..t
         }
     }
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
         let op = Op::Decode;
-        one_of(op, "block_n", t.block_n, &[16, 32, 64], "16, 32, 64")?;
-        one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
-        one_of(op, "stages", t.stages, &STAGES, "1, 2, 3")?;
+        if t.engine == Engine::Triton {
+            check_triton_tile(op, t, false, true, true)?;
+        } else {
+            one_of(op, "block_n", t.block_n, &[16, 32, 64], "16, 32, 64")?;
+            one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
+            one_of(op, "stages", t.stages, &STAGES, "1, 2, 3")?;
+        }
         if t.splits > MAX_SPLITS {
             return Err(TileError::Field {
                 op,
@@ -364,6 +457,9 @@ impl OpDef for Decode {
     }
 
     fn smem_bytes(&self, spec: &KernelSpec, t: &TileParams) -> u32 {
+        if t.engine == Engine::Triton {
+            return 0; // Triton's own layout: the loader takes it from the artifact
+        }
         let d = spec.head_dim();
         let row = (d + SMEM_PAD) * 2;
         let q = DECODE_ROWS * row;
@@ -374,6 +470,39 @@ impl OpDef for Decode {
 
     fn default_tiles(&self, _spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
         vec![tile(16, 4, 2), tile(16, 2, 2), tile(16, 1, 1)]
+    }
+
+    fn triton_default(&self, _spec: &KernelSpec) -> TileParams {
+        TileParams {
+            engine: Engine::Triton,
+            ..tile(32, 4, 2)
+        }
+    }
+
+    fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel> {
+        let entries = self.entry_points(spec);
+        vec![
+            TritonKernel {
+                function: "fe_decode",
+                entry: entries[0].clone(),
+                constexprs: constexprs(
+                    spec,
+                    &[
+                        ("W", Const::Int(spec.window_or_zero())),
+                        ("C", Const::Int(spec.chunk())),
+                        ("SLIDING", Const::Bool(spec.sliding())),
+                        ("GROUP", Const::Int(spec.group_or_one())),
+                        ("BLOCK_H", Const::Int(triton_block_h(spec.group_or_one()))),
+                        ("BLOCK_N", Const::Int(tile.block_n())),
+                    ],
+                ),
+            },
+            TritonKernel {
+                function: "fe_decode_combine",
+                entry: entries[1].clone(),
+                constexprs: constexprs(spec, &[]),
+            },
+        ]
     }
 
     fn flops(&self, w: &Workload) -> f64 {
@@ -605,6 +734,26 @@ impl OpDef for Decode {
         else {
             return Ok(Vec::new());
         };
+        if tile.engine() == Engine::Triton {
+            let p = &main.params;
+            let g = spec.group_or_one();
+            let head_tiles = g.div_ceil(triton_block_h(g)) as usize;
+            let grid = (
+                main.grid.0,
+                grid_dim("Hkv x head tiles", p.hkv as usize * head_tiles, 65535)?,
+                main.grid.2,
+            );
+            let mut steps = vec![Step::triton(0, grid, tile.warps(), triton_args(p))];
+            if let Some(c) = combine {
+                steps.push(Step::triton(
+                    1,
+                    c.grid,
+                    tile.warps(),
+                    triton_combine_args(&c.params),
+                ));
+            }
+            return Ok(steps);
+        }
         let mut steps = vec![Step::of(0, &main)];
         steps.extend(combine.map(|c| Step::of(1, &c)));
         Ok(steps)

@@ -198,6 +198,16 @@ pub struct Step {
     /// Where the block takes the device address of the stream's zeroed tile-counter pair (a
     /// persistent kernel's dynamic schedule), if it does.
     pub tile_counter: Option<usize>,
+    /// How the kernel takes the block: `None`, as one struct parameter (the CUDA templates);
+    /// `Some(offsets)`, as one parameter per offset (Triton kernels, whose parameters are
+    /// scalars).
+    pub args: Option<Vec<usize>>,
+    /// The parameters' names, with `args` (for messages and for checking them against the
+    /// kernels' signatures).
+    pub arg_names: Vec<&'static str>,
+    /// Dynamic shared memory is the compiled kernel's own (Triton decides it; the loader takes
+    /// it from the artifact's metadata) rather than [`Step::smem`].
+    pub smem_from_artifact: bool,
 }
 
 impl Step {
@@ -211,7 +221,93 @@ impl Step {
             params: ParamBlock::of(&plan.params),
             tensor_maps: Vec::new(),
             tile_counter: None,
+            args: None,
+            arg_names: Vec::new(),
+            smem_from_artifact: false,
         }
+    }
+
+    /// A launch of entry point `function` of a Triton module with the parameters in `args`.
+    pub fn triton(function: usize, grid: (u32, u32, u32), warps: u32, args: ArgList) -> Step {
+        let (params, offsets, arg_names) = args.finish();
+        Step {
+            function,
+            grid,
+            block: (warps * 32, 1, 1),
+            smem: 0,
+            params,
+            tensor_maps: Vec::new(),
+            tile_counter: None,
+            args: Some(offsets),
+            arg_names,
+            smem_from_artifact: true,
+        }
+    }
+}
+
+/// The scalar parameters of a Triton kernel, in order, packed into a [`ParamBlock`] (each at
+/// its natural alignment). Triton appends two pointers (global and profile scratch) to every
+/// kernel's parameters; [`ArgList::finish`] adds them as null.
+#[derive(Clone, Debug, Default)]
+pub struct ArgList {
+    bytes: Vec<u8>,
+    offsets: Vec<usize>,
+    names: Vec<&'static str>,
+}
+
+impl ArgList {
+    fn push(&mut self, name: &'static str, bytes: &[u8]) -> &mut ArgList {
+        let align = bytes.len();
+        let at = self.bytes.len().div_ceil(align) * align;
+        self.bytes.resize(at, 0);
+        self.bytes.extend_from_slice(bytes);
+        self.offsets.push(at);
+        self.names.push(name);
+        self
+    }
+
+    /// A device pointer.
+    pub fn ptr(&mut self, name: &'static str, v: u64) -> &mut ArgList {
+        self.push(name, &v.to_ne_bytes())
+    }
+
+    /// A 64-bit integer (strides).
+    pub fn i64(&mut self, name: &'static str, v: i64) -> &mut ArgList {
+        self.push(name, &v.to_ne_bytes())
+    }
+
+    /// A 32-bit integer (sizes).
+    pub fn i32(&mut self, name: &'static str, v: i32) -> &mut ArgList {
+        self.push(name, &v.to_ne_bytes())
+    }
+
+    /// A 32-bit float.
+    pub fn f32(&mut self, name: &'static str, v: f32) -> &mut ArgList {
+        self.push(name, &v.to_ne_bytes())
+    }
+
+    /// The parameter names so far (for checking them against the kernels' signatures).
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    /// The block, each parameter's offset and name, the scratch pointers appended.
+    pub fn finish(mut self) -> (ParamBlock, Vec<usize>, Vec<&'static str>) {
+        self.ptr("global_scratch", 0).ptr("profile_scratch", 0);
+        assert!(
+            self.bytes.len() <= MAX_PARAM_BYTES,
+            "a Triton parameter list over {MAX_PARAM_BYTES} bytes"
+        );
+        let mut bytes = [0u8; MAX_PARAM_BYTES];
+        bytes[..self.bytes.len()].copy_from_slice(&self.bytes);
+        (
+            ParamBlock {
+                bytes,
+                len: self.bytes.len(),
+            },
+            self.offsets,
+            self.names,
+        )
     }
 }
 

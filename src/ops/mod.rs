@@ -24,8 +24,84 @@ use crate::workload::Workload;
 pub use chunk_mean::{ChunkMeanArgs, ChunkMeanParams};
 pub use chunk_summarize::{ChunkSummarizeArgs, ChunkSummarizeParams};
 pub use launch::{
-    DeviceFacts, LaunchError, LaunchPlan, OpArgs, ParamBlock, Step, TensorMap, TensorMapSpec,
+    ArgList, DeviceFacts, LaunchError, LaunchPlan, OpArgs, ParamBlock, Step, TensorMap,
+    TensorMapSpec,
 };
+
+/// A compile-time constant of a Triton kernel (`tl.constexpr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Const {
+    /// An integer (sizes, tile shapes).
+    Int(u32),
+    /// A switch (the local mode).
+    Bool(bool),
+}
+
+/// One Triton kernel of an op's module: the function in triton/flasheva_triton.py, the entry
+/// point it becomes, and its compile-time constants.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TritonKernel {
+    /// The Python function.
+    pub function: &'static str,
+    /// The entry point name in the compiled module (one of the spec's entry points).
+    pub entry: String,
+    /// `tl.constexpr` parameters and their values.
+    pub constexprs: std::collections::BTreeMap<&'static str, Const>,
+}
+
+/// The Triton kernels' tile rules: block sizes (where the op uses them) 16 to 128, 1 to 8
+/// warps, 1 to 4 pipeline stages (where it uses them).
+pub(crate) fn check_triton_tile(
+    op: Op,
+    t: &TileParams,
+    block_m: bool,
+    block_n: bool,
+    stages: bool,
+) -> Result<(), TileError> {
+    use crate::tile::one_of;
+    if block_m {
+        one_of(
+            op,
+            "block_m",
+            t.block_m,
+            &[16, 32, 64, 128],
+            "16, 32, 64, 128 (triton)",
+        )?;
+    }
+    if block_n {
+        one_of(
+            op,
+            "block_n",
+            t.block_n,
+            &[16, 32, 64, 128],
+            "16, 32, 64, 128 (triton)",
+        )?;
+    }
+    one_of(op, "warps", t.warps, &[1, 2, 4, 8], "1, 2, 4, 8 (triton)")?;
+    if stages {
+        one_of(op, "stages", t.stages, &[1, 2, 3, 4], "1, 2, 3, 4 (triton)")?;
+    }
+    Ok(())
+}
+
+/// `n` rounded up to a power of two (Triton's `tl.arange` takes power-of-two lengths).
+pub(crate) fn pow2(n: u32) -> u32 {
+    n.max(1).next_power_of_two()
+}
+
+/// The constants every kernel of `spec` takes: D and D rounded up to a power of two, then
+/// `more`.
+pub(crate) fn constexprs(
+    spec: &KernelSpec,
+    more: &[(&'static str, Const)],
+) -> std::collections::BTreeMap<&'static str, Const> {
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("D", Const::Int(spec.head_dim()));
+    m.insert("DP", Const::Int(pow2(spec.head_dim())));
+    m.extend(more.iter().copied());
+    m
+}
 
 /// One concrete call of an op: the workload and what it leaves open.
 #[derive(Clone, Debug, PartialEq)]
@@ -185,6 +261,13 @@ pub trait OpDef: Sync {
 
     /// The preference list of default tiles; the first that fits `arch` is the default.
     fn default_tiles(&self, spec: &KernelSpec, arch: Arch) -> Vec<TileParams>;
+
+    /// The Triton backend's default tile of `spec` (the tile `--backend triton` uses untuned).
+    fn triton_default(&self, spec: &KernelSpec) -> TileParams;
+
+    /// The Triton kernels a module of `spec` with `tile` (a Triton tile) holds, in entry-point
+    /// order.
+    fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel>;
 
     /// Why a valid tile is not worth compiling for `spec` (e.g. it straddles windows), if so.
     fn prune(&self, _spec: &KernelSpec, _tile: &Tile) -> Option<String> {
@@ -523,5 +606,51 @@ mod tests {
             .problem_from(&SpecParams::default(), &shapes, None)
             .unwrap_err();
         assert!(e.contains("tensor k has shape"), "{e}");
+    }
+    /// The Triton launches pass exactly the parameters of the Python kernels, in order (every
+    /// non-constexpr parameter of the `def`, then Triton's two scratch pointers).
+    #[test]
+    fn triton_parameters_match_the_kernels() {
+        fn python_params(function: &str) -> Vec<String> {
+            let src = crate::render::TRITON_KERNELS;
+            let start = src
+                .find(&format!("def {function}("))
+                .unwrap_or_else(|| panic!("no def {function}"));
+            let rest = &src[start + function.len() + 5..];
+            let sig = &rest[..rest.find("):").expect("end of the signature")];
+            sig.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty() && !p.contains("tl.constexpr"))
+                .map(String::from)
+                .collect()
+        }
+        let dev = DeviceFacts { sm_count: 4 };
+        for op in Op::ALL {
+            let def = of(op);
+            let mut p = Problem::new(workload(op, 77));
+            p.splits = Some(3);
+            let spec = p.spec();
+            let tile = Tile::new(&spec, def.triton_default(&spec)).unwrap();
+            let tensors: Vec<TensorArg> = def
+                .inputs(&p)
+                .iter()
+                .chain(&def.outputs(&p))
+                .map(|t| TensorArg::contiguous(t.name, 0x10000, t.elem, &t.shape))
+                .collect();
+            let splits = def.splits(&p, &tile, dev.sm_count);
+            let ws = def.workspace(&p, splits);
+            let args = p.op_args(tensors, splits, (ws > 0).then_some((0x20000, ws)));
+            let steps = def.plan(&spec, &tile, &args, dev).unwrap();
+            let kernels = def.triton_kernels(&spec, &tile);
+            assert_eq!(steps.len(), kernels.len(), "{op}: one launch per kernel");
+            for (step, k) in steps.iter().zip(&kernels) {
+                let mut want = python_params(k.function);
+                want.extend(["global_scratch".into(), "profile_scratch".into()]);
+                assert_eq!(step.arg_names, want, "{op} {}", k.function);
+                assert_eq!(step.block.0, tile.warps() * 32);
+                assert!(step.smem_from_artifact);
+                assert_eq!(k.entry, spec.entry_points()[step.function]);
+            }
+        }
     }
 }

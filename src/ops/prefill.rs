@@ -6,12 +6,12 @@
 use std::mem::offset_of;
 
 use super::launch::{
-    LOG2E, LaunchError, LaunchPlan, OpArgs, Step, TensorMap, TensorMapSpec, check_op,
+    ArgList, LOG2E, LaunchError, LaunchPlan, OpArgs, Step, TensorMap, TensorMapSpec, check_op,
     checked_scale, expect_chunk_rows, expect_dtype, expect_shape, expect_vector_layout, grid_dim,
 };
 use super::{
-    CheckProblem, DeviceFacts, OpDef, Problem, Rate, TensorDesc, common_dtype, desc, probe_problem,
-    spec_from,
+    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
+    check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
 };
 #[cfg(feature = "cli")]
 use super::{Draw, Reference, amplify_rows};
@@ -385,6 +385,48 @@ pub fn plan_prefill_sm90(
     }))
 }
 
+/// The parameters of `fe_prefill` (triton/flasheva_triton.py), in order.
+fn triton_args(p: &PrefillParams) -> ArgList {
+    let mut a = ArgList::default();
+    a.ptr("Q", p.q)
+        .ptr("K", p.k)
+        .ptr("V", p.v)
+        .ptr("KS", p.ks)
+        .ptr("VS", p.vs)
+        .ptr("O", p.o)
+        .ptr("LSE", p.lse);
+    for (name, v) in [
+        ("q_sb", p.q_sb),
+        ("q_st", p.q_st),
+        ("q_sh", p.q_sh),
+        ("k_sb", p.k_sb),
+        ("k_st", p.k_st),
+        ("k_sh", p.k_sh),
+        ("v_sb", p.v_sb),
+        ("v_st", p.v_st),
+        ("v_sh", p.v_sh),
+        ("ks_sb", p.ks_sb),
+        ("ks_st", p.ks_st),
+        ("ks_sh", p.ks_sh),
+        ("vs_sb", p.vs_sb),
+        ("vs_st", p.vs_st),
+        ("vs_sh", p.vs_sh),
+        ("o_sb", p.o_sb),
+        ("o_st", p.o_st),
+        ("o_sh", p.o_sh),
+        ("lse_sb", p.lse_sb),
+        ("lse_sh", p.lse_sh),
+    ] {
+        a.i64(name, v);
+    }
+    a.i32("N", p.n)
+        .i32("H", p.h)
+        .i32("HKV", p.hkv)
+        .i32("NC", p.nc)
+        .f32("scale_log2", p.scale_log2);
+    a
+}
+
 /// The reference's view of a prefill problem.
 #[cfg(feature = "cli")]
 pub(crate) fn attn_shape(p: &Problem) -> AttnShape {
@@ -427,6 +469,7 @@ impl OpDef for Prefill {
     fn template(&self, tile: &TileParams) -> &'static str {
         match tile.engine {
             Engine::Wgmma => "prefill_sm90a.cu",
+            Engine::Triton => "flasheva_triton.py",
             _ => "prefill.cu",
         }
     }
@@ -434,7 +477,11 @@ impl OpDef for Prefill {
     fn tile_name(&self, t: &TileParams) -> String {
         format!(
             "{}m{}_n{}_w{}_s{}",
-            if t.engine == Engine::Wgmma { "wg_" } else { "" },
+            match t.engine {
+                Engine::Wgmma => "wg_",
+                Engine::Triton => "tr_",
+                _ => "",
+            },
             t.block_m,
             t.block_n,
             t.warps,
@@ -448,6 +495,9 @@ impl OpDef for Prefill {
 
     fn check_tile(&self, spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
         let op = Op::Prefill;
+        if t.engine == Engine::Triton {
+            return check_triton_tile(op, t, true, true, true);
+        }
         if t.engine == Engine::Wgmma {
             one_of(
                 op,
@@ -500,6 +550,8 @@ impl OpDef for Prefill {
     fn smem_bytes(&self, spec: &KernelSpec, t: &TileParams) -> u32 {
         let d = spec.head_dim();
         match t.engine {
+            // Triton lays out its own shared memory: the loader takes it from the artifact.
+            Engine::Triton => 0,
             // 1 KiB of alignment slack, Q and the K/V stages in 128-byte-swizzled panels, and the
             // mbarriers (full and empty for K and V per stage, two for Q) plus the tile slot.
             Engine::Wgmma => {
@@ -529,6 +581,37 @@ impl OpDef for Prefill {
         v.push(mma(64, 32, 4, 1));
         v.push(mma(32, 16, 2, 1));
         v
+    }
+
+    fn triton_default(&self, spec: &KernelSpec) -> TileParams {
+        // No register spills with Triton 3.6 for sm_80 and sm_90a at D = 128 (checked with
+        // ptxas -v); larger tiles are for the tuner to try.
+        let t = if spec.head_dim() <= 128 {
+            mma(64, 32, 4, 3)
+        } else {
+            mma(32, 32, 4, 2)
+        };
+        TileParams {
+            engine: Engine::Triton,
+            ..t
+        }
+    }
+
+    fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel> {
+        vec![TritonKernel {
+            function: "fe_prefill",
+            entry: spec.name(),
+            constexprs: constexprs(
+                spec,
+                &[
+                    ("W", Const::Int(spec.window_or_zero())),
+                    ("C", Const::Int(spec.chunk())),
+                    ("SLIDING", Const::Bool(spec.sliding())),
+                    ("BLOCK_M", Const::Int(tile.block_m())),
+                    ("BLOCK_N", Const::Int(tile.block_n())),
+                ],
+            ),
+        }]
     }
 
     fn prune(&self, spec: &KernelSpec, tile: &Tile) -> Option<String> {
@@ -685,6 +768,17 @@ impl OpDef for Prefill {
     ) -> Result<Vec<Step>, LaunchError> {
         let a = PrefillArgs::from_op_args(args)?;
         match tile.engine() {
+            Engine::Triton => {
+                let Some(p) = plan_prefill(spec, tile, &a)? else {
+                    return Ok(Vec::new());
+                };
+                Ok(vec![Step::triton(
+                    0,
+                    p.grid,
+                    tile.warps(),
+                    triton_args(&p.params),
+                )])
+            }
             Engine::Wgmma => {
                 let Some(plan) = plan_prefill_sm90(spec, tile, &a, device.sm_count)? else {
                     return Ok(Vec::new());

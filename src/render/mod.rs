@@ -151,6 +151,9 @@ fn engine() -> &'static Result<tera::Tera, String> {
 /// ```
 pub fn render(spec: &KernelSpec, tile: &Tile) -> Result<String, RenderError> {
     tile.check(spec)?;
+    if tile.engine() == crate::tile::Engine::Triton {
+        return Ok(render_triton(spec, tile));
+    }
     let template = crate::ops::of(spec.op()).template(&tile.params());
     let tera = engine().as_ref().map_err(|m| RenderError::Template {
         template,
@@ -167,6 +170,35 @@ pub fn render(spec: &KernelSpec, tile: &Tile) -> Result<String, RenderError> {
             template,
             message: format!("{e:#}"),
         })
+}
+
+/// The Triton kernels (every op), exactly as embedded.
+pub const TRITON_KERNELS: &str = include_str!("../../triton/flasheva_triton.py");
+
+/// The first line of a rendered Triton job: `# flasheva-job: ` and the job as JSON.
+pub const TRITON_JOB_PREFIX: &str = "# flasheva-job: ";
+
+/// The Triton source of `spec` with `tile` (a Triton tile): one line naming the kernels to
+/// compile (Python function, entry point, compile-time constants), the dtype, num_warps and
+/// num_stages, then triton/flasheva_triton.py. triton/compile.py compiles it; the cache key
+/// covers all of it.
+#[cfg(feature = "compiler")]
+fn render_triton(spec: &KernelSpec, tile: &Tile) -> String {
+    #[derive(Serialize)]
+    struct Job {
+        dtype: &'static str,
+        num_warps: u32,
+        num_stages: u32,
+        kernels: Vec<crate::ops::TritonKernel>,
+    }
+    let job = Job {
+        dtype: spec.dtype().as_str(),
+        num_warps: tile.warps(),
+        num_stages: tile.stages().max(1),
+        kernels: crate::ops::of(spec.op()).triton_kernels(spec, tile),
+    };
+    let line = serde_json::to_string(&job).expect("a job of plain values serializes");
+    format!("{TRITON_JOB_PREFIX}{line}\n{TRITON_KERNELS}")
 }
 
 #[cfg(all(test, feature = "compiler"))]

@@ -20,8 +20,7 @@ use crate::cache::CacheStore;
 use crate::cache::winner::{
     Bucket, CandidateResult, CandidateStatus, DeviceId, Stage, WINNER_FORMAT, WinnerRecord,
 };
-use crate::compile::Compiler;
-use crate::compile::nvrtc::Nvrtc;
+use crate::compile::{Backend, CompilerSet, Compilers};
 use crate::error::{Error, Result};
 use crate::gpu::CudaStream;
 use crate::key::KeyBuilder;
@@ -106,13 +105,16 @@ pub struct Outcome {
 }
 
 /// The device identity of a runtime, with the NVRTC that compiles candidates.
-pub fn device_id(rt: &Runtime, nvrtc: &Nvrtc) -> DeviceId {
+pub fn device_id(rt: &Runtime, compilers: &dyn CompilerSet) -> DeviceId {
     let i = rt.gpu().info();
     DeviceId {
         name: i.name.clone(),
         capability: i.capability,
         driver_version: rt.gpu().driver_version(),
-        nvrtc_version: Some(nvrtc.id().version.clone()),
+        nvrtc_version: compilers
+            .for_backend(Backend::Nvrtc)
+            .ok()
+            .map(|c| c.id().version.clone()),
     }
 }
 
@@ -151,19 +153,20 @@ fn rate_of(w: &Workload, median_ms: f64) -> (f64, &'static str) {
     (r.of(w, median_ms), r.unit())
 }
 
-/// Tunes `w` over `cands` (`cands.keep[0]` is the default tile). Compiles with `nvrtc` into
-/// `store` on `cfg.jobs` threads while the GPU measures; writes and returns the winner record.
+/// Tunes `w` over `cands` (`cands.keep[0]` is the default tile). Compiles with `compilers` (the
+/// backend of each tile's engine) into `store` on `cfg.jobs` threads while the GPU measures;
+/// writes and returns the winner record.
 pub fn tune(
     rt: &Runtime,
     stream: &Arc<CudaStream>,
-    nvrtc: &Nvrtc,
+    compilers: &Arc<Compilers>,
     w: Workload,
     cands: &Candidates,
     cfg: &TuneConfig,
     on_event: &mut dyn FnMut(Event),
 ) -> std::result::Result<Outcome, TuneError> {
     let store: &CacheStore = rt.store();
-    let dev = device_id(rt, nvrtc);
+    let dev = device_id(rt, compilers.as_ref());
     let run = run_key(&dev, &w, cands, cfg);
     let default = *cands
         .keep
@@ -194,14 +197,14 @@ pub fn tune(
     }
     let (tx, rx) = mpsc::channel::<(Tile, Result<Built>)>();
     let compile_store = store.clone();
-    let compile_nvrtc = nvrtc.clone();
+    let compile_with = Arc::clone(compilers);
     let spec = w.spec;
     let arch = rt.arch();
     let jobs = cfg.jobs.max(1);
     let compiler = std::thread::spawn(move || {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build();
         let work = |t: &Tile| {
-            let r = Pipeline::new(&compile_store, &compile_nvrtc).ensure(&spec, t, arch);
+            let r = Pipeline::new(&compile_store, compile_with.as_ref()).ensure(&spec, t, arch);
             let _ = tx.send((*t, r));
         };
         match pool {
@@ -236,8 +239,16 @@ pub fn tune(
                     .find(|u| u.function == spec.name())
                     .cloned()
                     .unwrap_or_default();
+                let shared = b
+                    .entry
+                    .meta
+                    .entry_shared_mem
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or(b.entry.meta.shared_mem_bytes);
                 if let Some(why) =
-                    prune_compiled(&tile, usage.registers, usage.spill_stores, limits)
+                    prune_compiled(&tile, usage.registers, usage.spill_stores, shared, limits)
                 {
                     r.status = CandidateStatus::Pruned { reason: why };
                 } else {

@@ -40,6 +40,9 @@ pub struct FieldValues {
     /// Values for tiles of the `wgmma` engine (its knobs differ from `mma`'s).
     #[serde(default)]
     pub wgmma: Option<Box<FieldValues>>,
+    /// Values for tiles of the Triton backend.
+    #[serde(default)]
+    pub triton: Option<Box<FieldValues>>,
 }
 
 /// The spaces of every op: one table per op, named as the op (`[prefill]`, `[decode]`, ...); an
@@ -59,6 +62,7 @@ static DEFAULT_ONLY: FieldValues = FieldValues {
     splits: None,
     arch: BTreeMap::new(),
     wgmma: None,
+    triton: None,
 };
 
 /// A spaces file that does not parse.
@@ -122,17 +126,23 @@ impl Spaces {
         for &e in &engines {
             // The value lists of engine `e`: its own table (arch's, then the op's), then the
             // arch's lists, then the op's, then the default tile's value.
-            let layers: Vec<&FieldValues> = match e {
-                Engine::Wgmma => [
-                    over.and_then(|o| o.wgmma.as_deref()),
-                    base.wgmma.as_deref(),
-                    over,
-                    Some(base),
-                ]
-                .into_iter()
-                .flatten()
-                .collect(),
-                Engine::Mma => [over, Some(base)].into_iter().flatten().collect(),
+            fn own(f: &FieldValues, e: Engine) -> Option<&FieldValues> {
+                match e {
+                    Engine::Wgmma => f.wgmma.as_deref(),
+                    Engine::Triton => f.triton.as_deref(),
+                    _ => None,
+                }
+            }
+            let layers: Vec<&FieldValues> =
+                [over.and_then(|o| own(o, e)), own(base, e), over, Some(base)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            // Values a list does not give come from the engine's default tile.
+            let d = if e == Engine::Triton {
+                Tile::new(spec, crate::ops::of(spec.op()).triton_default(spec)).unwrap_or(d)
+            } else {
+                d
             };
             let pick = |f: fn(&FieldValues) -> &Option<Vec<u32>>, dflt: u32| -> Vec<u32> {
                 layers
@@ -188,6 +198,9 @@ impl Spaces {
 
 /// Why `tile` (valid for `spec`) is not worth compiling for `spec` on a device with `limits`, if it is not.
 pub fn prune_reason(spec: &KernelSpec, tile: &Tile, arch: Arch, limits: Limits) -> Option<String> {
+    if let Err(e @ crate::tile::TileError::Engine { .. }) = tile.validate_for(spec, arch) {
+        return Some(e.to_string());
+    }
     let smem = tile.smem_bytes(spec);
     if smem > limits.smem_per_block {
         return Some(format!(
@@ -211,8 +224,16 @@ pub fn prune_compiled(
     tile: &Tile,
     registers: u32,
     spill_bytes: u32,
+    shared_bytes: u32,
     limits: Limits,
 ) -> Option<String> {
+    if shared_bytes > limits.smem_per_block {
+        return Some(format!(
+            "needs {} KiB of shared memory per block, the device allows {} KiB",
+            shared_bytes.div_ceil(1024),
+            limits.smem_per_block / 1024
+        ));
+    }
     if spill_bytes > 0 {
         return Some(format!(
             "spills {spill_bytes} bytes of registers to local memory"
@@ -298,7 +319,22 @@ mod tests {
             c.keep
                 .iter()
                 .skip(1)
+                .filter(|t| t.engine() == Engine::Mma)
                 .all(|t| t.stages() == 2 && t.block_n() <= 64)
+        );
+        // the Triton tiles compete too, with their own table, where Triton targets the arch
+        assert!(c.keep.iter().any(|t| t.engine() == Engine::Triton));
+        let c = s.candidates(
+            &spec(Op::Prefill, 128, 512, LocalMode::Block),
+            h100,
+            h100.limits(),
+        );
+        assert!(!c.keep.iter().any(|t| t.engine() == Engine::Triton));
+        assert!(
+            c.pruned
+                .iter()
+                .any(|p| p.tile.engine == Engine::Triton && p.reason.contains("runs only on")),
+            "plain sm_90 is not a Triton target"
         );
         let c = s.candidates(
             &spec(Op::Decode, 128, 512, LocalMode::Block),
@@ -334,15 +370,16 @@ mod tests {
         let t = tile(128);
         let l = Arch::new(9, 0).limits();
         assert!(
-            prune_compiled(&t, 255, 8, l)
+            prune_compiled(&t, 255, 8, 0, l)
                 .unwrap()
                 .contains("spills 8 bytes")
         );
-        assert!(prune_compiled(&t, 255, 0, l).is_none());
+        assert!(prune_compiled(&t, 255, 0, 0, l).is_none());
         assert!(
             prune_compiled(
                 &tile(256),
                 255,
+                0,
                 0,
                 crate::target::Limits {
                     regs_per_sm: 32768,

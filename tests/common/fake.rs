@@ -78,6 +78,7 @@ ptxas info    : Used 40 registers, used 1 barriers, 360 bytes cmem[0]\n",
             cubin,
             log,
             elapsed: Duration::from_micros(100),
+            entry_shared_mem: Vec::new(),
         })
     }
 }

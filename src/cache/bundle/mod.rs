@@ -34,7 +34,7 @@ use crate::cache::store::{CacheError, CacheStore};
 use crate::cache::txn::{self, Journal};
 use crate::cache::winner::WinnerRecord;
 use crate::cache::winners::{read_winner, winner_json, winner_rel};
-use crate::compile::{CompileJob, Compiler, options_for};
+use crate::compile::{CompileJob, CompilerSet, options_for_backend};
 use crate::key::Key;
 use crate::spec::KernelSpec;
 
@@ -200,10 +200,10 @@ pub struct ImportOptions<'a> {
     pub trusted: Vec<VerifyingKey>,
     /// Accept a bundle that no trusted key signed.
     pub allow_unsigned: bool,
-    /// Recompile every entry with this compiler and require identical PTX and cubin; a bundle
-    /// no trusted key signed is then accepted for the entries (its winner records, which no
-    /// rebuild can vouch for, are left out).
-    pub rebuild: Option<&'a dyn Compiler>,
+    /// Recompile every entry with these compilers (each entry's backend's) and require
+    /// identical PTX and cubin; a bundle no trusted key signed is then accepted for the entries
+    /// (its winner records, which no rebuild can vouch for, are left out).
+    pub rebuild: Option<&'a dyn CompilerSet>,
 }
 
 impl<'a> ImportOptions<'a> {
@@ -222,8 +222,8 @@ impl<'a> ImportOptions<'a> {
         self
     }
 
-    /// Recompile every entry with `compiler` and accept only what comes out byte-identical.
-    pub fn rebuild(mut self, compiler: Option<&'a dyn Compiler>) -> ImportOptions<'a> {
+    /// Recompile every entry with `compilers` and accept only what comes out byte-identical.
+    pub fn rebuild(mut self, compiler: Option<&'a dyn CompilerSet>) -> ImportOptions<'a> {
         self.rebuild = compiler;
         self
     }
@@ -621,18 +621,21 @@ fn check_inputs(meta: &EntryMeta, source: &[u8]) -> Result<(), String> {
             meta.tile.name(meta.spec.op())
         ));
     }
-    if meta.options != options_for(meta.arch) {
+    if meta.options != options_for_backend(meta.tile.engine().backend(), meta.arch) {
         return Err("its compiler options are not the ones this flasheva uses".into());
     }
     Ok(())
 }
 
 fn rebuild_check(
-    c: &dyn Compiler,
+    compilers: &dyn CompilerSet,
     meta: &EntryMeta,
     source: &[u8],
     dir: &Path,
 ) -> Result<(), String> {
+    let c = compilers
+        .for_backend(meta.tile.engine().backend())
+        .map_err(|e| format!("it cannot be rebuilt here: {e}"))?;
     if c.id() != &meta.compiler {
         return Err(format!(
             "it was built with {}, this machine has {}: it cannot be rebuilt here",

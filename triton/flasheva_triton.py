@@ -1,0 +1,294 @@
+# flasheva's kernels in Triton: the same four ops, tensor layouts and strides as the CUDA C++
+# templates (templates/), so one launch plan serves both where the geometry agrees. What each
+# kernel computes is the contract in README.md ("What the kernels compute").
+#
+# The EVA structure is compile-time (tl.constexpr): the head dim D (DP: D rounded up to a power
+# of two, for tl.arange), the window W, the chunk C, the local mode SLIDING, the tile sizes. A
+# prefill query block visits only the key blocks it can see: the masked blocks at its window start
+# and on its diagonal, the fully visible ones between them without any mask code, then the summary
+# blocks of the chunks complete before its rows (masked only where that boundary falls).
+#
+# All arithmetic is fp32 (tl.dot accumulates fp16/bf16 products in fp32); the softmax runs in
+# base 2 with the scale premultiplied by log2(e); LSE is the natural log of the denominator.
+#
+# Kernel parameters, in order, are what the Rust launch plans pass (src/ops/*.rs, `triton_args`):
+# pointers, then int64 strides (in elements), then int32 sizes, then the fp32 scale. Triton adds
+# two trailing pointer parameters (global and profile scratch), passed as null: the compile driver
+# refuses a kernel that needs scratch memory.
+
+import triton
+import triton.language as tl
+
+NEG_INF = tl.constexpr(float("-inf"))
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _online_step(q, k, v, s_scale, m_i, l_i, acc, mask, MASKED: tl.constexpr):
+    """One block of the online softmax: logits q·kᵀ (scaled to base 2), masked where `mask` is
+    false when MASKED, folded into the running max m_i, sum l_i and output acc."""
+    s = tl.dot(q, tl.trans(k)) * s_scale
+    if MASKED:
+        s = tl.where(mask, s, NEG_INF)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # A row that has seen nothing yet keeps m = -inf: shift by 0 instead (its p are all 0).
+    m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def fe_prefill(Q, K, V, KS, VS, O, LSE,
+               q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
+               ks_sb, ks_st, ks_sh, vs_sb, vs_st, vs_sh, o_sb, o_st, o_sh, lse_sb, lse_sh,
+               N, H, HKV, NC, scale_log2,
+               D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
+               SLIDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """prefill: grid (cdiv(N, BLOCK_M), H, B); one program per query block of one head."""
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    kvh = h // (H // HKV)
+    m0 = pid_m * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    b64 = b.to(tl.int64)
+    q = tl.load(Q + b64 * q_sb + rows[:, None].to(tl.int64) * q_st + h * q_sh + dcol[None, :],
+                mask=(rows[:, None] < N) & dmask[None, :], other=0.0)
+    last = tl.minimum(m0 + BLOCK_M, N) - 1
+
+    m_i = tl.full([BLOCK_M], NEG_INF, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DP], tl.float32)
+
+    kbase = K + b64 * k_sb + kvh * k_sh
+    vbase = V + b64 * v_sb + kvh * v_sh
+    kcols = tl.arange(0, BLOCK_N)
+
+    # Raw keys: from the first row's window start to the last row, on a BLOCK_N grid.
+    if SLIDING:
+        lo = tl.maximum(m0 - W + 1, 0)
+        full_lo = last - W + 1          # keys above it are in every row's window
+    else:
+        lo = (m0 // W) * W
+        same = (m0 // W) == (last // W)
+        full_lo = tl.where(same, lo, last + 1)  # a block spanning two windows has no full block
+    start = (lo // BLOCK_N) * BLOCK_N
+    # Fully visible blocks [a, e): inside every row's window and at or before the first row.
+    e = start + ((m0 + 1 - start) // BLOCK_N) * BLOCK_N
+    a = start + tl.cdiv(tl.maximum(full_lo - start, 0), BLOCK_N) * BLOCK_N
+    a = tl.minimum(a, e)
+
+    for j0 in range(start, a, BLOCK_N):          # window-start boundary: masked
+        cols = j0 + kcols
+        kv_mask = (cols[:, None] < N) & dmask[None, :]
+        k = tl.load(kbase + cols[:, None].to(tl.int64) * k_st + dcol[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(vbase + cols[:, None].to(tl.int64) * v_st + dcol[None, :], mask=kv_mask, other=0.0)
+        vis = cols[None, :] <= rows[:, None]
+        if SLIDING:
+            vis = vis & (cols[None, :] > rows[:, None] - W)
+        else:
+            vis = vis & ((cols[None, :] // W) == (rows[:, None] // W))
+        m_i, l_i, acc = _online_step(q, k, v, scale_log2, m_i, l_i, acc, vis, True)
+    for j0 in range(a, e, BLOCK_N):              # fully visible: no mask
+        cols = j0 + kcols
+        k = tl.load(kbase + cols[:, None].to(tl.int64) * k_st + dcol[None, :], mask=dmask[None, :], other=0.0)
+        v = tl.load(vbase + cols[:, None].to(tl.int64) * v_st + dcol[None, :], mask=dmask[None, :], other=0.0)
+        m_i, l_i, acc = _online_step(q, k, v, scale_log2, m_i, l_i, acc, dmask[None, :], False)
+    for j0 in range(e, last + 1, BLOCK_N):       # the diagonal: masked
+        cols = j0 + kcols
+        kv_mask = (cols[:, None] < N) & dmask[None, :]
+        k = tl.load(kbase + cols[:, None].to(tl.int64) * k_st + dcol[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(vbase + cols[:, None].to(tl.int64) * v_st + dcol[None, :], mask=kv_mask, other=0.0)
+        vis = cols[None, :] <= rows[:, None]
+        if SLIDING:
+            vis = vis & (cols[None, :] > rows[:, None] - W)
+        else:
+            vis = vis & ((cols[None, :] // W) == (rows[:, None] // W))
+        m_i, l_i, acc = _online_step(q, k, v, scale_log2, m_i, l_i, acc, vis, True)
+
+    # Summaries: chunk c is visible to row i iff c < i // C (and c < NC).
+    nsum = tl.minimum(NC, last // C)
+    sfull = (tl.minimum(NC, m0 // C) // BLOCK_N) * BLOCK_N
+    ksb = KS + b64 * ks_sb + kvh * ks_sh
+    vsb = VS + b64 * vs_sb + kvh * vs_sh
+    for c0 in range(0, sfull, BLOCK_N):          # visible to every row: no mask
+        cs = c0 + kcols
+        k = tl.load(ksb + cs[:, None].to(tl.int64) * ks_st + dcol[None, :], mask=dmask[None, :], other=0.0)
+        v = tl.load(vsb + cs[:, None].to(tl.int64) * vs_st + dcol[None, :], mask=dmask[None, :], other=0.0)
+        m_i, l_i, acc = _online_step(q, k, v, scale_log2, m_i, l_i, acc, dmask[None, :], False)
+    for c0 in range(sfull, nsum, BLOCK_N):       # the boundary: masked
+        cs = c0 + kcols
+        s_mask = (cs[:, None] < nsum) & dmask[None, :]
+        k = tl.load(ksb + cs[:, None].to(tl.int64) * ks_st + dcol[None, :], mask=s_mask, other=0.0)
+        v = tl.load(vsb + cs[:, None].to(tl.int64) * vs_st + dcol[None, :], mask=s_mask, other=0.0)
+        vis = cs[None, :] < (rows[:, None] // C)
+        vis = vis & (cs[None, :] < NC)
+        m_i, l_i, acc = _online_step(q, k, v, scale_log2, m_i, l_i, acc, vis, True)
+
+    # Every row in range sees at least its own key, so l_i > 0.
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    rmask = rows < N
+    tl.store(O + b64 * o_sb + rows[:, None].to(tl.int64) * o_st + h * o_sh + dcol[None, :],
+             o.to(O.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
+    lse = (m_i + tl.log2(l_safe)) * LN2
+    tl.store(LSE + b64 * lse_sb + h * lse_sh + rows, lse, mask=rmask)
+
+
+@triton.jit
+def fe_decode(Q, KR, VR, KS, VS, LEN, O, LSE, WS_O, WS_ML,
+              q_sb, q_sh, kr_sb, kr_ss, kr_sh, vr_sb, vr_ss, vr_sh,
+              ks_sb, ks_st, ks_sh, vs_sb, vs_st, vs_sh, o_sb, o_sh, lse_sb, lse_sh,
+              B, H, HKV, MAXNC, SPLITS, scale_log2,
+              D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
+              SLIDING: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """decode: grid (SPLITS, HKV * cdiv(GROUP, BLOCK_H), B); one program per split of the
+    visible items (ring keys, then summaries) of BLOCK_H query heads of one kv group. With one
+    split it writes o and lse; with more it writes its partial (acc, max, sum) to the workspace
+    and fe_decode_combine merges them."""
+    split = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    b = tl.program_id(2)
+    tiles = tl.cdiv(GROUP, BLOCK_H)
+    kvh = pid_h // tiles
+    hoff = (pid_h % tiles) * BLOCK_H + tl.arange(0, BLOCK_H)
+    hmask = hoff < GROUP
+    heads = kvh * GROUP + hoff
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    b64 = b.to(tl.int64)
+    L = tl.load(LEN + b)
+    q = tl.load(Q + b64 * q_sb + heads[:, None] * q_sh + dcol[None, :],
+                mask=hmask[:, None] & dmask[None, :], other=0.0)
+    # len <= 0: no items, so o = 0 and lse = -inf fall out of the empty softmax below.
+    has = L > 0
+    p = tl.maximum(L - 1, 0)
+    if SLIDING:
+        lo = tl.maximum(p - W + 1, 0)
+    else:
+        lo = (p // W) * W
+    nraw = tl.where(has, p - lo + 1, 0)
+    nsum = tl.where(has, tl.minimum(p // C, MAXNC), 0)
+    total = nraw + nsum
+    per = tl.cdiv(tl.cdiv(total, SPLITS), BLOCK_N) * BLOCK_N
+    beg = split * per
+    end = tl.minimum(beg + per, total)
+
+    m_i = tl.full([BLOCK_H], NEG_INF, tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, DP], tl.float32)
+    items = tl.arange(0, BLOCK_N)
+    for i0 in range(beg, end, BLOCK_N):
+        idx = i0 + items
+        valid = idx < end
+        is_raw = idx < nraw
+        slot = ((lo + idx) % W).to(tl.int64)
+        sidx = tl.maximum(idx - nraw, 0).to(tl.int64)
+        kptr = tl.where(is_raw, KR + b64 * kr_sb + slot * kr_ss + kvh * kr_sh,
+                        KS + b64 * ks_sb + sidx * ks_st + kvh * ks_sh)
+        vptr = tl.where(is_raw, VR + b64 * vr_sb + slot * vr_ss + kvh * vr_sh,
+                        VS + b64 * vs_sb + sidx * vs_st + kvh * vs_sh)
+        lmask = valid[:, None] & dmask[None, :]
+        k = tl.load(kptr[:, None] + dcol[None, :], mask=lmask, other=0.0)
+        v = tl.load(vptr[:, None] + dcol[None, :], mask=lmask, other=0.0)
+        m_i, l_i, acc = _online_step(q, k, v, scale_log2, m_i, l_i, acc, valid[None, :], True)
+
+    if SPLITS == 1:
+        l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+        tl.store(O + b64 * o_sb + heads[:, None] * o_sh + dcol[None, :],
+                 (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=hmask[:, None] & dmask[None, :])
+        tl.store(LSE + b64 * lse_sb + heads * lse_sh, (m_i + tl.log2(l_safe)) * LN2, mask=hmask)
+    else:
+        # Workspace: acc [SPLITS, B, H, D] fp32, then (max, sum) [SPLITS, B, H, 2] fp32.
+        row = (split * B + b64) * H + heads
+        tl.store(WS_O + row[:, None] * D + dcol[None, :], acc, mask=hmask[:, None] & dmask[None, :])
+        tl.store(WS_ML + row * 2, m_i, mask=hmask)
+        tl.store(WS_ML + row * 2 + 1, l_i, mask=hmask)
+
+
+@triton.jit
+def fe_decode_combine(O, LSE, WS_O, WS_ML, o_sb, o_sh, lse_sb, lse_sh, B, H, SPLITS,
+                      D: tl.constexpr, DP: tl.constexpr):
+    """Merges the splits' partial results of fe_decode: grid (H, B)."""
+    h = tl.program_id(0)
+    b = tl.program_id(1)
+    # A sequence with len <= 0 has l = 0 in every split: o = 0, lse = -inf.
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    b64 = b.to(tl.int64)
+    m = tl.full([1], NEG_INF, tl.float32)
+    for s in range(0, SPLITS):
+        row = (s * B + b64) * H + h
+        m = tl.maximum(m, tl.load(WS_ML + row * 2 + tl.zeros([1], tl.int64)))
+    m_safe = tl.where(m == NEG_INF, 0.0, m)
+    l = tl.zeros([1], tl.float32)
+    acc = tl.zeros([DP], tl.float32)
+    for s in range(0, SPLITS):
+        row = (s * B + b64) * H + h
+        ms = tl.load(WS_ML + row * 2 + tl.zeros([1], tl.int64))
+        ls = tl.load(WS_ML + row * 2 + 1 + tl.zeros([1], tl.int64))
+        f = tl.exp2(ms - m_safe)
+        f = tl.where(ls > 0.0, f, 0.0)
+        l += ls * f
+        acc += tl.load(WS_O + row * D + dcol, mask=dmask, other=0.0) * tl.sum(f, 0)
+    l_safe = tl.where(l > 0.0, l, 1.0)
+    tl.store(O + b64 * o_sb + h * o_sh + dcol, (acc / tl.sum(l_safe, 0)).to(O.dtype.element_ty),
+             mask=dmask)
+    tl.store(LSE + b64 * lse_sb + h * lse_sh + tl.zeros([1], tl.int64), (m + tl.log2(l_safe)) * LN2)
+
+
+@triton.jit
+def fe_chunk_mean(X, XBAR, x_sb, x_st, x_sh, y_sb, y_st, y_sh, NC, G,
+                  D: tl.constexpr, DP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr):
+    """chunk_mean: grid (NC, G, B); the mean of the C rows of one chunk of one head."""
+    c = tl.program_id(0)
+    g = tl.program_id(1)
+    b = tl.program_id(2)
+    r = tl.arange(0, CP)
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    rows = (c * C + r).to(tl.int64)
+    b64 = b.to(tl.int64)
+    x = tl.load(X + b64 * x_sb + rows[:, None] * x_st + g * x_sh + dcol[None, :],
+                mask=(r[:, None] < C) & dmask[None, :], other=0.0).to(tl.float32)
+    mean = tl.sum(x, 0) / C
+    tl.store(XBAR + b64 * y_sb + c.to(tl.int64) * y_st + g * y_sh + dcol,
+             mean.to(XBAR.dtype.element_ty), mask=dmask)
+
+
+@triton.jit
+def fe_chunk_summarize(K, V, OMEGA, VS, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
+                       om_sb, om_st, om_sh, vs_sb, vs_st, vs_sh, NC, HKV, scale,
+                       D: tl.constexpr, DP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr):
+    """chunk_summarize: grid (NC, HKV, B); vs[c] = sum_j softmax_j(s (omega[c]·k_j - |k_j|²/2)) v_j
+    over the C tokens of chunk c."""
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    r = tl.arange(0, CP)
+    rmask = r < C
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    rows = (c * C + r).to(tl.int64)
+    b64 = b.to(tl.int64)
+    c64 = c.to(tl.int64)
+    lmask = rmask[:, None] & dmask[None, :]
+    k = tl.load(K + b64 * k_sb + rows[:, None] * k_st + h * k_sh + dcol[None, :],
+                mask=lmask, other=0.0).to(tl.float32)
+    v = tl.load(V + b64 * v_sb + rows[:, None] * v_st + h * v_sh + dcol[None, :],
+                mask=lmask, other=0.0).to(tl.float32)
+    om = tl.load(OMEGA + b64 * om_sb + c64 * om_st + h * om_sh + dcol, mask=dmask,
+                 other=0.0).to(tl.float32)
+    logit = scale * (tl.sum(k * om[None, :], 1) - 0.5 * tl.sum(k * k, 1))
+    logit = tl.where(rmask, logit, NEG_INF)
+    p = tl.exp(logit - tl.max(logit, 0))
+    p = p / tl.sum(p, 0)
+    out = tl.sum(p[:, None] * v, 0)
+    tl.store(VS + b64 * vs_sb + c64 * vs_st + h * vs_sh + dcol, out.to(VS.dtype.element_ty),
+             mask=dmask)

@@ -1,0 +1,328 @@
+"""Checks the Triton kernels on the CPU, in Triton's interpreter (TRITON_INTERPRET=1), against
+float64 references of the contract (README.md, "What the kernels compute"), on fresh random
+inputs with poisoned outputs: every op, both local modes, f16 and bf16, GQA, odd lengths, padded
+strides, large logits, decode with splits and len <= 0.
+
+    python3 triton/test_interpret.py            # needs triton and numpy (no GPU)
+
+Exit status 0 when every check passes. The GPU proof runs the same kernels compiled, through
+flasheva's loader (tests/gpu_kernels.rs)."""
+
+import math
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+import flasheva_triton as fk  # noqa: E402
+from npshim import NpTensor, _Storage  # noqa: E402
+from triton.runtime import interpreter as _interp  # noqa: E402
+
+# Triton 3.6's interpreter multiplies bf16 operands of tl.dot as their raw uint16 bits (it
+# stores bf16 as uint16 and converts only fp8): widen them to fp32 first, which is what the
+# tensor cores do with bf16 products.
+_dot = _interp.InterpreterBuilder.create_dot
+
+
+def _create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+    if a.dtype == tl.bfloat16 or b.dtype == tl.bfloat16:
+        widen = lambda t: _interp.TensorHandle(  # noqa: E731
+            (t.data.astype(np.uint32) << 16).view(np.float32), tl.float32) \
+            if t.dtype == tl.bfloat16 else t
+        a, b = widen(a), widen(b)
+    return _dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+
+_interp.InterpreterBuilder.create_dot = _create_dot
+
+LOG2E = 1.4426950408889634
+RNG = np.random.default_rng()
+
+
+# ---- storage types -------------------------------------------------------------------------
+
+def to_bits(x, dt):
+    x = np.asarray(x, np.float32)
+    if dt == "f16":
+        return x.astype(np.float16).view(np.uint16)
+    u = x.view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+
+
+def from_bits(u, dt):
+    if dt == "f16":
+        return u.view(np.float16).astype(np.float64)
+    return (u.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+TL = {"f16": tl.float16, "bf16": tl.bfloat16, "f32": tl.float32, "i32": tl.int32}
+
+
+class Buf:
+    """A tensor of shape `shape` whose rows are padded by `pad` elements (strides not
+    contiguous), over one numpy byte buffer; poisoned (NaN / 0x7fff bits) until written."""
+
+    def __init__(self, shape, dt, pad=0, values=None):
+        self.shape, self.dt = tuple(shape), dt
+        inner = list(shape)
+        inner[-1] += pad
+        self.full = inner
+        np_dt = {"f16": np.uint16, "bf16": np.uint16, "f32": np.float32, "i32": np.int32}[dt]
+        poison = {"f16": 0x7E00, "bf16": 0x7FC0, "f32": np.nan, "i32": -7}[dt]
+        self.arr = np.full(inner, poison, dtype=np_dt)
+        if values is not None:
+            self.set(values)
+        strides = [1]
+        for s in reversed(inner[1:]):
+            strides.insert(0, strides[0] * s)
+        self.strides = strides
+        self.t = NpTensor(_Storage(self.arr.reshape(-1).view(np.uint8)), TL[dt], 0, inner, strides)
+
+    def view(self):
+        sl = tuple(slice(0, s) for s in self.shape)
+        return self.arr[sl]
+
+    def set(self, values):
+        v = np.asarray(values)
+        if self.dt in ("f16", "bf16"):
+            self.view()[...] = to_bits(v, self.dt)
+        else:
+            self.view()[...] = v
+
+    def get(self):
+        v = self.view()
+        if self.dt in ("f16", "bf16"):
+            return from_bits(v, self.dt)
+        return v.astype(np.float64)
+
+    def st(self, i):
+        return self.strides[i]
+
+
+def rand(shape, dt, amp=1.0):
+    """Values exactly representable in the storage type, as float64."""
+    return from_bits(to_bits(RNG.uniform(-amp, amp, shape), dt), dt)
+
+
+def amplify_rows(x, amp):
+    x = x.copy()
+    flat = x.reshape(-1, x.shape[-1])
+    pick = RNG.uniform(0, 1, flat.shape[0]) > 0.75
+    flat[pick] *= amp
+    return x
+
+
+def pow2(n):
+    return 1 << max(0, (n - 1).bit_length())
+
+
+# ---- float64 references --------------------------------------------------------------------
+
+def visible_raw(i, j, W, sliding):
+    return j <= i and (j > i - W if sliding else j // W == i // W)
+
+
+def ref_prefill(q, k, v, ks, vs, W, C, sliding, s):
+    B, N, H, D = q.shape
+    HKV, NC = k.shape[2], N // C
+    o = np.zeros((B, N, H, D))
+    lse = np.zeros((B, H, N))
+    for b in range(B):
+        for h in range(H):
+            g = h // (H // HKV)
+            for i in range(N):
+                js = [j for j in range(max(0, i - W), i + 1) if visible_raw(i, j, W, sliding)]
+                cs = list(range(min(i // C, NC)))
+                keys = np.concatenate([k[b, js, g], ks[b, cs, g]]) if cs else k[b, js, g]
+                vals = np.concatenate([v[b, js, g], vs[b, cs, g]]) if cs else v[b, js, g]
+                x = s * keys @ q[b, i, h]
+                mx = x.max()
+                p = np.exp(x - mx)
+                o[b, i, h] = p @ vals / p.sum()
+                lse[b, h, i] = mx + math.log(p.sum())
+    return o, lse
+
+
+def ref_decode(q, kr, vr, ks, vs, lens, W, C, sliding, s):
+    B, H, D = q.shape
+    HKV, MAXNC = kr.shape[2], ks.shape[1]
+    o = np.zeros((B, H, D))
+    lse = np.full((B, H), -np.inf)
+    for b in range(B):
+        if lens[b] <= 0:
+            continue
+        p = lens[b] - 1
+        for h in range(H):
+            g = h // (H // HKV)
+            js = [j for j in range(max(0, p - W), p + 1) if visible_raw(p, j, W, sliding)]
+            cs = list(range(min(p // C, MAXNC)))
+            keys = np.concatenate([kr[b, [j % W for j in js], g], ks[b, cs, g]])
+            vals = np.concatenate([vr[b, [j % W for j in js], g], vs[b, cs, g]])
+            x = s * keys @ q[b, h]
+            mx = x.max()
+            e = np.exp(x - mx)
+            o[b, h] = e @ vals / e.sum()
+            lse[b, h] = mx + math.log(e.sum())
+    return o, lse
+
+
+def ref_chunk_mean(x, C):
+    B, N, G, D = x.shape
+    NC = N // C
+    return x[:, : NC * C].reshape(B, NC, C, G, D).mean(axis=2)
+
+
+def ref_chunk_summarize(k, v, om, C, s):
+    B, N, HKV, D = k.shape
+    NC = N // C
+    out = np.zeros((B, NC, HKV, D))
+    for b in range(B):
+        for c in range(NC):
+            for h in range(HKV):
+                kk = k[b, c * C:(c + 1) * C, h]
+                a = s * (kk @ om[b, c, h] - 0.5 * (kk * kk).sum(1))
+                p = np.exp(a - a.max())
+                p /= p.sum()
+                out[b, c, h] = p @ v[b, c * C:(c + 1) * C, h]
+    return out
+
+
+# ---- checks --------------------------------------------------------------------------------
+
+TOL = {"f16": 2e-3, "bf16": 8e-3}
+RESULTS = []
+
+
+def rel(got, want):
+    if np.isnan(got).any():
+        return float("inf")
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def report(what, dt, r, lse_err=None):
+    ok = r <= TOL[dt] and (lse_err is None or lse_err <= 1e-3)
+    RESULTS.append(ok)
+    extra = "" if lse_err is None else f" lse {lse_err:.1e}"
+    print(f"{'PASS' if ok else 'FAIL'} {what}: rel {r:.2e}{extra}")
+
+
+def check_prefill(B, N, H, HKV, D, W, C, sliding, dt, BM, BN, pad=0, large=False, extra_nc=0):
+    NC = N // C + extra_nc
+    q = rand((B, N, H, D), dt)
+    if large:
+        q = from_bits(to_bits(amplify_rows(q, 3.0e4), dt), dt)
+    k, v = rand((B, N, HKV, D), dt), rand((B, N, HKV, D), dt)
+    ks, vs = rand((B, NC, HKV, D), dt), rand((B, NC, HKV, D), dt)
+    s = 1.0 / math.sqrt(D)
+    bufs = [Buf(x.shape, dt, pad, x) for x in (q, k, v, ks, vs)]
+    o = Buf((B, N, H, D), dt, pad)
+    lse = Buf((B, H, N), "f32")
+    Q, K, V, KS, VS = bufs
+    grid = (triton.cdiv(N, BM), H, B)
+    fk.fe_prefill[grid](Q.t, K.t, V.t, KS.t, VS.t, o.t, lse.t,
+                        Q.st(0), Q.st(1), Q.st(2), K.st(0), K.st(1), K.st(2), V.st(0), V.st(1), V.st(2),
+                        KS.st(0), KS.st(1), KS.st(2), VS.st(0), VS.st(1), VS.st(2),
+                        o.st(0), o.st(1), o.st(2), lse.st(0), lse.st(1),
+                        N, H, HKV, N // C, s * LOG2E,
+                        D=D, DP=pow2(D), W=W, C=C, SLIDING=sliding, BLOCK_M=BM, BLOCK_N=BN)
+    wo, wl = ref_prefill(q, k, v, ks, vs, W, C, sliding, s)
+    lerr = float(np.abs(lse.get() - wl).max()) if N else 0.0
+    # LSE slack for rows with ±1e4 logits: fp32 cannot hold 1e-3 there.
+    lim = 1e-3 + (4 * math.sqrt(D) * 1.2e-7 * np.abs(wl).max() if large and N else 0.0)
+    report(f"prefill B={B} N={N} H={H}/{HKV} D={D} W={W} C={C} {'sliding' if sliding else 'block'} "
+           f"{dt} m{BM} n{BN}{' pad' if pad else ''}{' large' if large else ''}",
+           dt, rel(o.get(), wo), lerr if lerr > lim else min(lerr, 1e-3))
+
+
+def check_decode(lens, H, HKV, D, W, C, sliding, dt, BN, splits, MAXNC=None, large=False):
+    B = len(lens)
+    MAXNC = MAXNC or max(1, max(lens) // C + 1)
+    G = H // HKV
+    q = rand((B, H, D), dt)
+    if large:
+        q = from_bits(to_bits(amplify_rows(q, 3.0e4), dt), dt)
+    kr, vr = rand((B, W, HKV, D), dt), rand((B, W, HKV, D), dt)
+    ks, vs = rand((B, MAXNC, HKV, D), dt), rand((B, MAXNC, HKV, D), dt)
+    s = 1.0 / math.sqrt(D)
+    Q, KR, VR, KS, VS = (Buf(x.shape, dt, 0, x) for x in (q, kr, vr, ks, vs))
+    LEN = Buf((B,), "i32", 0, np.array(lens, np.int32))
+    o, lse = Buf((B, H, D), dt), Buf((B, H), "f32")
+    ws_o = Buf((max(1, splits * B * H * D),), "f32")
+    ws_ml = Buf((max(1, splits * B * H * 2),), "f32")
+    BH = max(16, min(pow2(G), 64))
+    grid = (splits, HKV * triton.cdiv(G, BH), B)
+    fk.fe_decode[grid](Q.t, KR.t, VR.t, KS.t, VS.t, LEN.t, o.t, lse.t, ws_o.t, ws_ml.t,
+                       Q.st(0), Q.st(1), KR.st(0), KR.st(1), KR.st(2), VR.st(0), VR.st(1), VR.st(2),
+                       KS.st(0), KS.st(1), KS.st(2), VS.st(0), VS.st(1), VS.st(2),
+                       o.st(0), o.st(1), lse.st(0), lse.st(1),
+                       B, H, HKV, MAXNC, splits, s * LOG2E,
+                       D=D, DP=pow2(D), W=W, C=C, SLIDING=sliding, GROUP=G, BLOCK_H=BH, BLOCK_N=BN)
+    if splits > 1:
+        fk.fe_decode_combine[(H, B)](o.t, lse.t, ws_o.t, ws_ml.t, o.st(0), o.st(1), lse.st(0),
+                                     lse.st(1), B, H, splits, D=D, DP=pow2(D))
+    wo, wl = ref_decode(q, kr, vr, ks, vs, lens, W, C, sliding, s)
+    got_l = lse.get()
+    both_inf = np.isneginf(got_l) & np.isneginf(wl)
+    with np.errstate(invalid="ignore"):
+        lerr = float(np.where(both_inf, 0.0, np.abs(got_l - wl)).max())
+    if large:
+        lerr = min(lerr, 1e-3) if lerr < 1e-3 + 4 * math.sqrt(D) * 1.2e-7 * np.abs(wl[np.isfinite(wl)]).max() else lerr
+    got = o.get()
+    r = rel(got, wo) if np.linalg.norm(wo) > 0 else (0.0 if not np.isnan(got).any() and not got.any() else 1.0)
+    report(f"decode lens={lens} H={H}/{HKV} D={D} W={W} C={C} {'sliding' if sliding else 'block'} {dt} "
+           f"n{BN} splits={splits}{' large' if large else ''}", dt, r, lerr)
+
+
+def check_chunk_mean(B, N, G, D, C, dt, pad=0):
+    x = rand((B, N, G, D), dt)
+    NC = N // C
+    X = Buf(x.shape, dt, pad, x)
+    Y = Buf((B, NC, G, D), dt, pad)
+    fk.fe_chunk_mean[(NC, G, B)](X.t, Y.t, X.st(0), X.st(1), X.st(2), Y.st(0), Y.st(1), Y.st(2),
+                                 NC, G, D=D, DP=pow2(D), C=C, CP=pow2(C))
+    report(f"chunk_mean B={B} N={N} G={G} D={D} C={C} {dt}{' pad' if pad else ''}", dt,
+           rel(Y.get(), ref_chunk_mean(x, C)))
+
+
+def check_chunk_summarize(B, N, HKV, D, C, dt, large=False):
+    amp = 8.0 if large else 1.0
+    NC = N // C
+    k, v, om = rand((B, N, HKV, D), dt, amp), rand((B, N, HKV, D), dt), rand((B, NC, HKV, D), dt, amp)
+    s = 1.0 / math.sqrt(D)
+    K, V, OM = (Buf(x.shape, dt, 0, x) for x in (k, v, om))
+    VS = Buf((B, NC, HKV, D), dt)
+    fk.fe_chunk_summarize[(NC, HKV, B)](K.t, V.t, OM.t, VS.t, K.st(0), K.st(1), K.st(2),
+                                        V.st(0), V.st(1), V.st(2), OM.st(0), OM.st(1), OM.st(2),
+                                        VS.st(0), VS.st(1), VS.st(2), NC, HKV, s,
+                                        D=D, DP=pow2(D), C=C, CP=pow2(C))
+    report(f"chunk_summarize B={B} N={N} Hkv={HKV} D={D} C={C} {dt}{' large' if large else ''}", dt,
+           rel(VS.get(), ref_chunk_summarize(k, v, om, C, s)))
+
+
+def main():
+    for dt in ("f16", "bf16"):
+        for sliding in (False, True):
+            # N not a multiple of C or W, query blocks across windows, GQA, padded strides
+            check_prefill(2, 77, 4, 2, 32, 32, 8, sliding, dt, 16, 16, pad=8)
+            check_prefill(1, 100, 2, 1, 64, 64, 16, sliding, dt, 32, 16, large=True)
+            check_prefill(1, 40, 2, 2, 96, 16, 4, sliding, dt, 32, 32, extra_nc=3)
+            check_prefill(1, 5, 2, 2, 32, 16, 8, sliding, dt, 16, 16)   # N < C: no summaries
+            check_decode([1, 7, 33, 70, 0], 4, 2, 32, 32, 8, sliding, dt, 16, 1)
+            check_decode([1, 7, 33, 70], 8, 2, 64, 32, 8, sliding, dt, 16, 3, large=True)
+            check_decode([100, 45], 20, 1, 32, 16, 4, sliding, dt, 16, 2)  # group 20: two head tiles
+        check_chunk_mean(2, 37, 3, 32, 8, dt, pad=8)
+        check_chunk_mean(1, 20, 2, 96, 6, dt)
+        check_chunk_summarize(2, 37, 2, 32, 8, dt)
+        check_chunk_summarize(1, 30, 1, 64, 6, dt, large=True)
+    failed = RESULTS.count(False)
+    print(f"{len(RESULTS) - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
