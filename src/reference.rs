@@ -343,6 +343,174 @@ pub fn max_abs_error(out: &[f64], reference: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Gradients of prefill (the contract's backward, item 5), from the inputs and `dout` (P and O
+/// recomputed in float64): `(dq [B,N,H,D], dk, dv [B,N,Hkv,D], dks, dvs [B,NC,Hkv,D])`, each kv
+/// gradient summed over its query-head group; summary rows at or past N/C are zero.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn prefill_bwd(
+    s: &AttnShape,
+    nc_rows: usize,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    ks: &[f64],
+    vs: &[f64],
+    dout: &[f64],
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let AttnShape {
+        b, n, h, hkv, d, ..
+    } = *s;
+    let g = h / hkv;
+    let nc = (n / s.chunk).min(nc_rows);
+    let mut dq = vec![0.0; b * n * h * d];
+    let mut dk = vec![0.0; b * n * hkv * d];
+    let mut dv = vec![0.0; b * n * hkv * d];
+    let mut dks = vec![0.0; b * nc_rows * hkv * d];
+    let mut dvs = vec![0.0; b * nc_rows * hkv * d];
+    for bi in 0..b {
+        for hi in 0..h {
+            let kh = hi / g;
+            for i in 0..n {
+                let row = ((bi * n + i) * h + hi) * d;
+                let (qi, doi) = (&q[row..][..d], &dout[row..][..d]);
+                // the visible columns: (is summary, index into k/v or ks/vs rows)
+                let mut cols: Vec<(bool, usize)> = key_range(i, s.window, s.local)
+                    .map(|j| (false, (bi * n + j) * hkv + kh))
+                    .collect();
+                cols.extend(
+                    (0..summaries_visible(i, s.chunk, nc))
+                        .map(|c| (true, (bi * nc_rows + c) * hkv + kh)),
+                );
+                let key = |&(sum, r): &(bool, usize)| {
+                    if sum {
+                        &ks[r * d..][..d]
+                    } else {
+                        &k[r * d..][..d]
+                    }
+                };
+                let val = |&(sum, r): &(bool, usize)| {
+                    if sum {
+                        &vs[r * d..][..d]
+                    } else {
+                        &v[r * d..][..d]
+                    }
+                };
+                let logits: Vec<f64> = cols.iter().map(|c| scale * dot(qi, key(c))).collect();
+                let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                let p: Vec<f64> = e.iter().map(|x| x / z).collect();
+                let mut o = vec![0.0; d];
+                for (pc, c) in p.iter().zip(&cols) {
+                    for (oo, x) in o.iter_mut().zip(val(c)) {
+                        *oo += pc * x;
+                    }
+                }
+                let delta = dot(doi, &o);
+                for (pc, c) in p.iter().zip(&cols) {
+                    let ds = pc * (dot(doi, val(c)) - delta);
+                    let (dkk, dvv) = if c.0 {
+                        (&mut dks, &mut dvs)
+                    } else {
+                        (&mut dk, &mut dv)
+                    };
+                    for t in 0..d {
+                        dvv[c.1 * d + t] += pc * doi[t];
+                        dkk[c.1 * d + t] += scale * ds * qi[t];
+                        dq[row + t] += scale * ds * key(c)[t];
+                    }
+                }
+            }
+        }
+    }
+    (dq, dk, dv, dks, dvs)
+}
+
+/// Gradients of chunk_summarize (the contract's backward, item 5) from `dvs [B,NC,Hkv,D]`:
+/// `(dk, dv [B,N,Hkv,D], domega [B,NC,Hkv,D])`; tokens of a trailing partial chunk and omega
+/// rows at or past N/C get zero.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_summarize_bwd(
+    k: &[f64],
+    v: &[f64],
+    omega: &[f64],
+    dvs: &[f64],
+    b: usize,
+    n: usize,
+    hkv: usize,
+    d: usize,
+    chunk: usize,
+    nc_rows: usize,
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let nc = (n / chunk).min(nc_rows);
+    let mut dk = vec![0.0; b * n * hkv * d];
+    let mut dv = vec![0.0; b * n * hkv * d];
+    let mut dom = vec![0.0; b * nc_rows * hkv * d];
+    for bi in 0..b {
+        for c in 0..nc {
+            for g in 0..hkv {
+                let crow = ((bi * nc_rows + c) * hkv + g) * d;
+                let (om, dv_c) = (&omega[crow..][..d], &dvs[crow..][..d]);
+                let rows: Vec<usize> = (c * chunk..(c + 1) * chunk)
+                    .map(|t| ((bi * n + t) * hkv + g) * d)
+                    .collect();
+                let a: Vec<f64> = rows
+                    .iter()
+                    .map(|&r| {
+                        scale * (dot(om, &k[r..][..d]) - 0.5 * dot(&k[r..][..d], &k[r..][..d]))
+                    })
+                    .collect();
+                let m = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = a.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                let alpha: Vec<f64> = e.iter().map(|x| x / z).collect();
+                let gs: Vec<f64> = rows.iter().map(|&r| dot(dv_c, &v[r..][..d])).collect();
+                let mean_g: f64 = alpha.iter().zip(&gs).map(|(a, g)| a * g).sum();
+                for ((&r, al), gj) in rows.iter().zip(&alpha).zip(&gs) {
+                    let da = al * (gj - mean_g);
+                    for t in 0..d {
+                        dv[r + t] = al * dv_c[t];
+                        dom[crow + t] += scale * da * k[r + t];
+                        dk[r + t] = scale * da * (om[t] - k[r + t]);
+                    }
+                }
+            }
+        }
+    }
+    (dk, dv, dom)
+}
+
+/// Gradient of chunk_mean: `dx [B,N,G,D]` from `dxbar [B,NC,G,D]` (NC >= N/C rows, the first
+/// N/C used): `dxbar[c] / C` on the C tokens of chunk `c`, zero on a trailing partial chunk.
+pub fn chunk_mean_bwd(
+    dxbar: &[f64],
+    b: usize,
+    n: usize,
+    g: usize,
+    d: usize,
+    chunk: usize,
+    nc_rows: usize,
+) -> Vec<f64> {
+    let nc = (n / chunk).min(nc_rows);
+    let mut dx = vec![0.0; b * n * g * d];
+    for bi in 0..b {
+        for c in 0..nc {
+            for t in c * chunk..(c + 1) * chunk {
+                for gi in 0..g {
+                    let src = ((bi * nc_rows + c) * g + gi) * d;
+                    let dst = ((bi * n + t) * g + gi) * d;
+                    for di in 0..d {
+                        dx[dst + di] = dxbar[src + di] / chunk as f64;
+                    }
+                }
+            }
+        }
+    }
+    dx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,5 +613,100 @@ mod tests {
         // N = 8, W = 4 block: 1+2+3+4 twice = 20 keys; C = 2: summaries 0,0,1,1,2,2,3,3 = 12
         assert_eq!(count_prefill_pairs(8, 4, 2, LocalMode::Block), 32);
         assert_eq!(rel_error(&[1.0, f64::NAN], &[1.0, 1.0]), f64::INFINITY);
+    }
+    /// The analytic gradients agree with central finite differences of the forward references
+    /// on tiny shapes (every input of every op, both local modes, GQA, a partial chunk, extra
+    /// summary rows).
+    #[test]
+    fn gradients_match_finite_differences() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |len: usize| -> Vec<f64> {
+            (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed % 2_000_001) as f64 / 1e6 - 1.0
+                })
+                .collect()
+        };
+        let fd_check = |name: &str, x: &mut Vec<f64>, grad: &[f64], f: &dyn Fn(&[f64]) -> f64| {
+            let eps = 1e-6;
+            let mut worst = 0.0f64;
+            for i in 0..x.len() {
+                let x0 = x[i];
+                x[i] = x0 + eps;
+                let up = f(x);
+                x[i] = x0 - eps;
+                let down = f(x);
+                x[i] = x0;
+                let fd = (up - down) / (2.0 * eps);
+                worst = worst.max((fd - grad[i]).abs() / (1.0 + grad[i].abs()));
+            }
+            assert!(worst < 1e-6, "{name}: worst relative difference {worst:e}");
+        };
+        for local in [LocalMode::Block, LocalMode::Sliding] {
+            let s = AttnShape {
+                b: 2,
+                n: 9,
+                h: 4,
+                hkv: 2,
+                d: 3,
+                window: 4,
+                chunk: 2,
+                local,
+            };
+            let nc_rows = 6; // N/C = 4, plus two rows nobody sees
+            let (q, k, v) = (rnd(2 * 9 * 4 * 3), rnd(2 * 9 * 2 * 3), rnd(2 * 9 * 2 * 3));
+            let (ks, vs) = (rnd(2 * nc_rows * 2 * 3), rnd(2 * nc_rows * 2 * 3));
+            let r = rnd(2 * 9 * 4 * 3); // loss = sum(o * r): dO = r
+            let scale = 0.7;
+            let (dq, dk, dv, dks, dvs) = prefill_bwd(&s, nc_rows, &q, &k, &v, &ks, &vs, &r, scale);
+            let loss = |q: &[f64], k: &[f64], v: &[f64], ks: &[f64], vs: &[f64]| {
+                dot(&prefill(&s, nc_rows, q, k, v, ks, vs, scale).0, &r)
+            };
+            fd_check("dq", &mut q.clone(), &dq, &|x| loss(x, &k, &v, &ks, &vs));
+            fd_check("dk", &mut k.clone(), &dk, &|x| loss(&q, x, &v, &ks, &vs));
+            fd_check("dv", &mut v.clone(), &dv, &|x| loss(&q, &k, x, &ks, &vs));
+            fd_check("dks", &mut ks.clone(), &dks, &|x| loss(&q, &k, &v, x, &vs));
+            fd_check("dvs", &mut vs.clone(), &dvs, &|x| loss(&q, &k, &v, &ks, x));
+            // rows nobody sees get zero
+            assert!(dks[2 * 4 * 3..3 * 2 * 2 * 3].iter().all(|&x| x == 0.0));
+        }
+        // chunk_summarize: N = 7, C = 3 (a partial chunk), one extra omega row
+        let (b, n, hkv, d, c, rows) = (2, 7, 2, 3, 3, 3);
+        let (k, v, om) = (
+            rnd(b * n * hkv * d),
+            rnd(b * n * hkv * d),
+            rnd(b * rows * hkv * d),
+        );
+        let r = rnd(b * rows * hkv * d);
+        let (dk, dv, dom) = chunk_summarize_bwd(&k, &v, &om, &r, b, n, hkv, d, c, rows, 0.8);
+        let loss = |k: &[f64], v: &[f64], om: &[f64]| {
+            let out = chunk_summarize(k, v, om, b, n, hkv, d, c, rows, 0.8);
+            out.iter()
+                .zip(&r)
+                .map(|(o, r)| if o.is_nan() { 0.0 } else { o * r })
+                .sum()
+        };
+        fd_check("summarize dk", &mut k.clone(), &dk, &|x| loss(x, &v, &om));
+        fd_check("summarize dv", &mut v.clone(), &dv, &|x| loss(&k, x, &om));
+        fd_check("summarize domega", &mut om.clone(), &dom, &|x| {
+            loss(&k, &v, x)
+        });
+        // chunk_mean
+        let (g, nc) = (2, n / c);
+        let x = rnd(b * n * g * d);
+        let r = rnd(b * rows * g * d);
+        let dx = chunk_mean_bwd(&r, b, n, g, d, c, rows);
+        let loss = |x: &[f64]| {
+            let m = chunk_mean(x, b, n, g, d, c);
+            // chunk_mean's output has N/C rows; r has `rows` rows per sequence
+            (0..b)
+                .flat_map(|bi| (0..nc * g * d).map(move |t| (bi, t)))
+                .map(|(bi, t)| m[bi * nc * g * d + t] * r[bi * rows * g * d + t])
+                .sum::<f64>()
+        };
+        fd_check("mean dx", &mut x.clone(), &dx, &loss);
     }
 }
