@@ -125,7 +125,7 @@ impl Bencher {
                     HostTensor::from_f64(t.elem, shape, &v)
                 }
             };
-            def.random_inputs(&problem, &mut draw, false)
+            def.timing_inputs(&problem, &mut draw)
         };
         let first = make(&mut rng);
         let splits = kernel.splits_for(&problem);

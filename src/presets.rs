@@ -30,7 +30,7 @@ pub struct Preset {
     pub local: Vec<LocalMode>,
     /// Dtypes to build.
     pub dtype: Vec<DType>,
-    /// Ops to build (default: all four).
+    /// Ops to build (default: the four forward ops).
     #[serde(default = "all_ops")]
     pub ops: Vec<Op>,
     /// Batch of the prefill shapes.
@@ -44,7 +44,7 @@ pub struct Preset {
 }
 
 fn all_ops() -> Vec<Op> {
-    Op::ALL.to_vec()
+    Op::FORWARD.to_vec()
 }
 
 /// The presets file.

@@ -343,10 +343,33 @@ pub fn max_abs_error(out: &[f64], reference: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// The gradients of prefill, and the slack a kernel needs for them (see [`prefill_bwd`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PrefillGrads {
+    /// `dq [B,N,H,D]`.
+    pub dq: Vec<f64>,
+    /// `dk [B,N,Hkv,D]`, summed over each kv head's query heads.
+    pub dk: Vec<f64>,
+    /// `dv [B,N,Hkv,D]`.
+    pub dv: Vec<f64>,
+    /// `dks [B,NC,Hkv,D]` (zero at or past N/C).
+    pub dks: Vec<f64>,
+    /// `dvs [B,NC,Hkv,D]`.
+    pub dvs: Vec<f64>,
+    /// Per element of dq, what a Delta computed from an O rounded with unit roundoff `u` may
+    /// move it: `s |dDelta_i| Σ_x p_ix |k_x|`, with `|dDelta_i| ≤ u Σ_d |dO_id O_id|`.
+    pub slack_dq: Vec<f64>,
+    /// Likewise for dk: `s Σ_i p_ix |dDelta_i| |q_i|`.
+    pub slack_dk: Vec<f64>,
+    /// Likewise for dks.
+    pub slack_dks: Vec<f64>,
+}
+
 /// Gradients of prefill (the contract's backward, item 5), from the inputs and `dout` (P and O
-/// recomputed in float64): `(dq [B,N,H,D], dk, dv [B,N,Hkv,D], dks, dvs [B,NC,Hkv,D])`, each kv
-/// gradient summed over its query-head group; summary rows at or past N/C are zero.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+/// recomputed in float64), each kv gradient summed over its query-head group; summary rows at
+/// or past N/C are zero. `unit` is the unit roundoff of the kernel's stored O (for the slack;
+/// 0 gives zero slack).
+#[allow(clippy::too_many_arguments)]
 pub fn prefill_bwd(
     s: &AttnShape,
     nc_rows: usize,
@@ -357,7 +380,8 @@ pub fn prefill_bwd(
     vs: &[f64],
     dout: &[f64],
     scale: f64,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    unit: f64,
+) -> PrefillGrads {
     let AttnShape {
         b, n, h, hkv, d, ..
     } = *s;
@@ -368,6 +392,9 @@ pub fn prefill_bwd(
     let mut dv = vec![0.0; b * n * hkv * d];
     let mut dks = vec![0.0; b * nc_rows * hkv * d];
     let mut dvs = vec![0.0; b * nc_rows * hkv * d];
+    let mut slack_dq = vec![0.0; b * n * h * d];
+    let mut slack_dk = vec![0.0; b * n * hkv * d];
+    let mut slack_dks = vec![0.0; b * nc_rows * hkv * d];
     for bi in 0..b {
         for hi in 0..h {
             let kh = hi / g;
@@ -408,23 +435,35 @@ pub fn prefill_bwd(
                     }
                 }
                 let delta = dot(doi, &o);
+                let dd = unit * doi.iter().zip(&o).map(|(a, b)| (a * b).abs()).sum::<f64>();
                 for (pc, c) in p.iter().zip(&cols) {
                     let ds = pc * (dot(doi, val(c)) - delta);
-                    let (dkk, dvv) = if c.0 {
-                        (&mut dks, &mut dvs)
+                    let (dkk, dvv, sk) = if c.0 {
+                        (&mut dks, &mut dvs, &mut slack_dks)
                     } else {
-                        (&mut dk, &mut dv)
+                        (&mut dk, &mut dv, &mut slack_dk)
                     };
                     for t in 0..d {
                         dvv[c.1 * d + t] += pc * doi[t];
                         dkk[c.1 * d + t] += scale * ds * qi[t];
                         dq[row + t] += scale * ds * key(c)[t];
+                        sk[c.1 * d + t] += scale * pc * dd * qi[t].abs();
+                        slack_dq[row + t] += scale * pc * dd * key(c)[t].abs();
                     }
                 }
             }
         }
     }
-    (dq, dk, dv, dks, dvs)
+    PrefillGrads {
+        dq,
+        dk,
+        dv,
+        dks,
+        dvs,
+        slack_dq,
+        slack_dk,
+        slack_dks,
+    }
 }
 
 /// Gradients of chunk_summarize (the contract's backward, item 5) from `dvs [B,NC,Hkv,D]`:
@@ -661,7 +700,14 @@ mod tests {
             let (ks, vs) = (rnd(2 * nc_rows * 2 * 3), rnd(2 * nc_rows * 2 * 3));
             let r = rnd(2 * 9 * 4 * 3); // loss = sum(o * r): dO = r
             let scale = 0.7;
-            let (dq, dk, dv, dks, dvs) = prefill_bwd(&s, nc_rows, &q, &k, &v, &ks, &vs, &r, scale);
+            let PrefillGrads {
+                dq,
+                dk,
+                dv,
+                dks,
+                dvs,
+                ..
+            } = prefill_bwd(&s, nc_rows, &q, &k, &v, &ks, &vs, &r, scale, 0.0);
             let loss = |q: &[f64], k: &[f64], v: &[f64], ks: &[f64], vs: &[f64]| {
                 dot(&prefill(&s, nc_rows, q, k, v, ks, vs, scale).0, &r)
             };

@@ -18,7 +18,7 @@ pub const MAX_CHUNK: u32 = 4096;
 /// Largest accepted GQA group (query heads per key/value head).
 pub const MAX_GROUP: u32 = 256;
 
-/// The four kernels of the FlashEVA contract.
+/// The kernels of the FlashEVA contract: four forward ops and the backward of three.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -31,11 +31,28 @@ pub enum Op {
     Prefill,
     /// One new query per sequence against the ring buffer and the summary cache (split-KV).
     Decode,
+    /// Gradients of prefill: `q, k, v, ks, vs, o, lse, dO -> dq, dk, dv, dks, dvs`.
+    PrefillBwd,
+    /// Gradients of chunk_summarize: `k, v, omega, dvs -> dk, dv, domega`.
+    ChunkSummarizeBwd,
+    /// Gradient of chunk_mean: `dXbar -> dX`.
+    ChunkMeanBwd,
 }
 
 impl Op {
     /// Every op, in a fixed order.
-    pub const ALL: [Op; 4] = [Op::ChunkMean, Op::ChunkSummarize, Op::Prefill, Op::Decode];
+    pub const ALL: [Op; 7] = [
+        Op::ChunkMean,
+        Op::ChunkSummarize,
+        Op::Prefill,
+        Op::Decode,
+        Op::PrefillBwd,
+        Op::ChunkSummarizeBwd,
+        Op::ChunkMeanBwd,
+    ];
+
+    /// The forward ops (what presets build unless they list ops).
+    pub const FORWARD: [Op; 4] = [Op::ChunkMean, Op::ChunkSummarize, Op::Prefill, Op::Decode];
 
     /// The name used on the command line, in file names and in cache keys.
     pub fn as_str(self) -> &'static str {
@@ -44,12 +61,15 @@ impl Op {
             Op::ChunkSummarize => "chunk_summarize",
             Op::Prefill => "prefill",
             Op::Decode => "decode",
+            Op::PrefillBwd => "prefill_bwd",
+            Op::ChunkSummarizeBwd => "chunk_summarize_bwd",
+            Op::ChunkMeanBwd => "chunk_mean_bwd",
         }
     }
 
     /// Whether the kernel depends on the local window and the local mode.
     pub fn uses_window(self) -> bool {
-        matches!(self, Op::Prefill | Op::Decode)
+        matches!(self, Op::Prefill | Op::Decode | Op::PrefillBwd)
     }
 
     /// Whether the kernel is specialized on the GQA group size.
@@ -73,7 +93,7 @@ impl FromStr for Op {
             .ok_or_else(|| SpecError::Unknown {
                 field: "op",
                 value: s.to_string(),
-                accepted: "chunk_mean, chunk_summarize, prefill, decode",
+                accepted: "chunk_mean, chunk_summarize, prefill, decode, prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd",
             })
     }
 }

@@ -48,10 +48,7 @@ fn gpu(test: &str) -> Option<(Runtime, Arc<CudaStream>)> {
 
 fn settle(name: &str, reports: Vec<Report>) {
     let failed: Vec<&Report> = reports.iter().filter(|r| !r.pass).collect();
-    let worst = reports
-        .iter()
-        .map(|r| r.rel_err / r.tol.rel)
-        .fold(0.0, f64::max);
+    let worst = reports.iter().map(|r| r.worst_ratio).fold(0.0, f64::max);
     println!(
         "SUMMARY {name}: {} checks, {} failed, worst error/tolerance {:.3}",
         reports.len(),
@@ -896,6 +893,127 @@ fn sanitizer_subset() {
                 .unwrap(),
             );
         }
+        // and the backward (prefill_bwd's three kernels, the chunk ops' gradients)
+        for (op, n) in [
+            (Op::PrefillBwd, 150usize),
+            (Op::ChunkSummarizeBwd, 70),
+            (Op::ChunkMeanBwd, 70),
+        ] {
+            let sb = spec(op, 64, 64, 16, LocalMode::Sliding, DType::Bf16, 1);
+            let kb = rt.kernel(&sb).unwrap();
+            let mut p = flasheva::ops::Problem::new(flasheva::workload::Workload {
+                spec: sb,
+                b: 2,
+                n,
+                h: 4,
+                hkv: 2,
+            });
+            p.summary_rows += 1;
+            reports.push(
+                verify::check(
+                    &stream,
+                    &kb,
+                    &verify::Case {
+                        problem: p,
+                        large_logits: true,
+                        strided: true,
+                    },
+                )
+                .unwrap(),
+            );
+        }
     }
     settle("sanitizer subset", reports);
+}
+
+/// The backward ops (Triton kernels so far) against the float64 gradients: every head dim,
+/// both modes and dtypes, edge lengths, GQA, extra summary rows, padded strides and peaked
+/// softmax rows; every gradient tensor checked (see verify::tolerance for the bounds).
+#[test]
+fn backward_grid() {
+    let Some((rt, stream)) = gpu("backward") else {
+        return;
+    };
+    if !triton_here(&rt) {
+        return;
+    }
+    use flasheva::ops::Problem;
+    use flasheva::verify::Case;
+    use flasheva::workload::Workload;
+    let case = |spec, b, n, h, hkv, extra: usize, large, strided| {
+        let mut p = Problem::new(Workload { spec, b, n, h, hkv });
+        p.summary_rows += extra;
+        Case {
+            problem: p,
+            large_logits: large,
+            strided,
+        }
+    };
+    let mut reports = Vec::new();
+    for (d, w, c) in [
+        (64u32, 128u32, 8u32),
+        (128, 64, 16),
+        (32, 32, 8),
+        (96, 64, 32),
+        (256, 32, 16),
+    ] {
+        for local in LocalMode::ALL {
+            for dtype in DType::ALL {
+                let s = spec(Op::PrefillBwd, d, w, c, local, dtype, 1);
+                let k = rt.kernel(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
+                let (wu, cu) = (w as usize, c as usize);
+                let mut cases = Vec::new();
+                for n in [
+                    1,
+                    cu.saturating_sub(1).max(1),
+                    wu - 1,
+                    wu + cu + 3,
+                    2 * wu + 7,
+                ] {
+                    cases.push(case(s, 1, n, 4, 4, 0, false, false));
+                }
+                cases.push(case(s, 2, 2 * wu + 7, 8, 2, 3, false, false));
+                cases.push(case(s, 2, wu + 17, 4, 1, 0, true, false));
+                cases.push(case(s, 1, 2 * wu + 1, 2, 2, 1, false, true));
+                for cs in &cases {
+                    reports.push(
+                        verify::check(&stream, &k, cs).unwrap_or_else(|e| panic!("{s}: {e}")),
+                    );
+                }
+            }
+        }
+    }
+    for d in [32u32, 64, 128, 256] {
+        for c in [1u32, 8, 64, 100] {
+            for dtype in DType::ALL {
+                let s = spec(Op::ChunkSummarizeBwd, d, c, c, LocalMode::Block, dtype, 1);
+                let m = spec(Op::ChunkMeanBwd, d, c, c, LocalMode::Block, dtype, 1);
+                let (ks, km) = (rt.kernel(&s).unwrap(), rt.kernel(&m).unwrap());
+                let cu = c as usize;
+                for (b, n, heads, extra, large) in [
+                    (1usize, cu.saturating_sub(1), 3usize, 1usize, false),
+                    (2, 5 * cu + 3, 2, 2, true),
+                    (1, 7 * cu, 5, 0, false),
+                ] {
+                    reports.push(
+                        verify::check(
+                            &stream,
+                            &ks,
+                            &case(s, b, n, heads, heads, extra, large, false),
+                        )
+                        .unwrap(),
+                    );
+                    reports.push(
+                        verify::check(
+                            &stream,
+                            &km,
+                            &case(m, b, n, heads, heads, extra, false, true),
+                        )
+                        .unwrap(),
+                    );
+                }
+            }
+        }
+    }
+    settle("backward", reports);
 }

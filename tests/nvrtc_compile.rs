@@ -65,10 +65,11 @@ fn every_preset_spec_compiles_for_sm80_and_sm90() {
 }
 
 #[test]
+/// (The forward ops: the backward has only its Triton kernels so far, compiled in tests/triton.rs.)
 fn every_head_dim_and_op_compiles_with_its_default_tile() {
     let nv = nvrtc();
     let mut jobs = Vec::new();
-    for op in Op::ALL {
+    for op in Op::FORWARD {
         for d in flasheva::spec::HEAD_DIMS {
             for (local, dtype) in [
                 (LocalMode::Sliding, DType::F16),

@@ -69,6 +69,9 @@ fn every_op_compiles_for_sm_80_and_sm_90a_into_the_cache() {
         spec(Op::Decode, 128, LocalMode::Sliding, DType::Bf16),
         spec(Op::ChunkMean, 96, LocalMode::Block, DType::F16),
         spec(Op::ChunkSummarize, 128, LocalMode::Block, DType::Bf16),
+        spec(Op::PrefillBwd, 128, LocalMode::Sliding, DType::Bf16),
+        spec(Op::ChunkSummarizeBwd, 64, LocalMode::Block, DType::F16),
+        spec(Op::ChunkMeanBwd, 128, LocalMode::Block, DType::Bf16),
     ]
     .into_iter()
     .flat_map(|s| [(s, Arch::new(8, 0)), (s, sm90a())])

@@ -25,10 +25,12 @@ import traceback
 
 os.environ["TRITON_DISABLE_LINE_INFO"] = "1"  # no source paths in the PTX: byte-identical rebuilds
 
-# Parameter types by name: storage pointers take the job's dtype; the others are fixed.
-STORAGE_POINTERS = {"Q", "K", "V", "KS", "VS", "O", "X", "XBAR", "KR", "VR", "OMEGA"}
-F32_POINTERS = {"LSE", "WS_O", "WS_ML"}
+# Parameter types by name (flasheva_triton.py's convention): upper-case names are pointers,
+# to the job's storage type unless listed here, except the sizes; lower-case names are int64
+# strides (`_s?`), the fp32 scale, or int32.
+F32_POINTERS = {"LSE", "WS_O", "WS_ML", "DELTA"}
 I32_POINTERS = {"LEN"}
+SIZES = {"N", "H", "HKV", "NC", "NCR", "B", "MAXNC", "SPLITS", "G"}
 ARCHS = {"sm_80": 80, "sm_86": 86, "sm_87": 87, "sm_89": 89, "sm_90a": 90}
 
 
@@ -43,7 +45,9 @@ def signature(fn, dtype, constexprs):
             sig[name] = "*fp32"
         elif name in I32_POINTERS:
             sig[name] = "*i32"
-        elif name in STORAGE_POINTERS:
+        elif name in SIZES:
+            sig[name] = "i32"
+        elif name.isupper():
             sig[name] = storage
         elif re.search(r"_s[bths]$", name):
             sig[name] = "i64"
@@ -59,11 +63,24 @@ def rename(ptx, old, new):
     return re.sub(r"(?<![\w$])" + re.escape(old) + r"(?=(_param_\d+)?(?![\w$]))", new, ptx)
 
 
+DECL = re.compile(r"^\.(?:visible\s+|extern\s+|weak\s+)*\.?(?:global|shared|const)\b.*?([\w$]+)\s*(?:\[[^\]]*\])?\s*(?:=.*)?;$")
+
+
 def merge(ptxs):
     """One PTX module of several Triton modules of the same target: the first whole, then each
-    other's functions, with the module-scope declarations the first already has left out."""
+    other's functions, module-scope declarations made once (an identical redeclaration is
+    dropped; a different one of the same name is an error)."""
     out = ptxs[0].rstrip("\n") + "\n"
-    seen = {line.strip() for line in ptxs[0].splitlines()}
+    declared = {}
+
+    def note(line):
+        m = DECL.match(line)
+        if m:
+            declared.setdefault(m.group(1), line)
+        return m
+
+    for line in ptxs[0].splitlines():
+        note(line.strip())
     for ptx in ptxs[1:]:
         body, in_functions = [], False
         for line in ptx.splitlines():
@@ -72,10 +89,15 @@ def merge(ptxs):
                 continue
             if t.startswith(".visible .entry") or t.startswith(".entry"):
                 in_functions = True
-            if not in_functions and t.startswith((".global", ".extern", ".const", ".shared")):
-                if t in seen:
-                    continue
-                raise ValueError(f"cannot merge modules: both declare a different {t}")
+            if not in_functions:
+                m = DECL.match(t)
+                if m:
+                    name = m.group(1)
+                    if name in declared:
+                        if declared[name] != t:
+                            raise ValueError(f"cannot merge modules: two declarations of {name}")
+                        continue
+                    declared[name] = t
             body.append(line)
         out += "\n" + "\n".join(body) + "\n"
     return out

@@ -292,3 +292,288 @@ def fe_chunk_summarize(K, V, OMEGA, VS, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
     out = tl.sum(p[:, None] * v, 0)
     tl.store(VS + b64 * vs_sb + c64 * vs_st + h * vs_sh + dcol, out.to(VS.dtype.element_ty),
              mask=dmask)
+
+
+# ---- backward (the contract's item 5) ------------------------------------------------------
+#
+# prefill_bwd recomputes P from the forward's LSE, FlashAttention-2 style, in three kernels:
+# fe_prefill_bwd_pre (Delta = rowsum(dO * O)), fe_prefill_bwd_dkdv (one program per key block,
+# raw keys or summaries, summing over the query heads of its kv group and the query blocks that
+# see it: dK, dV or dks, dvs without atomics) and fe_prefill_bwd_dq (one program per query block,
+# like the forward). No atomics anywhere: results are bitwise reproducible run to run.
+
+
+@triton.jit
+def fe_prefill_bwd_pre(O, DO, DELTA, o_sb, o_st, o_sh, do_sb, do_st, do_sh, N, H,
+                       D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Delta[b, h, i] = sum_d dO[b, i, h, d] * O[b, i, h, d]: grid (cdiv(N, BLOCK_M), H, B)."""
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dcol = tl.arange(0, DP)
+    mask = (rows[:, None] < N) & (dcol[None, :] < D)
+    b64 = b.to(tl.int64)
+    r64 = rows[:, None].to(tl.int64)
+    o = tl.load(O + b64 * o_sb + r64 * o_st + h * o_sh + dcol[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b64 * do_sb + r64 * do_st + h * do_sh + dcol[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + (b64 * H + h) * N + rows, delta, mask=rows < N)
+
+
+@triton.jit
+def _bwd_visible(rows, cols, W: tl.constexpr, SLIDING: tl.constexpr):
+    vis = cols[None, :] <= rows[:, None]
+    if SLIDING:
+        vis = vis & (cols[None, :] > rows[:, None] - W)
+    else:
+        vis = vis & ((cols[None, :] // W) == (rows[:, None] // W))
+    return vis
+
+
+@triton.jit
+def fe_prefill_bwd_dkdv(Q, K, V, KS, VS, DO, LSE, DELTA, DK, DV, DKS, DVS,
+                        q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
+                        ks_sb, ks_st, ks_sh, vs_sb, vs_st, vs_sh, do_sb, do_st, do_sh,
+                        lse_sb, lse_sh, dk_sb, dk_st, dk_sh, dv_sb, dv_st, dv_sh,
+                        dks_sb, dks_st, dks_sh, dvs_sb, dvs_st, dvs_sh,
+                        N, H, HKV, NC, NCR, scale,
+                        D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
+                        SLIDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dK, dV (raw key blocks) and dks, dvs (summary blocks): grid (cdiv(N, BLOCK_N) +
+    cdiv(NCR, BLOCK_N), HKV, B). A raw key block visits the query blocks of its window (up to
+    W - 1 rows past it); a summary block visits every query after its chunks. Summary rows at
+    or past N/C (of the NCR rows) get zero."""
+    pid = tl.program_id(0)
+    kvh = tl.program_id(1)
+    b = tl.program_id(2)
+    b64 = b.to(tl.int64)
+    group = H // HKV
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    kb = tl.arange(0, BLOCK_N)
+    mb = tl.arange(0, BLOCK_M)
+    scale_log2 = scale * 1.4426950408889634
+    raw_blocks = tl.cdiv(N, BLOCK_N)
+    is_raw = pid < raw_blocks
+    if is_raw:
+        j0 = pid * BLOCK_N
+        lim = N
+        kbase = K + b64 * k_sb + kvh * k_sh
+        vbase = V + b64 * v_sb + kvh * v_sh
+        kst = k_st
+        vst = v_st
+        # queries that see a key of the block: from its first key to the last key's last viewer
+        i_lo = j0
+        if SLIDING:
+            i_hi = tl.minimum(j0 + BLOCK_N - 1 + W - 1, N - 1)
+        else:
+            i_hi = tl.minimum(((j0 + BLOCK_N - 1) // W + 1) * W - 1, N - 1)
+    else:
+        j0 = (pid - raw_blocks) * BLOCK_N
+        lim = NC
+        kbase = KS + b64 * ks_sb + kvh * ks_sh
+        vbase = VS + b64 * vs_sb + kvh * vs_sh
+        kst = ks_st
+        vst = vs_st
+        # summary c is seen by every query i >= (c + 1) * C
+        i_lo = (j0 + 1) * C
+        i_hi = N - 1
+    cols = j0 + kb
+    kv_mask = (cols[:, None] < lim) & dmask[None, :]
+    k = tl.load(kbase + cols[:, None].to(tl.int64) * kst + dcol[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(vbase + cols[:, None].to(tl.int64) * vst + dcol[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, DP], tl.float32)
+    dv = tl.zeros([BLOCK_N, DP], tl.float32)
+    start = (i_lo // BLOCK_M) * BLOCK_M
+    for hh in range(0, group):
+        h = kvh * group + hh
+        for i0 in range(start, i_hi + 1, BLOCK_M):
+            rows = i0 + mb
+            rmask = rows < N
+            r64 = rows[:, None].to(tl.int64)
+            q = tl.load(Q + b64 * q_sb + r64 * q_st + h * q_sh + dcol[None, :],
+                        mask=rmask[:, None] & dmask[None, :], other=0.0)
+            do = tl.load(DO + b64 * do_sb + r64 * do_st + h * do_sh + dcol[None, :],
+                         mask=rmask[:, None] & dmask[None, :], other=0.0)
+            lse = tl.load(LSE + b64 * lse_sb + h * lse_sh + rows, mask=rmask, other=0.0)
+            delta = tl.load(DELTA + (b64 * H + h) * N + rows, mask=rmask, other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale_log2
+            if is_raw:
+                vis = _bwd_visible(rows, cols, W, SLIDING)
+            else:
+                vis = cols[None, :] < (rows[:, None] // C)
+            vis = vis & rmask[:, None] & (cols[None, :] < lim)
+            p = tl.where(vis, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+            dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    dk = dk * scale
+    out_mask = (cols[:, None] < lim) & dmask[None, :]
+    if is_raw:
+        tl.store(DK + b64 * dk_sb + cols[:, None].to(tl.int64) * dk_st + kvh * dk_sh + dcol[None, :],
+                 dk.to(DK.dtype.element_ty), mask=out_mask)
+        tl.store(DV + b64 * dv_sb + cols[:, None].to(tl.int64) * dv_st + kvh * dv_sh + dcol[None, :],
+                 dv.to(DV.dtype.element_ty), mask=out_mask)
+    else:
+        # every one of the NCR rows is written: zero past N/C
+        all_rows = (cols[:, None] < NCR) & dmask[None, :]
+        tl.store(DKS + b64 * dks_sb + cols[:, None].to(tl.int64) * dks_st + kvh * dks_sh + dcol[None, :],
+                 tl.where(out_mask, dk, 0.0).to(DKS.dtype.element_ty), mask=all_rows)
+        tl.store(DVS + b64 * dvs_sb + cols[:, None].to(tl.int64) * dvs_st + kvh * dvs_sh + dcol[None, :],
+                 tl.where(out_mask, dv, 0.0).to(DVS.dtype.element_ty), mask=all_rows)
+
+
+@triton.jit
+def _dq_step(q, do, lse2, delta, k, v, dq, vis, scale_log2, MASKED: tl.constexpr):
+    s = tl.dot(q, tl.trans(k)) * scale_log2
+    p = tl.exp2(s - lse2[:, None])
+    if MASKED:
+        p = tl.where(vis, p, 0.0)
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@triton.jit
+def fe_prefill_bwd_dq(Q, K, V, KS, VS, DO, LSE, DELTA, DQ,
+                      q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
+                      ks_sb, ks_st, ks_sh, vs_sb, vs_st, vs_sh, do_sb, do_st, do_sh,
+                      lse_sb, lse_sh, dq_sb, dq_st, dq_sh,
+                      N, H, HKV, NC, scale,
+                      D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
+                      SLIDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dQ: grid (cdiv(N, BLOCK_M), H, B); a query block visits the key blocks it saw in the
+    forward (masked at its window start and diagonal, unmasked between) and its summaries."""
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    kvh = h // (H // HKV)
+    m0 = pid_m * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
+    rmask = rows < N
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    b64 = b.to(tl.int64)
+    r64 = rows[:, None].to(tl.int64)
+    qmask = rmask[:, None] & dmask[None, :]
+    q = tl.load(Q + b64 * q_sb + r64 * q_st + h * q_sh + dcol[None, :], mask=qmask, other=0.0)
+    do = tl.load(DO + b64 * do_sb + r64 * do_st + h * do_sh + dcol[None, :], mask=qmask, other=0.0)
+    lse2 = tl.load(LSE + b64 * lse_sb + h * lse_sh + rows, mask=rmask, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + (b64 * H + h) * N + rows, mask=rmask, other=0.0)
+    scale_log2 = scale * 1.4426950408889634
+    dq = tl.zeros([BLOCK_M, DP], tl.float32)
+    last = tl.minimum(m0 + BLOCK_M, N) - 1
+    kbase = K + b64 * k_sb + kvh * k_sh
+    vbase = V + b64 * v_sb + kvh * v_sh
+    kcols = tl.arange(0, BLOCK_N)
+    if SLIDING:
+        lo = tl.maximum(m0 - W + 1, 0)
+        full_lo = last - W + 1
+    else:
+        lo = (m0 // W) * W
+        full_lo = tl.where((m0 // W) == (last // W), lo, last + 1)
+    start = (lo // BLOCK_N) * BLOCK_N
+    e = start + ((m0 + 1 - start) // BLOCK_N) * BLOCK_N
+    a = tl.minimum(start + tl.cdiv(tl.maximum(full_lo - start, 0), BLOCK_N) * BLOCK_N, e)
+    for j0 in range(start, a, BLOCK_N):
+        cols = j0 + kcols
+        kv_mask = (cols[:, None] < N) & dmask[None, :]
+        k = tl.load(kbase + cols[:, None].to(tl.int64) * k_st + dcol[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(vbase + cols[:, None].to(tl.int64) * v_st + dcol[None, :], mask=kv_mask, other=0.0)
+        vis = _bwd_visible(rows, cols, W, SLIDING) & rmask[:, None]
+        dq = _dq_step(q, do, lse2, delta, k, v, dq, vis, scale_log2, True)
+    for j0 in range(a, e, BLOCK_N):
+        # fully visible (padding rows have dO = 0, Delta = 0, so their dS is 0 unmasked)
+        cols = j0 + kcols
+        k = tl.load(kbase + cols[:, None].to(tl.int64) * k_st + dcol[None, :], mask=dmask[None, :], other=0.0)
+        v = tl.load(vbase + cols[:, None].to(tl.int64) * v_st + dcol[None, :], mask=dmask[None, :], other=0.0)
+        dq = _dq_step(q, do, lse2, delta, k, v, dq, rmask[:, None], scale_log2, False)
+    for j0 in range(e, last + 1, BLOCK_N):
+        cols = j0 + kcols
+        kv_mask = (cols[:, None] < N) & dmask[None, :]
+        k = tl.load(kbase + cols[:, None].to(tl.int64) * k_st + dcol[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(vbase + cols[:, None].to(tl.int64) * v_st + dcol[None, :], mask=kv_mask, other=0.0)
+        vis = _bwd_visible(rows, cols, W, SLIDING) & rmask[:, None]
+        dq = _dq_step(q, do, lse2, delta, k, v, dq, vis, scale_log2, True)
+    nsum = tl.minimum(NC, last // C)
+    ksb = KS + b64 * ks_sb + kvh * ks_sh
+    vsb = VS + b64 * vs_sb + kvh * vs_sh
+    for c0 in range(0, nsum, BLOCK_N):
+        cs = c0 + kcols
+        s_mask = (cs[:, None] < nsum) & dmask[None, :]
+        k = tl.load(ksb + cs[:, None].to(tl.int64) * ks_st + dcol[None, :], mask=s_mask, other=0.0)
+        v = tl.load(vsb + cs[:, None].to(tl.int64) * vs_st + dcol[None, :], mask=s_mask, other=0.0)
+        vis = (cs[None, :] < (rows[:, None] // C)) & (cs[None, :] < NC) & rmask[:, None]
+        dq = _dq_step(q, do, lse2, delta, k, v, dq, vis, scale_log2, True)
+    tl.store(DQ + b64 * dq_sb + r64 * dq_st + h * dq_sh + dcol[None, :],
+             (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
+
+
+@triton.jit
+def fe_chunk_summarize_bwd(K, V, OMEGA, DVS, DK, DV, DOMEGA,
+                           k_sb, k_st, k_sh, v_sb, v_st, v_sh, om_sb, om_st, om_sh,
+                           dvs_sb, dvs_st, dvs_sh, dk_sb, dk_st, dk_sh, dv_sb, dv_st, dv_sh,
+                           dom_sb, dom_st, dom_sh, N, NC, NCR, HKV, scale,
+                           D: tl.constexpr, DP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr):
+    """chunk_summarize_bwd: grid (max(NCR, N/C + 1), HKV, B). Program c < N/C computes chunk
+    c's dk, dv and domega; the others write zeros: the tokens of a trailing partial chunk and the
+    omega rows at or past N/C."""
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    r = tl.arange(0, CP)
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    rows = c * C + r
+    r64 = rows[:, None].to(tl.int64)
+    b64 = b.to(tl.int64)
+    c64 = c.to(tl.int64)
+    full = c < NC
+    tok = (r[:, None] < C) & (rows[:, None] < N) & dmask[None, :]
+    lmask = tok & full
+    k = tl.load(K + b64 * k_sb + r64 * k_st + h * k_sh + dcol[None, :], mask=lmask, other=0.0).to(tl.float32)
+    v = tl.load(V + b64 * v_sb + r64 * v_st + h * v_sh + dcol[None, :], mask=lmask, other=0.0).to(tl.float32)
+    om = tl.load(OMEGA + b64 * om_sb + c64 * om_st + h * om_sh + dcol, mask=dmask & full,
+                 other=0.0).to(tl.float32)
+    dvs = tl.load(DVS + b64 * dvs_sb + c64 * dvs_st + h * dvs_sh + dcol, mask=dmask & full,
+                  other=0.0).to(tl.float32)
+    a = scale * (tl.sum(k * om[None, :], 1) - 0.5 * tl.sum(k * k, 1))
+    a = tl.where(r < C, a, NEG_INF)
+    p = tl.exp(a - tl.max(a, 0))
+    alpha = p / tl.sum(p, 0)
+    g = tl.sum(dvs[None, :] * v, 1)
+    da = alpha * (g - tl.sum(alpha * g, 0))
+    dv = alpha[:, None] * dvs[None, :]
+    dk = scale * da[:, None] * (om[None, :] - k)
+    dom = scale * tl.sum(da[:, None] * k, 0)
+    zero = tl.zeros([CP, DP], tl.float32)
+    tl.store(DK + b64 * dk_sb + r64 * dk_st + h * dk_sh + dcol[None, :],
+             tl.where(full, dk, zero).to(DK.dtype.element_ty), mask=tok)
+    tl.store(DV + b64 * dv_sb + r64 * dv_st + h * dv_sh + dcol[None, :],
+             tl.where(full, dv, zero).to(DV.dtype.element_ty), mask=tok)
+    tl.store(DOMEGA + b64 * dom_sb + c64 * dom_st + h * dom_sh + dcol,
+             tl.where(full, dom, 0.0).to(DOMEGA.dtype.element_ty), mask=dmask & (c < NCR))
+
+
+@triton.jit
+def fe_chunk_mean_bwd(DXBAR, DX, y_sb, y_st, y_sh, x_sb, x_st, x_sh, N, NC, G,
+                      D: tl.constexpr, DP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr):
+    """chunk_mean_bwd: grid (cdiv(N, C), G, B); dX of chunk c's tokens = dXbar[c] / C, zero on
+    a trailing partial chunk."""
+    c = tl.program_id(0)
+    g = tl.program_id(1)
+    b = tl.program_id(2)
+    r = tl.arange(0, CP)
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    rows = c * C + r
+    b64 = b.to(tl.int64)
+    full = c < NC
+    dy = tl.load(DXBAR + b64 * y_sb + c.to(tl.int64) * y_st + g * y_sh + dcol,
+                 mask=dmask & full, other=0.0).to(tl.float32)
+    dx = tl.zeros([CP, DP], tl.float32) + dy[None, :] / C
+    tl.store(DX + b64 * x_sb + rows[:, None].to(tl.int64) * x_st + g * x_sh + dcol[None, :],
+             dx.to(DX.dtype.element_ty), mask=(r[:, None] < C) & (rows[:, None] < N) & dmask[None, :])

@@ -192,6 +192,71 @@ def ref_chunk_summarize(k, v, om, C, s):
     return out
 
 
+def ref_prefill_bwd(q, k, v, ks, vs, do, W, C, sliding, s, u=0.0):
+    """The gradients, and for dq, dk, dks the slack a kernel needs whose Delta comes from an O
+    rounded with unit roundoff `u`: |dDelta_i| <= u sum_d |dO_id O_id| moves dS_ix by
+    p_ix dDelta_i, hence dq_i by s dDelta_i sum_x p_ix |k_x| and dk_x by s sum_i p_ix dDelta_i |q_i|."""
+    B, N, H, D = q.shape
+    HKV, NCR = k.shape[2], ks.shape[1]
+    NC = min(N // C, NCR)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    dks, dvs = np.zeros_like(ks), np.zeros_like(vs)
+    sq, sk, sks = np.zeros_like(q), np.zeros_like(k), np.zeros_like(ks)
+    for b in range(B):
+        for h in range(H):
+            g = h // (H // HKV)
+            for i in range(N):
+                js = [j for j in range(max(0, i - W), i + 1) if visible_raw(i, j, W, sliding)]
+                cs = list(range(min(i // C, NC)))
+                keys = np.concatenate([k[b, js, g], ks[b, cs, g]])
+                vals = np.concatenate([v[b, js, g], vs[b, cs, g]])
+                x = s * keys @ q[b, i, h]
+                p = np.exp(x - x.max())
+                p /= p.sum()
+                o = p @ vals
+                ds = p * (vals @ do[b, i, h] - do[b, i, h] @ o)
+                dq[b, i, h] += s * ds @ keys
+                nr = len(js)
+                dk[b, js, g] += s * np.outer(ds[:nr], q[b, i, h])
+                dv[b, js, g] += np.outer(p[:nr], do[b, i, h])
+                dks[b, cs, g] += s * np.outer(ds[nr:], q[b, i, h])
+                dvs[b, cs, g] += np.outer(p[nr:], do[b, i, h])
+                dd = u * np.abs(do[b, i, h] * o).sum()
+                sq[b, i, h] += s * dd * (p @ np.abs(keys))
+                sk[b, js, g] += s * dd * np.outer(p[:nr], np.abs(q[b, i, h]))
+                sks[b, cs, g] += s * dd * np.outer(p[nr:], np.abs(q[b, i, h]))
+    zero = np.zeros_like
+    return (dq, dk, dv, dks, dvs), (sq, sk, zero(dv), sks, zero(dvs))
+
+
+def ref_chunk_summarize_bwd(k, v, om, dvs, C, s):
+    B, N, HKV, D = k.shape
+    NCR = om.shape[1]
+    NC = min(N // C, NCR)
+    dk, dv, dom = np.zeros_like(k), np.zeros_like(v), np.zeros_like(om)
+    for b in range(B):
+        for c in range(NC):
+            for h in range(HKV):
+                kk, vv = k[b, c * C:(c + 1) * C, h], v[b, c * C:(c + 1) * C, h]
+                a = s * (kk @ om[b, c, h] - 0.5 * (kk * kk).sum(1))
+                al = np.exp(a - a.max())
+                al /= al.sum()
+                g = vv @ dvs[b, c, h]
+                da = al * (g - al @ g)
+                dv[b, c * C:(c + 1) * C, h] = np.outer(al, dvs[b, c, h])
+                dk[b, c * C:(c + 1) * C, h] = s * da[:, None] * (om[b, c, h][None, :] - kk)
+                dom[b, c, h] = s * da @ kk
+    return dk, dv, dom
+
+
+def ref_chunk_mean_bwd(dxbar, N, C):
+    B, NCR, G, D = dxbar.shape
+    dx = np.zeros((B, N, G, D))
+    for c in range(min(N // C, NCR)):
+        dx[:, c * C:(c + 1) * C] = dxbar[:, c][:, None] / C
+    return dx
+
+
 # ---- checks --------------------------------------------------------------------------------
 
 TOL = {"f16": 2e-3, "bf16": 8e-3}
@@ -304,6 +369,112 @@ def check_chunk_summarize(B, N, HKV, D, C, dt, large=False):
            rel(VS.get(), ref_chunk_summarize(k, v, om, C, s)))
 
 
+# Gradients carry more rounding than outputs: P and dS pass through the storage type before their
+# products (hence 5x the forward's output tolerance for f16, about 4x for bf16), and
+# dS = P (dP - Delta) takes Delta from the rounded forward output O: when P is peaked, dP - Delta
+# cancels and O's rounding dominates. That part is bounded element by element (the `slack` of
+# ref_prefill_bwd) and allowed on top of the relative tolerance.
+GRAD_TOL = {"f16": 1e-2, "bf16": 3e-2}
+
+
+UNIT = {"f16": 2.0 ** -11, "bf16": 2.0 ** -8}
+
+
+def report_grads(what, dt, pairs, slack=None):
+    """Every gradient tensor by relative error against its reference: at most GRAD_TOL, or
+    GRAD_TOL plus the propagated rounding of Delta (`slack`, an absolute bound per element,
+    summed in norm: ‖got - ref‖ <= tol ‖ref‖ + ‖slack‖)."""
+    errs = {name: rel(got, want) for name, got, want in pairs}
+    ok = True
+    for i, (name, got, want) in enumerate(pairs):
+        extra = np.linalg.norm(slack[i]) if slack is not None else 0.0
+        if np.isnan(got).any() or np.linalg.norm(got - want) > GRAD_TOL[dt] * np.linalg.norm(want) + extra:
+            ok = False
+    RESULTS.append(ok)
+    print(f"{'PASS' if ok else 'FAIL'} {what}: " + " ".join(f"{n} {e:.2e}" for n, e in errs.items()))
+
+
+def check_prefill_bwd(B, N, H, HKV, D, W, C, sliding, dt, BM, BN, pad=0, large=False,
+                      huge=False, extra_nc=0):
+    """`large`: some rows' logits reach about ±50 (a peaked softmax); `huge`: ±1e4 (every
+    gradient must also be finite). Both are checked with the Delta slack (see GRAD_TOL)."""
+    NCR = N // C + extra_nc
+    q = rand((B, N, H, D), dt)
+    if large or huge:
+        q = from_bits(to_bits(amplify_rows(q, 3.0e4 if huge else 60.0), dt), dt)
+    k, v = rand((B, N, HKV, D), dt), rand((B, N, HKV, D), dt)
+    ks, vs = rand((B, NCR, HKV, D), dt), rand((B, NCR, HKV, D), dt)
+    do = rand((B, N, H, D), dt)
+    s = 1.0 / math.sqrt(D)
+    wo, wl = ref_prefill(q, k, v, ks, vs, W, C, sliding, s)
+    o = from_bits(to_bits(wo, dt), dt)  # the forward's output, rounded like a kernel's
+    Q, K, V, KS, VS, DO, O = (Buf(x.shape, dt, pad, x) for x in (q, k, v, ks, vs, do, o))
+    LSE = Buf((B, H, N), "f32", 0, wl.astype(np.float32))
+    DELTA = Buf((B, H, N), "f32")
+    DQ, DK, DV = Buf(q.shape, dt, pad), Buf(k.shape, dt, pad), Buf(v.shape, dt, pad)
+    DKS, DVS = Buf(ks.shape, dt, pad), Buf(vs.shape, dt, pad)
+    DP = pow2(D)
+    fk.fe_prefill_bwd_pre[(triton.cdiv(N, BM), H, B)](
+        O.t, DO.t, DELTA.t, O.st(0), O.st(1), O.st(2), DO.st(0), DO.st(1), DO.st(2), N, H,
+        D=D, DP=DP, BLOCK_M=BM)
+    common = (Q.st(0), Q.st(1), Q.st(2), K.st(0), K.st(1), K.st(2), V.st(0), V.st(1), V.st(2),
+              KS.st(0), KS.st(1), KS.st(2), VS.st(0), VS.st(1), VS.st(2),
+              DO.st(0), DO.st(1), DO.st(2), LSE.st(0), LSE.st(1))
+    grid = (triton.cdiv(N, BN) + triton.cdiv(NCR, BN), HKV, B)
+    fk.fe_prefill_bwd_dkdv[grid](
+        Q.t, K.t, V.t, KS.t, VS.t, DO.t, LSE.t, DELTA.t, DK.t, DV.t, DKS.t, DVS.t, *common,
+        DK.st(0), DK.st(1), DK.st(2), DV.st(0), DV.st(1), DV.st(2),
+        DKS.st(0), DKS.st(1), DKS.st(2), DVS.st(0), DVS.st(1), DVS.st(2),
+        N, H, HKV, N // C, NCR, s,
+        D=D, DP=DP, W=W, C=C, SLIDING=sliding, BLOCK_M=BM, BLOCK_N=BN)
+    fk.fe_prefill_bwd_dq[(triton.cdiv(N, BM), H, B)](
+        Q.t, K.t, V.t, KS.t, VS.t, DO.t, LSE.t, DELTA.t, DQ.t, *common,
+        DQ.st(0), DQ.st(1), DQ.st(2), N, H, HKV, N // C, s,
+        D=D, DP=DP, W=W, C=C, SLIDING=sliding, BLOCK_M=BM, BLOCK_N=BN)
+    want, slack = ref_prefill_bwd(q, k, v, ks, vs, do, W, C, sliding, s, UNIT[dt])
+    got = (DQ.get(), DK.get(), DV.get(), DKS.get(), DVS.get())
+    names = ("dq", "dk", "dv", "dks", "dvs")
+    if huge:
+        finite = all(np.isfinite(g).all() for g in got)
+        RESULTS.append(finite)
+        print(f"{'PASS' if finite else 'FAIL'} prefill_bwd huge logits: every gradient finite")
+    report_grads(f"prefill_bwd B={B} N={N} H={H}/{HKV} D={D} W={W} C={C} "
+                 f"{'sliding' if sliding else 'block'} {dt} m{BM} n{BN}"
+                 f"{' pad' if pad else ''}{' large' if large else ''}", dt,
+                 list(zip(names, got, want)), slack)
+
+
+def check_chunk_summarize_bwd(B, N, HKV, D, C, dt, extra=0, large=False):
+    amp = 8.0 if large else 1.0
+    NCR = N // C + extra
+    k, v = rand((B, N, HKV, D), dt, amp), rand((B, N, HKV, D), dt)
+    om, dvs = rand((B, NCR, HKV, D), dt, amp), rand((B, NCR, HKV, D), dt)
+    s = 1.0 / math.sqrt(D)
+    K, V, OM, DVS = (Buf(x.shape, dt, 0, x) for x in (k, v, om, dvs))
+    DK, DV, DOM = Buf(k.shape, dt), Buf(v.shape, dt), Buf(om.shape, dt)
+    NC = N // C
+    fk.fe_chunk_summarize_bwd[(max(NCR, NC + 1), HKV, B)](
+        K.t, V.t, OM.t, DVS.t, DK.t, DV.t, DOM.t,
+        K.st(0), K.st(1), K.st(2), V.st(0), V.st(1), V.st(2), OM.st(0), OM.st(1), OM.st(2),
+        DVS.st(0), DVS.st(1), DVS.st(2), DK.st(0), DK.st(1), DK.st(2), DV.st(0), DV.st(1), DV.st(2),
+        DOM.st(0), DOM.st(1), DOM.st(2), N, NC, NCR, HKV, s, D=D, DP=pow2(D), C=C, CP=pow2(C))
+    want = ref_chunk_summarize_bwd(k, v, om, dvs, C, s)
+    report_grads(f"chunk_summarize_bwd B={B} N={N} Hkv={HKV} D={D} C={C} {dt}"
+                 f"{' large' if large else ''}", dt,
+                 list(zip(("dk", "dv", "domega"), (DK.get(), DV.get(), DOM.get()), want)))
+
+
+def check_chunk_mean_bwd(B, N, G, D, C, dt, extra=0):
+    NCR = N // C + extra
+    dy = rand((B, NCR, G, D), dt)
+    DY, DX = Buf(dy.shape, dt, 0, dy), Buf((B, N, G, D), dt)
+    fk.fe_chunk_mean_bwd[(triton.cdiv(N, C), G, B)](
+        DY.t, DX.t, DY.st(0), DY.st(1), DY.st(2), DX.st(0), DX.st(1), DX.st(2), N, N // C, G,
+        D=D, DP=pow2(D), C=C, CP=pow2(C))
+    report_grads(f"chunk_mean_bwd B={B} N={N} G={G} D={D} C={C} {dt}", dt,
+                 [("dx", DX.get(), ref_chunk_mean_bwd(dy, N, C))])
+
+
 def main():
     for dt in ("f16", "bf16"):
         for sliding in (False, True):
@@ -319,6 +490,14 @@ def main():
         check_chunk_mean(1, 20, 2, 96, 6, dt)
         check_chunk_summarize(2, 37, 2, 32, 8, dt)
         check_chunk_summarize(1, 30, 1, 64, 6, dt, large=True)
+        for sliding in (False, True):
+            check_prefill_bwd(2, 45, 4, 2, 32, 16, 4, sliding, dt, 16, 16, pad=8, extra_nc=2)
+            check_prefill_bwd(1, 70, 2, 1, 64, 32, 8, sliding, dt, 32, 16, large=True)
+            check_prefill_bwd(1, 40, 2, 1, 32, 16, 4, sliding, dt, 16, 16, huge=True)
+            check_prefill_bwd(1, 5, 2, 2, 32, 16, 8, sliding, dt, 16, 16)
+        check_chunk_summarize_bwd(2, 37, 2, 32, 8, dt, extra=2)
+        check_chunk_summarize_bwd(1, 30, 1, 64, 6, dt, large=True)
+        check_chunk_mean_bwd(2, 37, 3, 32, 8, dt, extra=1)
     failed = RESULTS.count(False)
     print(f"{len(RESULTS) - failed} passed, {failed} failed")
     sys.exit(1 if failed else 0)

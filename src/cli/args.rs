@@ -157,7 +157,7 @@ pub struct Selection {
     /// compile, bench and tune take the file's default preset; cache export takes everything.
     #[arg(long, value_name = "NAME", conflicts_with = "op")]
     pub preset: Option<String>,
-    /// One spec of this op instead (chunk_mean, chunk_summarize, prefill, decode), from the spec flags.
+    /// One spec of this op instead (chunk_mean, chunk_summarize, prefill, decode, prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd), from the spec flags.
     #[arg(value_parser = parse_op)]
     pub op: Option<Op>,
     #[command(flatten)]

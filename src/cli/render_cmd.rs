@@ -11,7 +11,7 @@ use super::args::{SpecFlags, parse_backend, parse_op, tile_for};
 
 #[derive(Args, Debug)]
 pub struct RenderArgs {
-    /// The kernel: chunk_mean, chunk_summarize, prefill or decode.
+    /// The kernel: chunk_mean, chunk_summarize, prefill, decode, or a backward op: prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd.
     #[arg(value_parser = parse_op)]
     pub op: Op,
     #[command(flatten)]

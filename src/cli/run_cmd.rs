@@ -22,7 +22,7 @@ use super::{open_store, usage};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The op: chunk_mean, chunk_summarize, prefill or decode.
+    /// The op: chunk_mean, chunk_summarize, prefill, decode, or a backward op: prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd.
     #[arg(value_parser = parse_op)]
     pub op: Op,
     /// Input safetensors file.

@@ -6,12 +6,12 @@ use super::launch::{
     ArgList, LaunchError, LaunchPlan, OpArgs, Step, check_op, expect_chunk_rows,
     expect_contiguous_rows, expect_dtype, expect_shape, grid_dim,
 };
+#[cfg(feature = "cli")]
+use super::{Check, Draw, Reference};
 use super::{
     CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
     check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
 };
-#[cfg(feature = "cli")]
-use super::{Draw, Reference};
 #[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
 #[cfg(feature = "cli")]
@@ -376,7 +376,7 @@ impl OpDef for ChunkSummarize {
         }
         Reference {
             outputs: vec![out],
-            lse_magnitudes: vec![None],
+            checks: vec![Check::Relative],
         }
     }
 

@@ -6,12 +6,12 @@ use super::launch::{
     ArgList, LOG2E, LaunchError, LaunchPlan, OpArgs, Step, check_op, checked_scale, expect_dtype,
     expect_shape, expect_vector_layout, grid_dim,
 };
+#[cfg(feature = "cli")]
+use super::{Check, Draw, Reference, amplify_rows};
 use super::{
     CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
     check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
 };
-#[cfg(feature = "cli")]
-use super::{Draw, Reference, amplify_rows};
 #[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
 #[cfg(feature = "cli")]
@@ -699,7 +699,7 @@ impl OpDef for Decode {
         let mags = reference::decode_lse_magnitudes(&geo, &p.lens, &f[0], &f[1], &f[3], p.scale());
         Reference {
             outputs: vec![o, lse],
-            lse_magnitudes: vec![None, Some(mags)],
+            checks: vec![Check::Relative, Check::Lse(mags)],
         }
     }
 

@@ -8,10 +8,13 @@
 //! a table in `autotune/spaces.toml`. Pure.
 
 pub mod chunk_mean;
+pub mod chunk_mean_bwd;
 pub mod chunk_summarize;
+pub mod chunk_summarize_bwd;
 pub mod decode;
 pub mod launch;
 pub mod prefill;
+pub mod prefill_bwd;
 
 #[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
@@ -181,14 +184,28 @@ pub struct TensorDesc {
 #[cfg(feature = "cli")]
 pub type Draw<'a> = &'a mut dyn FnMut(&[usize], f64) -> HostTensor;
 
-/// The reference result of a call: every output in float64, and for outputs that are LSEs, the
-/// magnitude of the largest summed logit term of each row (see `verify::lse_bound`).
+/// The reference result of a call: every output in float64, and how each is compared.
 #[cfg(feature = "cli")]
 pub struct Reference {
     /// One vector per output, in [`OpDef::outputs`] order.
     pub outputs: Vec<Vec<f64>>,
-    /// Per output: the LSE magnitudes when that output is an LSE.
-    pub lse_magnitudes: Vec<Option<Vec<f64>>>,
+    /// Per output, how it is checked.
+    pub checks: Vec<Check>,
+}
+
+/// How one output is compared with its reference (the bounds are in `verify`).
+#[cfg(feature = "cli")]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Check {
+    /// `‖out − ref‖ / ‖ref‖` within the dtype's tolerance.
+    Relative,
+    /// An LSE, row by row: each row's magnitude (the largest summed logit term, see
+    /// `verify::lse_bound`).
+    Lse(Vec<f64>),
+    /// A gradient: `‖out − ref‖ ≤ tol·‖ref‖ + ‖slack‖`, with the gradient tolerance and an
+    /// absolute slack per element (what the rounding of the forward's O, through Delta, may move
+    /// it; zeros where nothing does).
+    Gradient(Vec<f64>),
 }
 
 /// What an op's speed is judged by.
@@ -339,6 +356,14 @@ pub trait OpDef: Sync {
     #[cfg(feature = "cli")]
     fn reference(&self, p: &Problem, inputs: &[HostTensor]) -> Reference;
 
+    /// Inputs for timing `p`: like [`OpDef::random_inputs`], but ops whose consistent inputs
+    /// cost a float64 computation (the backward's forward outputs) may use cheap stand-ins of
+    /// the same size and range, since the time does not depend on the values.
+    #[cfg(feature = "cli")]
+    fn timing_inputs(&self, p: &Problem, draw: Draw<'_>) -> Vec<HostTensor> {
+        self.random_inputs(p, draw, false)
+    }
+
     // ---- launch -------------------------------------------------------------------------
 
     /// The splits a launch of `tile` on `p` uses on a device of `sm_count` multiprocessors.
@@ -369,6 +394,9 @@ pub fn of(op: Op) -> &'static dyn OpDef {
         Op::Decode => &decode::Decode,
         Op::ChunkMean => &chunk_mean::ChunkMean,
         Op::ChunkSummarize => &chunk_summarize::ChunkSummarize,
+        Op::PrefillBwd => &prefill_bwd::PrefillBwd,
+        Op::ChunkSummarizeBwd => &chunk_summarize_bwd::ChunkSummarizeBwd,
+        Op::ChunkMeanBwd => &chunk_mean_bwd::ChunkMeanBwd,
     }
 }
 
@@ -513,7 +541,7 @@ mod tests {
     fn workload(op: Op, n: usize) -> Workload {
         // chunk ops have one head count: G of X (chunk_mean), Hkv (chunk_summarize)
         let heads = match op {
-            Op::ChunkMean | Op::ChunkSummarize => 2,
+            Op::ChunkMean | Op::ChunkSummarize | Op::ChunkMeanBwd | Op::ChunkSummarizeBwd => 2,
             _ => 8,
         };
         Workload {

@@ -9,12 +9,12 @@ use super::launch::{
     ArgList, LOG2E, LaunchError, LaunchPlan, OpArgs, Step, TensorMap, TensorMapSpec, check_op,
     checked_scale, expect_chunk_rows, expect_dtype, expect_shape, expect_vector_layout, grid_dim,
 };
+#[cfg(feature = "cli")]
+use super::{Check, Draw, Reference, amplify_rows};
 use super::{
     CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
     check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
 };
-#[cfg(feature = "cli")]
-use super::{Draw, Reference, amplify_rows};
 #[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
 #[cfg(feature = "cli")]
@@ -158,19 +158,27 @@ pub struct PrefillSm90Params {
 
 /// The sizes of a checked prefill call.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct PrefillSizes {
-    b: usize,
-    n: usize,
-    h: usize,
-    hkv: usize,
+pub(crate) struct PrefillSizes {
+    pub(crate) b: usize,
+    pub(crate) n: usize,
+    pub(crate) h: usize,
+    pub(crate) hkv: usize,
     /// Complete chunks N/C (the summaries some row may see).
-    nc: usize,
-    scale: f32,
+    pub(crate) nc: usize,
+    pub(crate) scale: f32,
 }
 
 /// Checks prefill tensors against `spec`; `None` when there is nothing to compute.
 fn check_prefill(spec: &KernelSpec, a: &PrefillArgs) -> Result<Option<PrefillSizes>, LaunchError> {
     check_op(spec, Op::Prefill)?;
+    check_prefill_tensors(spec, a)
+}
+
+/// [`check_prefill`] without the op check (the backward takes the same tensors).
+pub(crate) fn check_prefill_tensors(
+    spec: &KernelSpec,
+    a: &PrefillArgs,
+) -> Result<Option<PrefillSizes>, LaunchError> {
     let et = ElemType::of(spec.dtype());
     let d = spec.head_dim() as usize;
     for t in [&a.q, &a.k, &a.v, &a.ks, &a.vs, &a.o] {
@@ -755,7 +763,7 @@ impl OpDef for Prefill {
             reference::prefill_lse_magnitudes(&sh, p.summary_rows, &f[0], &f[1], &f[3], p.scale());
         Reference {
             outputs: vec![o, lse],
-            lse_magnitudes: vec![None, Some(mags)],
+            checks: vec![Check::Relative, Check::Lse(mags)],
         }
     }
 

@@ -231,14 +231,15 @@ pub fn tune(
             Err(e) => r.status = failed(Stage::Compile, &e),
             Ok(b) => {
                 r.key = Some(b.entry.meta.key);
-                let usage = b
-                    .entry
-                    .meta
-                    .resources
-                    .iter()
-                    .find(|u| u.function == spec.name())
-                    .cloned()
-                    .unwrap_or_default();
+                // the most any kernel of the module needs (the backward has three)
+                let usage = b.entry.meta.resources.iter().fold(
+                    crate::compile::ResourceUsage::default(),
+                    |mut acc, u| {
+                        acc.registers = acc.registers.max(u.registers);
+                        acc.spill_stores = acc.spill_stores.max(u.spill_stores);
+                        acc
+                    },
+                );
                 let shared = b
                     .entry
                     .meta

@@ -1,0 +1,478 @@
+//! prefill_bwd: the gradients of prefill (the contract's backward). From `q [B,N,H,D]`,
+//! `k, v [B,N,Hkv,D]`, `ks, vs [B,NC,Hkv,D]`, the forward's `o [B,N,H,D]` and `lse [B,H,N]`
+//! (fp32) and `do [B,N,H,D]` to `dq [B,N,H,D]`, `dk, dv [B,N,Hkv,D]`, `dks, dvs [B,NC,Hkv,D]`
+//! (every one of the NC rows written; zero at or past N/C), each kv gradient summed over its
+//! query-head group.
+//!
+//! FlashAttention-2-style recomputation from the LSE in three kernels of one module (Triton so
+//! far, triton/flasheva_triton.py): Delta = rowsum(dO·O) into an fp32 workspace `[B,H,N]`; one
+//! program per key block (raw keys, then summaries) accumulating dK, dV (dks, dvs) over the
+//! query blocks that see it and the query heads of its group; one program per query block for
+//! dQ. No atomics: results are bitwise reproducible run to run (the only mode).
+
+use super::launch::{
+    ArgList, LaunchError, OpArgs, Step, check_op, expect_dtype, expect_shape, grid_dim,
+};
+use super::prefill::{PrefillArgs, check_prefill_tensors};
+#[cfg(feature = "cli")]
+use super::{Check, Draw, Reference, amplify_rows};
+use super::{
+    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
+    check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
+};
+#[cfg(feature = "cli")]
+use crate::hostdata::HostTensor;
+#[cfg(feature = "cli")]
+use crate::reference;
+use crate::spec::{KernelSpec, Op, SpecParams};
+use crate::target::Arch;
+use crate::tensor::{ElemType, TensorArg};
+use crate::tile::{Engine, Tile, TileError, TileParams};
+use crate::workload::Workload;
+
+/// The prefill_bwd op.
+pub struct PrefillBwd;
+
+const NAMES: [&str; 13] = [
+    "q", "k", "v", "ks", "vs", "o", "lse", "do", "dq", "dk", "dv", "dks", "dvs",
+];
+
+fn tile(block_m: u32, block_n: u32, warps: u32, stages: u32) -> TileParams {
+    TileParams {
+        engine: Engine::Triton,
+        block_m,
+        block_n,
+        warps,
+        stages,
+        splits: 0,
+    }
+}
+
+/// Checks like `o`'s: same dtype and shape as `like`, last dim contiguous, 16-byte aligned.
+fn expect_like(t: &TensorArg, like: &TensorArg, what: &str) -> Result<(), LaunchError> {
+    expect_dtype(t, like.dtype)?;
+    let want: Vec<Option<usize>> = like.shape.iter().map(|&s| Some(s)).collect();
+    expect_shape(t, &want, what)?;
+    if t.strides.last() != Some(&1) || !t.ptr.is_multiple_of(16) {
+        return Err(LaunchError::Layout {
+            name: t.name.clone(),
+            problem: "the last dimension must be contiguous and the address 16-byte aligned".into(),
+        });
+    }
+    Ok(())
+}
+
+impl OpDef for PrefillBwd {
+    fn op(&self) -> Op {
+        Op::PrefillBwd
+    }
+
+    fn entry_points(&self, spec: &KernelSpec) -> Vec<String> {
+        let main = spec.name();
+        vec![main.clone(), format!("{main}_dkdv"), format!("{main}_dq")]
+    }
+
+    fn template(&self, _tile: &TileParams) -> &'static str {
+        "flasheva_triton.py"
+    }
+
+    fn tile_name(&self, t: &TileParams) -> String {
+        format!(
+            "tr_m{}_n{}_w{}_s{}",
+            t.block_m, t.block_n, t.warps, t.stages
+        )
+    }
+
+    fn normalize(&self, t: TileParams) -> TileParams {
+        TileParams { splits: 0, ..t }
+    }
+
+    fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        if t.engine != Engine::Triton {
+            return Err(TileError::Field {
+                op: Op::PrefillBwd,
+                field: "engine",
+                value: 0,
+                accepted: "triton (the backward has only its Triton kernels so far)",
+            });
+        }
+        check_triton_tile(Op::PrefillBwd, t, true, true, true)
+    }
+
+    fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
+        0 // Triton's own layout: the loader takes it from the artifact
+    }
+
+    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
+        vec![self.triton_default(spec)]
+    }
+
+    fn triton_default(&self, spec: &KernelSpec) -> TileParams {
+        if spec.head_dim() <= 64 {
+            tile(32, 32, 4, 2)
+        } else {
+            tile(16, 32, 4, 2)
+        }
+    }
+
+    fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel> {
+        let e = self.entry_points(spec);
+        let full = constexprs(
+            spec,
+            &[
+                ("W", Const::Int(spec.window_or_zero())),
+                ("C", Const::Int(spec.chunk())),
+                ("SLIDING", Const::Bool(spec.sliding())),
+                ("BLOCK_M", Const::Int(tile.block_m())),
+                ("BLOCK_N", Const::Int(tile.block_n())),
+            ],
+        );
+        vec![
+            TritonKernel {
+                function: "fe_prefill_bwd_pre",
+                entry: e[0].clone(),
+                constexprs: constexprs(spec, &[("BLOCK_M", Const::Int(tile.block_m()))]),
+            },
+            TritonKernel {
+                function: "fe_prefill_bwd_dkdv",
+                entry: e[1].clone(),
+                constexprs: full.clone(),
+            },
+            TritonKernel {
+                function: "fe_prefill_bwd_dq",
+                entry: e[2].clone(),
+                constexprs: full,
+            },
+        ]
+    }
+
+    fn flops(&self, w: &Workload) -> f64 {
+        // FlashAttention's convention: 2.5 times the forward's (recomputing S and P, then dV,
+        // dP, dS·K for dQ and dSᵀ·Q for dK: five products against the forward's two).
+        2.5 * crate::ops::of(Op::Prefill).flops(&Workload { spec: w.spec, ..*w })
+    }
+
+    fn bytes(&self, w: &Workload) -> f64 {
+        let d = w.spec.head_dim() as usize;
+        let nc = w.n / w.spec.chunk() as usize;
+        let e = 2;
+        // read q, k, v, ks, vs, o, do, lse; write dq, dk, dv, dks, dvs
+        (w.b * w.n * d * e * (4 * w.h + 4 * w.hkv)
+            + w.b * nc * w.hkv * d * e * 4
+            + w.b * w.h * w.n * 4) as f64
+    }
+
+    fn rate(&self) -> Rate {
+        Rate::Flops
+    }
+
+    fn bucket_rows(&self, b: usize, h: usize, _hkv: usize) -> usize {
+        b * h
+    }
+
+    fn inputs(&self, p: &Problem) -> Vec<TensorDesc> {
+        let w = &p.workload;
+        let (e, d) = (p.elem(), p.d());
+        vec![
+            desc("q", e, &[w.b, w.n, w.h, d], "[B, N, H, D]"),
+            desc("k", e, &[w.b, w.n, w.hkv, d], "[B, N, Hkv, D]"),
+            desc("v", e, &[w.b, w.n, w.hkv, d], "[B, N, Hkv, D]"),
+            desc("ks", e, &[w.b, p.summary_rows, w.hkv, d], "[B, NC, Hkv, D]"),
+            desc("vs", e, &[w.b, p.summary_rows, w.hkv, d], "[B, NC, Hkv, D]"),
+            desc("o", e, &[w.b, w.n, w.h, d], "[B, N, H, D]"),
+            desc("lse", ElemType::F32, &[w.b, w.h, w.n], "[B, H, N]"),
+            desc("do", e, &[w.b, w.n, w.h, d], "[B, N, H, D]"),
+        ]
+    }
+
+    fn outputs(&self, p: &Problem) -> Vec<TensorDesc> {
+        let w = &p.workload;
+        let (e, d) = (p.elem(), p.d());
+        vec![
+            desc("dq", e, &[w.b, w.n, w.h, d], "[B, N, H, D]"),
+            desc("dk", e, &[w.b, w.n, w.hkv, d], "[B, N, Hkv, D]"),
+            desc("dv", e, &[w.b, w.n, w.hkv, d], "[B, N, Hkv, D]"),
+            desc(
+                "dks",
+                e,
+                &[w.b, p.summary_rows, w.hkv, d],
+                "[B, NC, Hkv, D]",
+            ),
+            desc(
+                "dvs",
+                e,
+                &[w.b, p.summary_rows, w.hkv, d],
+                "[B, NC, Hkv, D]",
+            ),
+        ]
+    }
+
+    fn problem_from(
+        &self,
+        flags: &SpecParams,
+        inputs: &[(ElemType, Vec<usize>)],
+        _lens: Option<&[i32]>,
+    ) -> Result<Problem, String> {
+        let dtype = common_dtype(&self.inputs(&probe_problem(Op::PrefillBwd)), inputs)?;
+        let (q, k, ks) = (&inputs[0].1, &inputs[1].1, &inputs[3].1);
+        let spec = spec_from(Op::PrefillBwd, flags, q[3], dtype, None)?;
+        let mut p = Problem::new(Workload {
+            spec,
+            b: q[0],
+            n: q[1],
+            h: q[2],
+            hkv: k[2],
+        });
+        p.summary_rows = ks[1];
+        Ok(p)
+    }
+
+    fn check_problem(&self, w: &Workload) -> CheckProblem {
+        let fwd = crate::ops::of(Op::Prefill).check_problem(&Workload { spec: w.spec, ..*w });
+        CheckProblem {
+            problem: Problem::new(fwd.problem.workload),
+            large_logits: true,
+        }
+    }
+
+    #[cfg(feature = "cli")]
+    fn random_inputs(&self, p: &Problem, draw: Draw<'_>, large: bool) -> Vec<HostTensor> {
+        // q, k, v, ks, vs at random (some rows of q large), o and lse from the float64 forward
+        // (o rounded to the storage type, lse to fp32, as a forward kernel leaves them), dO at
+        // random.
+        let ins = self.inputs(p);
+        let mut v: Vec<HostTensor> = ins[..5].iter().map(|t| draw(&t.shape, 1.0)).collect();
+        if large {
+            // logits of about ±50: a peaked softmax (±1e4 rows would make dS pure rounding)
+            v[0] = amplify_rows(&v[0], p.d(), 100.0, draw);
+        }
+        let sh = super::prefill::attn_shape(p);
+        let f: Vec<Vec<f64>> = v.iter().map(HostTensor::to_f64).collect();
+        let (o, lse) = reference::prefill(
+            &sh,
+            p.summary_rows,
+            &f[0],
+            &f[1],
+            &f[2],
+            &f[3],
+            &f[4],
+            p.scale(),
+        );
+        v.push(HostTensor::from_f64(p.elem(), &ins[5].shape, &o));
+        v.push(HostTensor::from_f64(ElemType::F32, &ins[6].shape, &lse));
+        v.push(draw(&ins[7].shape, 1.0));
+        v
+    }
+
+    #[cfg(feature = "cli")]
+    fn timing_inputs(&self, p: &Problem, draw: Draw<'_>) -> Vec<HostTensor> {
+        // o and dO at random; lse near the log of a row's visible count, so exp(s·q·k − lse)
+        // stays in range as it does with real statistics.
+        let ins = self.inputs(p);
+        let w = &p.workload;
+        let visible = (w.spec.window_or_zero() as usize + w.n / w.spec.chunk() as usize).max(1);
+        let mut v: Vec<HostTensor> = ins.iter().map(|t| draw(&t.shape, 1.0)).collect();
+        let n: usize = ins[6].shape.iter().product();
+        v[6] = HostTensor::from_f64(
+            ElemType::F32,
+            &ins[6].shape,
+            &vec![(visible as f64).ln(); n],
+        );
+        v
+    }
+
+    #[cfg(feature = "cli")]
+    fn reference(&self, p: &Problem, inputs: &[HostTensor]) -> Reference {
+        let sh = super::prefill::attn_shape(p);
+        let f: Vec<Vec<f64>> = inputs.iter().map(HostTensor::to_f64).collect();
+        let unit = match p.elem() {
+            ElemType::F16 => 2f64.powi(-11),
+            _ => 2f64.powi(-8),
+        };
+        let g = reference::prefill_bwd(
+            &sh,
+            p.summary_rows,
+            &f[0],
+            &f[1],
+            &f[2],
+            &f[3],
+            &f[4],
+            &f[7],
+            p.scale(),
+            unit,
+        );
+        let zeros = |v: &Vec<f64>| vec![0.0; v.len()];
+        Reference {
+            checks: vec![
+                Check::Gradient(g.slack_dq.clone()),
+                Check::Gradient(g.slack_dk.clone()),
+                Check::Gradient(zeros(&g.dv)),
+                Check::Gradient(g.slack_dks.clone()),
+                Check::Gradient(zeros(&g.dvs)),
+            ],
+            outputs: vec![g.dq, g.dk, g.dv, g.dks, g.dvs],
+        }
+    }
+
+    fn workspace(&self, p: &Problem, _splits: usize) -> usize {
+        let w = &p.workload;
+        w.b * w.h * w.n // Delta, fp32 [B, H, N]
+    }
+
+    fn plan(
+        &self,
+        spec: &KernelSpec,
+        tile: &Tile,
+        args: &OpArgs,
+        _device: DeviceFacts,
+    ) -> Result<Vec<Step>, LaunchError> {
+        check_op(spec, Op::PrefillBwd)?;
+        let t = args.expect(Op::PrefillBwd, &NAMES)?;
+        let fwd = PrefillArgs {
+            q: t[0].clone(),
+            k: t[1].clone(),
+            v: t[2].clone(),
+            ks: t[3].clone(),
+            vs: t[4].clone(),
+            o: t[5].clone(),
+            lse: t[6].clone(),
+            scale: args.scale,
+        };
+        let sizes = check_prefill_tensors(spec, &fwd)?;
+        let (q, k, ks, o) = (&t[0], &t[1], &t[3], &t[5]);
+        expect_like(&t[7], o, "[B, N, H, D] like o")?;
+        expect_like(&t[8], q, "[B, N, H, D] like q")?;
+        expect_like(&t[9], k, "[B, N, Hkv, D] like k")?;
+        expect_like(&t[10], k, "[B, N, Hkv, D] like k")?;
+        expect_like(&t[11], ks, "[B, NC, Hkv, D] like ks")?;
+        expect_like(&t[12], ks, "[B, NC, Hkv, D] like ks")?;
+        let Some(sz) = sizes else {
+            return Ok(Vec::new());
+        };
+        let (b, n, h, hkv, ncr) = (sz.b, sz.n, sz.h, sz.hkv, ks.shape[1]);
+        let need = b * h * n;
+        let delta = match args.workspace {
+            Some((ptr, elems)) if elems >= need => ptr,
+            _ => {
+                return Err(LaunchError::Size(format!(
+                    "prefill_bwd needs a workspace of {need} fp32 elements (Delta, [B, H, N])"
+                )));
+            }
+        };
+        let (bm, bn) = (tile.block_m() as usize, tile.block_n() as usize);
+        let q_blocks = grid_dim("query blocks", n.div_ceil(bm), i32::MAX as usize)?;
+        let (hg, bg) = (grid_dim("H", h, 65535)?, grid_dim("B", b, 65535)?);
+        let key_blocks = grid_dim(
+            "key and summary blocks",
+            n.div_ceil(bn) + ncr.div_ceil(bn),
+            i32::MAX as usize,
+        )?;
+        let s = |i: usize, d: usize| t[i].stride(d);
+        let mut pre = ArgList::default();
+        pre.ptr("O", t[5].ptr)
+            .ptr("DO", t[7].ptr)
+            .ptr("DELTA", delta)
+            .i64("o_sb", s(5, 0))
+            .i64("o_st", s(5, 1))
+            .i64("o_sh", s(5, 2))
+            .i64("do_sb", s(7, 0))
+            .i64("do_st", s(7, 1))
+            .i64("do_sh", s(7, 2))
+            .i32("N", n as i32)
+            .i32("H", h as i32);
+        // the strides both gradient kernels take, in their order
+        let common = |a: &mut ArgList| {
+            for (name, i, d) in [
+                ("q_sb", 0, 0),
+                ("q_st", 0, 1),
+                ("q_sh", 0, 2),
+                ("k_sb", 1, 0),
+                ("k_st", 1, 1),
+                ("k_sh", 1, 2),
+                ("v_sb", 2, 0),
+                ("v_st", 2, 1),
+                ("v_sh", 2, 2),
+                ("ks_sb", 3, 0),
+                ("ks_st", 3, 1),
+                ("ks_sh", 3, 2),
+                ("vs_sb", 4, 0),
+                ("vs_st", 4, 1),
+                ("vs_sh", 4, 2),
+                ("do_sb", 7, 0),
+                ("do_st", 7, 1),
+                ("do_sh", 7, 2),
+                ("lse_sb", 6, 0),
+                ("lse_sh", 6, 1),
+            ] {
+                a.i64(name, s(i, d));
+            }
+        };
+        let mut dkdv = ArgList::default();
+        for (name, i) in [
+            ("Q", 0),
+            ("K", 1),
+            ("V", 2),
+            ("KS", 3),
+            ("VS", 4),
+            ("DO", 7),
+            ("LSE", 6),
+        ] {
+            dkdv.ptr(name, t[i].ptr);
+        }
+        dkdv.ptr("DELTA", delta);
+        for (name, i) in [("DK", 9), ("DV", 10), ("DKS", 11), ("DVS", 12)] {
+            dkdv.ptr(name, t[i].ptr);
+        }
+        common(&mut dkdv);
+        for (name, i, d) in [
+            ("dk_sb", 9, 0),
+            ("dk_st", 9, 1),
+            ("dk_sh", 9, 2),
+            ("dv_sb", 10, 0),
+            ("dv_st", 10, 1),
+            ("dv_sh", 10, 2),
+            ("dks_sb", 11, 0),
+            ("dks_st", 11, 1),
+            ("dks_sh", 11, 2),
+            ("dvs_sb", 12, 0),
+            ("dvs_st", 12, 1),
+            ("dvs_sh", 12, 2),
+        ] {
+            dkdv.i64(name, s(i, d));
+        }
+        dkdv.i32("N", n as i32)
+            .i32("H", h as i32)
+            .i32("HKV", hkv as i32)
+            .i32("NC", sz.nc as i32)
+            .i32("NCR", ncr as i32)
+            .f32("scale", sz.scale);
+        let mut dq = ArgList::default();
+        for (name, i) in [
+            ("Q", 0),
+            ("K", 1),
+            ("V", 2),
+            ("KS", 3),
+            ("VS", 4),
+            ("DO", 7),
+            ("LSE", 6),
+        ] {
+            dq.ptr(name, t[i].ptr);
+        }
+        dq.ptr("DELTA", delta).ptr("DQ", t[8].ptr);
+        common(&mut dq);
+        dq.i64("dq_sb", s(8, 0))
+            .i64("dq_st", s(8, 1))
+            .i64("dq_sh", s(8, 2))
+            .i32("N", n as i32)
+            .i32("H", h as i32)
+            .i32("HKV", hkv as i32)
+            .i32("NC", sz.nc as i32)
+            .f32("scale", sz.scale);
+        let w = tile.warps();
+        Ok(vec![
+            Step::triton(0, (q_blocks, hg, bg), w, pre),
+            Step::triton(1, (key_blocks, grid_dim("Hkv", hkv, 65535)?, bg), w, dkdv),
+            Step::triton(2, (q_blocks, hg, bg), w, dq),
+        ])
+    }
+}
