@@ -7,7 +7,11 @@ For every shape (and local mode, dtype) this times
     its output first checked against a float64 reference of the same mask on a small shape;
   - SDPA dense causal attention over the N raw keys with the cuDNN backend (what a model without
     EVA would run);
-  - flasheva itself, by running `flasheva bench prefill ... --json` (when --flasheva is given);
+  - flasheva itself, by running `flasheva bench prefill ... --json` (when --flasheva is given),
+    with each backend of --backends (nvrtc, triton);
+  - with --backward, FlexAttention's backward (autograd of the compiled function: forward plus
+    backward time minus the forward's) and `flasheva bench prefill_bwd`, counting 2.5 times
+    the forward's flops for both (FlashAttention's convention);
 and prints one table with the ratio flasheva / peer. Effective TFLOP/s count 4*D flops per
 visible (query, key-or-summary) pair for every method (dense causal counts its own N(N+1)/2).
 
@@ -136,12 +140,14 @@ def check_rows(out, q, k, v, ks, vs, n, w, c, mode, scale):
     return ((got - ref).norm() / ref.norm()).item()
 
 
-def run_flasheva(exe, b, n, d, w, c, mode, dtype, iters):
+def run_flasheva(exe, b, n, d, w, c, mode, dtype, iters, op="prefill", backend=None):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
-    cmd = [exe, "bench", "prefill", "--head-dim", str(d), "--window", str(w), "--chunk", str(c),
+    cmd = [exe, "bench", op, "--head-dim", str(d), "--window", str(w), "--chunk", str(c),
            "--local", mode, "--dtype", dtype, "--batch", str(b), "--seq-len", str(n),
            "--heads", str(HEADS), "--kv-heads", str(HEADS), "--iters", str(iters), "--json", path]
+    if backend:
+        cmd += ["--backend", backend]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.stderr.write(r.stdout + r.stderr)
@@ -161,6 +167,10 @@ def main():
     ap.add_argument("--shapes", default="all", help="comma-separated indices into the shape list, or all")
     ap.add_argument("--no-sdpa", action="store_true")
     ap.add_argument("--json", help="write every row here")
+    ap.add_argument("--backends", default="",
+                    help="comma-separated flasheva backends to bench (nvrtc, triton); default: the tuned choice")
+    ap.add_argument("--backward", action="store_true",
+                    help="also FlexAttention's backward and flasheva's prefill_bwd")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     # One compiled kernel per shape, mask and dtype: raise dynamo's recompile limit so that no
@@ -214,6 +224,34 @@ def main():
                         row["flasheva_tile"] = tile
                         row["flasheva_tflops"] = flops / fe_ms / 1e9
                         row["ratio_vs_flex"] = fe_ms / flex_ms
+                    for be in filter(None, a.backends.split(",")):
+                        ms, t = run_flasheva(a.flasheva, b, n, d, w, c, mode, dt_name, a.iters, backend=be)
+                        if ms is not None:
+                            row[f"flasheva_{be}_ms"] = ms
+                            row[f"flasheva_{be}_tile"] = t
+                            row[f"flasheva_{be}_tflops"] = flops / ms / 1e9
+                if a.backward:
+                    grads = [tuple(x.detach().requires_grad_() for x in t) for t in aug]
+                    dos = [torch.rand_like(t[0]) * 2 - 1 for t in aug]
+
+                    def fwd_bwd(q, kk, vv, do):
+                        out = flex(q, kk, vv, block_mask=bm, scale=scale)
+                        torch.autograd.grad(out, (q, kk, vv), do)
+
+                    both = time_ms(fwd_bwd, [g + (do,) for g, do in zip(grads, dos)], a.iters)
+                    row["flex_bwd_ms"] = both - flex_ms
+                    row["flex_bwd_tflops"] = 2.5 * flops / row["flex_bwd_ms"] / 1e9
+                    del grads, dos
+                    if a.flasheva:
+                        ms, t = run_flasheva(a.flasheva, b, n, d, w, c, mode, dt_name, a.iters,
+                                             op="prefill_bwd")
+                        if ms is not None:
+                            row["flasheva_bwd_ms"] = ms
+                            row["flasheva_bwd_tile"] = t
+                            row["flasheva_bwd_tflops"] = 2.5 * flops / ms / 1e9
+                            row["ratio_bwd_vs_flex"] = ms / row["flex_bwd_ms"]
+                            if "flasheva_ms" in row:
+                                row["bwd_over_fwd"] = ms / row["flasheva_ms"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             del sets
@@ -230,6 +268,16 @@ def main():
         sd = f"{r['sdpa_causal_ms']:.3f}" if "sdpa_causal_ms" in r else ""
         print(f"{shape:<34} {r['mode']:<8} {r['dtype']:<5} {fe:>11} {fet:>8} {r['flex_ms']:>9.4f} "
               f"{r['flex_tflops']:>8.0f} {ratio:>8} {sd:>14}")
+    extra = [r for r in rows if any(k.startswith("flasheva_triton") or k.startswith("flex_bwd") for k in r)]
+    if extra:
+        print(f"\n{'shape':<34} {'mode':<8} {'dt':<5} {'nvrtc ms':>9} {'triton ms':>10} "
+              f"{'bwd ms':>9} {'flex bwd':>9} {'bwd/flex':>9} {'bwd/fwd':>8}")
+        for r in extra:
+            shape = f"B={r['B']} N={r['N']} D={r['D']} W={r['W']} C={r['C']}"
+            f = lambda k, fmt: format(r[k], fmt) if k in r else "-"
+            print(f"{shape:<34} {r['mode']:<8} {r['dtype']:<5} {f('flasheva_nvrtc_ms', '.4f'):>9} "
+                  f"{f('flasheva_triton_ms', '.4f'):>10} {f('flasheva_bwd_ms', '.4f'):>9} "
+                  f"{f('flex_bwd_ms', '.4f'):>9} {f('ratio_bwd_vs_flex', '.2f'):>9} {f('bwd_over_fwd', '.2f'):>8}")
 
 
 if __name__ == "__main__":
