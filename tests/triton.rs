@@ -57,6 +57,42 @@ fn triton_tile(s: &KernelSpec) -> Tile {
     t
 }
 
+/// (entry point, parameter count) of every launch the op plans for a small call of `s`.
+fn planned_params(s: &KernelSpec) -> Vec<(usize, usize)> {
+    use flasheva::ops::{self, DeviceFacts, Problem};
+    use flasheva::tensor::TensorArg;
+    use flasheva::workload::Workload;
+    let def = ops::of(s.op());
+    let mut p = Problem::new(Workload {
+        spec: *s,
+        b: 2,
+        n: 77,
+        h: 8,
+        hkv: 2,
+    });
+    p.splits = Some(3);
+    let tile = triton_tile(s);
+    let tensors: Vec<TensorArg> = def
+        .inputs(&p)
+        .iter()
+        .chain(&def.outputs(&p))
+        .map(|t| TensorArg::contiguous(t.name, 0x10000, t.elem, &t.shape))
+        .collect();
+    let splits = def.splits(&p, &tile, 132);
+    let ws = def.workspace(&p, splits);
+    let args = p.op_args(tensors, splits, (ws > 0).then_some((0x20000, ws)));
+    def.plan(s, &tile, &args, DeviceFacts { sm_count: 132 })
+        .unwrap()
+        .iter()
+        .map(|st| {
+            (
+                st.function,
+                st.args.as_ref().expect("scalar parameters").len(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn every_op_compiles_for_sm_80_and_sm_90a_into_the_cache() {
     let Some(tr) = triton() else { return };
@@ -106,6 +142,15 @@ fn every_op_compiles_for_sm_80_and_sm_90a_into_the_cache() {
             "{s} {arch}: the ptxas report is kept: {:?}",
             m.resources
         );
+        // every launch passes exactly as many parameters as the compiled kernel declares
+        for (function, count) in planned_params(s) {
+            let entry = &s.entry_points()[function];
+            let start = ptx
+                .find(&format!(".entry {entry}("))
+                .unwrap_or_else(|| panic!("{s}: no {entry}"));
+            let sig = &ptx[start..start + ptx[start..].find(')').unwrap()];
+            assert_eq!(sig.matches(".param").count(), count, "{s} {arch} {entry}");
+        }
         // a second time is a cache hit
         let again = pipeline.ensure(s, &triton_tile(s), *arch).unwrap();
         assert_eq!(again.status, Status::Cached);
