@@ -577,3 +577,101 @@ def fe_chunk_mean_bwd(DXBAR, DX, y_sb, y_st, y_sh, x_sb, x_st, x_sh, N, NC, G,
     dx = tl.zeros([CP, DP], tl.float32) + dy[None, :] / C
     tl.store(DX + b64 * x_sb + rows[:, None].to(tl.int64) * x_st + g * x_sh + dcol[None, :],
              dx.to(DX.dtype.element_ty), mask=(r[:, None] < C) & (rows[:, None] < N) & dmask[None, :])
+
+
+# ---- serving: extend and append (the contract's item 6) ------------------------------------
+
+
+@triton.jit
+def fe_extend(Q, K, V, KR, VR, KS, VS, START, COUNT, O, LSE,
+              q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
+              kr_sb, kr_ss, kr_sh, vr_sb, vr_ss, vr_sh, ks_sb, ks_st, ks_sh, vs_sb, vs_st, vs_sh,
+              o_sb, o_st, o_sh, lse_sb, lse_sh,
+              H, HKV, MAXNC, scale_log2,
+              D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
+              SLIDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """extend: grid (cdiv(Tmax, BLOCK_M), H, B). Row t of sequence b is the query at position
+    L0 + t (L0 = START[b], rows t >= COUNT[b] are not written); it sees the raw keys of its
+    window, those before L0 from the ring (slot j mod W), the others from the new keys (row
+    j - L0), and the summaries c < (L0 + t) / C of the cache."""
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    kvh = h // (H // HKV)
+    b64 = b.to(tl.int64)
+    L0 = tl.load(START + b)
+    T = tl.load(COUNT + b)
+    t0 = pid_m * BLOCK_M
+    trow = t0 + tl.arange(0, BLOCK_M)
+    rmask = trow < T
+    pos = L0 + trow
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    q = tl.load(Q + b64 * q_sb + trow[:, None].to(tl.int64) * q_st + h * q_sh + dcol[None, :],
+                mask=rmask[:, None] & dmask[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], NEG_INF, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DP], tl.float32)
+    # the positions this block's rows see: from the first row's window start to the last row
+    first = L0 + t0
+    last = L0 + tl.minimum(t0 + BLOCK_M, T) - 1
+    if SLIDING:
+        lo = tl.maximum(first - W + 1, 0)
+    else:
+        lo = (first // W) * W
+    kb = tl.arange(0, BLOCK_N)
+    for j0 in range(lo, last + 1, BLOCK_N):
+        j = j0 + kb
+        in_ring = j < L0
+        slot = (j % W).to(tl.int64)
+        new = tl.maximum(j - L0, 0).to(tl.int64)
+        kptr = tl.where(in_ring, KR + b64 * kr_sb + slot * kr_ss + kvh * kr_sh,
+                        K + b64 * k_sb + new * k_st + kvh * k_sh)
+        vptr = tl.where(in_ring, VR + b64 * vr_sb + slot * vr_ss + kvh * vr_sh,
+                        V + b64 * v_sb + new * v_st + kvh * v_sh)
+        lmask = (j[:, None] <= last) & dmask[None, :]
+        k = tl.load(kptr[:, None] + dcol[None, :], mask=lmask, other=0.0)
+        v = tl.load(vptr[:, None] + dcol[None, :], mask=lmask, other=0.0)
+        vis = _bwd_visible(pos, j, W, SLIDING) & rmask[:, None]
+        m_i, l_i, acc = _online_step(q, k, v, scale_log2, m_i, l_i, acc, vis, True)
+    nsum = tl.minimum(last // C, MAXNC)
+    ksb = KS + b64 * ks_sb + kvh * ks_sh
+    vsb = VS + b64 * vs_sb + kvh * vs_sh
+    for c0 in range(0, nsum, BLOCK_N):
+        cs = c0 + kb
+        s_mask = (cs[:, None] < nsum) & dmask[None, :]
+        k = tl.load(ksb + cs[:, None].to(tl.int64) * ks_st + dcol[None, :], mask=s_mask, other=0.0)
+        v = tl.load(vsb + cs[:, None].to(tl.int64) * vs_st + dcol[None, :], mask=s_mask, other=0.0)
+        vis = (cs[None, :] < (pos[:, None] // C)) & (cs[None, :] < MAXNC) & rmask[:, None]
+        m_i, l_i, acc = _online_step(q, k, v, scale_log2, m_i, l_i, acc, vis, True)
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    tl.store(O + b64 * o_sb + trow[:, None].to(tl.int64) * o_st + h * o_sh + dcol[None, :],
+             (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
+    tl.store(LSE + b64 * lse_sb + h * lse_sh + trow, (m_i + tl.log2(l_safe)) * LN2, mask=rmask)
+
+
+@triton.jit
+def fe_append(K, V, START, COUNT, KR, VR, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
+              kr_sb, kr_ss, kr_sh, vr_sb, vr_ss, vr_sh, HKV,
+              D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_N: tl.constexpr):
+    """append: grid (cdiv(W, BLOCK_N), HKV, B). Writes the new tokens' keys and values into the
+    ring: of the T = COUNT[b] new tokens at positions L0 + t (L0 = START[b]), the last min(T, W)
+    land in slot (L0 + t) mod W; every other slot keeps what it holds."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    b64 = b.to(tl.int64)
+    L0 = tl.load(START + b)
+    T = tl.load(COUNT + b)
+    first = tl.maximum(T - W, 0)        # the first new token that lands
+    # this program covers the landing tokens t in [first + pid*BLOCK_N, ...): one per slot
+    t = first + pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    tmask = t < T
+    slot = ((L0 + t) % W).to(tl.int64)
+    dcol = tl.arange(0, DP)
+    m = tmask[:, None] & (dcol[None, :] < D)
+    t64 = t[:, None].to(tl.int64)
+    k = tl.load(K + b64 * k_sb + t64 * k_st + h * k_sh + dcol[None, :], mask=m, other=0.0)
+    v = tl.load(V + b64 * v_sb + t64 * v_st + h * v_sh + dcol[None, :], mask=m, other=0.0)
+    tl.store(KR + b64 * kr_sb + slot[:, None] * kr_ss + h * kr_sh + dcol[None, :], k, mask=m)
+    tl.store(VR + b64 * vr_sb + slot[:, None] * vr_ss + h * vr_sh + dcol[None, :], v, mask=m)

@@ -257,6 +257,42 @@ def ref_chunk_mean_bwd(dxbar, N, C):
     return dx
 
 
+def ref_extend(q, k, v, kr, vr, ks, vs, starts, counts, W, C, sliding, s):
+    """Row t of sequence b = prefill row L0 + t over the whole sequence: raw keys before L0 from
+    the ring (slot j mod W), the others from the new keys; summaries c < (L0 + t) / C."""
+    B, TM, H, D = q.shape
+    HKV, MAXNC = k.shape[2], ks.shape[1]
+    o = np.full((B, TM, H, D), np.nan)
+    lse = np.full((B, H, TM), np.nan)
+    for b in range(B):
+        L0 = starts[b]
+        for t in range(counts[b]):
+            i = L0 + t
+            for h in range(H):
+                g = h // (H // HKV)
+                js = [j for j in range(max(0, i - W), i + 1) if visible_raw(i, j, W, sliding)]
+                keys = [kr[b, j % W, g] if j < L0 else k[b, j - L0, g] for j in js]
+                vals = [vr[b, j % W, g] if j < L0 else v[b, j - L0, g] for j in js]
+                cs = list(range(min(i // C, MAXNC)))
+                keys = np.concatenate([np.array(keys).reshape(-1, D), ks[b, cs, g]])
+                vals = np.concatenate([np.array(vals).reshape(-1, D), vs[b, cs, g]])
+                x = s * keys @ q[b, t, h]
+                mx = x.max()
+                e = np.exp(x - mx)
+                o[b, t, h] = e @ vals / e.sum()
+                lse[b, h, t] = mx + math.log(e.sum())
+    return o, lse
+
+
+def ref_append(k, v, kr, vr, starts, counts, W):
+    kr, vr = kr.copy(), vr.copy()
+    for b in range(k.shape[0]):
+        for t in range(max(0, counts[b] - W), counts[b]):
+            kr[b, (starts[b] + t) % W] = k[b, t]
+            vr[b, (starts[b] + t) % W] = v[b, t]
+    return kr, vr
+
+
 # ---- checks --------------------------------------------------------------------------------
 
 TOL = {"f16": 2e-3, "bf16": 8e-3}
@@ -475,6 +511,63 @@ def check_chunk_mean_bwd(B, N, G, D, C, dt, extra=0):
                  [("dx", DX.get(), ref_chunk_mean_bwd(dy, N, C))])
 
 
+def check_extend(starts, counts, TM, H, HKV, D, W, C, sliding, dt, BM, BN, large=False):
+    B = len(starts)
+    MAXNC = max(1, max(a + b for a, b in zip(starts, counts)) // C + 1)
+    q = rand((B, TM, H, D), dt)
+    if large:
+        q = from_bits(to_bits(amplify_rows(q, 3.0e4), dt), dt)
+    k, v = rand((B, TM, HKV, D), dt), rand((B, TM, HKV, D), dt)
+    kr, vr = rand((B, W, HKV, D), dt), rand((B, W, HKV, D), dt)
+    ks, vs = rand((B, MAXNC, HKV, D), dt), rand((B, MAXNC, HKV, D), dt)
+    s = 1.0 / math.sqrt(D)
+    Q, K, V, KR, VR, KS, VS = (Buf(x.shape, dt, 0, x) for x in (q, k, v, kr, vr, ks, vs))
+    ST = Buf((B,), "i32", 0, np.array(starts, np.int32))
+    CT = Buf((B,), "i32", 0, np.array(counts, np.int32))
+    O, LSE = Buf((B, TM, H, D), dt), Buf((B, H, TM), "f32")
+    fk.fe_extend[(triton.cdiv(TM, BM), H, B)](
+        Q.t, K.t, V.t, KR.t, VR.t, KS.t, VS.t, ST.t, CT.t, O.t, LSE.t,
+        Q.st(0), Q.st(1), Q.st(2), K.st(0), K.st(1), K.st(2), V.st(0), V.st(1), V.st(2),
+        KR.st(0), KR.st(1), KR.st(2), VR.st(0), VR.st(1), VR.st(2),
+        KS.st(0), KS.st(1), KS.st(2), VS.st(0), VS.st(1), VS.st(2),
+        O.st(0), O.st(1), O.st(2), LSE.st(0), LSE.st(1), H, HKV, MAXNC, s * LOG2E,
+        D=D, DP=pow2(D), W=W, C=C, SLIDING=sliding, BLOCK_M=BM, BLOCK_N=BN)
+    wo, wl = ref_extend(q, k, v, kr, vr, ks, vs, starts, counts, W, C, sliding, s)
+    got_o, got_l = O.get(), LSE.get()
+    written = ~np.isnan(wo)
+    # rows past COUNT stay poisoned (not written); the others match
+    untouched = bool(np.isnan(got_o[~written]).all())
+    r = rel(np.where(written, got_o, 0.0), np.where(written, wo, 0.0))
+    lw = ~np.isnan(wl)
+    lerr = float(np.abs(got_l[lw] - wl[lw]).max()) if lw.any() else 0.0
+    if large:
+        lerr = min(lerr, 1e-3) if lerr < 1e-3 + 4 * math.sqrt(D) * 1.2e-7 * np.abs(wl[lw]).max() else lerr
+    ok_rows = untouched
+    RESULTS.append(ok_rows)
+    if not ok_rows:
+        print(f"FAIL extend wrote rows past COUNT")
+    report(f"extend L0={starts} T={counts} Tmax={TM} H={H}/{HKV} D={D} W={W} C={C} "
+           f"{'sliding' if sliding else 'block'} {dt} m{BM} n{BN}{' large' if large else ''}", dt, r, lerr)
+
+
+def check_append(starts, counts, TM, HKV, D, W, dt, BN):
+    B = len(starts)
+    k, v = rand((B, TM, HKV, D), dt), rand((B, TM, HKV, D), dt)
+    kr, vr = rand((B, W, HKV, D), dt), rand((B, W, HKV, D), dt)
+    K, V, KR, VR = (Buf(x.shape, dt, 0, x) for x in (k, v, kr, vr))
+    ST = Buf((B,), "i32", 0, np.array(starts, np.int32))
+    CT = Buf((B,), "i32", 0, np.array(counts, np.int32))
+    fk.fe_append[(triton.cdiv(W, BN), HKV, B)](
+        K.t, V.t, ST.t, CT.t, KR.t, VR.t, K.st(0), K.st(1), K.st(2), V.st(0), V.st(1), V.st(2),
+        KR.st(0), KR.st(1), KR.st(2), VR.st(0), VR.st(1), VR.st(2), HKV,
+        D=D, DP=pow2(D), W=W, BLOCK_N=BN)
+    wk, wv = ref_append(k, v, kr, vr, starts, counts, W)
+    ok = np.array_equal(KR.get(), wk) and np.array_equal(VR.get(), wv)
+    RESULTS.append(ok)
+    print(f"{'PASS' if ok else 'FAIL'} append L0={starts} T={counts} W={W} D={D} {dt}: ring "
+          f"{'exact' if ok else 'differs'}")
+
+
 def main():
     for dt in ("f16", "bf16"):
         for sliding in (False, True):
@@ -498,6 +591,12 @@ def main():
         check_chunk_summarize_bwd(2, 37, 2, 32, 8, dt, extra=2)
         check_chunk_summarize_bwd(1, 30, 1, 64, 6, dt, large=True)
         check_chunk_mean_bwd(2, 37, 3, 32, 8, dt, extra=1)
+        for sliding in (False, True):
+            # T = 1 (a decode step), T < C, chunk and window crossings, T > W, L0 = 0, mixed
+            check_extend([0, 5, 37, 70], [9, 1, 20, 0], 24, 4, 2, 32, 16, 4, sliding, dt, 16, 16)
+            check_extend([33, 0], [40, 17], 40, 2, 1, 64, 32, 8, sliding, dt, 16, 16, large=True)
+        check_append([0, 5, 37, 70], [9, 1, 20, 0], 24, 2, 32, 16, dt, 16)
+        check_append([3], [40], 40, 1, 64, 32, dt, 16)
     failed = RESULTS.count(False)
     print(f"{len(RESULTS) - failed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
