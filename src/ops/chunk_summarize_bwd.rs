@@ -245,7 +245,8 @@ impl OpDef for ChunkSummarizeBwd {
         for x in t {
             expect_contiguous_rows(x)?;
         }
-        if b == 0 || n == 0 || hkv == 0 {
+        // N = 0 still has omega rows (all past N/C) whose domega is zero
+        if b == 0 || hkv == 0 || (n == 0 && ncr == 0) {
             return Ok(Vec::new());
         }
         let scale = args.scale.unwrap_or_else(|| spec.default_scale());
