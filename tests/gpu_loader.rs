@@ -231,3 +231,120 @@ fn tuned_winners_are_used_unless_switched_off() {
     assert_eq!(off.tile_for_workload(&w), off.default_tile(&s));
     println!("SUMMARY loader: tuned winner used; use_tuned=false gives the default");
 }
+
+/// The loader launches a tuned winner whichever backend won: a Triton tile compiled and recorded
+/// as the winner on a "tuning machine", shipped in a bundle, loaded on a "fleet machine" that may
+/// not compile (so Python and Triton are never called there) from its cubin, and correct.
+#[test]
+fn a_triton_winner_from_a_bundle_loads_without_compiling() {
+    let Some(g) = gpu("triton winner") else {
+        return;
+    };
+    let triton = match flasheva::compile::triton::Triton::load() {
+        Ok(t) => t,
+        Err(e) => {
+            assert!(
+                !flasheva::config::require_triton().unwrap_or(false),
+                "FLASHEVA_REQUIRE_TRITON=1 but Triton is missing: {e}"
+            );
+            let _ = writeln!(std::io::stderr(), "GPU TEST SKIPPED: triton winner: {e}");
+            return;
+        }
+    };
+    let info = g.info().clone();
+    let arch = Arch::preferred_for(info.capability.0, info.capability.1);
+    if !flasheva::tile::triton_targets(arch) {
+        assert!(
+            !flasheva::config::require_triton().unwrap_or(false),
+            "Triton does not target {arch}"
+        );
+        return;
+    }
+    let s = spec(Op::Prefill, 64, 128, 8, LocalMode::Block, DType::Bf16, 1);
+    let tile = Tile::default_for_backend(&s, arch, flasheva::tile::Backend::Triton);
+    assert_ne!(
+        tile,
+        Tile::default_for(&s, arch),
+        "a Triton tile, not the default"
+    );
+    let build = tempfile::tempdir().unwrap();
+    let bstore = CacheStore::open(build.path()).unwrap();
+    let built = Pipeline::new(&bstore, &triton)
+        .ensure(&s, &tile, arch)
+        .unwrap();
+    let (b, n, h, hkv) = (2, 333, 4, 2);
+    let c = CandidateResult {
+        tile,
+        key: Some(built.entry.meta.key),
+        status: flasheva::cache::winner::CandidateStatus::Ok,
+        median_ms: Some(1.0),
+        min_ms: None,
+        max_ms: None,
+        rate: None,
+        rate_unit: "TFLOP/s".into(),
+        rel_diff: Some(0.0),
+    };
+    bstore
+        .put_winner(&WinnerRecord {
+            format: WINNER_FORMAT,
+            crate_version: flasheva::CRATE_VERSION.into(),
+            device: DeviceId {
+                name: info.name.clone(),
+                capability: info.capability,
+                driver_version: 0,
+                nvrtc_version: None,
+            },
+            spec: s,
+            bucket: Bucket::of(Op::Prefill, b, n, h, hkv),
+            shape: (b, n, h, hkv),
+            tile,
+            artifact_key: Some(built.entry.meta.key),
+            median_ms: 1.0,
+            default_tile: Tile::default_for(&s, arch),
+            default_median_ms: 2.0,
+            candidates: vec![c],
+            created_unix: 0,
+        })
+        .unwrap();
+    let file = build.path().join("t.flasheva");
+    bundle::export(
+        &bstore,
+        &file,
+        &ExportOptions::default().winners_only(true),
+        None,
+    )
+    .unwrap();
+
+    let fleet = tempfile::tempdir().unwrap();
+    let store = CacheStore::open(fleet.path()).unwrap();
+    bundle::import(
+        &store,
+        &file,
+        &bundle::ImportOptions::default().allow_unsigned(true),
+    )
+    .unwrap();
+    let rt = Runtime::with_gpu(
+        g.clone(),
+        store,
+        RuntimeOptions::default()
+            .compile_on_miss(false)
+            .use_tuned(true),
+    );
+    let w = flasheva::workload::Workload {
+        spec: s,
+        b,
+        n,
+        h,
+        hkv,
+    };
+    assert_eq!(rt.tile_for_workload(&w), tile);
+    let k = rt.kernel_for(&w).unwrap();
+    assert_eq!(k.tile, tile);
+    assert!(matches!(k.origin, Origin::Cubin { .. }), "{:?}", k.origin);
+    let stream = g.context().new_stream().unwrap();
+    let r = verify::check_prefill(&stream, &k, &case()).unwrap();
+    assert!(r.pass, "{r}");
+    println!(
+        "SUMMARY loader: a Triton winner from a bundle, loaded from its cubin without compiling: {r}"
+    );
+}
