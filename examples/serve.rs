@@ -160,6 +160,7 @@ fn main() -> ExitCode {
             n: 1024 << (i % 4),
             h: 32,
             hkv: 8,
+            past: 0,
         };
         let kernel = match rt.kernel_for(&w) {
             Ok(k) => k,

@@ -550,9 +550,226 @@ pub fn chunk_mean_bwd(
     dx
 }
 
+/// The tensors of an extend call, as float64 (layouts of the contract's item 6).
+pub struct ExtendInputs<'a> {
+    /// New queries `[B,Tmax,H,D]`.
+    pub q: &'a [f64],
+    /// New keys `[B,Tmax,Hkv,D]`.
+    pub k: &'a [f64],
+    /// New values `[B,Tmax,Hkv,D]`.
+    pub v: &'a [f64],
+    /// Ring keys `[B,W,Hkv,D]` (token t in slot t mod W, t < L0).
+    pub kr: &'a [f64],
+    /// Ring values `[B,W,Hkv,D]`.
+    pub vr: &'a [f64],
+    /// Summary keys `[B,MAXNC,Hkv,D]`.
+    pub ks: &'a [f64],
+    /// Summary values `[B,MAXNC,Hkv,D]`.
+    pub vs: &'a [f64],
+}
+
+/// Extend reference: row `t < T[b]` of sequence `b` is the query at position `L0[b] + t`; its
+/// visible raw keys at positions below `L0` come from the ring, the others from the new keys,
+/// under prefill's rule, and it sees the summaries `c < (L0 + t) / C`. Returns `o [B,Tmax,H,D]`,
+/// `lse [B,H,Tmax]` and the LSE magnitudes (as [`prefill_lse_magnitudes`]); rows `t >= T[b]`
+/// are NaN (not written by the kernel, not compared).
+pub fn extend(
+    s: &DecodeShape,
+    tmax: usize,
+    start: &[i32],
+    count: &[i32],
+    x: &ExtendInputs<'_>,
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let DecodeShape {
+        b,
+        h,
+        hkv,
+        d,
+        window,
+        chunk,
+        local,
+        max_nc,
+    } = *s;
+    let g = h / hkv;
+    let mut o = vec![f64::NAN; b * tmax * h * d];
+    let mut lse = vec![f64::NAN; b * h * tmax];
+    let mut mags = vec![0.0; b * h * tmax];
+    for bi in 0..b {
+        let l0 = start[bi].max(0) as usize;
+        let t_count = (count[bi].max(0) as usize).min(tmax);
+        for t in 0..t_count {
+            let pos = l0 + t;
+            for hi in 0..h {
+                let kh = hi / g;
+                let qi = &x.q[((bi * tmax + t) * h + hi) * d..][..d];
+                let mut logits = Vec::new();
+                let mut vals: Vec<&[f64]> = Vec::new();
+                let mut m: f64 = 0.0;
+                for j in key_range(pos, window, local) {
+                    let (kj, vj) = if j < l0 {
+                        let at = ((bi * window + j % window) * hkv + kh) * d;
+                        (&x.kr[at..][..d], &x.vr[at..][..d])
+                    } else {
+                        let at = ((bi * tmax + (j - l0)) * hkv + kh) * d;
+                        (&x.k[at..][..d], &x.v[at..][..d])
+                    };
+                    logits.push(scale * dot(qi, kj));
+                    m = m.max(abs_dot(qi, kj));
+                    vals.push(vj);
+                }
+                for c in 0..summaries_visible(pos, chunk, max_nc) {
+                    let at = ((bi * max_nc + c) * hkv + kh) * d;
+                    logits.push(scale * dot(qi, &x.ks[at..][..d]));
+                    m = m.max(abs_dot(qi, &x.ks[at..][..d]));
+                    vals.push(&x.vs[at..][..d]);
+                }
+                let (row, l) = softmax_rows(&logits, &vals, d);
+                o[((bi * tmax + t) * h + hi) * d..][..d].copy_from_slice(&row);
+                lse[(bi * h + hi) * tmax + t] = l;
+                mags[(bi * h + hi) * tmax + t] = scale * m;
+            }
+        }
+    }
+    (o, lse, mags)
+}
+
+/// Append reference: the ring `[B,W,Hkv,D]` after writing the last `min(T, W)` of sequence
+/// `b`'s `T = count[b]` new tokens `new [B,Tmax,Hkv,D]` (positions `L0 + t`, `L0 = start[b]`)
+/// into slot `(L0 + t) mod W`; every other slot keeps its value.
+#[allow(clippy::too_many_arguments)]
+pub fn append(
+    ring: &[f64],
+    new: &[f64],
+    start: &[i32],
+    count: &[i32],
+    tmax: usize,
+    window: usize,
+    hkv: usize,
+    d: usize,
+) -> Vec<f64> {
+    let mut out = ring.to_vec();
+    for (bi, (&l0, &t_count)) in start.iter().zip(count).enumerate() {
+        let (l0, t_count) = (l0.max(0) as usize, (t_count.max(0) as usize).min(tmax));
+        for t in t_count.saturating_sub(window)..t_count {
+            let slot = (l0 + t) % window;
+            let row = hkv * d;
+            out[(bi * window + slot) * row..][..row]
+                .copy_from_slice(&new[(bi * tmax + t) * row..][..row]);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    /// The contract's consistency rule for extend: row t equals prefill's row L0 + t over the
+    /// whole sequence, with the ring holding tokens max(0, L0 - W) .. L0 - 1 (stale slots
+    /// junk) and the summaries of every chunk complete by L0 + T - 1; append then leaves the
+    /// ring holding the last W tokens of L0 + T.
+    #[test]
+    fn extend_rows_equal_prefill_rows_and_append_fills_the_ring() {
+        let (h, hkv, d, window, chunk) = (4, 2, 8, 8, 4);
+        for local in LocalMode::ALL {
+            // (L0, T): T = 1, T < C, crossing a chunk, crossing a window, T > W, L0 = 0
+            for (seed, &(l0, t)) in [(0, 5), (13, 1), (9, 3), (6, 7), (5, 20), (16, 9), (30, 0)]
+                .iter()
+                .enumerate()
+            {
+                let n = l0 + t;
+                let sh = AttnShape {
+                    b: 1,
+                    n,
+                    h,
+                    hkv,
+                    d,
+                    window,
+                    chunk,
+                    local,
+                };
+                let nc = (n / chunk).max(1);
+                let q = values(n * h * d, seed as u64 + 1);
+                let k = values(n * hkv * d, seed as u64 + 2);
+                let v = values(n * hkv * d, seed as u64 + 3);
+                let ks = values(nc * hkv * d, seed as u64 + 4);
+                let vs = values(nc * hkv * d, seed as u64 + 5);
+                let (po, plse) = prefill(&sh, nc, &q, &k, &v, &ks, &vs, 0.3);
+                let row = hkv * d;
+                let mut kr = values(window * row, seed as u64 + 6);
+                let mut vr = values(window * row, seed as u64 + 7);
+                for p in l0.saturating_sub(window)..l0 {
+                    let slot = p % window;
+                    kr[slot * row..][..row].copy_from_slice(&k[p * row..][..row]);
+                    vr[slot * row..][..row].copy_from_slice(&v[p * row..][..row]);
+                }
+                let tmax = t.max(1) + 2; // rows past T stay unwritten
+                let pad = |x: &[f64], w: usize| {
+                    let mut out = values(tmax * w, 99);
+                    out[..t * w].copy_from_slice(&x[l0 * w..][..t * w]);
+                    out
+                };
+                let (nq, nk, nv) = (pad(&q, h * d), pad(&k, row), pad(&v, row));
+                let ds = DecodeShape {
+                    b: 1,
+                    h,
+                    hkv,
+                    d,
+                    window,
+                    chunk,
+                    local,
+                    max_nc: nc,
+                };
+                let x = ExtendInputs {
+                    q: &nq,
+                    k: &nk,
+                    v: &nv,
+                    kr: &kr,
+                    vr: &vr,
+                    ks: &ks,
+                    vs: &vs,
+                };
+                let (o, lse, _) = extend(&ds, tmax, &[l0 as i32], &[t as i32], &x, 0.3);
+                for r in 0..tmax {
+                    for hi in 0..h {
+                        let got = &o[(r * h + hi) * d..][..d];
+                        if r >= t {
+                            assert!(got.iter().all(|x| x.is_nan()));
+                            continue;
+                        }
+                        let want = &po[((l0 + r) * h + hi) * d..][..d];
+                        for (a, b) in got.iter().zip(want) {
+                            assert!((a - b).abs() < 1e-12, "{local} L0={l0} T={t} row {r}");
+                        }
+                        let (a, b) = (lse[hi * tmax + r], plse[hi * n + l0 + r]);
+                        assert!((a - b).abs() < 1e-12, "{local} L0={l0} T={t} lse {r}");
+                    }
+                }
+                let after = append(&kr, &nk, &[l0 as i32], &[t as i32], tmax, window, hkv, d);
+                for p in n.saturating_sub(window)..n {
+                    assert_eq!(
+                        &after[(p % window) * row..][..row],
+                        &k[p * row..][..row],
+                        "{local} L0={l0} T={t} slot of {p}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn visibility_follows_the_contract() {

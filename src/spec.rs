@@ -37,11 +37,16 @@ pub enum Op {
     ChunkSummarizeBwd,
     /// Gradient of chunk_mean: `dXbar -> dX`.
     ChunkMeanBwd,
+    /// T new tokens per sequence after L0 cached ones (chunked prefill onto a cache, speculative
+    /// verification): attention over the ring, the summaries and the new keys themselves.
+    Extend,
+    /// Writes the last `min(T, W)` new tokens' keys and values into the ring.
+    Append,
 }
 
 impl Op {
     /// Every op, in a fixed order.
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 9] = [
         Op::ChunkMean,
         Op::ChunkSummarize,
         Op::Prefill,
@@ -49,6 +54,8 @@ impl Op {
         Op::PrefillBwd,
         Op::ChunkSummarizeBwd,
         Op::ChunkMeanBwd,
+        Op::Extend,
+        Op::Append,
     ];
 
     /// The forward ops (what presets build unless they list ops).
@@ -64,12 +71,22 @@ impl Op {
             Op::PrefillBwd => "prefill_bwd",
             Op::ChunkSummarizeBwd => "chunk_summarize_bwd",
             Op::ChunkMeanBwd => "chunk_mean_bwd",
+            Op::Extend => "extend",
+            Op::Append => "append",
         }
     }
 
     /// Whether the kernel depends on the local window and the local mode.
     pub fn uses_window(self) -> bool {
-        matches!(self, Op::Prefill | Op::Decode | Op::PrefillBwd)
+        matches!(
+            self,
+            Op::Prefill | Op::Decode | Op::PrefillBwd | Op::Extend | Op::Append
+        )
+    }
+
+    /// Whether the kernel depends on the local mode (append writes the ring whatever it is).
+    pub fn uses_local(self) -> bool {
+        self.uses_window() && self != Op::Append
     }
 
     /// Whether the kernel is specialized on the GQA group size.
@@ -93,7 +110,7 @@ impl FromStr for Op {
             .ok_or_else(|| SpecError::Unknown {
                 field: "op",
                 value: s.to_string(),
-                accepted: "chunk_mean, chunk_summarize, prefill, decode, prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd",
+                accepted: "chunk_mean, chunk_summarize, prefill, decode, prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd, extend, append",
             })
     }
 }
@@ -374,7 +391,8 @@ impl KernelSpec {
             if chunk > window || window % chunk != 0 {
                 return Err(SpecError::ChunkWindow { chunk, window });
             }
-            (Some(window), Some(p.local.unwrap_or(LocalMode::Block)))
+            let local = op.uses_local().then(|| p.local.unwrap_or(LocalMode::Block));
+            (Some(window), local)
         } else {
             (None, None)
         };

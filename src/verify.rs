@@ -107,6 +107,9 @@ fn lse_check(got: &[f64], reference: &[f64], magnitude: &[f64], d: usize) -> (f6
     let mut ok = true;
     let mut nan = 0;
     for ((g, r), m) in got.iter().zip(reference).zip(magnitude) {
+        if r.is_nan() {
+            continue; // a row the op does not write (extend's rows past T)
+        }
         if g.is_nan() {
             nan += 1;
             ok = false;
@@ -162,6 +165,7 @@ impl PrefillCase {
             n: self.n,
             h: self.h,
             hkv: self.hkv,
+            past: 0,
         });
         p.summary_rows += self.extra_summaries;
         p.scale = self.scale;
@@ -199,6 +203,7 @@ impl DecodeCase {
             n,
             h: self.h,
             hkv,
+            past: 0,
         });
         p.lens = self.lens.clone();
         p.summary_rows = self.max_nc;
@@ -236,6 +241,7 @@ impl ChunkCase {
                 n: self.n,
                 h: self.heads,
                 hkv: self.heads,
+                past: 0,
             }),
             large_logits: self.large,
             strided: self.strided,
@@ -412,6 +418,7 @@ pub fn check_decode_vs_prefill(
         n,
         h,
         hkv,
+        past: 0,
     });
     let (ins, seed) = random_inputs(&pre, false);
     let o = &run_once(stream, prefill, &pre, &ins, 0)?[0];
@@ -422,6 +429,7 @@ pub fn check_decode_vs_prefill(
         n,
         h,
         hkv,
+        past: 0,
     });
     dec.summary_rows = pre.summary_rows;
     let (mut dins, _) = random_inputs(&dec, false);

@@ -5,7 +5,8 @@ use crate::ops;
 use crate::spec::KernelSpec;
 
 /// The sizes of one call of a kernel. Prefill and chunk ops: `n` tokens. Decode: every sequence
-/// has `n` tokens (query position `n - 1`).
+/// has `n` tokens (query position `n - 1`). Extend and append: `n` new tokens per sequence after
+/// `past` cached ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Workload {
     /// The spec.
@@ -18,6 +19,10 @@ pub struct Workload {
     pub h: usize,
     /// Key/value heads.
     pub hkv: usize,
+    /// Tokens already cached before this call (extend: `L0` of every sequence); 0 for the
+    /// other ops.
+    #[serde(default)]
+    pub past: usize,
 }
 
 impl Workload {
@@ -73,6 +78,7 @@ mod tests {
             n: 16384,
             h: 16,
             hkv: 16,
+            past: 0,
         };
         // per query: (i mod 512) + 1 local keys and floor(i / 64) summaries
         let pairs: u64 = (0..16384u64).map(|i| (i % 512) + 1 + i / 64).sum();

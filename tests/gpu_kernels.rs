@@ -907,6 +907,7 @@ fn sanitizer_subset() {
                 n,
                 h: 4,
                 hkv: 2,
+                past: 0,
             });
             p.summary_rows += 1;
             reports.push(
@@ -916,6 +917,31 @@ fn sanitizer_subset() {
                     &verify::Case {
                         problem: p,
                         large_logits: true,
+                        strided: true,
+                    },
+                )
+                .unwrap(),
+            );
+        }
+        // the serving ops: extend (mixed L0 and T) and append
+        for op in [Op::Extend, Op::Append] {
+            let se = spec(op, 64, 32, 8, LocalMode::Sliding, DType::Bf16, 1);
+            let ke = rt.kernel(&se).unwrap();
+            let cp = flasheva::ops::of(op).check_problem(&flasheva::workload::Workload {
+                spec: se,
+                b: 1,
+                n: 100,
+                h: 4,
+                hkv: 2,
+                past: 0,
+            });
+            reports.push(
+                verify::check(
+                    &stream,
+                    &ke,
+                    &verify::Case {
+                        problem: cp.problem,
+                        large_logits: cp.large_logits,
                         strided: true,
                     },
                 )
@@ -941,7 +967,14 @@ fn backward_grid() {
     use flasheva::verify::Case;
     use flasheva::workload::Workload;
     let case = |spec, b, n, h, hkv, extra: usize, large, strided| {
-        let mut p = Problem::new(Workload { spec, b, n, h, hkv });
+        let mut p = Problem::new(Workload {
+            spec,
+            b,
+            n,
+            h,
+            hkv,
+            past: 0,
+        });
         p.summary_rows += extra;
         Case {
             problem: p,
@@ -1016,4 +1049,107 @@ fn backward_grid() {
         }
     }
     settle("backward", reports);
+}
+
+/// extend and append (Triton kernels so far) against the float64 references (extend row t ==
+/// prefill row L0 + t, checked on the CPU in reference.rs): every head dim, both modes and
+/// dtypes, mixed L0 and T in one batch (L0 = 0, T = 1, T < C, T crossing chunk and window
+/// boundaries, T > W, T = 0), GQA and MQA, large logits, padded strides.
+#[test]
+fn extend_and_append_grid() {
+    let Some((rt, stream)) = gpu("extend") else {
+        return;
+    };
+    if !triton_here(&rt) {
+        return;
+    }
+    use flasheva::ops::{self, Problem};
+    use flasheva::verify::Case;
+    use flasheva::workload::Workload;
+    let mut reports = Vec::new();
+    for (d, w, c) in [
+        (64u32, 128u32, 8u32),
+        (128, 64, 16),
+        (32, 32, 8),
+        (128, 512, 64),
+        (256, 32, 16),
+        (96, 16, 16),
+    ] {
+        for dtype in DType::ALL {
+            for local in LocalMode::ALL {
+                let s = spec(Op::Extend, d, w, c, local, dtype, 1);
+                let k = rt.kernel(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
+                for (h, hkv, tmax, large, strided) in [
+                    (4usize, 2usize, 10_000usize, true, false),
+                    (8, 1, 3 * c as usize + 1, false, true),
+                    (2, 2, 1, false, false),
+                ] {
+                    let wl = Workload {
+                        spec: s,
+                        b: 1,
+                        n: tmax,
+                        h,
+                        hkv,
+                        past: 0,
+                    };
+                    let cp = ops::of(Op::Extend).check_problem(&wl);
+                    let case = Case {
+                        problem: cp.problem,
+                        large_logits: large,
+                        strided,
+                    };
+                    reports.push(
+                        verify::check(&stream, &k, &case).unwrap_or_else(|e| panic!("{s}: {e}")),
+                    );
+                }
+            }
+            let a = spec(Op::Append, d, w, c, LocalMode::Block, dtype, 1);
+            let k = rt.kernel(&a).unwrap_or_else(|e| panic!("{a}: {e}"));
+            for (tmax, hkv, strided) in [
+                (10_000usize, 2usize, false),
+                (1, 1, true),
+                (w as usize / 2, 3, false),
+            ] {
+                let mut p = ops::of(Op::Append)
+                    .check_problem(&Workload {
+                        spec: a,
+                        b: 1,
+                        n: tmax,
+                        h: hkv,
+                        hkv,
+                        past: 0,
+                    })
+                    .problem;
+                p.workload.h = hkv;
+                p.workload.hkv = hkv;
+                let case = Case {
+                    problem: p,
+                    large_logits: false,
+                    strided,
+                };
+                reports
+                    .push(verify::check(&stream, &k, &case).unwrap_or_else(|e| panic!("{a}: {e}")));
+            }
+            // nothing to do: B = 0 launches nothing
+            let empty = Problem::new(Workload {
+                spec: a,
+                b: 0,
+                n: 4,
+                h: 1,
+                hkv: 1,
+                past: 0,
+            });
+            assert!(
+                verify::run_once(
+                    &stream,
+                    &k,
+                    &empty,
+                    &verify::random_inputs(&empty, false).0,
+                    0
+                )
+                .is_ok()
+            );
+        }
+    }
+    settle("extend and append", reports);
 }

@@ -209,6 +209,7 @@ fn tuned_winners_are_used_unless_switched_off() {
         n: 333,
         h: 4,
         hkv: 2,
+        past: 0,
     };
     let rt = Runtime::with_gpu(
         g.clone(),
@@ -336,6 +337,7 @@ fn a_triton_winner_from_a_bundle_loads_without_compiling() {
         n,
         h,
         hkv,
+        past: 0,
     };
     assert_eq!(rt.tile_for_workload(&w), tile);
     let k = rt.kernel_for(&w).unwrap();

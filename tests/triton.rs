@@ -69,6 +69,7 @@ fn planned_params(s: &KernelSpec) -> Vec<(usize, usize)> {
         n: 77,
         h: 8,
         hkv: 2,
+        past: 0,
     });
     p.splits = Some(3);
     let tile = triton_tile(s);
@@ -108,6 +109,8 @@ fn every_op_compiles_for_sm_80_and_sm_90a_into_the_cache() {
         spec(Op::PrefillBwd, 128, LocalMode::Sliding, DType::Bf16),
         spec(Op::ChunkSummarizeBwd, 64, LocalMode::Block, DType::F16),
         spec(Op::ChunkMeanBwd, 128, LocalMode::Block, DType::Bf16),
+        spec(Op::Extend, 128, LocalMode::Sliding, DType::Bf16),
+        spec(Op::Append, 64, LocalMode::Block, DType::F16),
     ]
     .into_iter()
     .flat_map(|s| [(s, Arch::new(8, 0)), (s, sm90a())])

@@ -105,7 +105,7 @@ pub struct ShapeFlags {
     /// Batch size B.
     #[arg(long, value_name = "B")]
     pub batch: Option<usize>,
-    /// Tokens N (prefill, chunk ops).
+    /// Tokens N (prefill, chunk ops); extend and append: the new tokens T per sequence.
     #[arg(long, value_name = "N")]
     pub seq_len: Option<usize>,
     /// Query heads H (chunk_mean: the heads of X).
@@ -114,7 +114,8 @@ pub struct ShapeFlags {
     /// Key/value heads Hkv.
     #[arg(long, value_name = "HKV")]
     pub kv_heads: Option<usize>,
-    /// Decode query position p (every sequence has p + 1 tokens).
+    /// Decode query position p (every sequence has p + 1 tokens); extend and append: the
+    /// tokens L0 cached before the new ones (default 4096).
     #[arg(long, value_name = "P")]
     pub position: Option<usize>,
 }
@@ -136,16 +137,23 @@ impl ShapeFlags {
                 spec.group_or_one()
             )));
         }
-        let n = match spec.op() {
-            Op::Decode => self.position.unwrap_or(4095) + 1,
-            _ => self.seq_len.unwrap_or(4096),
+        let (n, past) = match spec.op() {
+            Op::Decode => (self.position.unwrap_or(4095) + 1, 0),
+            Op::Extend | Op::Append => (self.seq_len.unwrap_or(512), self.position.unwrap_or(4096)),
+            _ => (self.seq_len.unwrap_or(4096), 0),
+        };
+        let hkv = if spec.op() == Op::Append {
+            self.kv_heads.unwrap_or(hkv)
+        } else {
+            hkv
         };
         Ok(flasheva::workload::Workload {
             spec: *spec,
             b: self.batch.unwrap_or(1),
             n,
-            h,
+            h: if spec.op() == Op::Append { hkv } else { h },
             hkv,
+            past,
         })
     }
 }
@@ -157,7 +165,7 @@ pub struct Selection {
     /// compile, bench and tune take the file's default preset; cache export takes everything.
     #[arg(long, value_name = "NAME", conflicts_with = "op")]
     pub preset: Option<String>,
-    /// One spec of this op instead (chunk_mean, chunk_summarize, prefill, decode, prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd), from the spec flags.
+    /// One spec of this op instead (chunk_mean, chunk_summarize, prefill, decode, prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd, extend, append), from the spec flags.
     #[arg(value_parser = parse_op)]
     pub op: Option<Op>,
     #[command(flatten)]

@@ -88,19 +88,31 @@ pub fn preset_workload(
                 .map(|x| x + 1)
                 .unwrap_or(p.decode_position + 1),
         ),
+        Op::Extend | Op::Append => (
+            shape.batch.unwrap_or(p.decode_batch),
+            shape.seq_len.unwrap_or(512),
+        ),
         _ => (
             shape.batch.unwrap_or(p.batch),
             shape.seq_len.unwrap_or(p.seq_len),
         ),
     };
-    let h = shape.heads.unwrap_or(p.heads as usize);
+    let past = match s.op() {
+        Op::Extend | Op::Append => shape.position.unwrap_or(p.decode_position),
+        _ => 0,
+    };
     let hkv = shape.kv_heads.unwrap_or(p.kv_heads as usize);
+    let h = match s.op() {
+        Op::Append => hkv,
+        _ => shape.heads.unwrap_or(p.heads as usize),
+    };
     Workload {
         spec: *s,
         b,
         n,
         h,
         hkv,
+        past,
     }
 }
 

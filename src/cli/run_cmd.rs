@@ -101,7 +101,8 @@ fn read_inputs(
             data: t.data().to_vec(),
         };
         if elem == ElemType::I32 && d.elem == ElemType::I32 && h.shape.len() == 1 {
-            lens = Some(h.to_i32());
+            // every int32 vector, in input order (decode: len; extend and append: start, count)
+            lens.get_or_insert_with(Vec::new).extend(h.to_i32());
         }
         out.push(h);
     }
@@ -126,6 +127,7 @@ fn probe(op: Op) -> ops::Problem {
         n: 8,
         h: 1,
         hkv: 1,
+        past: 0,
     })
 }
 

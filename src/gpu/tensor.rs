@@ -38,15 +38,9 @@ fn padded_layout(shape: &[usize], pad: usize) -> (Vec<usize>, usize) {
     (strides, elems)
 }
 
-/// Uploads `t` as `name`, with `pad` elements (`fill` bytes each) after every row of its last
-/// dimension; int32 and fp32 tensors and rank-1 tensors are never padded.
-pub fn upload(
-    stream: &Arc<CudaStream>,
-    name: &str,
-    t: &HostTensor,
-    pad: usize,
-    fill: f64,
-) -> Result<DeviceTensor, GpuError> {
+/// The bytes of `t` laid out with rows padded by `pad` elements of `fill` (16-bit tensors of
+/// rank >= 2 only), its strides, and the padding used.
+fn host_layout(t: &HostTensor, pad: usize, fill: f64) -> (Vec<u8>, Vec<usize>, usize) {
     let pad = if matches!(t.elem, ElemType::F16 | ElemType::Bf16) && t.shape.len() >= 2 {
         pad
     } else {
@@ -71,6 +65,19 @@ pub fn upload(
         v.resize(elems.max(1) * es, 0);
         v
     };
+    (host, strides, pad)
+}
+
+/// Uploads `t` as `name`, with `pad` elements (`fill` bytes each) after every row of its last
+/// dimension; int32 and fp32 tensors and rank-1 tensors are never padded.
+pub fn upload(
+    stream: &Arc<CudaStream>,
+    name: &str,
+    t: &HostTensor,
+    pad: usize,
+    fill: f64,
+) -> Result<DeviceTensor, GpuError> {
+    let (host, strides, pad) = host_layout(t, pad, fill);
     let buf = stream.clone_htod(&host).map_err(drv("cuMemcpyHtoD"))?;
     let arg = TensorArg {
         name: name.to_string(),
@@ -121,6 +128,14 @@ impl DeviceTensor {
         })
     }
 
+    /// Writes `t` (same shape) into the buffer again, padded as it was uploaded.
+    pub fn restore(&mut self, stream: &Arc<CudaStream>, t: &HostTensor) -> Result<(), GpuError> {
+        let (host, _, _) = host_layout(t, self.pad, JUNK);
+        stream
+            .memcpy_htod(&host, &mut self.buf)
+            .map_err(drv("cuMemcpyHtoD"))
+    }
+
     /// Sets every element (padding too) to the poison value of its type.
     pub fn poison(&mut self, stream: &Arc<CudaStream>) -> Result<(), GpuError> {
         let p = crate::hostdata::poison(self.arg.dtype);
@@ -145,6 +160,9 @@ pub struct OpTensors {
     pub outputs: Vec<DeviceTensor>,
     /// fp32 workspace (NaN-filled), if the launch needs one.
     pub workspace: Option<DeviceTensor>,
+    /// Per output updated in place (see [`crate::ops::OpDef::in_place`]): the contents it
+    /// starts with, restored instead of poison.
+    initial: Vec<Option<HostTensor>>,
 }
 
 /// The value written into the padding of input rows: large enough that a kernel reading it
@@ -169,8 +187,18 @@ impl OpTensors {
             ins.push(upload(stream, d.name, t, pad, JUNK)?);
         }
         let mut outs = Vec::new();
-        for d in def.outputs(p) {
-            outs.push(alloc_poisoned(stream, d.name, d.elem, &d.shape, pad)?);
+        let mut initial = Vec::new();
+        for (i, d) in def.outputs(p).into_iter().enumerate() {
+            match def.in_place().iter().find(|(o, _)| *o == i) {
+                Some(&(_, j)) => {
+                    outs.push(upload(stream, d.name, &inputs[j], pad, JUNK)?);
+                    initial.push(Some(inputs[j].clone()));
+                }
+                None => {
+                    outs.push(alloc_poisoned(stream, d.name, d.elem, &d.shape, pad)?);
+                    initial.push(None);
+                }
+            }
         }
         let workspace = if workspace > 0 {
             Some(alloc_poisoned(
@@ -187,6 +215,7 @@ impl OpTensors {
             inputs: ins,
             outputs: outs,
             workspace,
+            initial,
         })
     }
 
@@ -222,10 +251,14 @@ impl OpTensors {
         Ok(())
     }
 
-    /// Poisons every output again (before a launch whose outputs will be read).
+    /// Poisons every output again (before a launch whose outputs will be read); outputs
+    /// updated in place get their initial contents back instead.
     pub fn poison_outputs(&mut self, stream: &Arc<CudaStream>) -> Result<(), GpuError> {
-        for o in &mut self.outputs {
-            o.poison(stream)?;
+        for (o, init) in self.outputs.iter_mut().zip(&self.initial) {
+            match init {
+                Some(t) => o.restore(stream, t)?,
+                None => o.poison(stream)?,
+            }
         }
         Ok(())
     }

@@ -262,6 +262,7 @@ impl OpDef for ChunkMean {
             n: x[1],
             h: x[2],
             hkv: x[2],
+            past: 0,
         }))
     }
 
@@ -276,6 +277,7 @@ impl OpDef for ChunkMean {
                 n: 5 * c + 3,
                 h: heads,
                 hkv: heads,
+                past: 0,
             }),
             large_logits: false,
         }

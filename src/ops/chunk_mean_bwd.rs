@@ -137,6 +137,7 @@ impl OpDef for ChunkMeanBwd {
             n: y[1] * spec.chunk() as usize,
             h: y[2],
             hkv: y[2],
+            past: 0,
         });
         p.summary_rows = y[1];
         Ok(p)
@@ -151,6 +152,7 @@ impl OpDef for ChunkMeanBwd {
             n: 5 * c + 3,
             h: heads,
             hkv: heads,
+            past: 0,
         });
         p.summary_rows += 1;
         CheckProblem {

@@ -317,6 +317,7 @@ impl OpDef for ChunkSummarize {
             n: k[1],
             h: k[2],
             hkv: k[2],
+            past: 0,
         });
         p.summary_rows = om[1];
         Ok(p)
@@ -333,6 +334,7 @@ impl OpDef for ChunkSummarize {
                 n: 5 * c + 3,
                 h: heads,
                 hkv: heads,
+                past: 0,
             }),
             large_logits: false,
         }

@@ -156,6 +156,7 @@ impl OpDef for ChunkSummarizeBwd {
             n: k[1],
             h: k[2],
             hkv: k[2],
+            past: 0,
         });
         p.summary_rows = om[1];
         Ok(p)
@@ -170,6 +171,7 @@ impl OpDef for ChunkSummarizeBwd {
             n: 5 * c + 3,
             h: heads,
             hkv: heads,
+            past: 0,
         });
         p.summary_rows += 1;
         CheckProblem {

@@ -549,6 +549,7 @@ impl OpDef for Decode {
     fn problem(&self, w: Workload) -> Problem {
         Problem {
             lens: vec![w.n as i32; w.b],
+            counts: Vec::new(),
             summary_rows: w.max_nc(),
             workload: w,
             scale: None,
@@ -626,6 +627,7 @@ impl OpDef for Decode {
             n,
             h: q[1],
             hkv,
+            past: 0,
         });
         p.lens = lens;
         p.summary_rows = ks[1];
@@ -655,6 +657,7 @@ impl OpDef for Decode {
             n,
             h,
             hkv: h / w.spec.group_or_one() as usize,
+            past: 0,
         });
         p.lens = lens;
         p.summary_rows = n / c + 1;

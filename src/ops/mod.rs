@@ -7,11 +7,13 @@
 //! adding an op is one new file here (and a variant of [`Op`]) plus its template and, to tune it,
 //! a table in `autotune/spaces.toml`. Pure.
 
+pub mod append;
 pub mod chunk_mean;
 pub mod chunk_mean_bwd;
 pub mod chunk_summarize;
 pub mod chunk_summarize_bwd;
 pub mod decode;
+pub mod extend;
 pub mod launch;
 pub mod prefill;
 pub mod prefill_bwd;
@@ -111,8 +113,12 @@ pub(crate) fn constexprs(
 pub struct Problem {
     /// The spec and sizes.
     pub workload: Workload,
-    /// Decode: every sequence's length (tokens including the new one); empty for other ops.
+    /// Decode: every sequence's length (tokens including the new one); extend and append:
+    /// every sequence's cached tokens L0; empty for other ops.
     pub lens: Vec<i32>,
+    /// Extend and append: every sequence's new tokens T (at most the workload's `n`); empty
+    /// for other ops.
+    pub counts: Vec<i32>,
     /// Rows of the per-chunk tensors (summaries, omega, means): at least N/C for prefill and the
     /// chunk ops (more are allowed and never read), the summary slots MAXNC for decode.
     pub summary_rows: usize,
@@ -323,6 +329,7 @@ pub trait OpDef: Sync {
             summary_rows: w.n / w.spec.chunk() as usize,
             workload: w,
             lens: Vec::new(),
+            counts: Vec::new(),
             scale: None,
             splits: None,
         }
@@ -371,6 +378,12 @@ pub trait OpDef: Sync {
         1
     }
 
+    /// Outputs updated in place: (output, input) pairs where the output starts as the input's
+    /// contents (append's rings); the caller passes the same buffer for both.
+    fn in_place(&self) -> &'static [(usize, usize)] {
+        &[]
+    }
+
     /// fp32 workspace elements a launch of `p` with `splits` needs.
     fn workspace(&self, _p: &Problem, _splits: usize) -> usize {
         0
@@ -397,6 +410,8 @@ pub fn of(op: Op) -> &'static dyn OpDef {
         Op::PrefillBwd => &prefill_bwd::PrefillBwd,
         Op::ChunkSummarizeBwd => &chunk_summarize_bwd::ChunkSummarizeBwd,
         Op::ChunkMeanBwd => &chunk_mean_bwd::ChunkMeanBwd,
+        Op::Extend => &extend::Extend,
+        Op::Append => &append::Append,
     }
 }
 
@@ -417,6 +432,7 @@ pub fn probe_problem(op: Op) -> Problem {
         n: 8,
         h: 1,
         hkv: 1,
+        past: 0,
     })
 }
 
@@ -541,7 +557,11 @@ mod tests {
     fn workload(op: Op, n: usize) -> Workload {
         // chunk ops have one head count: G of X (chunk_mean), Hkv (chunk_summarize)
         let heads = match op {
-            Op::ChunkMean | Op::ChunkSummarize | Op::ChunkMeanBwd | Op::ChunkSummarizeBwd => 2,
+            Op::ChunkMean
+            | Op::ChunkSummarize
+            | Op::ChunkMeanBwd
+            | Op::ChunkSummarizeBwd
+            | Op::Append => 2,
             _ => 8,
         };
         Workload {
@@ -561,6 +581,7 @@ mod tests {
             n,
             h: heads,
             hkv: 2,
+            past: 0,
         }
     }
 
@@ -576,7 +597,8 @@ mod tests {
             // the shapes of the inputs describe the same problem again
             let shapes: Vec<(ElemType, Vec<usize>)> =
                 ins.iter().map(|t| (t.elem, t.shape.clone())).collect();
-            let lens = (op == Op::Decode).then_some(p.lens.as_slice());
+            let ints = [p.lens.clone(), p.counts.clone()].concat();
+            let lens = (!ints.is_empty()).then_some(ints.as_slice());
             let flags = SpecParams {
                 window: Some(128),
                 chunk: Some(8),

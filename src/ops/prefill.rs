@@ -712,6 +712,7 @@ impl OpDef for Prefill {
             n: q[1],
             h: q[2],
             hkv: k[2],
+            past: 0,
         });
         p.summary_rows = ks[1];
         Ok(p)
@@ -730,6 +731,7 @@ impl OpDef for Prefill {
                 n: (2 * win + c + 3).min(w.n.max(1)).max(1),
                 h: (w.h / w.hkv.max(1)).max(1) * hkv,
                 hkv,
+                past: 0,
             }),
             large_logits: true,
         }

@@ -222,6 +222,7 @@ impl OpDef for PrefillBwd {
             n: q[1],
             h: q[2],
             hkv: k[2],
+            past: 0,
         });
         p.summary_rows = ks[1];
         Ok(p)

@@ -1,0 +1,350 @@
+//! append (the contract's item 6, after extend): writes the new tokens' keys and values into the
+//! ring. From the new `k, v [B,Tmax,Hkv,D]` and int32 `start [B]` (L0), `count [B]` (T), the
+//! last `min(T, W)` tokens of each sequence land in slot `(L0 + t) mod W` of
+//! `k_ring, v_ring [B,W,Hkv,D]`, updated in place (the outputs are the rings the call also
+//! reads; every other slot keeps its value). One program per block of slots, kv head and
+//! sequence (Triton so far). The workload's `n` is Tmax and its `past` L0.
+
+use super::launch::{
+    ArgList, LaunchError, OpArgs, Step, check_op, expect_contiguous_rows, expect_dtype,
+    expect_shape, grid_dim,
+};
+#[cfg(feature = "cli")]
+use super::{Check, Draw, Reference};
+use super::{
+    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
+    check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
+};
+#[cfg(feature = "cli")]
+use crate::hostdata::HostTensor;
+#[cfg(feature = "cli")]
+use crate::reference;
+use crate::spec::{KernelSpec, Op, SpecParams};
+use crate::target::Arch;
+use crate::tensor::ElemType;
+use crate::tile::{Engine, Tile, TileError, TileParams};
+use crate::workload::Workload;
+
+/// The append op. The workload's `h` and `hkv` are both the kv heads.
+pub struct Append;
+
+const NAMES: [&str; 8] = [
+    "k", "v", "k_ring", "v_ring", "start", "count", "k_ring", "v_ring",
+];
+
+impl OpDef for Append {
+    fn op(&self) -> Op {
+        Op::Append
+    }
+
+    fn template(&self, _tile: &TileParams) -> &'static str {
+        "flasheva_triton.py"
+    }
+
+    fn tile_name(&self, t: &TileParams) -> String {
+        format!("tr_n{}_w{}", t.block_n, t.warps)
+    }
+
+    fn normalize(&self, t: TileParams) -> TileParams {
+        TileParams {
+            block_m: 0,
+            stages: 0,
+            splits: 0,
+            ..t
+        }
+    }
+
+    fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        if t.engine != Engine::Triton {
+            return Err(TileError::Field {
+                op: Op::Append,
+                field: "engine",
+                value: 0,
+                accepted: "triton (append has only its Triton kernel so far)",
+            });
+        }
+        check_triton_tile(Op::Append, t, false, true, false)
+    }
+
+    fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
+        0
+    }
+
+    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
+        vec![self.triton_default(spec)]
+    }
+
+    fn triton_default(&self, _spec: &KernelSpec) -> TileParams {
+        TileParams {
+            engine: Engine::Triton,
+            block_n: 32,
+            warps: 4,
+            ..TileParams::default()
+        }
+    }
+
+    fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel> {
+        vec![TritonKernel {
+            function: "fe_append",
+            entry: spec.name(),
+            constexprs: constexprs(
+                spec,
+                &[
+                    ("W", Const::Int(spec.window_or_zero())),
+                    ("BLOCK_N", Const::Int(tile.block_n())),
+                ],
+            ),
+        }]
+    }
+
+    fn in_place(&self) -> &'static [(usize, usize)] {
+        &[(0, 2), (1, 3)]
+    }
+
+    fn flops(&self, _w: &Workload) -> f64 {
+        0.0
+    }
+
+    fn bytes(&self, w: &Workload) -> f64 {
+        let landing = w.n.min(w.spec.window_or_zero() as usize);
+        (w.b * w.hkv * landing * w.spec.head_dim() as usize * 2 * 2 * 2) as f64
+    }
+
+    fn rate(&self) -> Rate {
+        Rate::Bytes
+    }
+
+    fn bucket_rows(&self, b: usize, _h: usize, hkv: usize) -> usize {
+        b * hkv
+    }
+
+    fn describe(&self, w: &Workload) -> String {
+        format!("B={} T={} L0={} Hkv={}", w.b, w.n, w.past, w.hkv)
+    }
+
+    fn describe_problem(&self, p: &Problem) -> String {
+        let pairs: Vec<String> = p
+            .lens
+            .iter()
+            .zip(&p.counts)
+            .take(5)
+            .map(|(l, t)| format!("{l}+{t}"))
+            .collect();
+        format!(
+            "B={} Hkv={} L0+T=[{}{}]",
+            p.workload.b,
+            p.workload.hkv,
+            pairs.join(","),
+            if p.lens.len() > 5 { ",..." } else { "" }
+        )
+    }
+
+    fn problem(&self, w: Workload) -> Problem {
+        Problem {
+            lens: vec![w.past as i32; w.b],
+            counts: vec![w.n as i32; w.b],
+            summary_rows: 0,
+            workload: w,
+            scale: None,
+            splits: None,
+        }
+    }
+
+    fn inputs(&self, p: &Problem) -> Vec<TensorDesc> {
+        let w = &p.workload;
+        let (e, d) = (p.elem(), p.d());
+        let win = w.spec.window_or_zero() as usize;
+        vec![
+            desc("k", e, &[w.b, w.n, w.hkv, d], "[B, Tmax, Hkv, D]"),
+            desc("v", e, &[w.b, w.n, w.hkv, d], "[B, Tmax, Hkv, D]"),
+            desc("k_ring", e, &[w.b, win, w.hkv, d], "[B, W, Hkv, D]"),
+            desc("v_ring", e, &[w.b, win, w.hkv, d], "[B, W, Hkv, D]"),
+            desc("start", ElemType::I32, &[w.b], "int32 [B]"),
+            desc("count", ElemType::I32, &[w.b], "int32 [B]"),
+        ]
+    }
+
+    fn outputs(&self, p: &Problem) -> Vec<TensorDesc> {
+        self.inputs(p)[2..4].to_vec()
+    }
+
+    fn problem_from(
+        &self,
+        flags: &SpecParams,
+        inputs: &[(ElemType, Vec<usize>)],
+        lens: Option<&[i32]>,
+    ) -> Result<Problem, String> {
+        let dtype = common_dtype(&self.inputs(&probe_problem(Op::Append)), inputs)?;
+        let (k, kr) = (&inputs[0].1, &inputs[2].1);
+        let flags = SpecParams {
+            window: flags.window.or(Some(kr[1] as u32)),
+            ..*flags
+        };
+        let spec = spec_from(Op::Append, &flags, k[3], dtype, None)?;
+        let both = lens.ok_or("append reads the int32 tensors start [B] and count [B]")?;
+        if both.len() != 2 * k[0] {
+            return Err(format!(
+                "tensors start and count have {} entries together, k has B = {} (B each)",
+                both.len(),
+                k[0]
+            ));
+        }
+        let (start, count) = both.split_at(k[0]);
+        if let Some(t) = count.iter().find(|&&t| t < 0 || t as usize > k[1]) {
+            return Err(format!(
+                "count holds {t}: each T must be in 0..={} (Tmax, k's second dimension)",
+                k[1]
+            ));
+        }
+        if let Some(l) = start.iter().find(|&&l| l < 0) {
+            return Err(format!("start holds {l}: each L0 must be >= 0"));
+        }
+        let mut p = Problem::new(Workload {
+            spec,
+            b: k[0],
+            n: k[1],
+            h: k[2],
+            hkv: k[2],
+            past: start.iter().copied().max().unwrap_or(0) as usize,
+        });
+        p.lens = start.to_vec();
+        p.counts = count.to_vec();
+        Ok(p)
+    }
+
+    fn check_problem(&self, w: &Workload) -> CheckProblem {
+        let win = w.spec.window_or_zero() as usize;
+        let tmax = w.n.clamp(1, 2 * win + 3);
+        let seqs: [(usize, usize); 5] = [
+            (0, tmax),
+            (win + 1, 1),
+            (3, tmax / 2),
+            (5 * win - 2, tmax),
+            (9, 0),
+        ];
+        let mut p = Problem::new(Workload {
+            spec: w.spec,
+            b: seqs.len(),
+            n: tmax,
+            h: w.hkv.clamp(1, 2),
+            hkv: w.hkv.clamp(1, 2),
+            past: 5 * win,
+        });
+        p.lens = seqs.iter().map(|s| s.0 as i32).collect();
+        p.counts = seqs.iter().map(|s| s.1.min(tmax) as i32).collect();
+        CheckProblem {
+            problem: p,
+            large_logits: false,
+        }
+    }
+
+    #[cfg(feature = "cli")]
+    fn random_inputs(&self, p: &Problem, draw: Draw<'_>, _large: bool) -> Vec<HostTensor> {
+        let mut v: Vec<HostTensor> = self
+            .inputs(p)
+            .iter()
+            .take(4)
+            .map(|t| draw(&t.shape, 1.0))
+            .collect();
+        v.push(HostTensor::from_i32(&[p.workload.b], &p.lens));
+        v.push(HostTensor::from_i32(&[p.workload.b], &p.counts));
+        v
+    }
+
+    #[cfg(feature = "cli")]
+    fn reference(&self, p: &Problem, inputs: &[HostTensor]) -> Reference {
+        let w = &p.workload;
+        let win = w.spec.window_or_zero() as usize;
+        let ring = |new: &HostTensor, old: &HostTensor| {
+            reference::append(
+                &old.to_f64(),
+                &new.to_f64(),
+                &p.lens,
+                &p.counts,
+                w.n,
+                win,
+                w.hkv,
+                p.d(),
+            )
+        };
+        Reference {
+            outputs: vec![ring(&inputs[0], &inputs[2]), ring(&inputs[1], &inputs[3])],
+            checks: vec![Check::Relative, Check::Relative],
+        }
+    }
+
+    fn plan(
+        &self,
+        spec: &KernelSpec,
+        tile: &Tile,
+        args: &OpArgs,
+        _device: DeviceFacts,
+    ) -> Result<Vec<Step>, LaunchError> {
+        check_op(spec, Op::Append)?;
+        let t = args.expect(Op::Append, &NAMES)?;
+        let et = ElemType::of(spec.dtype());
+        let d = spec.head_dim() as usize;
+        let win = spec.window_or_zero() as usize;
+        for (i, x) in t.iter().enumerate() {
+            expect_dtype(
+                x,
+                if matches!(i, 4 | 5) {
+                    ElemType::I32
+                } else {
+                    et
+                },
+            )?;
+        }
+        expect_shape(&t[0], &[None, None, None, Some(d)], "[B, Tmax, Hkv, D]")?;
+        let (b, tmax, hkv) = (t[0].shape[0], t[0].shape[1], t[0].shape[2]);
+        expect_shape(
+            &t[1],
+            &[Some(b), Some(tmax), Some(hkv), Some(d)],
+            "[B, Tmax, Hkv, D]",
+        )?;
+        let ring = [Some(b), Some(win), Some(hkv), Some(d)];
+        for i in [2, 3, 6, 7] {
+            expect_shape(&t[i], &ring, "[B, W, Hkv, D]")?;
+        }
+        expect_shape(&t[4], &[Some(b)], "int32 [B]")?;
+        expect_shape(&t[5], &[Some(b)], "int32 [B]")?;
+        for x in t {
+            expect_contiguous_rows(x)?;
+        }
+        if b == 0 || tmax == 0 || hkv == 0 {
+            return Ok(Vec::new());
+        }
+        let mut a = ArgList::default();
+        for (name, i) in [
+            ("K", 0),
+            ("V", 1),
+            ("START", 4),
+            ("COUNT", 5),
+            ("KR", 6),
+            ("VR", 7),
+        ] {
+            a.ptr(name, t[i].ptr);
+        }
+        for (prefix, i) in [
+            (["k_sb", "k_st", "k_sh"], 0),
+            (["v_sb", "v_st", "v_sh"], 1),
+            (["kr_sb", "kr_ss", "kr_sh"], 6),
+            (["vr_sb", "vr_ss", "vr_sh"], 7),
+        ] {
+            for (k, name) in prefix.into_iter().enumerate() {
+                a.i64(name, t[i].stride(k));
+            }
+        }
+        a.i32("HKV", hkv as i32);
+        let grid = (
+            grid_dim(
+                "slot blocks",
+                win.div_ceil(tile.block_n() as usize),
+                i32::MAX as usize,
+            )?,
+            grid_dim("Hkv", hkv, 65535)?,
+            grid_dim("B", b, 65535)?,
+        );
+        Ok(vec![Step::triton(0, grid, tile.warps(), a)])
+    }
+}
