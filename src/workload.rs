@@ -26,6 +26,25 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// A call of `spec` on `b` sequences of `n` tokens (decode: `n` = length including the new
+    /// token; extend/append: `n` new tokens, see [`Workload::with_past`]), `h` query heads and
+    /// `hkv` kv heads, nothing cached before it.
+    pub fn new(spec: KernelSpec, b: usize, n: usize, h: usize, hkv: usize) -> Workload {
+        Workload {
+            spec,
+            b,
+            n,
+            h,
+            hkv,
+            past: 0,
+        }
+    }
+
+    /// This workload after `past` cached tokens per sequence (extend and append: L0).
+    pub fn with_past(self, past: usize) -> Workload {
+        Workload { past, ..self }
+    }
+
     /// Short text, e.g. `B=1 N=16384 H=16 Hkv=16` (decode: the position).
     pub fn describe(&self) -> String {
         ops::of(self.spec.op()).describe(self)
