@@ -253,6 +253,64 @@ pub fn copy_bandwidth(
     Ok(2.0 * (n * 4) as f64 / (t.median_ms * 1e-3))
 }
 
+/// The read-rate probe's source (templates/read_rate.cu, plain CUDA, no template fields).
+const READ_RATE_SOURCE: &str = include_str!("../templates/read_rate.cu");
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ReadParams {
+    src: u64,
+    vectors: u64,
+    sink: u64,
+}
+
+/// The device's read rate, bytes per second (median of `iters`): a read-only streaming kernel
+/// (compiled here with NVRTC) over a `bytes`-long buffer (choose it far larger than L2), 4 CTAs
+/// of 256 threads per multiprocessor, 16-byte loads.
+pub fn read_bandwidth(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    bytes: usize,
+    iters: usize,
+) -> Result<f64> {
+    use crate::compile::{CompileJob, Compiler, nvrtc::Nvrtc, options_for};
+    let info = gpu.info();
+    let arch = crate::Arch::preferred_for(info.capability.0, info.capability.1);
+    let nvrtc = Nvrtc::load()?;
+    let built = nvrtc.compile(&CompileJob {
+        program_name: "flasheva_read_rate.cu",
+        source: READ_RATE_SOURCE,
+        arch,
+        options: &options_for(arch),
+    })?;
+    let module = gpu.load_module(&built.cubin, false)?;
+    let f = module.function("flasheva_read_rate")?;
+    let vectors = bytes / 16;
+    let src = stream
+        .alloc_zeros::<u8>(vectors * 16)
+        .map_err(drv("cuMemAlloc"))?;
+    let sink = stream.alloc_zeros::<u32>(1).map_err(drv("cuMemAlloc"))?;
+    let params = ReadParams {
+        src: crate::gpu::device_address(&src, stream),
+        vectors: vectors as u64,
+        sink: crate::gpu::device_address(&sink, stream),
+    };
+    let grid = (4 * info.sm_count, 1, 1);
+    let timer = EventTimer::new(gpu)?;
+    let mut s = Vec::new();
+    for i in 0..iters + 3 {
+        timer.start(stream)?;
+        // SAFETY: the kernel's parameter struct; both buffers live until the timer's sync.
+        unsafe { f.launch(stream, grid, (256, 1, 1), 0, &params) }?;
+        let ms = timer.stop_ms(stream)? as f64;
+        if i >= 3 {
+            s.push(ms);
+        }
+    }
+    let t = Timing::from_samples(s);
+    Ok((vectors * 16) as f64 / (t.median_ms * 1e-3))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

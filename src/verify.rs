@@ -288,12 +288,31 @@ pub fn run_once(
 /// float64 reference: the main output by relative error, LSEs row by row under [`lse_bound`];
 /// any output element left NaN fails.
 pub fn check(stream: &Arc<CudaStream>, kernel: &Kernel, case: &Case) -> Result<Report> {
+    let (inputs, seed) = random_inputs(&case.problem, case.large_logits);
+    let got = run_once(
+        stream,
+        kernel,
+        &case.problem,
+        &inputs,
+        if case.strided { 8 } else { 0 },
+    )?;
+    Ok(compare(kernel, case, &inputs, seed, &got))
+}
+
+/// Compares the outputs `got` of `kernel` on `inputs` (drawn from `seed`) with the float64
+/// reference of `case`, as [`check`] does; for callers that run the kernel themselves (a
+/// replayed CUDA graph, say).
+pub fn compare(
+    kernel: &Kernel,
+    case: &Case,
+    inputs: &[HostTensor],
+    seed: u64,
+    got: &[HostTensor],
+) -> Report {
     let p = &case.problem;
     let spec = kernel.spec;
     let def = ops::of(spec.op());
-    let (inputs, seed) = random_inputs(p, case.large_logits);
-    let got = run_once(stream, kernel, p, &inputs, if case.strided { 8 } else { 0 })?;
-    let r = def.reference(p, &inputs);
+    let r = def.reference(p, inputs);
     let tol = tolerance(spec.dtype());
     let mut rel_err = 0.0;
     let mut worst_ratio: f64 = 0.0;
@@ -355,7 +374,7 @@ pub fn check(stream: &Arc<CudaStream>, kernel: &Kernel, case: &Case) -> Result<R
         }
     }
     pass &= unwritten == 0;
-    Ok(Report {
+    Report {
         what: describe_case(kernel, case),
         seed,
         rel_err,
@@ -364,7 +383,7 @@ pub fn check(stream: &Arc<CudaStream>, kernel: &Kernel, case: &Case) -> Result<R
         unwritten,
         tol,
         pass,
-    })
+    }
 }
 
 fn describe_case(kernel: &Kernel, case: &Case) -> String {

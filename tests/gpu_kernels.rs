@@ -1153,3 +1153,98 @@ fn extend_and_append_grid() {
     }
     settle("extend and append", reports);
 }
+
+/// CUDA graphs of serving steps: a decode step (the device's default tile, split with its
+/// combine kernel, the workspace sized once for the capacities) and an extend step (Triton, where
+/// it runs) are captured once and replayed 100 times each, with new lengths (start/count),
+/// queries, keys and caches written into the same buffers before every replay; every replay is
+/// checked against the float64 reference of its own inputs.
+#[test]
+fn captured_steps_replay_with_new_inputs() {
+    let Some((rt, stream)) = gpu("graphs") else {
+        return;
+    };
+    use flasheva::gpu::graph::StepGraph;
+    use flasheva::gpu::tensor::OpTensors;
+    use flasheva::ops::{self, Problem};
+    use flasheva::verify::Case;
+    use flasheva::workload::Workload;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |below: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % below as u64) as usize
+    };
+    let mut specs = vec![spec(
+        Op::Decode,
+        128,
+        64,
+        16,
+        LocalMode::Sliding,
+        DType::Bf16,
+        4,
+    )];
+    if triton_here(&rt) {
+        specs.push(spec(
+            Op::Extend,
+            64,
+            64,
+            16,
+            LocalMode::Block,
+            DType::F16,
+            1,
+        ));
+    }
+    let mut reports = Vec::new();
+    for s in specs {
+        let k = rt.kernel(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        let def = ops::of(s.op());
+        // capacities: 5 sequences, 8 query heads over 2 kv heads, 40 summary slots (decode:
+        // lengths up to 640), extend: Tmax = 40 new tokens after up to 500 cached
+        let (b, slots, tmax, max_l0) = (5usize, 40usize, 40usize, 500usize);
+        let mut base = Problem::new(Workload::new(s, b, tmax, 8, 2).with_past(max_l0));
+        if s.op() == Op::Decode {
+            base = Problem::new(Workload::new(s, b, slots * 16, 8, 2));
+            base.summary_rows = slots;
+        }
+        let splits = k.splits_for(&base);
+        let (inputs, _) = verify::random_inputs(&base, false);
+        let mut t = OpTensors::new(
+            &stream,
+            def,
+            &base,
+            def.workspace(&base, splits),
+            &inputs,
+            0,
+        )
+        .expect("tensors");
+        let args = t.op_args(&base, splits);
+        let graph = StepGraph::capture(&stream, |st| k.launch(st, &args)).expect("capture");
+        for step in 0..100 {
+            let mut p = base.clone();
+            if s.op() == Op::Decode {
+                p.lens = (0..b).map(|_| next(slots * 16 + 1) as i32).collect();
+            } else {
+                p.lens = (0..b).map(|_| next(max_l0 + 1) as i32).collect();
+                p.counts = (0..b).map(|_| next(tmax + 1) as i32).collect();
+            }
+            let large = step % 4 == 0;
+            let (inputs, seed) = verify::random_inputs(&p, large);
+            for (dt, h) in t.inputs.iter_mut().zip(&inputs) {
+                dt.restore(&stream, h).expect("upload");
+            }
+            t.poison_outputs(&stream).expect("poison");
+            graph.replay().expect("replay");
+            stream.synchronize().expect("replay ran");
+            let got = t.download_outputs(&stream).expect("download");
+            let case = Case {
+                problem: p,
+                large_logits: large,
+                strided: false,
+            };
+            reports.push(verify::compare(&k, &case, &inputs, seed, &got));
+        }
+    }
+    settle("graph replays", reports);
+}

@@ -152,3 +152,25 @@ fn nvrtc_reports_its_version_and_archs() {
         assert!(nv.supports(a.parse().unwrap()), "{a}");
     }
 }
+
+/// `flasheva bench`'s read-rate probe compiles without toolkit headers for every arch bench may
+/// meet, into one entry point that keeps its 16-byte streaming loads.
+#[test]
+fn the_read_rate_probe_compiles_for_every_arch() {
+    let nv = nvrtc();
+    let source = include_str!("../templates/read_rate.cu");
+    for arch in [Arch::new(8, 0), Arch::new(8, 9), Arch::preferred_for(9, 0)] {
+        let built = nv
+            .compile(&CompileJob {
+                program_name: "flasheva_read_rate.cu",
+                source,
+                arch,
+                options: &options_for(arch),
+            })
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let ptx = String::from_utf8(built.ptx).unwrap();
+        assert!(ptx.contains(".entry flasheva_read_rate"), "{arch}");
+        assert!(ptx.contains("ld.global.cs.v4.u32"), "{arch}");
+        assert!(built.cubin.len() > 500, "{arch}");
+    }
+}
