@@ -265,8 +265,8 @@ struct ReadParams {
 }
 
 /// The device's read rate, bytes per second (median of `iters`): a read-only streaming kernel
-/// (compiled here with NVRTC) over a `bytes`-long buffer (choose it far larger than L2), 4 CTAs
-/// of 256 threads per multiprocessor, 16-byte loads.
+/// (compiled here with NVRTC) over a `bytes`-long buffer (choose it far larger than L2), 8 CTAs
+/// of 256 threads per multiprocessor, four 16-byte loads in flight per thread.
 pub fn read_bandwidth(
     gpu: &Gpu,
     stream: &Arc<CudaStream>,
@@ -295,7 +295,7 @@ pub fn read_bandwidth(
         vectors: vectors as u64,
         sink: crate::gpu::device_address(&sink, stream),
     };
-    let grid = (4 * info.sm_count, 1, 1);
+    let grid = (8 * info.sm_count, 1, 1);
     let timer = EventTimer::new(gpu)?;
     let mut s = Vec::new();
     for i in 0..iters + 3 {
