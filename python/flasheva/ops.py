@@ -1,0 +1,356 @@
+"""flasheva's ops as `torch.library` custom ops (``torch.ops.flasheva.*``), with fake
+implementations so they trace under ``torch.compile`` without graph breaks, and autograd for
+``prefill`` through the backward kernels.
+
+Tensors use the contract's layouts (any strides, last dimension contiguous): ``q [B,N,H,D]``,
+``k, v [B,N,Hkv,D]``, summaries ``[B,NC,Hkv,D]``, ``lse [B,H,N]`` (float32); decode's ring
+``[B,W,Hkv,D]`` and ``lens [B]`` (int32); extend/append's ``start, count [B]`` (int32). Bad input
+raises ``ValueError`` with the runtime's one-line message and launches nothing.
+
+The kernels run through one :class:`flasheva.Runtime` per device (see :func:`configure`), in the
+device's primary context (torch's), on ``torch.cuda.current_stream()``.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+
+from . import _native
+
+_DTYPES = {
+    torch.bfloat16: "bf16",
+    torch.float16: "f16",
+    torch.float32: "f32",
+    torch.int32: "i32",
+}
+_RUNTIMES = {}
+_OPTIONS = {"cache_dir": None, "compile_on_miss": True, "use_tuned": True}
+
+
+def configure(cache_dir=None, compile_on_miss=True, use_tuned=True):
+    """Sets the cache folder and options of the runtimes the ops use (default: the
+    ``FLASHEVA_CACHE_DIR`` cache, compiling on a miss, tuned winners) and drops the current
+    ones."""
+    _OPTIONS.update(cache_dir=cache_dir, compile_on_miss=compile_on_miss, use_tuned=use_tuned)
+    _RUNTIMES.clear()
+
+
+def runtime(device) -> "_native.Runtime":
+    """The runtime of a CUDA device (created on first use)."""
+    idx = torch.device(device).index
+    if idx is None:
+        idx = torch.cuda.current_device()
+    rt = _RUNTIMES.get(idx)
+    if rt is None:
+        torch.cuda.init()  # the primary context exists before the runtime retains it
+        rt = _native.Runtime(idx, **_OPTIONS)
+        _RUNTIMES[idx] = rt
+    return rt
+
+
+def _describe(named):
+    """(name, address, dtype, shape, strides) of each tensor, after checking they are CUDA
+    tensors of one device with a supported dtype."""
+    first_name, first = named[0]
+    out = []
+    for name, t in named:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device.type != "cuda" or t.device != first.device:
+            raise ValueError(
+                f"tensor {name} is on {t.device}: flasheva runs on CUDA tensors of one device "
+                f"({first_name} is on {first.device})"
+            )
+        dt = _DTYPES.get(t.dtype)
+        if dt is None:
+            raise ValueError(
+                f"tensor {name} is {t.dtype}: accepted are bfloat16, float16 "
+                "(and float32 lse, int32 lengths)"
+            )
+        out.append((name, t.data_ptr(), dt, list(t.shape), list(t.stride())))
+    return out
+
+
+def _storage(name, t):
+    dt = _DTYPES.get(t.dtype)
+    if dt not in ("bf16", "f16"):
+        raise ValueError(f"tensor {name} is {t.dtype}: accepted are bfloat16 and float16")
+    return dt
+
+
+def _spec(op, x, chunk, window=None, local=None, group=None, name="q"):
+    return {
+        "op": op,
+        "head_dim": int(x.shape[-1]),
+        "chunk": int(chunk),
+        "dtype": _storage(name, x),
+        **({"window": int(window)} if window is not None else {}),
+        **({"local": local} if local is not None else {}),
+        **({"group": int(group)} if group is not None else {}),
+    }
+
+
+def _launch(spec, named, dev, b, n, h, hkv, past=0, summary_rows=None, scale=None):
+    """Launches `spec` on `named` (inputs then outputs) on the current stream, with a workspace
+    when the op asks for one."""
+    descs = _describe(named)  # before anything touches the device
+    rt = runtime(dev)
+    _, ws_elems = rt.sizing(spec, b, n, h, hkv, past, summary_rows)
+    ws = None
+    keep = None
+    if ws_elems > 0:
+        keep = torch.empty(ws_elems, dtype=torch.float32, device=dev)
+        ws = (keep.data_ptr(), ws_elems)
+    stream = torch.cuda.current_stream(dev).cuda_stream
+    rt.launch(spec, descs, stream, b, n, h, hkv, past, summary_rows, scale, ws)
+    if keep is not None:
+        keep.record_stream(torch.cuda.current_stream(dev))
+
+
+def _dims4(name, t):
+    if t.dim() != 4:
+        raise ValueError(f"tensor {name} has shape {tuple(t.shape)}: expected 4 dimensions")
+
+
+# ---------------------------------------------------------------------------------------------
+# prefill and its backward
+
+
+@torch.library.custom_op("flasheva::prefill", mutates_args=())
+def prefill(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ks: torch.Tensor,
+    vs: torch.Tensor,
+    window: int,
+    chunk: int,
+    local: str = "block",
+    scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Forward attention over each query's local window and the earlier chunks' summaries:
+    ``o [B,N,H,D]`` and ``lse [B,H,N]`` (float32, natural log)."""
+    _dims4("q", q)
+    b, n, h, _ = q.shape
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((b, h, n), dtype=torch.float32, device=q.device)
+    spec = _spec("prefill", q, chunk, window, local)
+    named = [("q", q), ("k", k), ("v", v), ("ks", ks), ("vs", vs), ("o", o), ("lse", lse)]
+    _launch(spec, named, q.device, b, n, h, k.shape[2], scale=scale)
+    return o, lse
+
+
+@prefill.register_fake
+def _(q, k, v, ks, vs, window, chunk, local="block", scale=None):
+    b, n, h, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
+        (b, h, n), dtype=torch.float32
+    )
+
+
+@torch.library.custom_op("flasheva::prefill_bwd", mutates_args=())
+def prefill_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ks: torch.Tensor,
+    vs: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    do: torch.Tensor,
+    window: int,
+    chunk: int,
+    local: str = "block",
+    scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of prefill from ``do``: ``dq, dk, dv, dks, dvs`` (kv gradients summed over each
+    group; summary rows at or past N/C zero)."""
+    b, n, h, _ = q.shape
+    grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v, ks, vs)]
+    spec = _spec("prefill_bwd", q, chunk, window, local)
+    do = do.contiguous() if do.stride(-1) != 1 else do
+    named = [("q", q), ("k", k), ("v", v), ("ks", ks), ("vs", vs), ("o", o), ("lse", lse),
+             ("do", do)]
+    named += list(zip(("dq", "dk", "dv", "dks", "dvs"), grads))
+    _launch(spec, named, q.device, b, n, h, k.shape[2], summary_rows=ks.shape[1], scale=scale)
+    return tuple(grads)
+
+
+@prefill_bwd.register_fake
+def _(q, k, v, ks, vs, o, lse, do, window, chunk, local="block", scale=None):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for t in (q, k, v, ks, vs))
+
+
+def _prefill_setup(ctx, inputs, output):
+    q, k, v, ks, vs, window, chunk, local, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, ks, vs, o, lse)
+    ctx.spec = (window, chunk, local, scale)
+    ctx.mark_non_differentiable(lse)
+
+
+def _prefill_backward(ctx, do, dlse):
+    # Gradients flow through o; lse is returned for the caller's bookkeeping and marked
+    # non-differentiable.
+    q, k, v, ks, vs, o, lse = ctx.saved_tensors
+    window, chunk, local, scale = ctx.spec
+    dq, dk, dv, dks, dvs = prefill_bwd(q, k, v, ks, vs, o, lse, do, window, chunk, local, scale)
+    return dq, dk, dv, dks, dvs, None, None, None, None
+
+
+prefill.register_autograd(_prefill_backward, setup_context=_prefill_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# serving: decode, extend, append
+
+
+@torch.library.custom_op("flasheva::decode", mutates_args=())
+def decode(
+    q: torch.Tensor,
+    k_ring: torch.Tensor,
+    v_ring: torch.Tensor,
+    ks: torch.Tensor,
+    vs: torch.Tensor,
+    lens: torch.Tensor,
+    chunk: int,
+    local: str = "block",
+    scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One query per sequence ``q [B,H,D]`` at position ``lens[b] - 1`` against the ring
+    ``[B,W,Hkv,D]`` (W its second dimension; the new token's k, v already in it) and the
+    summaries ``[B,MAXNC,Hkv,D]``: ``o [B,H,D]``, ``lse [B,H]``."""
+    if q.dim() != 3:
+        raise ValueError(f"tensor q has shape {tuple(q.shape)}: expected [B, H, D]")
+    _dims4("k_ring", k_ring)
+    b, h, _ = q.shape
+    w, hkv = k_ring.shape[1], k_ring.shape[2]
+    if hkv == 0 or h % hkv:
+        raise ValueError(f"q has {h} heads, not a multiple of k_ring's {hkv} kv heads")
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((b, h), dtype=torch.float32, device=q.device)
+    spec = _spec("decode", q, chunk, w, local, h // hkv)
+    named = [("q", q), ("k_ring", k_ring), ("v_ring", v_ring), ("ks", ks), ("vs", vs),
+             ("len", lens), ("o", o), ("lse", lse)]
+    maxnc = ks.shape[1]
+    _launch(spec, named, q.device, b, maxnc * chunk, h, hkv, summary_rows=maxnc, scale=scale)
+    return o, lse
+
+
+@decode.register_fake
+def _(q, k_ring, v_ring, ks, vs, lens, chunk, local="block", scale=None):
+    b, h, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
+        (b, h), dtype=torch.float32
+    )
+
+
+@torch.library.custom_op("flasheva::extend", mutates_args=())
+def extend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_ring: torch.Tensor,
+    v_ring: torch.Tensor,
+    ks: torch.Tensor,
+    vs: torch.Tensor,
+    start: torch.Tensor,
+    count: torch.Tensor,
+    chunk: int,
+    local: str = "block",
+    scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``count[b]`` new tokens per sequence after ``start[b]`` cached ones: ``q [B,Tmax,H,D]``,
+    new ``k, v [B,Tmax,Hkv,D]``, the ring (tokens before start, the new ones not yet in it) and
+    the summaries of every chunk complete by the last new token; ``o [B,Tmax,H,D]`` and
+    ``lse [B,H,Tmax]``, row t equal to prefill's row start+t; rows past count not written."""
+    _dims4("q", q)
+    _dims4("k_ring", k_ring)
+    b, tmax, h, _ = q.shape
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((b, h, tmax), dtype=torch.float32, device=q.device)
+    spec = _spec("extend", q, chunk, k_ring.shape[1], local)
+    named = [("q", q), ("k", k), ("v", v), ("k_ring", k_ring), ("v_ring", v_ring), ("ks", ks),
+             ("vs", vs), ("start", start), ("count", count), ("o", o), ("lse", lse)]
+    _launch(spec, named, q.device, b, tmax, h, k.shape[2], summary_rows=ks.shape[1], scale=scale)
+    return o, lse
+
+
+@extend.register_fake
+def _(q, k, v, k_ring, v_ring, ks, vs, start, count, chunk, local="block", scale=None):
+    b, tmax, h, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
+        (b, h, tmax), dtype=torch.float32
+    )
+
+
+@torch.library.custom_op("flasheva::append", mutates_args=("k_ring", "v_ring"))
+def append(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_ring: torch.Tensor,
+    v_ring: torch.Tensor,
+    start: torch.Tensor,
+    count: torch.Tensor,
+    chunk: int,
+) -> None:
+    """Writes the last ``min(count[b], W)`` new tokens ``k, v [B,Tmax,Hkv,D]`` (positions
+    ``start[b] + t``) into the rings ``[B,W,Hkv,D]`` in place, at slot position mod W."""
+    _dims4("k", k)
+    _dims4("k_ring", k_ring)
+    b, tmax, hkv, _ = k.shape
+    spec = _spec("append", k, chunk, k_ring.shape[1], name="k")
+    named = [("k", k), ("v", v), ("k_ring", k_ring), ("v_ring", v_ring), ("start", start),
+             ("count", count), ("k_ring", k_ring), ("v_ring", v_ring)]
+    _launch(spec, named, k.device, b, tmax, hkv, hkv)
+
+
+@append.register_fake
+def _(k, v, k_ring, v_ring, start, count, chunk):
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# chunk ops
+
+
+@torch.library.custom_op("flasheva::chunk_mean", mutates_args=())
+def chunk_mean(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The mean of every complete chunk: ``x [B,N,G,D] -> [B,N//C,G,D]``."""
+    _dims4("x", x)
+    b, n, g, d = x.shape
+    out = x.new_empty((b, n // chunk, g, d))
+    spec = _spec("chunk_mean", x, chunk, name="x")
+    _launch(spec, [("x", x), ("xbar", out)], x.device, b, n, g, g)
+    return out
+
+
+@chunk_mean.register_fake
+def _(x, chunk):
+    b, n, g, d = x.shape
+    return x.new_empty((b, n // chunk, g, d))
+
+
+@torch.library.custom_op("flasheva::chunk_summarize", mutates_args=())
+def chunk_summarize(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    omega: torch.Tensor,
+    chunk: int,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """The softmax-weighted summary value of every complete chunk: ``vs`` shaped like
+    ``omega [B,NC,Hkv,D]`` (the kernel writes the first N/C rows; the others are zero)."""
+    _dims4("k", k)
+    b, n, hkv, _ = k.shape
+    out = torch.zeros_like(omega, memory_format=torch.contiguous_format)
+    spec = _spec("chunk_summarize", k, chunk, name="k")
+    named = [("k", k), ("v", v), ("omega", omega), ("vs", out)]
+    _launch(spec, named, k.device, b, n, hkv, hkv, summary_rows=omega.shape[1], scale=scale)
+    return out
+
+
+@chunk_summarize.register_fake
+def _(k, v, omega, chunk, scale=None):
+    return torch.zeros_like(omega, memory_format=torch.contiguous_format)

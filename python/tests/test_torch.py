@@ -1,0 +1,231 @@
+"""The torch layer. Without a GPU: the ops are registered, their fake implementations give the
+right shapes (what torch.compile traces with), and bad input (CPU tensors, wrong dtypes) raises
+before anything is launched. On a GPU (FLASHEVA_REQUIRE_GPU=1 turns a missing one into a
+failure): every op against a float64 torch reference, prefill's gradients against torch
+autograd of a float64 EVA layer, and a small model using the ops compiled with
+torch.compile(fullgraph=True)."""
+
+import math
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import flasheva.ops  # noqa: E402,F401  (registers torch.ops.flasheva.*)
+
+ops = torch.ops.flasheva
+REQUIRE_GPU = os.environ.get("FLASHEVA_REQUIRE_GPU", "").lower() in ("1", "true", "yes", "on")
+
+
+def need_gpu():
+    if not torch.cuda.is_available():
+        if REQUIRE_GPU:
+            pytest.fail("FLASHEVA_REQUIRE_GPU is set but torch sees no CUDA device")
+        pytest.skip("no CUDA device")
+
+
+# ------------------------------------------------------------------------------- no GPU needed
+
+
+def test_the_ops_are_registered():
+    for name in ("prefill", "prefill_bwd", "decode", "extend", "append", "chunk_mean",
+                 "chunk_summarize"):
+        assert hasattr(ops, name), name
+
+
+def test_fake_implementations_give_the_output_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        b, n, h, hkv, d, nc = 2, 100, 8, 2, 64, 7
+        q = torch.empty(b, n, h, d, dtype=torch.bfloat16)
+        k = torch.empty(b, n, hkv, d, dtype=torch.bfloat16)
+        s = torch.empty(b, nc, hkv, d, dtype=torch.bfloat16)
+        o, lse = ops.prefill(q, k, k, s, s, 64, 16, "block", None)
+        assert o.shape == q.shape and lse.shape == (b, h, n) and lse.dtype == torch.float32
+        grads = ops.prefill_bwd(q, k, k, s, s, o, lse, o, 64, 16, "block", None)
+        assert [g.shape for g in grads] == [q.shape, k.shape, k.shape, s.shape, s.shape]
+        qd = torch.empty(b, h, d, dtype=torch.bfloat16)
+        ring = torch.empty(b, 64, hkv, d, dtype=torch.bfloat16)
+        lens = torch.empty(b, dtype=torch.int32)
+        o, lse = ops.decode(qd, ring, ring, s, s, lens, 16, "block", None)
+        assert o.shape == qd.shape and lse.shape == (b, h)
+        o, lse = ops.extend(q, k, k, ring, ring, s, s, lens, lens, 16, "sliding", None)
+        assert o.shape == q.shape and lse.shape == (b, h, n)
+        assert ops.chunk_mean(k, 16).shape == (b, n // 16, hkv, d)
+        assert ops.chunk_summarize(k, k, s, 16, None).shape == s.shape
+
+
+def test_cpu_tensors_are_refused_before_any_launch():
+    q = torch.zeros(1, 16, 2, 64, dtype=torch.bfloat16)
+    k = torch.zeros(1, 16, 2, 64, dtype=torch.bfloat16)
+    s = torch.zeros(1, 1, 2, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="flasheva runs on CUDA tensors"):
+        ops.prefill(q, k, k, s, s, 16, 16, "block", None)
+    with pytest.raises(ValueError, match="accepted are bfloat16"):
+        ops.chunk_mean(torch.zeros(1, 16, 2, 64, dtype=torch.float64), 16)
+
+
+# ------------------------------------------------------------------------------- on the GPU
+
+
+def visible(n, w, c, local, device):
+    """[N, N + N//C] mask of prefill's visible (query, key or summary) pairs."""
+    i = torch.arange(n, device=device)[:, None]
+    j = torch.arange(n, device=device)[None, :]
+    if local == "block":
+        raw = (j // w == i // w) & (j <= i)
+    else:
+        raw = (j > i - w) & (j <= i)
+    cs = torch.arange(n // c, device=device)[None, :]
+    return torch.cat([raw, cs < (i // c)], dim=1)
+
+
+def eva_reference(q, k, v, ks, vs, w, c, local, scale=None):
+    """Float64 prefill over [K; Ks] with the EVA mask: o [B,N,H,D], lse [B,H,N]."""
+    b, n, h, d = q.shape
+    hkv = k.shape[2]
+    g = h // hkv
+    nc = n // c
+    scale = scale or 1.0 / math.sqrt(d)
+    kk = torch.cat([k, ks[:, :nc]], dim=1).double().repeat_interleave(g, dim=2)
+    vv = torch.cat([v, vs[:, :nc]], dim=1).double().repeat_interleave(g, dim=2)
+    s = torch.einsum("bihd,bjhd->bhij", q.double(), kk) * scale
+    s = s.masked_fill(~visible(n, w, c, local, q.device), float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    o = torch.einsum("bhij,bjhd->bihd", torch.softmax(s, dim=-1), vv)
+    return o, lse
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+TOL = {torch.bfloat16: 8e-3, torch.float16: 2e-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("local", ["block", "sliding"])
+def test_prefill_matches_float64(dtype, local):
+    need_gpu()
+    torch.manual_seed(0)
+    b, n, h, hkv, d, w, c = 2, 333, 8, 2, 128, 64, 16
+    mk = lambda *s: torch.randn(*s, device="cuda", dtype=dtype)  # noqa: E731
+    q, k, v = mk(b, n, h, d), mk(b, n, hkv, d), mk(b, n, hkv, d)
+    ks, vs = mk(b, n // c, hkv, d), mk(b, n // c, hkv, d)
+    o, lse = ops.prefill(q, k, v, ks, vs, w, c, local, None)
+    ro, rlse = eva_reference(q, k, v, ks, vs, w, c, local)
+    assert rel(o, ro) < TOL[dtype]
+    assert (lse.double() - rlse).abs().max().item() < 1e-2
+
+
+def test_prefill_gradients_match_torch_autograd():
+    need_gpu()
+    torch.manual_seed(1)
+    b, n, h, hkv, d, w, c = 1, 200, 4, 2, 64, 64, 16
+    mk = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16, requires_grad=True)  # noqa: E731
+    q, k, v = mk(b, n, h, d), mk(b, n, hkv, d), mk(b, n, hkv, d)
+    ks, vs = mk(b, n // c, hkv, d), mk(b, n // c, hkv, d)
+    o, _ = ops.prefill(q, k, v, ks, vs, w, c, "sliding", None)
+    do = torch.randn_like(o)
+    got = torch.autograd.grad(o, (q, k, v, ks, vs), do)
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v, ks, vs)]
+    ro, _ = eva_reference(*leaves, w, c, "sliding")
+    want = torch.autograd.grad(ro, leaves, do.double())
+    for name, g, r in zip(("dq", "dk", "dv", "dks", "dvs"), got, want):
+        assert rel(g, r) < 3e-2, name
+
+
+def test_decode_equals_the_last_prefill_row():
+    need_gpu()
+    torch.manual_seed(2)
+    dt = torch.bfloat16
+    b, n, h, hkv, d, w, c = 3, 300, 8, 2, 64, 64, 16
+    mk = lambda *s: torch.randn(*s, device="cuda", dtype=dt)  # noqa: E731
+    q, k, v = mk(b, n, h, d), mk(b, n, hkv, d), mk(b, n, hkv, d)
+    ks, vs = mk(b, n // c, hkv, d), mk(b, n // c, hkv, d)
+    ring_k = torch.empty(b, w, hkv, d, device="cuda", dtype=dt)
+    ring_v = torch.empty_like(ring_k)
+    for t in range(n - w, n):
+        ring_k[:, t % w], ring_v[:, t % w] = k[:, t], v[:, t]
+    lens = torch.full((b,), n, dtype=torch.int32, device="cuda")
+    o, lse = ops.decode(q[:, -1], ring_k, ring_v, ks, vs, lens, c, "sliding", None)
+    ro, rlse = eva_reference(q, k, v, ks, vs, w, c, "sliding")
+    assert rel(o, ro[:, -1]) < TOL[dt]
+    assert (lse.double() - rlse[:, :, -1]).abs().max().item() < 1e-2
+
+
+def test_extend_then_append_continue_the_sequence():
+    need_gpu()
+    torch.manual_seed(3)
+    dt = torch.float16
+    b, l0, t, h, hkv, d, w, c = 2, 150, 40, 4, 2, 64, 64, 16
+    n = l0 + t
+    mk = lambda *s: torch.randn(*s, device="cuda", dtype=dt)  # noqa: E731
+    q, k, v = mk(b, n, h, d), mk(b, n, hkv, d), mk(b, n, hkv, d)
+    ks, vs = mk(b, n // c + 1, hkv, d), mk(b, n // c + 1, hkv, d)
+    ring_k = torch.zeros(b, w, hkv, d, device="cuda", dtype=dt)
+    ring_v = torch.zeros_like(ring_k)
+    for p in range(l0 - w, l0):
+        ring_k[:, p % w], ring_v[:, p % w] = k[:, p], v[:, p]
+    start = torch.full((b,), l0, dtype=torch.int32, device="cuda")
+    count = torch.full((b,), t, dtype=torch.int32, device="cuda")
+    o, _ = ops.extend(q[:, l0:], k[:, l0:], v[:, l0:], ring_k, ring_v, ks, vs, start, count, c,
+                      "block", None)
+    ro, _ = eva_reference(q, k, v, ks, vs, w, c, "block")
+    assert rel(o, ro[:, l0:]) < TOL[dt]
+    ops.append(k[:, l0:], v[:, l0:], ring_k, ring_v, start, count, c)
+    for p in range(n - w, n):
+        assert torch.equal(ring_k[:, p % w], k[:, p]) and torch.equal(ring_v[:, p % w], v[:, p])
+
+
+def test_chunk_ops_match_float64():
+    need_gpu()
+    torch.manual_seed(4)
+    b, n, hkv, d, c = 2, 100, 3, 64, 16
+    k = torch.randn(b, n, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    mean = ops.chunk_mean(k, c)
+    want = k[:, : (n // c) * c].double().reshape(b, n // c, c, hkv, d).mean(dim=2)
+    assert rel(mean, want) < 8e-3
+    omega = torch.randn(b, n // c, hkv, d, device="cuda", dtype=torch.bfloat16)
+    vs = ops.chunk_summarize(k, v, omega, c, None)
+    kc = k[:, : (n // c) * c].double().reshape(b, n // c, c, hkv, d)
+    vc = v[:, : (n // c) * c].double().reshape(b, n // c, c, hkv, d)
+    s = (1.0 / math.sqrt(d)) * ((omega.double()[:, :, None] * kc).sum(-1) - 0.5 * (kc * kc).sum(-1))
+    wv = torch.softmax(s, dim=2)[..., None] * vc
+    assert rel(vs, wv.sum(dim=2)) < 8e-3
+
+
+def test_a_model_using_the_ops_compiles_with_fullgraph():
+    need_gpu()
+    torch.manual_seed(5)
+
+    class EvaAttention(torch.nn.Module):
+        def __init__(self, dm=256, h=4, hkv=2, d=64, w=64, c=16):
+            super().__init__()
+            self.h, self.hkv, self.d, self.w, self.c = h, hkv, d, w, c
+            self.wq = torch.nn.Linear(dm, h * d, bias=False)
+            self.wk = torch.nn.Linear(dm, hkv * d, bias=False)
+            self.wv = torch.nn.Linear(dm, hkv * d, bias=False)
+            self.pk = torch.nn.Linear(d, d, bias=False)
+            self.pw = torch.nn.Linear(d, d, bias=False)
+            self.wo = torch.nn.Linear(h * d, dm, bias=False)
+
+        def forward(self, x):
+            b, n, _ = x.shape
+            q = self.wq(x).view(b, n, self.h, self.d)
+            k = self.wk(x).view(b, n, self.hkv, self.d)
+            v = self.wv(x).view(b, n, self.hkv, self.d)
+            kbar = torch.ops.flasheva.chunk_mean(k, self.c)
+            ks, omega = self.pk(kbar), self.pw(kbar)
+            vs = torch.ops.flasheva.chunk_summarize(k, v, omega, self.c, None)
+            o, _ = torch.ops.flasheva.prefill(q, k, v, ks, vs, self.w, self.c, "block", None)
+            return self.wo(o.reshape(b, n, self.h * self.d))
+
+    m = EvaAttention().cuda().to(torch.bfloat16)
+    x = torch.randn(2, 256, 256, device="cuda", dtype=torch.bfloat16)
+    eager = m(x)
+    compiled = torch.compile(m, fullgraph=True)(x)
+    assert rel(compiled, eager) < 1e-2
