@@ -26,11 +26,12 @@ impl std::fmt::Debug for StepGraph {
 
 impl StepGraph {
     /// Captures what `body` launches on `stream` into a graph (nothing runs now). If `body`
-    /// fails, the capture is ended and discarded and its error returned.
-    pub fn capture(
+    /// fails, the capture is ended and discarded and its error returned. `E` is the body's
+    /// error type (e.g. `flasheva::Error` of `Kernel::launch`).
+    pub fn capture<E: From<GpuError>>(
         stream: &Arc<CudaStream>,
-        body: impl FnOnce(&Arc<CudaStream>) -> crate::Result<()>,
-    ) -> crate::Result<StepGraph> {
+        body: impl FnOnce(&Arc<CudaStream>) -> Result<(), E>,
+    ) -> Result<StepGraph, E> {
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv("cuStreamBeginCapture"))?;
@@ -39,7 +40,7 @@ impl StepGraph {
         ran?;
         let graph = ended
             .map_err(drv("cuStreamEndCapture / cuGraphInstantiate"))?
-            .ok_or(GpuError::Driver {
+            .ok_or_else(|| GpuError::Driver {
                 call: "cuStreamEndCapture",
                 message: "the capture recorded nothing (the step launched no kernel)".into(),
             })?;
@@ -48,8 +49,7 @@ impl StepGraph {
     }
 
     /// Enqueues one replay of the captured launches on the capture's stream.
-    pub fn replay(&self) -> crate::Result<()> {
-        self.graph.launch().map_err(drv("cuGraphLaunch"))?;
-        Ok(())
+    pub fn replay(&self) -> Result<(), GpuError> {
+        self.graph.launch().map_err(drv("cuGraphLaunch"))
     }
 }
