@@ -42,11 +42,17 @@ pub enum Op {
     Extend,
     /// Writes the last `min(T, W)` new tokens' keys and values into the ring.
     Append,
+    /// decode on paged and indirect caches: rings in a slot pool, summaries in a page pool.
+    DecodePaged,
+    /// extend on paged and indirect caches.
+    ExtendPaged,
+    /// append into a ring slot pool.
+    AppendPaged,
 }
 
 impl Op {
     /// Every op, in a fixed order.
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 12] = [
         Op::ChunkMean,
         Op::ChunkSummarize,
         Op::Prefill,
@@ -56,6 +62,9 @@ impl Op {
         Op::ChunkMeanBwd,
         Op::Extend,
         Op::Append,
+        Op::DecodePaged,
+        Op::ExtendPaged,
+        Op::AppendPaged,
     ];
 
     /// The forward ops (what presets build unless they list ops).
@@ -73,6 +82,9 @@ impl Op {
             Op::ChunkMeanBwd => "chunk_mean_bwd",
             Op::Extend => "extend",
             Op::Append => "append",
+            Op::DecodePaged => "decode_paged",
+            Op::ExtendPaged => "extend_paged",
+            Op::AppendPaged => "append_paged",
         }
     }
 
@@ -80,18 +92,25 @@ impl Op {
     pub fn uses_window(self) -> bool {
         matches!(
             self,
-            Op::Prefill | Op::Decode | Op::PrefillBwd | Op::Extend | Op::Append
+            Op::Prefill
+                | Op::Decode
+                | Op::PrefillBwd
+                | Op::Extend
+                | Op::Append
+                | Op::DecodePaged
+                | Op::ExtendPaged
+                | Op::AppendPaged
         )
     }
 
     /// Whether the kernel depends on the local mode (append writes the ring whatever it is).
     pub fn uses_local(self) -> bool {
-        self.uses_window() && self != Op::Append
+        self.uses_window() && !matches!(self, Op::Append | Op::AppendPaged)
     }
 
     /// Whether the kernel is specialized on the GQA group size.
     pub fn uses_group(self) -> bool {
-        matches!(self, Op::Decode)
+        matches!(self, Op::Decode | Op::DecodePaged)
     }
 }
 
@@ -110,7 +129,7 @@ impl FromStr for Op {
             .ok_or_else(|| SpecError::Unknown {
                 field: "op",
                 value: s.to_string(),
-                accepted: "chunk_mean, chunk_summarize, prefill, decode, prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd, extend, append",
+                accepted: "chunk_mean, chunk_summarize, prefill, decode, prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd, extend, append, decode_paged, extend_paged, append_paged",
             })
     }
 }

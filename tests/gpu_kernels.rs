@@ -1248,3 +1248,53 @@ fn captured_steps_replay_with_new_inputs() {
     }
     settle("graph replays", reports);
 }
+
+/// Paged and indirect caches (Triton kernels): decode, extend and append through a slot pool
+/// and a page table, against the float64 references of the gathered contiguous layout, with
+/// junk in every slot and page no sequence uses; pages of 3 rows (summaries straddle pages),
+/// GQA, large logits, padded strides, split decode.
+#[test]
+fn paged_caches_grid() {
+    let Some((rt, stream)) = gpu("paged") else {
+        return;
+    };
+    if !triton_here(&rt) {
+        return;
+    }
+    use flasheva::ops;
+    use flasheva::verify::Case;
+    use flasheva::workload::Workload;
+    let mut reports = Vec::new();
+    for (d, w, c) in [(64u32, 128u32, 8u32), (128, 64, 16), (32, 32, 8)] {
+        for dtype in DType::ALL {
+            for local in LocalMode::ALL {
+                for op in [Op::DecodePaged, Op::ExtendPaged, Op::AppendPaged] {
+                    if op == Op::AppendPaged && local == LocalMode::Sliding {
+                        continue; // append does not depend on the mode
+                    }
+                    let s = spec(op, d, w, c, local, dtype, 4);
+                    let k = rt.kernel(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
+                    for (n, strided, splits) in
+                        [(3 * w as usize + 7, false, None), (50, true, Some(3))]
+                    {
+                        let cp = ops::of(op).check_problem(&Workload::new(s, 1, n, 8, 2));
+                        let mut problem = cp.problem;
+                        if op == Op::DecodePaged {
+                            problem.splits = splits;
+                        }
+                        let case = Case {
+                            problem,
+                            large_logits: cp.large_logits,
+                            strided,
+                        };
+                        reports.push(
+                            verify::check(&stream, &k, &case)
+                                .unwrap_or_else(|e| panic!("{s}: {e}")),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    settle("paged caches", reports);
+}

@@ -111,6 +111,9 @@ fn every_op_compiles_for_sm_80_and_sm_90a_into_the_cache() {
         spec(Op::ChunkMeanBwd, 128, LocalMode::Block, DType::Bf16),
         spec(Op::Extend, 128, LocalMode::Sliding, DType::Bf16),
         spec(Op::Append, 64, LocalMode::Block, DType::F16),
+        spec(Op::DecodePaged, 64, LocalMode::Sliding, DType::Bf16),
+        spec(Op::ExtendPaged, 128, LocalMode::Block, DType::F16),
+        spec(Op::AppendPaged, 64, LocalMode::Block, DType::Bf16),
     ]
     .into_iter()
     .flat_map(|s| [(s, Arch::new(8, 0)), (s, sm90a())])

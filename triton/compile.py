@@ -29,8 +29,8 @@ os.environ["TRITON_DISABLE_LINE_INFO"] = "1"  # no source paths in the PTX: byte
 # to the job's storage type unless listed here, except the sizes; lower-case names are int64
 # strides (`_s?`), the fp32 scale, or int32.
 F32_POINTERS = {"LSE", "WS_O", "WS_ML", "DELTA"}
-I32_POINTERS = {"LEN", "START", "COUNT"}
-SIZES = {"N", "H", "HKV", "NC", "NCR", "B", "MAXNC", "SPLITS", "G"}
+I32_POINTERS = {"LEN", "START", "COUNT", "SLOT", "PT"}
+SIZES = {"N", "H", "HKV", "NC", "NCR", "B", "MAXNC", "SPLITS", "G", "PAGE"}
 ARCHS = {"sm_80": 80, "sm_86": 86, "sm_87": 87, "sm_89": 89, "sm_90a": 90}
 
 

@@ -144,14 +144,16 @@ def fe_prefill(Q, K, V, KS, VS, O, LSE,
 def fe_decode(Q, KR, VR, KS, VS, LEN, O, LSE, WS_O, WS_ML,
               q_sb, q_sh, kr_sb, kr_ss, kr_sh, vr_sb, vr_ss, vr_sh,
               ks_sb, ks_st, ks_sh, vs_sb, vs_st, vs_sh, o_sb, o_sh, lse_sb, lse_sh,
-              B, H, HKV, MAXNC, SPLITS, scale_log2,
+              B, H, HKV, MAXNC, SPLITS, scale_log2, SLOT, PT, pt_sb, PAGE,
               D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
               SLIDING: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+              BLOCK_N: tl.constexpr, PAGED: tl.constexpr):
     """decode: grid (SPLITS, HKV * cdiv(GROUP, BLOCK_H), B); one program per split of the
     visible items (ring keys, then summaries) of BLOCK_H query heads of one kv group. With one
     split it writes o and lse; with more it writes its partial (acc, max, sum) to the workspace
-    and fe_decode_combine merges them."""
+    and fe_decode_combine merges them. PAGED: the rings are a slot pool [S, W, HKV, D] (sequence
+    b's is SLOT[b]) and the summaries a page pool [P, PAGE, HKV, D] (summary c of sequence b is
+    row c % PAGE of page PT[b, c // PAGE])."""
     split = tl.program_id(0)
     pid_h = tl.program_id(1)
     b = tl.program_id(2)
@@ -163,6 +165,10 @@ def fe_decode(Q, KR, VR, KS, VS, LEN, O, LSE, WS_O, WS_ML,
     dcol = tl.arange(0, DP)
     dmask = dcol < D
     b64 = b.to(tl.int64)
+    if PAGED:
+        rb = tl.load(SLOT + b).to(tl.int64)
+    else:
+        rb = b64
     L = tl.load(LEN + b)
     q = tl.load(Q + b64 * q_sb + heads[:, None] * q_sh + dcol[None, :],
                 mask=hmask[:, None] & dmask[None, :], other=0.0)
@@ -190,10 +196,18 @@ def fe_decode(Q, KR, VR, KS, VS, LEN, O, LSE, WS_O, WS_ML,
         is_raw = idx < nraw
         slot = ((lo + idx) % W).to(tl.int64)
         sidx = tl.maximum(idx - nraw, 0).to(tl.int64)
-        kptr = tl.where(is_raw, KR + b64 * kr_sb + slot * kr_ss + kvh * kr_sh,
-                        KS + b64 * ks_sb + sidx * ks_st + kvh * ks_sh)
-        vptr = tl.where(is_raw, VR + b64 * vr_sb + slot * vr_ss + kvh * vr_sh,
-                        VS + b64 * vs_sb + sidx * vs_st + kvh * vs_sh)
+        if PAGED:
+            page = tl.load(PT + b64 * pt_sb + sidx // PAGE, mask=valid & (idx >= nraw),
+                           other=0).to(tl.int64)
+            ks_off = page * ks_sb + (sidx % PAGE) * ks_st
+            vs_off = page * vs_sb + (sidx % PAGE) * vs_st
+        else:
+            ks_off = b64 * ks_sb + sidx * ks_st
+            vs_off = b64 * vs_sb + sidx * vs_st
+        kptr = tl.where(is_raw, KR + rb * kr_sb + slot * kr_ss + kvh * kr_sh,
+                        KS + ks_off + kvh * ks_sh)
+        vptr = tl.where(is_raw, VR + rb * vr_sb + slot * vr_ss + kvh * vr_sh,
+                        VS + vs_off + kvh * vs_sh)
         lmask = valid[:, None] & dmask[None, :]
         k = tl.load(kptr[:, None] + dcol[None, :], mask=lmask, other=0.0)
         v = tl.load(vptr[:, None] + dcol[None, :], mask=lmask, other=0.0)
@@ -587,18 +601,24 @@ def fe_extend(Q, K, V, KR, VR, KS, VS, START, COUNT, O, LSE,
               q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
               kr_sb, kr_ss, kr_sh, vr_sb, vr_ss, vr_sh, ks_sb, ks_st, ks_sh, vs_sb, vs_st, vs_sh,
               o_sb, o_st, o_sh, lse_sb, lse_sh,
-              H, HKV, MAXNC, scale_log2,
+              H, HKV, MAXNC, scale_log2, SLOT, PT, pt_sb, PAGE,
               D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
-              SLIDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              SLIDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              PAGED: tl.constexpr):
     """extend: grid (cdiv(Tmax, BLOCK_M), H, B). Row t of sequence b is the query at position
     L0 + t (L0 = START[b], rows t >= COUNT[b] are not written); it sees the raw keys of its
     window, those before L0 from the ring (slot j mod W), the others from the new keys (row
-    j - L0), and the summaries c < (L0 + t) / C of the cache."""
+    j - L0), and the summaries c < (L0 + t) / C of the cache. PAGED: slot and page pools as in
+    fe_decode."""
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
     kvh = h // (H // HKV)
     b64 = b.to(tl.int64)
+    if PAGED:
+        rb = tl.load(SLOT + b).to(tl.int64)
+    else:
+        rb = b64
     L0 = tl.load(START + b)
     T = tl.load(COUNT + b)
     t0 = pid_m * BLOCK_M
@@ -625,9 +645,9 @@ def fe_extend(Q, K, V, KR, VR, KS, VS, START, COUNT, O, LSE,
         in_ring = j < L0
         slot = (j % W).to(tl.int64)
         new = tl.maximum(j - L0, 0).to(tl.int64)
-        kptr = tl.where(in_ring, KR + b64 * kr_sb + slot * kr_ss + kvh * kr_sh,
+        kptr = tl.where(in_ring, KR + rb * kr_sb + slot * kr_ss + kvh * kr_sh,
                         K + b64 * k_sb + new * k_st + kvh * k_sh)
-        vptr = tl.where(in_ring, VR + b64 * vr_sb + slot * vr_ss + kvh * vr_sh,
+        vptr = tl.where(in_ring, VR + rb * vr_sb + slot * vr_ss + kvh * vr_sh,
                         V + b64 * v_sb + new * v_st + kvh * v_sh)
         lmask = (j[:, None] <= last) & dmask[None, :]
         k = tl.load(kptr[:, None] + dcol[None, :], mask=lmask, other=0.0)
@@ -635,13 +655,19 @@ def fe_extend(Q, K, V, KR, VR, KS, VS, START, COUNT, O, LSE,
         vis = _bwd_visible(pos, j, W, SLIDING) & rmask[:, None]
         m_i, l_i, acc = _online_step(q, k, v, scale_log2, m_i, l_i, acc, vis, True)
     nsum = tl.minimum(last // C, MAXNC)
-    ksb = KS + b64 * ks_sb + kvh * ks_sh
-    vsb = VS + b64 * vs_sb + kvh * vs_sh
     for c0 in range(0, nsum, BLOCK_N):
         cs = c0 + kb
+        c64 = cs.to(tl.int64)
+        if PAGED:
+            page = tl.load(PT + b64 * pt_sb + c64 // PAGE, mask=cs < nsum, other=0).to(tl.int64)
+            ks_off = page * ks_sb + (c64 % PAGE) * ks_st
+            vs_off = page * vs_sb + (c64 % PAGE) * vs_st
+        else:
+            ks_off = b64 * ks_sb + c64 * ks_st
+            vs_off = b64 * vs_sb + c64 * vs_st
         s_mask = (cs[:, None] < nsum) & dmask[None, :]
-        k = tl.load(ksb + cs[:, None].to(tl.int64) * ks_st + dcol[None, :], mask=s_mask, other=0.0)
-        v = tl.load(vsb + cs[:, None].to(tl.int64) * vs_st + dcol[None, :], mask=s_mask, other=0.0)
+        k = tl.load(KS + (ks_off + kvh * ks_sh)[:, None] + dcol[None, :], mask=s_mask, other=0.0)
+        v = tl.load(VS + (vs_off + kvh * vs_sh)[:, None] + dcol[None, :], mask=s_mask, other=0.0)
         vis = (cs[None, :] < (pos[:, None] // C)) & (cs[None, :] < MAXNC) & rmask[:, None]
         m_i, l_i, acc = _online_step(q, k, v, scale_log2, m_i, l_i, acc, vis, True)
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
@@ -652,15 +678,21 @@ def fe_extend(Q, K, V, KR, VR, KS, VS, START, COUNT, O, LSE,
 
 @triton.jit
 def fe_append(K, V, START, COUNT, KR, VR, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
-              kr_sb, kr_ss, kr_sh, vr_sb, vr_ss, vr_sh, HKV,
-              D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_N: tl.constexpr):
+              kr_sb, kr_ss, kr_sh, vr_sb, vr_ss, vr_sh, HKV, SLOT,
+              D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_N: tl.constexpr,
+              PAGED: tl.constexpr):
     """append: grid (cdiv(W, BLOCK_N), HKV, B). Writes the new tokens' keys and values into the
     ring: of the T = COUNT[b] new tokens at positions L0 + t (L0 = START[b]), the last min(T, W)
-    land in slot (L0 + t) mod W; every other slot keeps what it holds."""
+    land in slot (L0 + t) mod W; every other slot keeps what it holds. PAGED: the rings are a
+    slot pool, sequence b's being SLOT[b]."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
     b64 = b.to(tl.int64)
+    if PAGED:
+        rb = tl.load(SLOT + b).to(tl.int64)
+    else:
+        rb = b64
     L0 = tl.load(START + b)
     T = tl.load(COUNT + b)
     first = tl.maximum(T - W, 0)        # the first new token that lands
@@ -673,5 +705,5 @@ def fe_append(K, V, START, COUNT, KR, VR, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
     t64 = t[:, None].to(tl.int64)
     k = tl.load(K + b64 * k_sb + t64 * k_st + h * k_sh + dcol[None, :], mask=m, other=0.0)
     v = tl.load(V + b64 * v_sb + t64 * v_st + h * v_sh + dcol[None, :], mask=m, other=0.0)
-    tl.store(KR + b64 * kr_sb + slot[:, None] * kr_ss + h * kr_sh + dcol[None, :], k, mask=m)
-    tl.store(VR + b64 * vr_sb + slot[:, None] * vr_ss + h * vr_sh + dcol[None, :], v, mask=m)
+    tl.store(KR + rb * kr_sb + slot[:, None] * kr_ss + h * kr_sh + dcol[None, :], k, mask=m)
+    tl.store(VR + rb * vr_sb + slot[:, None] * vr_ss + h * vr_sh + dcol[None, :], v, mask=m)

@@ -340,7 +340,30 @@ def check_prefill(B, N, H, HKV, D, W, C, sliding, dt, BM, BN, pad=0, large=False
            dt, rel(o.get(), wo), lerr if lerr > lim else min(lerr, 1e-3))
 
 
-def check_decode(lens, H, HKV, D, W, C, sliding, dt, BN, splits, MAXNC=None, large=False):
+
+def make_pools(kr, vr, ks, vs, dt, page):
+    """Slot and page pools holding the same rings and summaries: sequence b's ring is pool slot
+    SLOT[b], its summary c row c % page of page PT[b, c // page]; the other slots and pages hold
+    junk the kernels must not read."""
+    B, W, HKV, D = kr.shape
+    MAXNC = ks.shape[1]
+    S = B + 2
+    slot = RNG.permutation(S)[:B].astype(np.int32)
+    kp, vp = rand((S, W, HKV, D), dt, 9.0), rand((S, W, HKV, D), dt, 9.0)
+    kp[slot], vp[slot] = kr, vr
+    maxp = -(-MAXNC // page)
+    P = B * maxp + 3
+    pt = RNG.permutation(P)[:B * maxp].reshape(B, maxp).astype(np.int32)
+    kpg, vpg = rand((P, page, HKV, D), dt, 9.0), rand((P, page, HKV, D), dt, 9.0)
+    for b in range(B):
+        for c in range(MAXNC):
+            kpg[pt[b, c // page], c % page] = ks[b, c]
+            vpg[pt[b, c // page], c % page] = vs[b, c]
+    return slot, kp, vp, pt, kpg, vpg
+
+
+def check_decode(lens, H, HKV, D, W, C, sliding, dt, BN, splits, MAXNC=None, large=False,
+                 page=0):
     B = len(lens)
     MAXNC = MAXNC or max(1, max(lens) // C + 1)
     G = H // HKV
@@ -350,7 +373,13 @@ def check_decode(lens, H, HKV, D, W, C, sliding, dt, BN, splits, MAXNC=None, lar
     kr, vr = rand((B, W, HKV, D), dt), rand((B, W, HKV, D), dt)
     ks, vs = rand((B, MAXNC, HKV, D), dt), rand((B, MAXNC, HKV, D), dt)
     s = 1.0 / math.sqrt(D)
-    Q, KR, VR, KS, VS = (Buf(x.shape, dt, 0, x) for x in (q, kr, vr, ks, vs))
+    if page:
+        slot, kp, vp, pt, kpg, vpg = make_pools(kr, vr, ks, vs, dt, page)
+        Q, KR, VR, KS, VS = (Buf(x.shape, dt, 0, x) for x in (q, kp, vp, kpg, vpg))
+        SLOT, PT = Buf((B,), "i32", 0, slot), Buf(pt.shape, "i32", 0, pt)
+    else:
+        Q, KR, VR, KS, VS = (Buf(x.shape, dt, 0, x) for x in (q, kr, vr, ks, vs))
+        SLOT, PT = Buf((1,), "i32", 0, np.zeros(1, np.int32)), Buf((1, 1), "i32", 0, np.zeros((1, 1), np.int32))
     LEN = Buf((B,), "i32", 0, np.array(lens, np.int32))
     o, lse = Buf((B, H, D), dt), Buf((B, H), "f32")
     ws_o = Buf((max(1, splits * B * H * D),), "f32")
@@ -361,8 +390,9 @@ def check_decode(lens, H, HKV, D, W, C, sliding, dt, BN, splits, MAXNC=None, lar
                        Q.st(0), Q.st(1), KR.st(0), KR.st(1), KR.st(2), VR.st(0), VR.st(1), VR.st(2),
                        KS.st(0), KS.st(1), KS.st(2), VS.st(0), VS.st(1), VS.st(2),
                        o.st(0), o.st(1), lse.st(0), lse.st(1),
-                       B, H, HKV, MAXNC, splits, s * LOG2E,
-                       D=D, DP=pow2(D), W=W, C=C, SLIDING=sliding, GROUP=G, BLOCK_H=BH, BLOCK_N=BN)
+                       B, H, HKV, MAXNC, splits, s * LOG2E, SLOT.t, PT.t, PT.st(0), max(page, 1),
+                       D=D, DP=pow2(D), W=W, C=C, SLIDING=sliding, GROUP=G, BLOCK_H=BH, BLOCK_N=BN,
+                       PAGED=bool(page))
     if splits > 1:
         fk.fe_decode_combine[(H, B)](o.t, lse.t, ws_o.t, ws_ml.t, o.st(0), o.st(1), lse.st(0),
                                      lse.st(1), B, H, splits, D=D, DP=pow2(D))
@@ -376,7 +406,7 @@ def check_decode(lens, H, HKV, D, W, C, sliding, dt, BN, splits, MAXNC=None, lar
     got = o.get()
     r = rel(got, wo) if np.linalg.norm(wo) > 0 else (0.0 if not np.isnan(got).any() and not got.any() else 1.0)
     report(f"decode lens={lens} H={H}/{HKV} D={D} W={W} C={C} {'sliding' if sliding else 'block'} {dt} "
-           f"n{BN} splits={splits}{' large' if large else ''}", dt, r, lerr)
+           f"n{BN} splits={splits}{' large' if large else ''}{f' paged({page})' if page else ''}", dt, r, lerr)
 
 
 def check_chunk_mean(B, N, G, D, C, dt, pad=0):
@@ -511,7 +541,7 @@ def check_chunk_mean_bwd(B, N, G, D, C, dt, extra=0):
                  [("dx", DX.get(), ref_chunk_mean_bwd(dy, N, C))])
 
 
-def check_extend(starts, counts, TM, H, HKV, D, W, C, sliding, dt, BM, BN, large=False):
+def check_extend(starts, counts, TM, H, HKV, D, W, C, sliding, dt, BM, BN, large=False, page=0):
     B = len(starts)
     MAXNC = max(1, max(a + b for a, b in zip(starts, counts)) // C + 1)
     q = rand((B, TM, H, D), dt)
@@ -521,7 +551,13 @@ def check_extend(starts, counts, TM, H, HKV, D, W, C, sliding, dt, BM, BN, large
     kr, vr = rand((B, W, HKV, D), dt), rand((B, W, HKV, D), dt)
     ks, vs = rand((B, MAXNC, HKV, D), dt), rand((B, MAXNC, HKV, D), dt)
     s = 1.0 / math.sqrt(D)
-    Q, K, V, KR, VR, KS, VS = (Buf(x.shape, dt, 0, x) for x in (q, k, v, kr, vr, ks, vs))
+    if page:
+        slot, kp, vp, pt, kpg, vpg = make_pools(kr, vr, ks, vs, dt, page)
+        Q, K, V, KR, VR, KS, VS = (Buf(x.shape, dt, 0, x) for x in (q, k, v, kp, vp, kpg, vpg))
+        SLOT, PT = Buf((B,), "i32", 0, slot), Buf(pt.shape, "i32", 0, pt)
+    else:
+        Q, K, V, KR, VR, KS, VS = (Buf(x.shape, dt, 0, x) for x in (q, k, v, kr, vr, ks, vs))
+        SLOT, PT = Buf((1,), "i32", 0, np.zeros(1, np.int32)), Buf((1, 1), "i32", 0, np.zeros((1, 1), np.int32))
     ST = Buf((B,), "i32", 0, np.array(starts, np.int32))
     CT = Buf((B,), "i32", 0, np.array(counts, np.int32))
     O, LSE = Buf((B, TM, H, D), dt), Buf((B, H, TM), "f32")
@@ -531,7 +567,8 @@ def check_extend(starts, counts, TM, H, HKV, D, W, C, sliding, dt, BM, BN, large
         KR.st(0), KR.st(1), KR.st(2), VR.st(0), VR.st(1), VR.st(2),
         KS.st(0), KS.st(1), KS.st(2), VS.st(0), VS.st(1), VS.st(2),
         O.st(0), O.st(1), O.st(2), LSE.st(0), LSE.st(1), H, HKV, MAXNC, s * LOG2E,
-        D=D, DP=pow2(D), W=W, C=C, SLIDING=sliding, BLOCK_M=BM, BLOCK_N=BN)
+        SLOT.t, PT.t, PT.st(0), max(page, 1),
+        D=D, DP=pow2(D), W=W, C=C, SLIDING=sliding, BLOCK_M=BM, BLOCK_N=BN, PAGED=bool(page))
     wo, wl = ref_extend(q, k, v, kr, vr, ks, vs, starts, counts, W, C, sliding, s)
     got_o, got_l = O.get(), LSE.get()
     written = ~np.isnan(wo)
@@ -547,24 +584,40 @@ def check_extend(starts, counts, TM, H, HKV, D, W, C, sliding, dt, BM, BN, large
     if not ok_rows:
         print(f"FAIL extend wrote rows past COUNT")
     report(f"extend L0={starts} T={counts} Tmax={TM} H={H}/{HKV} D={D} W={W} C={C} "
-           f"{'sliding' if sliding else 'block'} {dt} m{BM} n{BN}{' large' if large else ''}", dt, r, lerr)
+           f"{'sliding' if sliding else 'block'} {dt} m{BM} n{BN}{' large' if large else ''}"
+           f"{f' paged({page})' if page else ''}", dt, r, lerr)
 
 
-def check_append(starts, counts, TM, HKV, D, W, dt, BN):
+def check_append(starts, counts, TM, HKV, D, W, dt, BN, paged=False):
     B = len(starts)
     k, v = rand((B, TM, HKV, D), dt), rand((B, TM, HKV, D), dt)
     kr, vr = rand((B, W, HKV, D), dt), rand((B, W, HKV, D), dt)
-    K, V, KR, VR = (Buf(x.shape, dt, 0, x) for x in (k, v, kr, vr))
+    if paged:
+        S = B + 2
+        slot = RNG.permutation(S)[:B].astype(np.int32)
+        kp, vp = rand((S, W, HKV, D), dt), rand((S, W, HKV, D), dt)
+        kp[slot], vp[slot] = kr, vr
+        K, V, KR, VR = (Buf(x.shape, dt, 0, x) for x in (k, v, kp, vp))
+        SLOT = Buf((B,), "i32", 0, slot)
+    else:
+        K, V, KR, VR = (Buf(x.shape, dt, 0, x) for x in (k, v, kr, vr))
+        SLOT = Buf((1,), "i32", 0, np.zeros(1, np.int32))
     ST = Buf((B,), "i32", 0, np.array(starts, np.int32))
     CT = Buf((B,), "i32", 0, np.array(counts, np.int32))
     fk.fe_append[(triton.cdiv(W, BN), HKV, B)](
         K.t, V.t, ST.t, CT.t, KR.t, VR.t, K.st(0), K.st(1), K.st(2), V.st(0), V.st(1), V.st(2),
-        KR.st(0), KR.st(1), KR.st(2), VR.st(0), VR.st(1), VR.st(2), HKV,
-        D=D, DP=pow2(D), W=W, BLOCK_N=BN)
+        KR.st(0), KR.st(1), KR.st(2), VR.st(0), VR.st(1), VR.st(2), HKV, SLOT.t,
+        D=D, DP=pow2(D), W=W, BLOCK_N=BN, PAGED=paged)
     wk, wv = ref_append(k, v, kr, vr, starts, counts, W)
+    if paged:
+        # the sequences' slots updated, every other slot of the pool untouched
+        wkp, wvp = kp.copy(), vp.copy()
+        wkp[slot], wvp[slot] = wk, wv
+        wk, wv = wkp, wvp
     ok = np.array_equal(KR.get(), wk) and np.array_equal(VR.get(), wv)
     RESULTS.append(ok)
-    print(f"{'PASS' if ok else 'FAIL'} append L0={starts} T={counts} W={W} D={D} {dt}: ring "
+    print(f"{'PASS' if ok else 'FAIL'} append L0={starts} T={counts} W={W} D={D} {dt}"
+          f"{' paged' if paged else ''}: ring "
           f"{'exact' if ok else 'differs'}")
 
 
@@ -597,6 +650,13 @@ def main():
             check_extend([33, 0], [40, 17], 40, 2, 1, 64, 32, 8, sliding, dt, 16, 16, large=True)
         check_append([0, 5, 37, 70], [9, 1, 20, 0], 24, 2, 32, 16, dt, 16)
         check_append([3], [40], 40, 1, 64, 32, dt, 16)
+        # paged and indirect caches: the same results through slot and page tables
+        for sliding in (False, True):
+            check_decode([1, 7, 33, 70, 0], 4, 2, 32, 32, 8, sliding, dt, 16, 1, page=3)
+            check_decode([1, 7, 33, 70], 8, 2, 64, 32, 8, sliding, dt, 16, 3, large=True, page=4)
+            check_extend([0, 5, 37, 70], [9, 1, 20, 0], 24, 4, 2, 32, 16, 4, sliding, dt, 16, 16,
+                         page=5)
+        check_append([0, 5, 37, 70], [9, 1, 20, 0], 24, 2, 32, 16, dt, 16, paged=True)
     failed = RESULTS.count(False)
     print(f"{len(RESULTS) - failed} passed, {failed} failed")
     sys.exit(1 if failed else 0)

@@ -21,7 +21,7 @@ use crate::hostdata::HostTensor;
 use crate::reference;
 use crate::spec::{KernelSpec, Op, SpecParams};
 use crate::target::Arch;
-use crate::tensor::ElemType;
+use crate::tensor::{ElemType, TensorArg};
 use crate::tile::{Engine, Tile, TileError, TileParams};
 use crate::workload::Workload;
 
@@ -92,6 +92,7 @@ impl OpDef for Append {
                 &[
                     ("W", Const::Int(spec.window_or_zero())),
                     ("BLOCK_N", Const::Int(tile.block_n())),
+                    ("PAGED", Const::Bool(false)),
                 ],
             ),
         }]
@@ -143,6 +144,7 @@ impl OpDef for Append {
         Problem {
             lens: vec![w.past as i32; w.b],
             counts: vec![w.n as i32; w.b],
+            page: 0,
             summary_rows: 0,
             workload: w,
             scale: None,
@@ -281,70 +283,81 @@ impl OpDef for Append {
         _device: DeviceFacts,
     ) -> Result<Vec<Step>, LaunchError> {
         check_op(spec, Op::Append)?;
-        let t = args.expect(Op::Append, &NAMES)?;
-        let et = ElemType::of(spec.dtype());
-        let d = spec.head_dim() as usize;
-        let win = spec.window_or_zero() as usize;
-        for (i, x) in t.iter().enumerate() {
-            expect_dtype(
-                x,
-                if matches!(i, 4 | 5) {
-                    ElemType::I32
-                } else {
-                    et
-                },
-            )?;
-        }
-        expect_shape(&t[0], &[None, None, None, Some(d)], "[B, Tmax, Hkv, D]")?;
-        let (b, tmax, hkv) = (t[0].shape[0], t[0].shape[1], t[0].shape[2]);
-        expect_shape(
-            &t[1],
-            &[Some(b), Some(tmax), Some(hkv), Some(d)],
-            "[B, Tmax, Hkv, D]",
-        )?;
-        let ring = [Some(b), Some(win), Some(hkv), Some(d)];
-        for i in [2, 3, 6, 7] {
-            expect_shape(&t[i], &ring, "[B, W, Hkv, D]")?;
-        }
-        expect_shape(&t[4], &[Some(b)], "int32 [B]")?;
-        expect_shape(&t[5], &[Some(b)], "int32 [B]")?;
-        for x in t {
-            expect_contiguous_rows(x)?;
-        }
-        if b == 0 || tmax == 0 || hkv == 0 {
-            return Ok(Vec::new());
-        }
-        let mut a = ArgList::default();
-        for (name, i) in [
-            ("K", 0),
-            ("V", 1),
-            ("START", 4),
-            ("COUNT", 5),
-            ("KR", 6),
-            ("VR", 7),
-        ] {
-            a.ptr(name, t[i].ptr);
-        }
-        for (prefix, i) in [
-            (["k_sb", "k_st", "k_sh"], 0),
-            (["v_sb", "v_st", "v_sh"], 1),
-            (["kr_sb", "kr_ss", "kr_sh"], 6),
-            (["vr_sb", "vr_ss", "vr_sh"], 7),
-        ] {
-            for (k, name) in prefix.into_iter().enumerate() {
-                a.i64(name, t[i].stride(k));
-            }
-        }
-        a.i32("HKV", hkv as i32);
-        let grid = (
-            grid_dim(
-                "slot blocks",
-                win.div_ceil(tile.block_n() as usize),
-                i32::MAX as usize,
-            )?,
-            grid_dim("Hkv", hkv, 65535)?,
-            grid_dim("B", b, 65535)?,
-        );
-        Ok(vec![Step::triton(0, grid, tile.warps(), a)])
+        plan_append(spec, tile, args.expect(Op::Append, &NAMES)?, 0)
     }
+}
+
+/// Checks append's tensors (in contiguous form: rings `[B, W, Hkv, D]`, whose batch stride a
+/// paged call sets to its pool's slot stride) and plans its launch; `slot` is the address of
+/// the int32 slot index `[B]` of a paged call, 0 for the contiguous layout.
+pub(crate) fn plan_append(
+    spec: &KernelSpec,
+    tile: &Tile,
+    t: &[TensorArg],
+    slot: u64,
+) -> Result<Vec<Step>, LaunchError> {
+    let et = ElemType::of(spec.dtype());
+    let d = spec.head_dim() as usize;
+    let win = spec.window_or_zero() as usize;
+    for (i, x) in t.iter().enumerate() {
+        expect_dtype(
+            x,
+            if matches!(i, 4 | 5) {
+                ElemType::I32
+            } else {
+                et
+            },
+        )?;
+    }
+    expect_shape(&t[0], &[None, None, None, Some(d)], "[B, Tmax, Hkv, D]")?;
+    let (b, tmax, hkv) = (t[0].shape[0], t[0].shape[1], t[0].shape[2]);
+    expect_shape(
+        &t[1],
+        &[Some(b), Some(tmax), Some(hkv), Some(d)],
+        "[B, Tmax, Hkv, D]",
+    )?;
+    let ring = [Some(b), Some(win), Some(hkv), Some(d)];
+    for i in [2, 3, 6, 7] {
+        expect_shape(&t[i], &ring, "[B, W, Hkv, D]")?;
+    }
+    expect_shape(&t[4], &[Some(b)], "int32 [B]")?;
+    expect_shape(&t[5], &[Some(b)], "int32 [B]")?;
+    for x in t {
+        expect_contiguous_rows(x)?;
+    }
+    if b == 0 || tmax == 0 || hkv == 0 {
+        return Ok(Vec::new());
+    }
+    let mut a = ArgList::default();
+    for (name, i) in [
+        ("K", 0),
+        ("V", 1),
+        ("START", 4),
+        ("COUNT", 5),
+        ("KR", 6),
+        ("VR", 7),
+    ] {
+        a.ptr(name, t[i].ptr);
+    }
+    for (prefix, i) in [
+        (["k_sb", "k_st", "k_sh"], 0),
+        (["v_sb", "v_st", "v_sh"], 1),
+        (["kr_sb", "kr_ss", "kr_sh"], 6),
+        (["vr_sb", "vr_ss", "vr_sh"], 7),
+    ] {
+        for (k, name) in prefix.into_iter().enumerate() {
+            a.i64(name, t[i].stride(k));
+        }
+    }
+    a.i32("HKV", hkv as i32).ptr("SLOT", slot);
+    let grid = (
+        grid_dim(
+            "slot blocks",
+            win.div_ceil(tile.block_n() as usize),
+            i32::MAX as usize,
+        )?,
+        grid_dim("Hkv", hkv, 65535)?,
+        grid_dim("B", b, 65535)?,
+    );
+    Ok(vec![Step::triton(0, grid, tile.warps(), a)])
 }

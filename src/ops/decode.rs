@@ -3,8 +3,8 @@
 //! (templates/decode.cu).
 
 use super::launch::{
-    ArgList, LOG2E, LaunchError, LaunchPlan, OpArgs, Step, check_op, checked_scale, expect_dtype,
-    expect_shape, expect_vector_layout, grid_dim,
+    ArgList, LOG2E, LaunchError, LaunchPlan, OpArgs, Paging, Step, check_op, checked_scale,
+    expect_dtype, expect_shape, expect_vector_layout, grid_dim,
 };
 #[cfg(feature = "cli")]
 use super::{Check, Draw, Reference, amplify_rows};
@@ -316,12 +316,12 @@ fn visible_items(w: &Workload) -> usize {
 
 /// Query heads per program of the Triton decode: the group rounded up to a power of two, at
 /// least 16 (tl.dot's smallest M) and at most 64.
-fn triton_block_h(group: u32) -> u32 {
+pub(crate) fn triton_block_h(group: u32) -> u32 {
     super::pow2(group).clamp(16, 64)
 }
 
 /// The parameters of `fe_decode` (triton/flasheva_triton.py), in order.
-fn triton_args(p: &DecodeParams) -> ArgList {
+pub(crate) fn triton_args(p: &DecodeParams, paging: &Paging) -> ArgList {
     let mut a = ArgList::default();
     a.ptr("Q", p.q)
         .ptr("KR", p.kr)
@@ -361,11 +361,12 @@ fn triton_args(p: &DecodeParams) -> ArgList {
         .i32("MAXNC", p.max_nc)
         .i32("SPLITS", p.splits)
         .f32("scale_log2", p.scale_log2);
+    paging.push(&mut a);
     a
 }
 
 /// The parameters of `fe_decode_combine`, in order.
-fn triton_combine_args(p: &DecodeParams) -> ArgList {
+pub(crate) fn triton_combine_args(p: &DecodeParams) -> ArgList {
     let mut a = ArgList::default();
     a.ptr("O", p.o)
         .ptr("LSE", p.lse)
@@ -494,6 +495,7 @@ impl OpDef for Decode {
                         ("GROUP", Const::Int(spec.group_or_one())),
                         ("BLOCK_H", Const::Int(triton_block_h(spec.group_or_one()))),
                         ("BLOCK_N", Const::Int(tile.block_n())),
+                        ("PAGED", Const::Bool(false)),
                     ],
                 ),
             },
@@ -550,6 +552,7 @@ impl OpDef for Decode {
         Problem {
             lens: vec![w.n as i32; w.b],
             counts: Vec::new(),
+            page: 0,
             summary_rows: w.max_nc(),
             workload: w,
             scale: None,
@@ -746,7 +749,12 @@ impl OpDef for Decode {
                 grid_dim("Hkv x head tiles", p.hkv as usize * head_tiles, 65535)?,
                 main.grid.2,
             );
-            let mut steps = vec![Step::triton(0, grid, tile.warps(), triton_args(p))];
+            let mut steps = vec![Step::triton(
+                0,
+                grid,
+                tile.warps(),
+                triton_args(p, &Paging::default()),
+            )];
             if let Some(c) = combine {
                 steps.push(Step::triton(
                     1,

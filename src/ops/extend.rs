@@ -7,7 +7,7 @@
 //! sequence (Triton so far). The workload's `n` is Tmax and its `past` L0.
 
 use super::launch::{
-    ArgList, LaunchError, OpArgs, Step, check_op, expect_contiguous_rows, expect_dtype,
+    ArgList, LaunchError, OpArgs, Paging, Step, check_op, expect_contiguous_rows, expect_dtype,
     expect_shape, grid_dim,
 };
 #[cfg(feature = "cli")]
@@ -22,7 +22,7 @@ use crate::hostdata::HostTensor;
 use crate::reference;
 use crate::spec::{KernelSpec, LocalMode, Op, SpecParams};
 use crate::target::Arch;
-use crate::tensor::ElemType;
+use crate::tensor::{ElemType, TensorArg};
 use crate::tile::{Engine, Tile, TileError, TileParams};
 use crate::visibility::{key_range, summaries_visible};
 use crate::workload::Workload;
@@ -113,6 +113,7 @@ impl OpDef for Extend {
                     ("SLIDING", Const::Bool(spec.sliding())),
                     ("BLOCK_M", Const::Int(tile.block_m())),
                     ("BLOCK_N", Const::Int(tile.block_n())),
+                    ("PAGED", Const::Bool(false)),
                 ],
             ),
         }]
@@ -171,6 +172,7 @@ impl OpDef for Extend {
         Problem {
             lens: vec![w.past as i32; w.b],
             counts: vec![w.n as i32; w.b],
+            page: 0,
             summary_rows: summary_rows_for(&w.spec, w.past, w.n),
             workload: w,
             scale: None,
@@ -345,106 +347,125 @@ impl OpDef for Extend {
         _device: DeviceFacts,
     ) -> Result<Vec<Step>, LaunchError> {
         check_op(spec, Op::Extend)?;
-        let t = args.expect(Op::Extend, &NAMES)?;
-        let et = ElemType::of(spec.dtype());
-        let d = spec.head_dim() as usize;
-        let win = spec.window_or_zero() as usize;
-        for (i, x) in t.iter().enumerate() {
-            match i {
-                7 | 8 => expect_dtype(x, ElemType::I32)?,
-                10 => expect_dtype(x, ElemType::F32)?,
-                _ => expect_dtype(x, et)?,
-            }
-        }
-        expect_shape(&t[0], &[None, None, None, Some(d)], "[B, Tmax, H, D]")?;
-        let (b, tmax, h) = (t[0].shape[0], t[0].shape[1], t[0].shape[2]);
-        expect_shape(
-            &t[1],
-            &[Some(b), Some(tmax), None, Some(d)],
-            "[B, Tmax, Hkv, D]",
-        )?;
-        let hkv = t[1].shape[2];
-        if hkv == 0 || h % hkv != 0 {
-            return Err(LaunchError::Size(format!(
-                "q has {h} heads, not a multiple of k's {hkv} kv heads"
-            )));
-        }
-        let new = [Some(b), Some(tmax), Some(hkv), Some(d)];
-        expect_shape(&t[2], &new, "[B, Tmax, Hkv, D]")?;
-        let ring = [Some(b), Some(win), Some(hkv), Some(d)];
-        expect_shape(&t[3], &ring, "[B, W, Hkv, D]")?;
-        expect_shape(&t[4], &ring, "[B, W, Hkv, D]")?;
-        expect_shape(
-            &t[5],
-            &[Some(b), None, Some(hkv), Some(d)],
-            "[B, MAXNC, Hkv, D]",
-        )?;
-        let maxnc = t[5].shape[1];
-        expect_shape(
-            &t[6],
-            &[Some(b), Some(maxnc), Some(hkv), Some(d)],
-            "[B, MAXNC, Hkv, D] like ks",
-        )?;
-        expect_shape(&t[7], &[Some(b)], "int32 [B]")?;
-        expect_shape(&t[8], &[Some(b)], "int32 [B]")?;
-        expect_shape(
-            &t[9],
-            &[Some(b), Some(tmax), Some(h), Some(d)],
-            "[B, Tmax, H, D] like q",
-        )?;
-        expect_shape(&t[10], &[Some(b), Some(h), Some(tmax)], "[B, H, Tmax]")?;
-        for x in t {
-            expect_contiguous_rows(x)?;
-        }
-        if b == 0 || tmax == 0 || h == 0 {
-            return Ok(Vec::new());
-        }
-        let scale = args.scale.unwrap_or_else(|| spec.default_scale());
-        let mut a = ArgList::default();
-        for (name, i) in [
-            ("Q", 0),
-            ("K", 1),
-            ("V", 2),
-            ("KR", 3),
-            ("VR", 4),
-            ("KS", 5),
-            ("VS", 6),
-            ("START", 7),
-            ("COUNT", 8),
-            ("O", 9),
-            ("LSE", 10),
-        ] {
-            a.ptr(name, t[i].ptr);
-        }
-        for (prefix, i) in [
-            (["q_sb", "q_st", "q_sh"], 0),
-            (["k_sb", "k_st", "k_sh"], 1),
-            (["v_sb", "v_st", "v_sh"], 2),
-            (["kr_sb", "kr_ss", "kr_sh"], 3),
-            (["vr_sb", "vr_ss", "vr_sh"], 4),
-            (["ks_sb", "ks_st", "ks_sh"], 5),
-            (["vs_sb", "vs_st", "vs_sh"], 6),
-            (["o_sb", "o_st", "o_sh"], 9),
-        ] {
-            for (k, name) in prefix.into_iter().enumerate() {
-                a.i64(name, t[i].stride(k));
-            }
-        }
-        a.i64("lse_sb", t[10].stride(0))
-            .i64("lse_sh", t[10].stride(1))
-            .i32("H", h as i32)
-            .i32("HKV", hkv as i32)
-            .i32("MAXNC", maxnc as i32)
-            .f32("scale_log2", scale * std::f32::consts::LOG2_E);
-        let grid = (
-            grid_dim(
-                "row blocks",
-                tmax.div_ceil(tile.block_m() as usize),
-                i32::MAX as usize,
-            )?,
-            grid_dim("H", h, 65535)?,
-            grid_dim("B", b, 65535)?,
-        );
-        Ok(vec![Step::triton(0, grid, tile.warps(), a)])
+        plan_extend(
+            spec,
+            tile,
+            args.expect(Op::Extend, &NAMES)?,
+            args.scale,
+            &Paging::default(),
+        )
     }
+}
+
+/// Checks extend's tensors (in contiguous form: rings `[B, W, Hkv, D]`, summaries
+/// `[B, MAXNC, Hkv, D]`, whose batch strides a paged call sets to its pools' slot and page
+/// strides) and plans its launch with `paging`.
+pub(crate) fn plan_extend(
+    spec: &KernelSpec,
+    tile: &Tile,
+    t: &[TensorArg],
+    scale: Option<f32>,
+    paging: &Paging,
+) -> Result<Vec<Step>, LaunchError> {
+    let et = ElemType::of(spec.dtype());
+    let d = spec.head_dim() as usize;
+    let win = spec.window_or_zero() as usize;
+    for (i, x) in t.iter().enumerate() {
+        match i {
+            7 | 8 => expect_dtype(x, ElemType::I32)?,
+            10 => expect_dtype(x, ElemType::F32)?,
+            _ => expect_dtype(x, et)?,
+        }
+    }
+    expect_shape(&t[0], &[None, None, None, Some(d)], "[B, Tmax, H, D]")?;
+    let (b, tmax, h) = (t[0].shape[0], t[0].shape[1], t[0].shape[2]);
+    expect_shape(
+        &t[1],
+        &[Some(b), Some(tmax), None, Some(d)],
+        "[B, Tmax, Hkv, D]",
+    )?;
+    let hkv = t[1].shape[2];
+    if hkv == 0 || h % hkv != 0 {
+        return Err(LaunchError::Size(format!(
+            "q has {h} heads, not a multiple of k's {hkv} kv heads"
+        )));
+    }
+    let new = [Some(b), Some(tmax), Some(hkv), Some(d)];
+    expect_shape(&t[2], &new, "[B, Tmax, Hkv, D]")?;
+    let ring = [Some(b), Some(win), Some(hkv), Some(d)];
+    expect_shape(&t[3], &ring, "[B, W, Hkv, D]")?;
+    expect_shape(&t[4], &ring, "[B, W, Hkv, D]")?;
+    expect_shape(
+        &t[5],
+        &[Some(b), None, Some(hkv), Some(d)],
+        "[B, MAXNC, Hkv, D]",
+    )?;
+    let maxnc = t[5].shape[1];
+    expect_shape(
+        &t[6],
+        &[Some(b), Some(maxnc), Some(hkv), Some(d)],
+        "[B, MAXNC, Hkv, D] like ks",
+    )?;
+    expect_shape(&t[7], &[Some(b)], "int32 [B]")?;
+    expect_shape(&t[8], &[Some(b)], "int32 [B]")?;
+    expect_shape(
+        &t[9],
+        &[Some(b), Some(tmax), Some(h), Some(d)],
+        "[B, Tmax, H, D] like q",
+    )?;
+    expect_shape(&t[10], &[Some(b), Some(h), Some(tmax)], "[B, H, Tmax]")?;
+    for x in t {
+        expect_contiguous_rows(x)?;
+    }
+    if b == 0 || tmax == 0 || h == 0 {
+        return Ok(Vec::new());
+    }
+    let scale = scale.unwrap_or_else(|| spec.default_scale());
+    let mut a = ArgList::default();
+    for (name, i) in [
+        ("Q", 0),
+        ("K", 1),
+        ("V", 2),
+        ("KR", 3),
+        ("VR", 4),
+        ("KS", 5),
+        ("VS", 6),
+        ("START", 7),
+        ("COUNT", 8),
+        ("O", 9),
+        ("LSE", 10),
+    ] {
+        a.ptr(name, t[i].ptr);
+    }
+    for (prefix, i) in [
+        (["q_sb", "q_st", "q_sh"], 0),
+        (["k_sb", "k_st", "k_sh"], 1),
+        (["v_sb", "v_st", "v_sh"], 2),
+        (["kr_sb", "kr_ss", "kr_sh"], 3),
+        (["vr_sb", "vr_ss", "vr_sh"], 4),
+        (["ks_sb", "ks_st", "ks_sh"], 5),
+        (["vs_sb", "vs_st", "vs_sh"], 6),
+        (["o_sb", "o_st", "o_sh"], 9),
+    ] {
+        for (k, name) in prefix.into_iter().enumerate() {
+            a.i64(name, t[i].stride(k));
+        }
+    }
+    a.i64("lse_sb", t[10].stride(0))
+        .i64("lse_sh", t[10].stride(1))
+        .i32("H", h as i32)
+        .i32("HKV", hkv as i32)
+        .i32("MAXNC", maxnc as i32)
+        .f32("scale_log2", scale * std::f32::consts::LOG2_E);
+    paging.push(&mut a);
+    let grid = (
+        grid_dim(
+            "row blocks",
+            tmax.div_ceil(tile.block_m() as usize),
+            i32::MAX as usize,
+        )?,
+        grid_dim("H", h, 65535)?,
+        grid_dim("B", b, 65535)?,
+    );
+    Ok(vec![Step::triton(0, grid, tile.warps(), a)])
 }

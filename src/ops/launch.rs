@@ -345,6 +345,42 @@ impl OpArgs {
     }
 }
 
+/// The indirection of a paged call (the contract's item 7): the sequences' slots in a ring pool
+/// and their page table into a summary page pool; the default (null tables) is the contiguous
+/// layout. Passed to the Triton kernels after their other scalar parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Paging {
+    /// int32 `[B]`: each sequence's slot in the ring pool.
+    pub slot: u64,
+    /// int32 `[B, MAXP]`: each sequence's pages in the summary pool.
+    pub table: u64,
+    /// The page table's row stride, elements.
+    pub table_stride: i64,
+    /// Summary rows per page.
+    pub page: i32,
+}
+
+impl Default for Paging {
+    fn default() -> Paging {
+        Paging {
+            slot: 0,
+            table: 0,
+            table_stride: 0,
+            page: 1,
+        }
+    }
+}
+
+impl Paging {
+    /// Appends the tables' parameters (SLOT, PT, pt_sb, PAGE) to a Triton kernel's.
+    pub(crate) fn push(&self, a: &mut ArgList) {
+        a.ptr("SLOT", self.slot)
+            .ptr("PT", self.table)
+            .i64("pt_sb", self.table_stride)
+            .i32("PAGE", self.page);
+    }
+}
+
 /// What a plan needs to know of the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceFacts {

@@ -15,6 +15,7 @@ pub mod chunk_summarize_bwd;
 pub mod decode;
 pub mod extend;
 pub mod launch;
+pub mod paged;
 pub mod prefill;
 pub mod prefill_bwd;
 
@@ -119,6 +120,9 @@ pub struct Problem {
     /// Extend and append: every sequence's new tokens T (at most the workload's `n`); empty
     /// for other ops.
     pub counts: Vec<i32>,
+    /// Paged ops: summary rows per page of the page pool (`summary_rows` is a multiple of it);
+    /// 0 for the contiguous layout.
+    pub page: usize,
     /// Rows of the per-chunk tensors (summaries, omega, means): at least N/C for prefill and the
     /// chunk ops (more are allowed and never read), the summary slots MAXNC for decode.
     pub summary_rows: usize,
@@ -330,6 +334,7 @@ pub trait OpDef: Sync {
             workload: w,
             lens: Vec::new(),
             counts: Vec::new(),
+            page: 0,
             scale: None,
             splits: None,
         }
@@ -412,6 +417,9 @@ pub fn of(op: Op) -> &'static dyn OpDef {
         Op::ChunkMeanBwd => &chunk_mean_bwd::ChunkMeanBwd,
         Op::Extend => &extend::Extend,
         Op::Append => &append::Append,
+        Op::DecodePaged => &paged::DECODE_PAGED,
+        Op::ExtendPaged => &paged::EXTEND_PAGED,
+        Op::AppendPaged => &paged::APPEND_PAGED,
     }
 }
 
@@ -561,7 +569,8 @@ mod tests {
             | Op::ChunkSummarize
             | Op::ChunkMeanBwd
             | Op::ChunkSummarizeBwd
-            | Op::Append => 2,
+            | Op::Append
+            | Op::AppendPaged => 2,
             _ => 8,
         };
         Workload {
@@ -597,7 +606,18 @@ mod tests {
             // the shapes of the inputs describe the same problem again
             let shapes: Vec<(ElemType, Vec<usize>)> =
                 ins.iter().map(|t| (t.elem, t.shape.clone())).collect();
-            let ints = [p.lens.clone(), p.counts.clone()].concat();
+            // random inputs have the described shapes
+            let (mut rng, _) = crate::hostdata::fresh_rng();
+            let dt = p.spec().dtype();
+            let mut draw =
+                |shape: &[usize], amp: f64| HostTensor::uniform(&mut rng, dt, shape, amp);
+            let r = def.random_inputs(&p, &mut draw, true);
+            // every int32 vector, in input order, as `flasheva run` passes them
+            let ints: Vec<i32> = r
+                .iter()
+                .filter(|t| t.elem == ElemType::I32 && t.shape.len() == 1)
+                .flat_map(|t| t.to_i32())
+                .collect();
             let lens = (!ints.is_empty()).then_some(ints.as_slice());
             let flags = SpecParams {
                 window: Some(128),
@@ -612,12 +632,11 @@ mod tests {
                 (p.workload.b, p.workload.h, p.workload.hkv),
                 "{op}"
             );
-            // random inputs have the described shapes
-            let (mut rng, _) = crate::hostdata::fresh_rng();
-            let dt = p.spec().dtype();
-            let mut draw =
-                |shape: &[usize], amp: f64| HostTensor::uniform(&mut rng, dt, shape, amp);
-            let r = def.random_inputs(&p, &mut draw, true);
+            assert_eq!(
+                (back.summary_rows, back.page, &back.lens, &back.counts),
+                (p.summary_rows, p.page, &p.lens, &p.counts),
+                "{op}"
+            );
             assert_eq!(r.len(), ins.len());
             for (t, d) in r.iter().zip(&ins) {
                 assert_eq!((t.elem, &t.shape), (d.elem, &d.shape), "{op} {}", d.name);
