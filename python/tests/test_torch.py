@@ -229,3 +229,41 @@ def test_a_model_using_the_ops_compiles_with_fullgraph():
     eager = m(x)
     compiled = torch.compile(m, fullgraph=True)(x)
     assert rel(compiled, eager) < 1e-2
+
+
+# ------------------------------------------------------------------------------- flasheva.nn
+
+
+def test_the_module_traces_prefill_extend_and_decode_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from flasheva.nn import EvaAttention
+
+    m = EvaAttention(64, heads=4, kv_heads=2, head_dim=32, window=16, chunk=4)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x = torch.empty(2, 37, 64)
+        assert m(x).shape == x.shape
+        cache = m.new_cache(2, 100, torch.float32, x.device)
+        assert m(torch.empty(2, 37, 64), cache).shape == (2, 37, 64)  # extend from empty
+        assert m(torch.empty(2, 1, 64), cache).shape == (2, 1, 64)  # decode
+        assert cache.length == 38
+
+
+def test_the_module_decodes_what_its_prefill_computes():
+    need_gpu()
+    from flasheva.nn import EvaAttention, full_kv_bytes
+
+    torch.manual_seed(6)
+    dt = torch.bfloat16
+    m = EvaAttention(256, heads=8, kv_heads=2, head_dim=64, window=64, chunk=16).cuda().to(dt)
+    x = torch.randn(2, 200, 256, device="cuda", dtype=dt)
+    with torch.no_grad():
+        full = m(x)
+        cache = m.new_cache(2, 256, dt, x.device)
+        pieces = [m(x[:, :77], cache)]  # a prompt (extend from an empty cache)
+        pieces.append(m(x[:, 77:90], cache))  # a chunk of new tokens
+        for t in range(90, 200):  # then one token at a time
+            pieces.append(m(x[:, t:t + 1], cache))
+    stepped = torch.cat(pieces, dim=1)
+    assert rel(stepped, full) < 2e-2
+    assert cache.bytes() < full_kv_bytes(2, 200, 2, 64, dt)
