@@ -48,6 +48,17 @@ def runtime(device) -> "_native.Runtime":
     return rt
 
 
+def tune(spec, b, n, h, hkv, past=0, device=None, warmup=5, samples=20):
+    """Tunes ``spec`` (see :func:`flasheva.spec`) for one workload on a device, as
+    ``flasheva tune`` does, and records the winner in the cache; the ops use it from their next
+    call. Returns ``(winner tile, winner ms, default ms)``."""
+    dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    result = runtime(dev).tune(spec, b, n, h, hkv, past, warmup, samples)
+    # the runtime remembers which workloads had no winner: start a fresh one
+    _RUNTIMES.pop(dev.index if dev.index is not None else torch.cuda.current_device(), None)
+    return result
+
+
 def _describe(named):
     """(name, address, dtype, shape, strides) of each tensor, after checking they are CUDA
     tensors of one device with a supported dtype."""

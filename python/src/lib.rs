@@ -317,6 +317,85 @@ impl Runtime {
         })
     }
 
+    /// Tunes `spec` on this workload on this device, as `flasheva tune` does: every candidate
+    /// of the builtin search space (both backends where their compilers are here) compiled,
+    /// checked against the float64-trusted default and timed; the winner is recorded in the
+    /// cache, where launches find it. Returns the winner's tile name, its median and the
+    /// default's (milliseconds).
+    #[pyo3(signature = (spec, b, n, h, hkv, past=0, warmup=5, samples=20, jobs=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn tune(
+        &self,
+        py: Python<'_>,
+        spec: &Bound<'_, PyDict>,
+        b: usize,
+        n: usize,
+        h: usize,
+        hkv: usize,
+        past: usize,
+        warmup: usize,
+        samples: usize,
+        jobs: Option<usize>,
+    ) -> PyResult<(String, f64, f64)> {
+        use flasheva::compile::{CompilerSet, Compilers};
+        use flasheva::tune::space::{Pruned, Spaces};
+        use flasheva::tune::{TuneConfig, tune};
+        let spec = spec_from_dict(spec)?;
+        if samples == 0 {
+            return Err(value_err("samples must be at least 1"));
+        }
+        let gpu = self.rt.gpu().clone();
+        let store = self.rt.store().clone();
+        py.detach(move || {
+            let (ma, mi) = gpu.info().capability;
+            let arch = Arch::preferred_for(ma, mi);
+            let mut limits = arch.limits();
+            limits.smem_per_block = gpu.info().smem_per_block_optin;
+            let compilers = Arc::new(Compilers::new());
+            let mut cands = Spaces::builtin().candidates(&spec, arch, limits);
+            let mut keep = Vec::new();
+            for t in std::mem::take(&mut cands.keep) {
+                match compilers.for_backend(t.engine().backend()) {
+                    Ok(_) => keep.push(t),
+                    Err(e) => cands.pruned.push(Pruned {
+                        tile: t.params(),
+                        reason: format!("no {} compiler: {e}", t.engine().backend()),
+                    }),
+                }
+            }
+            cands.keep = keep;
+            let rt = FeRuntime::with_gpu(
+                gpu.clone(),
+                store,
+                RuntimeOptions::default()
+                    .compile_on_miss(true)
+                    .use_tuned(false),
+            );
+            let stream = gpu.context().new_stream().map_err(runtime_err)?;
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get().saturating_sub(1).max(1))
+                    .unwrap_or(1)
+            });
+            let w = Workload::new(spec, b, n, h, hkv).with_past(past);
+            let o = tune(
+                &rt,
+                &stream,
+                &compilers,
+                w,
+                &cands,
+                &TuneConfig::new(warmup, samples, jobs),
+                &mut |_| {},
+            )
+            .map_err(runtime_err)?;
+            Ok((
+                o.record.tile.name(spec.op()),
+                o.record.median_ms,
+                o.record.default_median_ms,
+            ))
+        })
+    }
+
     /// The device's name.
     fn device_name(&self) -> String {
         self.rt.gpu().info().name.clone()

@@ -267,3 +267,15 @@ def test_the_module_decodes_what_its_prefill_computes():
     stepped = torch.cat(pieces, dim=1)
     assert rel(stepped, full) < 2e-2
     assert cache.bytes() < full_kv_bytes(2, 200, 2, 64, dt)
+
+
+def test_tune_records_a_winner_the_ops_then_use():
+    need_gpu()
+    import flasheva
+
+    spec = flasheva.spec("chunk_mean", head_dim=64, chunk=16, dtype="bf16")
+    winner, ms, default_ms = flasheva.ops.tune(spec, 2, 4096, 8, 8, samples=3)
+    assert winner and ms > 0 and default_ms > 0
+    x = torch.randn(2, 4096, 8, 64, device="cuda", dtype=torch.bfloat16)
+    want = x.double().reshape(2, 256, 16, 8, 64).mean(dim=2)
+    assert rel(ops.chunk_mean(x, 16), want) < 8e-3
