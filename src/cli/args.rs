@@ -130,7 +130,9 @@ impl ShapeFlags {
                 "--heads {h} must be a multiple of --kv-heads {hkv}"
             )));
         }
-        if spec.op() == Op::Decode && h / hkv != spec.group_or_one() as usize {
+        if matches!(spec.op(), Op::Decode | Op::DecodePaged)
+            && h / hkv != spec.group_or_one() as usize
+        {
             return Err(usage(format!(
                 "decode with --group {} needs --heads = {} x --kv-heads, got {h} and {hkv}",
                 spec.group_or_one(),
@@ -138,11 +140,13 @@ impl ShapeFlags {
             )));
         }
         let (n, past) = match spec.op() {
-            Op::Decode => (self.position.unwrap_or(4095) + 1, 0),
-            Op::Extend | Op::Append => (self.seq_len.unwrap_or(512), self.position.unwrap_or(4096)),
+            Op::Decode | Op::DecodePaged => (self.position.unwrap_or(4095) + 1, 0),
+            Op::Extend | Op::Append | Op::ExtendPaged | Op::AppendPaged => {
+                (self.seq_len.unwrap_or(512), self.position.unwrap_or(4096))
+            }
             _ => (self.seq_len.unwrap_or(4096), 0),
         };
-        let hkv = if spec.op() == Op::Append {
+        let hkv = if matches!(spec.op(), Op::Append | Op::AppendPaged) {
             self.kv_heads.unwrap_or(hkv)
         } else {
             hkv
@@ -151,7 +155,11 @@ impl ShapeFlags {
             spec: *spec,
             b: self.batch.unwrap_or(1),
             n,
-            h: if spec.op() == Op::Append { hkv } else { h },
+            h: if matches!(spec.op(), Op::Append | Op::AppendPaged) {
+                hkv
+            } else {
+                h
+            },
             hkv,
             past,
         })
@@ -165,7 +173,7 @@ pub struct Selection {
     /// compile, bench and tune take the file's default preset; cache export takes everything.
     #[arg(long, value_name = "NAME", conflicts_with = "op")]
     pub preset: Option<String>,
-    /// One spec of this op instead (chunk_mean, chunk_summarize, prefill, decode, prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd, extend, append), from the spec flags.
+    /// One spec of this op instead (chunk_mean, chunk_summarize, prefill, decode, prefill_bwd, chunk_summarize_bwd, chunk_mean_bwd, extend, append, decode_paged, extend_paged, append_paged), from the spec flags.
     #[arg(value_parser = parse_op)]
     pub op: Option<Op>,
     #[command(flatten)]

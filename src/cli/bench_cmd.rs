@@ -81,14 +81,14 @@ pub fn preset_workload(
     shape: &ShapeFlags,
 ) -> Workload {
     let (b, n) = match s.op() {
-        Op::Decode => (
+        Op::Decode | Op::DecodePaged => (
             shape.batch.unwrap_or(p.decode_batch),
             shape
                 .position
                 .map(|x| x + 1)
                 .unwrap_or(p.decode_position + 1),
         ),
-        Op::Extend | Op::Append => (
+        Op::Extend | Op::Append | Op::ExtendPaged | Op::AppendPaged => (
             shape.batch.unwrap_or(p.decode_batch),
             shape.seq_len.unwrap_or(512),
         ),
@@ -98,12 +98,14 @@ pub fn preset_workload(
         ),
     };
     let past = match s.op() {
-        Op::Extend | Op::Append => shape.position.unwrap_or(p.decode_position),
+        Op::Extend | Op::Append | Op::ExtendPaged | Op::AppendPaged => {
+            shape.position.unwrap_or(p.decode_position)
+        }
         _ => 0,
     };
     let hkv = shape.kv_heads.unwrap_or(p.kv_heads as usize);
     let h = match s.op() {
-        Op::Append => hkv,
+        Op::Append | Op::AppendPaged => hkv,
         _ => shape.heads.unwrap_or(p.heads as usize),
     };
     Workload {

@@ -98,7 +98,11 @@ fn workloads(a: &TuneArgs) -> anyhow::Result<Vec<Workload>> {
             .flat_map(|w| {
                 shapes.iter().map(move |&(b, n)| Workload {
                     b,
-                    n: if w.spec.op() == Op::Decode { n + 1 } else { n },
+                    n: if matches!(w.spec.op(), Op::Decode | Op::DecodePaged) {
+                        n + 1
+                    } else {
+                        n
+                    },
                     ..w
                 })
             })
