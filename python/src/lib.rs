@@ -213,6 +213,22 @@ fn import_bundle(path: String, cache_dir: Option<String>, allow_unsigned: bool) 
     Ok(report.added)
 }
 
+/// The kernel a call of `spec` on this workload `(b, n, h, hkv, past)` uses (the tuned winner
+/// when there is one) and the call's problem (decode: `summary_rows` summary slots).
+fn kernel_and_problem(
+    rt: &FeRuntime,
+    spec: KernelSpec,
+    (b, n, h, hkv, past): (usize, usize, usize, usize, usize),
+    summary_rows: Option<usize>,
+) -> PyResult<(Arc<flasheva::loader::Kernel>, Problem)> {
+    let w = Workload::new(spec, b, n, h, hkv).with_past(past);
+    let mut p = Problem::new(w);
+    if let Some(r) = summary_rows {
+        p.summary_rows = r;
+    }
+    Ok((rt.kernel_for(&w).map_err(to_py)?, p))
+}
+
 /// The runtime of one device: kernels from the cache (compiled on a miss unless switched off),
 /// tuned winners unless switched off.
 #[pyclass(name = "Runtime", module = "flasheva._native")]
@@ -259,12 +275,7 @@ impl Runtime {
         let spec = spec_from_dict(spec)?;
         let rt = self.rt.clone();
         py.detach(move || {
-            let w = Workload::new(spec, b, n, h, hkv).with_past(past);
-            let mut p = Problem::new(w);
-            if let Some(r) = summary_rows {
-                p.summary_rows = r;
-            }
-            let k = rt.kernel_for(&w).map_err(to_py)?;
+            let (k, p) = kernel_and_problem(&rt, spec, (b, n, h, hkv, past), summary_rows)?;
             let splits = k.splits_for(&p);
             Ok((splits, ops::of(spec.op()).workspace(&p, splits)))
         })
@@ -294,12 +305,7 @@ impl Runtime {
         let args = crate::tensors(tensors)?;
         let rt = self.rt.clone();
         py.detach(move || {
-            let w = Workload::new(spec, b, n, h, hkv).with_past(past);
-            let mut p = Problem::new(w);
-            if let Some(r) = summary_rows {
-                p.summary_rows = r;
-            }
-            let k = rt.kernel_for(&w).map_err(to_py)?;
+            let (k, p) = kernel_and_problem(&rt, spec, (b, n, h, hkv, past), summary_rows)?;
             let splits = k.splits_for(&p);
             // SAFETY: the caller (flasheva's torch layer) passes torch's current stream of the
             // device this runtime opened; it lives as long as torch's stream pool.

@@ -12,8 +12,8 @@ use super::launch::{
 #[cfg(feature = "cli")]
 use super::{Check, Draw, Reference};
 use super::{
-    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
-    check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
+    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel, common_dtype,
+    constexprs, desc, probe_problem, spec_from, start_count, triton_only,
 };
 #[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
@@ -55,15 +55,7 @@ impl OpDef for Append {
     }
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
-        if t.engine != Engine::Triton {
-            return Err(TileError::Field {
-                op: Op::Append,
-                field: "engine",
-                value: 0,
-                accepted: "triton (append has only its Triton kernel so far)",
-            });
-        }
-        check_triton_tile(Op::Append, t, false, true, false)
+        triton_only(Op::Append, t, false, true, false)
     }
 
     fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
@@ -183,24 +175,7 @@ impl OpDef for Append {
             ..*flags
         };
         let spec = spec_from(Op::Append, &flags, k[3], dtype, None)?;
-        let both = lens.ok_or("append reads the int32 tensors start [B] and count [B]")?;
-        if both.len() != 2 * k[0] {
-            return Err(format!(
-                "tensors start and count have {} entries together, k has B = {} (B each)",
-                both.len(),
-                k[0]
-            ));
-        }
-        let (start, count) = both.split_at(k[0]);
-        if let Some(t) = count.iter().find(|&&t| t < 0 || t as usize > k[1]) {
-            return Err(format!(
-                "count holds {t}: each T must be in 0..={} (Tmax, k's second dimension)",
-                k[1]
-            ));
-        }
-        if let Some(l) = start.iter().find(|&&l| l < 0) {
-            return Err(format!("start holds {l}: each L0 must be >= 0"));
-        }
+        let (start, count) = start_count(Op::Append, lens, k[0], k[1], "k")?;
         let mut p = Problem::new(Workload {
             spec,
             b: k[0],
@@ -209,8 +184,8 @@ impl OpDef for Append {
             hkv: k[2],
             past: start.iter().copied().max().unwrap_or(0) as usize,
         });
-        p.lens = start.to_vec();
-        p.counts = count.to_vec();
+        p.lens = start;
+        p.counts = count;
         Ok(p)
     }
 

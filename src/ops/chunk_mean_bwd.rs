@@ -10,8 +10,8 @@ use super::launch::{
 #[cfg(feature = "cli")]
 use super::{Check, Draw, Reference};
 use super::{
-    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
-    check_triton_tile, common_dtype, constexprs, desc, pow2, probe_problem, spec_from,
+    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel, common_dtype,
+    constexprs, desc, pow2, probe_problem, spec_from, triton_only,
 };
 #[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
@@ -44,15 +44,7 @@ impl OpDef for ChunkMeanBwd {
     }
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
-        if t.engine != Engine::Triton {
-            return Err(TileError::Field {
-                op: Op::ChunkMeanBwd,
-                field: "engine",
-                value: 0,
-                accepted: "triton (the backward has only its Triton kernels so far)",
-            });
-        }
-        check_triton_tile(Op::ChunkMeanBwd, t, false, false, false)
+        triton_only(Op::ChunkMeanBwd, t, false, false, false)
     }
 
     fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {

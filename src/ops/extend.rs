@@ -13,8 +13,8 @@ use super::launch::{
 #[cfg(feature = "cli")]
 use super::{Check, Draw, Reference, amplify_rows};
 use super::{
-    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
-    check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
+    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel, common_dtype,
+    constexprs, desc, probe_problem, spec_from, start_count, triton_only,
 };
 #[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
@@ -78,15 +78,7 @@ impl OpDef for Extend {
     }
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
-        if t.engine != Engine::Triton {
-            return Err(TileError::Field {
-                op: Op::Extend,
-                field: "engine",
-                value: 0,
-                accepted: "triton (extend has only its Triton kernel so far)",
-            });
-        }
-        check_triton_tile(Op::Extend, t, true, true, true)
+        triton_only(Op::Extend, t, true, true, true)
     }
 
     fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
@@ -226,24 +218,7 @@ impl OpDef for Extend {
             ..*flags
         };
         let spec = spec_from(Op::Extend, &flags, q[3], dtype, None)?;
-        let both = lens.ok_or("extend reads the int32 tensors start [B] and count [B]")?;
-        if both.len() != 2 * q[0] {
-            return Err(format!(
-                "tensors start and count have {} entries together, q has B = {} (B each)",
-                both.len(),
-                q[0]
-            ));
-        }
-        let (start, count) = both.split_at(q[0]);
-        if let Some(t) = count.iter().find(|&&t| t < 0 || t as usize > q[1]) {
-            return Err(format!(
-                "count holds {t}: each T must be in 0..={} (Tmax, q's second dimension)",
-                q[1]
-            ));
-        }
-        if let Some(l) = start.iter().find(|&&l| l < 0) {
-            return Err(format!("start holds {l}: each L0 must be >= 0"));
-        }
+        let (start, count) = start_count(Op::Extend, lens, q[0], q[1], "q")?;
         let mut p = Problem::new(Workload {
             spec,
             b: q[0],
@@ -252,8 +227,8 @@ impl OpDef for Extend {
             hkv,
             past: start.iter().copied().max().unwrap_or(0) as usize,
         });
-        p.lens = start.to_vec();
-        p.counts = count.to_vec();
+        p.lens = start;
+        p.counts = count;
         p.summary_rows = ks[1];
         Ok(p)
     }

@@ -91,6 +91,57 @@ pub(crate) fn check_triton_tile(
     Ok(())
 }
 
+/// extend's and append's int32 vectors as `flasheva run` passes them (`start` then `count`, B
+/// each), checked: every L0 at least 0, every T in `0..=tmax`. `first` names the tensor whose
+/// first dimension is B and whose second is Tmax, for messages.
+pub(crate) fn start_count(
+    op: Op,
+    lens: Option<&[i32]>,
+    b: usize,
+    tmax: usize,
+    first: &str,
+) -> std::result::Result<(Vec<i32>, Vec<i32>), String> {
+    let both = lens.ok_or(format!(
+        "{op} reads the int32 tensors start [B] and count [B]"
+    ))?;
+    if both.len() != 2 * b {
+        return Err(format!(
+            "tensors start and count have {} entries together, {first} has B = {b} (B each)",
+            both.len()
+        ));
+    }
+    let (start, count) = both.split_at(b);
+    if let Some(t) = count.iter().find(|&&t| t < 0 || t as usize > tmax) {
+        return Err(format!(
+            "count holds {t}: each T must be in 0..={tmax} (Tmax, {first}'s second dimension)"
+        ));
+    }
+    if let Some(l) = start.iter().find(|&&l| l < 0) {
+        return Err(format!("start holds {l}: each L0 must be >= 0"));
+    }
+    Ok((start.to_vec(), count.to_vec()))
+}
+
+/// The tile rule of ops that have only Triton kernels so far: the engine must be Triton, then
+/// the Triton rules for the knobs the op uses.
+pub(crate) fn triton_only(
+    op: Op,
+    t: &TileParams,
+    block_m: bool,
+    block_n: bool,
+    stages: bool,
+) -> Result<(), TileError> {
+    if t.engine != crate::tile::Engine::Triton {
+        return Err(TileError::Field {
+            op,
+            field: "engine",
+            value: 0,
+            accepted: "triton (this op has only its Triton kernels so far)",
+        });
+    }
+    check_triton_tile(op, t, block_m, block_n, stages)
+}
+
 /// `n` rounded up to a power of two (Triton's `tl.arange` takes power-of-two lengths).
 pub(crate) fn pow2(n: u32) -> u32 {
     n.max(1).next_power_of_two()

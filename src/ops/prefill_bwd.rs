@@ -17,8 +17,8 @@ use super::prefill::{PrefillArgs, check_prefill_tensors};
 #[cfg(feature = "cli")]
 use super::{Check, Draw, Reference, amplify_rows};
 use super::{
-    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
-    check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
+    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel, common_dtype,
+    constexprs, desc, probe_problem, spec_from, triton_only,
 };
 #[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
@@ -88,15 +88,7 @@ impl OpDef for PrefillBwd {
     }
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
-        if t.engine != Engine::Triton {
-            return Err(TileError::Field {
-                op: Op::PrefillBwd,
-                field: "engine",
-                value: 0,
-                accepted: "triton (the backward has only its Triton kernels so far)",
-            });
-        }
-        check_triton_tile(Op::PrefillBwd, t, true, true, true)
+        triton_only(Op::PrefillBwd, t, true, true, true)
     }
 
     fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
