@@ -48,7 +48,7 @@ class EvaAttention(torch.nn.Module):
     ``chunk``."""
 
     def __init__(self, dim, heads, kv_heads, head_dim, window, chunk, local="block",
-                 scale: Optional[float] = None):
+                 scale: Optional[float] = None, kernel_dtype=torch.bfloat16):
         super().__init__()
         if heads % kv_heads:
             raise ValueError(f"heads {heads} must be a multiple of kv_heads {kv_heads}")
@@ -56,6 +56,9 @@ class EvaAttention(torch.nn.Module):
             raise ValueError(f"window {window} must be a multiple of chunk {chunk}")
         self.h, self.hkv, self.d = heads, kv_heads, head_dim
         self.window, self.chunk, self.local, self.scale = window, chunk, local, scale
+        # the kernels take bfloat16 or float16: float32 weights and activations (training with
+        # float32 master weights) are cast to this for them, and the output back
+        self.kernel_dtype = kernel_dtype
         self.wq = torch.nn.Linear(dim, heads * head_dim, bias=False)
         self.wk = torch.nn.Linear(dim, kv_heads * head_dim, bias=False)
         self.wv = torch.nn.Linear(dim, kv_heads * head_dim, bias=False)
@@ -63,17 +66,21 @@ class EvaAttention(torch.nn.Module):
         self.pk = torch.nn.Linear(head_dim, head_dim, bias=False)
         self.pw = torch.nn.Linear(head_dim, head_dim, bias=False)
 
+    def _kd(self, x):
+        """``x`` in a dtype the kernels take."""
+        return x if x.dtype in (torch.bfloat16, torch.float16) else x.to(self.kernel_dtype)
+
     def _qkv(self, x):
         b, n, _ = x.shape
-        q = self.wq(x).view(b, n, self.h, self.d)
-        k = self.wk(x).view(b, n, self.hkv, self.d)
-        v = self.wv(x).view(b, n, self.hkv, self.d)
+        q = self._kd(self.wq(x)).view(b, n, self.h, self.d)
+        k = self._kd(self.wk(x)).view(b, n, self.hkv, self.d)
+        v = self._kd(self.wv(x)).view(b, n, self.hkv, self.d)
         return q, k, v
 
     def _summaries(self, k, v):
         """Summary keys and values of every complete chunk of ``k, v [B,N,Hkv,D]``."""
-        kbar = _fe.chunk_mean(k, self.chunk)
-        ks, omega = self.pk(kbar), self.pw(kbar)
+        kbar = _fe.chunk_mean(k, self.chunk).to(self.pk.weight.dtype)
+        ks, omega = self._kd(self.pk(kbar)), self._kd(self.pw(kbar))
         vs = _fe.chunk_summarize(k, v, omega, self.chunk, self.scale)
         return ks, vs
 
@@ -84,11 +91,15 @@ class EvaAttention(torch.nn.Module):
             q, k, v = self._qkv(x)
             ks, vs = self._summaries(k, v)
             o, _ = _fe.prefill(q, k, v, ks, vs, self.window, self.chunk, self.local, self.scale)
+            o = o.to(self.wo.weight.dtype)
             return self.wo(o.reshape(x.shape[0], x.shape[1], self.h * self.d))
         return self.step(x, cache)
 
-    def new_cache(self, batch, max_len, dtype, device):
-        """An empty cache for ``batch`` sequences of up to ``max_len`` tokens."""
+    def new_cache(self, batch, max_len, dtype=None, device=None):
+        """An empty cache for ``batch`` sequences of up to ``max_len`` tokens (storage: the
+        kernels' dtype unless given)."""
+        dtype = dtype or self.kernel_dtype
+        device = device or self.wq.weight.device
         return EvaCache(batch, self.window, self.chunk, self.hkv, self.d, max_len, dtype, device)
 
     @torch.no_grad()
@@ -127,7 +138,7 @@ class EvaAttention(torch.nn.Module):
                               count, c, self.local, self.scale)
             _fe.append(k, v, cache.k_ring, cache.v_ring, start, count, c)
         cache.length = l0 + t
-        return self.wo(o.reshape(b, t, self.h * self.d))
+        return self.wo(o.to(self.wo.weight.dtype).reshape(b, t, self.h * self.d))
 
 
 def full_kv_bytes(batch, length, kv_heads, head_dim, dtype):

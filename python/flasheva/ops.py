@@ -365,3 +365,80 @@ def chunk_summarize(
 @chunk_summarize.register_fake
 def _(k, v, omega, chunk, scale=None):
     return torch.zeros_like(omega, memory_format=torch.contiguous_format)
+
+
+# ---------------------------------------------------------------------------------------------
+# the chunk ops' gradients (so the summaries train)
+
+
+@torch.library.custom_op("flasheva::chunk_mean_bwd", mutates_args=())
+def chunk_mean_bwd(dxbar: torch.Tensor, n: int, chunk: int) -> torch.Tensor:
+    """Gradient of chunk_mean: ``dxbar [B,NC,G,D] -> dx [B,n,G,D]`` (``dxbar[c] / C`` on chunk
+    c's tokens, zero on a trailing partial chunk)."""
+    _dims4("dxbar", dxbar)
+    b, _, g, d = dxbar.shape
+    dx = dxbar.new_empty((b, n, g, d))
+    spec = _spec("chunk_mean_bwd", dxbar, chunk, name="dxbar")
+    dxbar = dxbar if dxbar.stride(-1) == 1 else dxbar.contiguous()
+    _launch(spec, [("dxbar", dxbar), ("dx", dx)], dxbar.device, b, n, g, g,
+            summary_rows=dxbar.shape[1])
+    return dx
+
+
+@chunk_mean_bwd.register_fake
+def _(dxbar, n, chunk):
+    b, _, g, d = dxbar.shape
+    return dxbar.new_empty((b, n, g, d))
+
+
+@torch.library.custom_op("flasheva::chunk_summarize_bwd", mutates_args=())
+def chunk_summarize_bwd(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    omega: torch.Tensor,
+    dvs: torch.Tensor,
+    chunk: int,
+    scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of chunk_summarize: ``dk, dv [B,N,Hkv,D]``, ``domega`` shaped like omega."""
+    _dims4("k", k)
+    b, n, hkv, _ = k.shape
+    grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (k, v, omega)]
+    spec = _spec("chunk_summarize_bwd", k, chunk, name="k")
+    dvs = dvs if dvs.stride(-1) == 1 else dvs.contiguous()
+    named = [("k", k), ("v", v), ("omega", omega), ("dvs", dvs)]
+    named += list(zip(("dk", "dv", "domega"), grads))
+    _launch(spec, named, k.device, b, n, hkv, hkv, summary_rows=omega.shape[1], scale=scale)
+    return tuple(grads)
+
+
+@chunk_summarize_bwd.register_fake
+def _(k, v, omega, dvs, chunk, scale=None):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (k, v, omega))
+
+
+def _chunk_mean_setup(ctx, inputs, output):
+    x, chunk = inputs
+    ctx.n, ctx.chunk = x.shape[1], chunk
+
+
+def _chunk_mean_backward(ctx, dxbar):
+    return chunk_mean_bwd(dxbar, ctx.n, ctx.chunk), None
+
+
+chunk_mean.register_autograd(_chunk_mean_backward, setup_context=_chunk_mean_setup)
+
+
+def _chunk_summarize_setup(ctx, inputs, output):
+    k, v, omega, chunk, scale = inputs
+    ctx.save_for_backward(k, v, omega)
+    ctx.chunk, ctx.scale = chunk, scale
+
+
+def _chunk_summarize_backward(ctx, dvs):
+    k, v, omega = ctx.saved_tensors
+    dk, dv, domega = chunk_summarize_bwd(k, v, omega, dvs, ctx.chunk, ctx.scale)
+    return dk, dv, domega, None, None
+
+
+chunk_summarize.register_autograd(_chunk_summarize_backward, setup_context=_chunk_summarize_setup)

@@ -243,7 +243,7 @@ def test_the_module_traces_prefill_extend_and_decode_shapes():
     with FakeTensorMode(allow_non_fake_inputs=True):
         x = torch.empty(2, 37, 64)
         assert m(x).shape == x.shape
-        cache = m.new_cache(2, 100, torch.float32, x.device)
+        cache = m.new_cache(2, 100, device=x.device)
         assert m(torch.empty(2, 37, 64), cache).shape == (2, 37, 64)  # extend from empty
         assert m(torch.empty(2, 1, 64), cache).shape == (2, 1, 64)  # decode
         assert cache.length == 38
