@@ -442,3 +442,122 @@ def _chunk_summarize_backward(ctx, dvs):
 
 
 chunk_summarize.register_autograd(_chunk_summarize_backward, setup_context=_chunk_summarize_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# paged and indirect caches (the contract's item 7)
+
+
+@torch.library.custom_op("flasheva::decode_paged", mutates_args=())
+def decode_paged(
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    slot: torch.Tensor,
+    ks_pages: torch.Tensor,
+    vs_pages: torch.Tensor,
+    page_table: torch.Tensor,
+    lens: torch.Tensor,
+    chunk: int,
+    local: str = "block",
+    scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """decode with the rings in a slot pool ``[S,W,Hkv,D]`` (``slot [B]``) and the summaries in
+    a page pool ``[P,PAGE,Hkv,D]`` (``page_table [B,MAXP]``, int32): ``o [B,H,D]``,
+    ``lse [B,H]``."""
+    if q.dim() != 3:
+        raise ValueError(f"tensor q has shape {tuple(q.shape)}: expected [B, H, D]")
+    _dims4("k_pool", k_pool)
+    _dims4("ks_pages", ks_pages)
+    b, h, _ = q.shape
+    w, hkv = k_pool.shape[1], k_pool.shape[2]
+    if hkv == 0 or h % hkv:
+        raise ValueError(f"q has {h} heads, not a multiple of k_pool's {hkv} kv heads")
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((b, h), dtype=torch.float32, device=q.device)
+    spec = _spec("decode_paged", q, chunk, w, local, h // hkv)
+    named = [("q", q), ("k_pool", k_pool), ("v_pool", v_pool), ("slot", slot),
+             ("ks_pages", ks_pages), ("vs_pages", vs_pages), ("page_table", page_table),
+             ("len", lens), ("o", o), ("lse", lse)]
+    rows = page_table.shape[1] * ks_pages.shape[1]
+    _launch(spec, named, q.device, b, rows * chunk, h, hkv, summary_rows=rows, scale=scale)
+    return o, lse
+
+
+@decode_paged.register_fake
+def _(q, k_pool, v_pool, slot, ks_pages, vs_pages, page_table, lens, chunk, local="block",
+      scale=None):
+    b, h, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
+        (b, h), dtype=torch.float32
+    )
+
+
+@torch.library.custom_op("flasheva::extend_paged", mutates_args=())
+def extend_paged(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    slot: torch.Tensor,
+    ks_pages: torch.Tensor,
+    vs_pages: torch.Tensor,
+    page_table: torch.Tensor,
+    start: torch.Tensor,
+    count: torch.Tensor,
+    chunk: int,
+    local: str = "block",
+    scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """extend with the rings in a slot pool and the summaries in a page pool (as
+    :func:`decode_paged`): ``o [B,Tmax,H,D]``, ``lse [B,H,Tmax]``."""
+    _dims4("q", q)
+    _dims4("k_pool", k_pool)
+    _dims4("ks_pages", ks_pages)
+    b, tmax, h, _ = q.shape
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((b, h, tmax), dtype=torch.float32, device=q.device)
+    spec = _spec("extend_paged", q, chunk, k_pool.shape[1], local)
+    named = [("q", q), ("k", k), ("v", v), ("k_pool", k_pool), ("v_pool", v_pool),
+             ("slot", slot), ("ks_pages", ks_pages), ("vs_pages", vs_pages),
+             ("page_table", page_table), ("start", start), ("count", count), ("o", o),
+             ("lse", lse)]
+    rows = page_table.shape[1] * ks_pages.shape[1]
+    _launch(spec, named, q.device, b, tmax, h, k.shape[2], summary_rows=rows, scale=scale)
+    return o, lse
+
+
+@extend_paged.register_fake
+def _(q, k, v, k_pool, v_pool, slot, ks_pages, vs_pages, page_table, start, count, chunk,
+      local="block", scale=None):
+    b, tmax, h, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
+        (b, h, tmax), dtype=torch.float32
+    )
+
+
+@torch.library.custom_op("flasheva::append_paged", mutates_args=("k_pool", "v_pool"))
+def append_paged(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    slot: torch.Tensor,
+    start: torch.Tensor,
+    count: torch.Tensor,
+    chunk: int,
+) -> None:
+    """append into a ring slot pool ``[S,W,Hkv,D]`` (sequence b's ring is pool row slot[b])."""
+    _dims4("k", k)
+    _dims4("k_pool", k_pool)
+    b, tmax, hkv, _ = k.shape
+    spec = _spec("append_paged", k, chunk, k_pool.shape[1], name="k")
+    named = [("k", k), ("v", v), ("k_pool", k_pool), ("v_pool", v_pool), ("slot", slot),
+             ("start", start), ("count", count), ("k_pool", k_pool), ("v_pool", v_pool)]
+    _launch(spec, named, k.device, b, tmax, hkv, hkv)
+
+
+@append_paged.register_fake
+def _(k, v, k_pool, v_pool, slot, start, count, chunk):
+    return None

@@ -30,7 +30,8 @@ def need_gpu():
 
 def test_the_ops_are_registered():
     for name in ("prefill", "prefill_bwd", "decode", "extend", "append", "chunk_mean",
-                 "chunk_summarize"):
+                 "chunk_summarize", "chunk_mean_bwd", "chunk_summarize_bwd", "decode_paged",
+                 "extend_paged", "append_paged"):
         assert hasattr(ops, name), name
 
 
@@ -55,6 +56,15 @@ def test_fake_implementations_give_the_output_shapes():
         assert o.shape == q.shape and lse.shape == (b, h, n)
         assert ops.chunk_mean(k, 16).shape == (b, n // 16, hkv, d)
         assert ops.chunk_summarize(k, k, s, 16, None).shape == s.shape
+        pool = torch.empty(b + 2, 64, hkv, d, dtype=torch.bfloat16)
+        pages = torch.empty(9, 4, hkv, d, dtype=torch.bfloat16)
+        table = torch.empty(b, 3, dtype=torch.int32)
+        o, lse = ops.decode_paged(qd, pool, pool, lens, pages, pages, table, lens, 16, "block",
+                                  None)
+        assert o.shape == qd.shape and lse.shape == (b, h)
+        o, lse = ops.extend_paged(q, k, k, pool, pool, lens, pages, pages, table, lens, lens, 16,
+                                  "sliding", None)
+        assert o.shape == q.shape and lse.shape == (b, h, n)
 
 
 def test_cpu_tensors_are_refused_before_any_launch():
@@ -279,3 +289,32 @@ def test_tune_records_a_winner_the_ops_then_use():
     x = torch.randn(2, 4096, 8, 64, device="cuda", dtype=torch.bfloat16)
     want = x.double().reshape(2, 256, 16, 8, 64).mean(dim=2)
     assert rel(ops.chunk_mean(x, 16), want) < 8e-3
+
+
+def test_paged_decode_equals_contiguous_decode():
+    need_gpu()
+    torch.manual_seed(7)
+    dt = torch.bfloat16
+    b, h, hkv, d, w, c, page = 3, 8, 2, 64, 64, 16, 4
+    lens = torch.tensor([1, 100, 300], dtype=torch.int32, device="cuda")
+    maxnc = 300 // c + 1
+    maxp = -(-maxnc // page)
+    q = torch.randn(b, h, d, device="cuda", dtype=dt)
+    kr, vr = torch.randn(b, w, hkv, d, device="cuda", dtype=dt), torch.randn(b, w, hkv, d, device="cuda", dtype=dt)
+    ks, vs = (torch.randn(b, maxp * page, hkv, d, device="cuda", dtype=dt) for _ in range(2))
+    want, want_lse = ops.decode(q, kr, vr, ks, vs, lens, c, "sliding", None)
+    slot = torch.tensor([4, 0, 2], dtype=torch.int32, device="cuda")
+    k_pool = torch.randn(5, w, hkv, d, device="cuda", dtype=dt) * 9
+    v_pool = torch.randn_like(k_pool) * 9
+    k_pool[slot.long()], v_pool[slot.long()] = kr, vr
+    perm = torch.randperm(b * maxp + 2, device="cuda")[: b * maxp].view(b, maxp).int()
+    ks_pages = torch.randn(b * maxp + 2, page, hkv, d, device="cuda", dtype=dt) * 9
+    vs_pages = torch.randn_like(ks_pages) * 9
+    for bi in range(b):
+        for p in range(maxp):
+            ks_pages[perm[bi, p]] = ks[bi, p * page:(p + 1) * page]
+            vs_pages[perm[bi, p]] = vs[bi, p * page:(p + 1) * page]
+    o, lse = ops.decode_paged(q, k_pool, v_pool, slot, ks_pages, vs_pages, perm, lens, c,
+                              "sliding", None)
+    assert rel(o, want) < 1e-2
+    assert (lse - want_lse).abs().max().item() < 1e-2
