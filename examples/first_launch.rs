@@ -30,14 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             group: None,
         },
     )?;
-    let w = Workload {
-        spec,
-        b: 1,
-        n: 16384,
-        h: 32,
-        hkv: 8,
-        past: 0,
-    };
+    let w = Workload::new(spec, 1, 16384, 32, 8);
     // Warm the process: context, stream and input buffers exist before the clock starts (the
     // buffers are sized with a kernel from a separate loader, which is dropped before timing).
     let mut bench = {

@@ -154,14 +154,7 @@ fn main() -> ExitCode {
     .expect("a valid spec");
     let (mut served, mut refused) = (0usize, 0usize);
     for i in 0..requests {
-        let w = Workload {
-            spec,
-            b: 1,
-            n: 1024 << (i % 4),
-            h: 32,
-            hkv: 8,
-            past: 0,
-        };
+        let w = Workload::new(spec, 1, 1024 << (i % 4), 32, 8);
         let kernel = match rt.kernel_for(&w) {
             Ok(k) => k,
             Err(flasheva::Error::NotCached(miss)) => {

@@ -271,7 +271,7 @@ impl Runtime {
     /// ```no_run
     /// # use flasheva::{loader::Runtime, workload::Workload, KernelSpec};
     /// # fn serve(rt: &Runtime, spec: KernelSpec) -> flasheva::Result<()> {
-    /// let w = Workload { spec, b: 1, n: 8192, h: 32, hkv: 8, past: 0 };
+    /// let w = Workload::new(spec, 1, 8192, 32, 8);
     /// match rt.kernel_for(&w) {
     ///     Ok(kernel) => println!("{} from {:?}", kernel.tile.name(spec.op()), kernel.origin),
     ///     Err(flasheva::Error::NotCached(miss)) => eprintln!("not cached: {miss}"),

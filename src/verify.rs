@@ -159,14 +159,7 @@ pub struct PrefillCase {
 impl PrefillCase {
     /// The generic case of this check for `spec`.
     pub fn case(&self, spec: KernelSpec) -> Case {
-        let mut p = Problem::new(Workload {
-            spec,
-            b: self.b,
-            n: self.n,
-            h: self.h,
-            hkv: self.hkv,
-            past: 0,
-        });
+        let mut p = Problem::new(Workload::new(spec, self.b, self.n, self.h, self.hkv));
         p.summary_rows += self.extra_summaries;
         p.scale = self.scale;
         Case {
@@ -197,14 +190,7 @@ impl DecodeCase {
     pub fn case(&self, spec: KernelSpec) -> Case {
         let hkv = self.h / spec.group_or_one() as usize;
         let n = self.lens.iter().copied().max().unwrap_or(1).max(1) as usize;
-        let mut p = Problem::new(Workload {
-            spec,
-            b: self.lens.len(),
-            n,
-            h: self.h,
-            hkv,
-            past: 0,
-        });
+        let mut p = Problem::new(Workload::new(spec, self.lens.len(), n, self.h, hkv));
         p.lens = self.lens.clone();
         p.summary_rows = self.max_nc;
         p.splits = self.splits;
@@ -235,14 +221,7 @@ impl ChunkCase {
     /// The generic case of this check for `spec`.
     pub fn case(&self, spec: KernelSpec) -> Case {
         Case {
-            problem: Problem::new(Workload {
-                spec,
-                b: self.b,
-                n: self.n,
-                h: self.heads,
-                hkv: self.heads,
-                past: 0,
-            }),
+            problem: Problem::new(Workload::new(spec, self.b, self.n, self.heads, self.heads)),
             large_logits: self.large,
             strided: self.strided,
         }
@@ -431,25 +410,11 @@ pub fn check_decode_vs_prefill(
     let w = spec.window_or_zero() as usize;
     let hkv = h / spec.group_or_one() as usize;
     let (n, p) = (len, len - 1);
-    let pre = Problem::new(Workload {
-        spec: prefill.spec,
-        b: 1,
-        n,
-        h,
-        hkv,
-        past: 0,
-    });
+    let pre = Problem::new(Workload::new(prefill.spec, 1, n, h, hkv));
     let (ins, seed) = random_inputs(&pre, false);
     let o = &run_once(stream, prefill, &pre, &ins, 0)?[0];
     // The decode inputs: q = row p, ring = the last W tokens at slot t mod W, the same summaries.
-    let mut dec = Problem::new(Workload {
-        spec,
-        b: 1,
-        n,
-        h,
-        hkv,
-        past: 0,
-    });
+    let mut dec = Problem::new(Workload::new(spec, 1, n, h, hkv));
     dec.summary_rows = pre.summary_rows;
     let (mut dins, _) = random_inputs(&dec, false);
     let row = h * d * 2;

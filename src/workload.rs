@@ -91,14 +91,7 @@ mod tests {
             },
         )
         .unwrap();
-        let w = Workload {
-            spec,
-            b: 1,
-            n: 16384,
-            h: 16,
-            hkv: 16,
-            past: 0,
-        };
+        let w = Workload::new(spec, 1, 16384, 16, 16);
         // per query: (i mod 512) + 1 local keys and floor(i / 64) summaries
         let pairs: u64 = (0..16384u64).map(|i| (i % 512) + 1 + i / 64).sum();
         assert_eq!(w.flops(), 4.0 * 128.0 * 16.0 * pairs as f64);

@@ -141,7 +141,20 @@ fn triton_here(rt: &Runtime) -> bool {
             .map_err(|e| e.to_string())
     });
     match r {
-        Ok(()) => flasheva::tile::triton_targets(rt.arch()),
+        Ok(()) if flasheva::tile::triton_targets(rt.arch()) => true,
+        Ok(()) => {
+            assert!(
+                !flasheva::config::require_triton().unwrap_or(false),
+                "FLASHEVA_REQUIRE_TRITON=1 but Triton does not target {}",
+                rt.arch()
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "TRITON BACKEND SKIPPED: Triton does not target {}",
+                rt.arch()
+            );
+            false
+        }
         Err(e) => {
             assert!(
                 !flasheva::config::require_triton().unwrap_or(false),
@@ -901,14 +914,8 @@ fn sanitizer_subset() {
         ] {
             let sb = spec(op, 64, 64, 16, LocalMode::Sliding, DType::Bf16, 1);
             let kb = rt.kernel(&sb).unwrap();
-            let mut p = flasheva::ops::Problem::new(flasheva::workload::Workload {
-                spec: sb,
-                b: 2,
-                n,
-                h: 4,
-                hkv: 2,
-                past: 0,
-            });
+            let mut p =
+                flasheva::ops::Problem::new(flasheva::workload::Workload::new(sb, 2, n, 4, 2));
             p.summary_rows += 1;
             reports.push(
                 verify::check(
@@ -927,14 +934,8 @@ fn sanitizer_subset() {
         for op in [Op::Extend, Op::Append] {
             let se = spec(op, 64, 32, 8, LocalMode::Sliding, DType::Bf16, 1);
             let ke = rt.kernel(&se).unwrap();
-            let cp = flasheva::ops::of(op).check_problem(&flasheva::workload::Workload {
-                spec: se,
-                b: 1,
-                n: 100,
-                h: 4,
-                hkv: 2,
-                past: 0,
-            });
+            let cp = flasheva::ops::of(op)
+                .check_problem(&flasheva::workload::Workload::new(se, 1, 100, 4, 2));
             reports.push(
                 verify::check(
                     &stream,
@@ -967,14 +968,7 @@ fn backward_grid() {
     use flasheva::verify::Case;
     use flasheva::workload::Workload;
     let case = |spec, b, n, h, hkv, extra: usize, large, strided| {
-        let mut p = Problem::new(Workload {
-            spec,
-            b,
-            n,
-            h,
-            hkv,
-            past: 0,
-        });
+        let mut p = Problem::new(Workload::new(spec, b, n, h, hkv));
         p.summary_rows += extra;
         Case {
             problem: p,
@@ -1084,14 +1078,7 @@ fn extend_and_append_grid() {
                     (8, 1, 3 * c as usize + 1, false, true),
                     (2, 2, 1, false, false),
                 ] {
-                    let wl = Workload {
-                        spec: s,
-                        b: 1,
-                        n: tmax,
-                        h,
-                        hkv,
-                        past: 0,
-                    };
+                    let wl = Workload::new(s, 1, tmax, h, hkv);
                     let cp = ops::of(Op::Extend).check_problem(&wl);
                     let case = Case {
                         problem: cp.problem,
@@ -1111,14 +1098,7 @@ fn extend_and_append_grid() {
                 (w as usize / 2, 3, false),
             ] {
                 let mut p = ops::of(Op::Append)
-                    .check_problem(&Workload {
-                        spec: a,
-                        b: 1,
-                        n: tmax,
-                        h: hkv,
-                        hkv,
-                        past: 0,
-                    })
+                    .check_problem(&Workload::new(a, 1, tmax, hkv, hkv))
                     .problem;
                 p.workload.h = hkv;
                 p.workload.hkv = hkv;
@@ -1131,14 +1111,7 @@ fn extend_and_append_grid() {
                     .push(verify::check(&stream, &k, &case).unwrap_or_else(|e| panic!("{a}: {e}")));
             }
             // nothing to do: B = 0 launches nothing
-            let empty = Problem::new(Workload {
-                spec: a,
-                b: 0,
-                n: 4,
-                h: 1,
-                hkv: 1,
-                past: 0,
-            });
+            let empty = Problem::new(Workload::new(a, 0, 4, 1, 1));
             assert!(
                 verify::run_once(
                     &stream,

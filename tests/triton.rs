@@ -63,14 +63,7 @@ fn planned_params(s: &KernelSpec) -> Vec<(usize, usize)> {
     use flasheva::tensor::TensorArg;
     use flasheva::workload::Workload;
     let def = ops::of(s.op());
-    let mut p = Problem::new(Workload {
-        spec: *s,
-        b: 2,
-        n: 77,
-        h: 8,
-        hkv: 2,
-        past: 0,
-    });
+    let mut p = Problem::new(Workload::new(*s, 2, 77, 8, 2));
     p.splits = Some(3);
     let tile = triton_tile(s);
     let tensors: Vec<TensorArg> = def

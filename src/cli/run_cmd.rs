@@ -121,14 +121,7 @@ fn probe(op: Op) -> ops::Problem {
         },
     )
     .expect("a valid spec");
-    ops::Problem::new(Workload {
-        spec,
-        b: 1,
-        n: 8,
-        h: 1,
-        hkv: 1,
-        past: 0,
-    })
+    ops::Problem::new(Workload::new(spec, 1, 8, 1, 1))
 }
 
 fn st_dtype(e: ElemType) -> Dtype {

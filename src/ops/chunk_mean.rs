@@ -160,15 +160,7 @@ impl OpDef for ChunkMean {
     }
 
     fn tile_name(&self, t: &TileParams) -> String {
-        format!(
-            "{}w{}",
-            if t.engine == Engine::Triton {
-                "tr_"
-            } else {
-                ""
-            },
-            t.warps
-        )
+        format!("{}w{}", super::engine_prefix(t.engine), t.warps)
     }
 
     fn normalize(&self, t: TileParams) -> TileParams {
@@ -256,14 +248,7 @@ impl OpDef for ChunkMean {
         let dtype = common_dtype(&self.inputs(&probe_problem(Op::ChunkMean)), inputs)?;
         let x = &inputs[0].1;
         let spec = spec_from(Op::ChunkMean, flags, x[3], dtype, None)?;
-        Ok(Problem::new(Workload {
-            spec,
-            b: x[0],
-            n: x[1],
-            h: x[2],
-            hkv: x[2],
-            past: 0,
-        }))
+        Ok(Problem::new(Workload::new(spec, x[0], x[1], x[2], x[2])))
     }
 
     fn check_problem(&self, w: &Workload) -> CheckProblem {
@@ -271,14 +256,7 @@ impl OpDef for ChunkMean {
         let c = w.spec.chunk() as usize;
         let heads = w.h.min(8);
         CheckProblem {
-            problem: Problem::new(Workload {
-                spec: w.spec,
-                b: 1,
-                n: 5 * c + 3,
-                h: heads,
-                hkv: heads,
-                past: 0,
-            }),
+            problem: Problem::new(Workload::new(w.spec, 1, 5 * c + 3, heads, heads)),
             large_logits: false,
         }
     }

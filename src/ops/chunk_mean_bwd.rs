@@ -123,14 +123,13 @@ impl OpDef for ChunkMeanBwd {
         let dtype = common_dtype(&self.inputs(&probe_problem(Op::ChunkMeanBwd)), inputs)?;
         let y = &inputs[0].1;
         let spec = spec_from(Op::ChunkMeanBwd, flags, y[3], dtype, None)?;
-        let mut p = Problem::new(Workload {
+        let mut p = Problem::new(Workload::new(
             spec,
-            b: y[0],
-            n: y[1] * spec.chunk() as usize,
-            h: y[2],
-            hkv: y[2],
-            past: 0,
-        });
+            y[0],
+            y[1] * spec.chunk() as usize,
+            y[2],
+            y[2],
+        ));
         p.summary_rows = y[1];
         Ok(p)
     }
@@ -138,14 +137,7 @@ impl OpDef for ChunkMeanBwd {
     fn check_problem(&self, w: &Workload) -> CheckProblem {
         let c = w.spec.chunk() as usize;
         let heads = w.h.min(8);
-        let mut p = Problem::new(Workload {
-            spec: w.spec,
-            b: 1,
-            n: 5 * c + 3,
-            h: heads,
-            hkv: heads,
-            past: 0,
-        });
+        let mut p = Problem::new(Workload::new(w.spec, 1, 5 * c + 3, heads, heads));
         p.summary_rows += 1;
         CheckProblem {
             problem: p,

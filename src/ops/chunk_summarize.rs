@@ -202,15 +202,7 @@ impl OpDef for ChunkSummarize {
     }
 
     fn tile_name(&self, t: &TileParams) -> String {
-        format!(
-            "{}w{}",
-            if t.engine == Engine::Triton {
-                "tr_"
-            } else {
-                ""
-            },
-            t.warps
-        )
+        format!("{}w{}", super::engine_prefix(t.engine), t.warps)
     }
 
     fn normalize(&self, t: TileParams) -> TileParams {
@@ -311,14 +303,7 @@ impl OpDef for ChunkSummarize {
         let dtype = common_dtype(&self.inputs(&probe_problem(Op::ChunkSummarize)), inputs)?;
         let (k, om) = (&inputs[0].1, &inputs[2].1);
         let spec = spec_from(Op::ChunkSummarize, flags, k[3], dtype, None)?;
-        let mut p = Problem::new(Workload {
-            spec,
-            b: k[0],
-            n: k[1],
-            h: k[2],
-            hkv: k[2],
-            past: 0,
-        });
+        let mut p = Problem::new(Workload::new(spec, k[0], k[1], k[2], k[2]));
         p.summary_rows = om[1];
         Ok(p)
     }
@@ -328,14 +313,7 @@ impl OpDef for ChunkSummarize {
         let c = w.spec.chunk() as usize;
         let heads = w.hkv.clamp(1, 2);
         CheckProblem {
-            problem: Problem::new(Workload {
-                spec: w.spec,
-                b: 1,
-                n: 5 * c + 3,
-                h: heads,
-                hkv: heads,
-                past: 0,
-            }),
+            problem: Problem::new(Workload::new(w.spec, 1, 5 * c + 3, heads, heads)),
             large_logits: false,
         }
     }

@@ -142,14 +142,7 @@ impl OpDef for ChunkSummarizeBwd {
         let dtype = common_dtype(&self.inputs(&probe_problem(Op::ChunkSummarizeBwd)), inputs)?;
         let (k, om) = (&inputs[0].1, &inputs[2].1);
         let spec = spec_from(Op::ChunkSummarizeBwd, flags, k[3], dtype, None)?;
-        let mut p = Problem::new(Workload {
-            spec,
-            b: k[0],
-            n: k[1],
-            h: k[2],
-            hkv: k[2],
-            past: 0,
-        });
+        let mut p = Problem::new(Workload::new(spec, k[0], k[1], k[2], k[2]));
         p.summary_rows = om[1];
         Ok(p)
     }
@@ -157,14 +150,7 @@ impl OpDef for ChunkSummarizeBwd {
     fn check_problem(&self, w: &Workload) -> CheckProblem {
         let c = w.spec.chunk() as usize;
         let heads = w.hkv.clamp(1, 2);
-        let mut p = Problem::new(Workload {
-            spec: w.spec,
-            b: 1,
-            n: 5 * c + 3,
-            h: heads,
-            hkv: heads,
-            past: 0,
-        });
+        let mut p = Problem::new(Workload::new(w.spec, 1, 5 * c + 3, heads, heads));
         p.summary_rows += 1;
         CheckProblem {
             problem: p,

@@ -413,11 +413,7 @@ impl OpDef for Decode {
     fn tile_name(&self, t: &TileParams) -> String {
         format!(
             "{}n{}_w{}_s{}_k{}",
-            if t.engine == Engine::Triton {
-                "tr_"
-            } else {
-                ""
-            },
+            super::engine_prefix(t.engine),
             t.block_n,
             t.warps,
             t.stages,
@@ -624,14 +620,7 @@ impl OpDef for Decode {
             ));
         }
         let n = lens.iter().copied().max().unwrap_or(1).max(1) as usize;
-        let mut p = Problem::new(Workload {
-            spec,
-            b: q[0],
-            n,
-            h: q[1],
-            hkv,
-            past: 0,
-        });
+        let mut p = Problem::new(Workload::new(spec, q[0], n, q[1], hkv));
         p.lens = lens;
         p.summary_rows = ks[1];
         Ok(p)
@@ -654,14 +643,13 @@ impl OpDef for Decode {
         .map(|l| l.max(1))
         .collect();
         let n = *lens.iter().max().expect("non-empty") as usize;
-        let mut p = Problem::new(Workload {
-            spec: w.spec,
-            b: lens.len(),
+        let mut p = Problem::new(Workload::new(
+            w.spec,
+            lens.len(),
             n,
             h,
-            hkv: h / w.spec.group_or_one() as usize,
-            past: 0,
-        });
+            h / w.spec.group_or_one() as usize,
+        ));
         p.lens = lens;
         p.summary_rows = n / c + 1;
         CheckProblem {

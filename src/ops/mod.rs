@@ -142,6 +142,16 @@ pub(crate) fn triton_only(
     check_triton_tile(op, t, block_m, block_n, stages)
 }
 
+/// The prefix a tile's name starts with for its engine: `wg_` (wgmma), `tr_` (Triton), none for
+/// the mma.sync kernels.
+pub(crate) fn engine_prefix(e: crate::tile::Engine) -> &'static str {
+    match e {
+        crate::tile::Engine::Wgmma => "wg_",
+        crate::tile::Engine::Triton => "tr_",
+        _ => "",
+    }
+}
+
 /// `n` rounded up to a power of two (Triton's `tl.arange` takes power-of-two lengths).
 pub(crate) fn pow2(n: u32) -> u32 {
     n.max(1).next_power_of_two()

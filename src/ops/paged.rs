@@ -97,6 +97,19 @@ impl Paged {
         v
     }
 
+    /// The input index of the slot index (it follows the two ring pools).
+    fn slot_index(&self) -> usize {
+        self.layout().ring + 2
+    }
+
+    /// The input index of the page table, if the op pages its summaries (it follows the two
+    /// summary pools).
+    fn table_index(&self) -> Option<usize> {
+        let s = self.layout().summaries?;
+        // one slot index before the summaries, the two pools, then the table
+        Some(s + 1 + 2)
+    }
+
     /// The contiguous problem the pools hold (the same, without pages).
     fn base_problem(&self, p: &Problem) -> Problem {
         let mut b = p.clone();
@@ -261,8 +274,7 @@ impl OpDef for Paged {
         let w = &p.workload;
         let l = self.layout();
         let mut out = Vec::new();
-        for (i, b) in self.base_index_map().into_iter().enumerate() {
-            let _ = i;
+        for b in self.base_index_map() {
             match b {
                 Some(j) if j == l.ring || j == l.ring + 1 => {
                     let t = &base[j];
@@ -443,7 +455,7 @@ impl OpDef for Paged {
                     out.push(pool);
                 }
                 Some(j) => out.push(base[j].clone()),
-                None if out.len() == l.ring + 2 => {
+                None if out.len() == self.slot_index() => {
                     let v: Vec<i32> = slot.iter().map(|&s| s as i32).collect();
                     out.push(HostTensor::from_i32(&[b], &v));
                 }
@@ -461,22 +473,14 @@ impl OpDef for Paged {
         let bp = self.base_problem(p);
         let l = self.layout();
         let b = p.workload.b;
-        let slot_at = l.ring + 2;
-        let slot = inputs[slot_at].to_i32();
+        let slot = inputs[self.slot_index()].to_i32();
         let page = p.page.max(1);
         let mut base = Vec::new();
-        let mut table = Vec::new();
+        let table = self
+            .table_index()
+            .map(|at| inputs[at].to_i32())
+            .unwrap_or_default();
         let map = self.base_index_map();
-        if l.summaries.is_some() {
-            let at = map
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.is_none())
-                .map(|(i, _)| i)
-                .nth(1)
-                .expect("a page table");
-            table = inputs[at].to_i32();
-        }
         let maxp = p.summary_rows.div_ceil(page);
         for (i, m) in map.iter().enumerate() {
             let t = &inputs[i];
@@ -573,8 +577,7 @@ impl OpDef for Paged {
         let d = spec.head_dim() as usize;
         let win = spec.window_or_zero() as usize;
         let b = t[0].shape.first().copied().unwrap_or(0);
-        let slot_at = l.ring + 2;
-        let slot = &t[slot_at];
+        let slot = &t[self.slot_index()];
         expect_dtype(slot, ElemType::I32)?;
         expect_shape(slot, &[Some(b)], "int32 [B]")?;
         let pool = [None, Some(win), None, Some(d)];
@@ -591,14 +594,9 @@ impl OpDef for Paged {
         let mut base_t: Vec<TensorArg> = Vec::new();
         let mut maxp_page = (0, 1);
         if let Some(s) = l.summaries {
-            let table_at = map
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.is_none())
-                .map(|(i, _)| i)
-                .nth(1)
-                .expect("a page table");
-            let pt = &t[table_at];
+            let pt = &t[self
+                .table_index()
+                .expect("paged summaries have a page table")];
             expect_dtype(pt, ElemType::I32)?;
             expect_shape(pt, &[Some(b), None], "int32 [B, MAXP]")?;
             expect_contiguous_rows(pt)?;
@@ -636,12 +634,11 @@ impl OpDef for Paged {
                 None => {}
             }
         }
-        for (k, o) in t[n_in..].iter().enumerate() {
+        for o in &t[n_in..] {
             if self.base == Op::Append {
                 // the outputs are the pools again
                 expect_shape(o, &pool, "[S, W, Hkv, D] like the inputs")?;
                 base_t.push(as_base(o, [b, win, hkv, d]));
-                let _ = k;
             } else {
                 base_t.push(o.clone());
             }
@@ -734,13 +731,12 @@ mod tests {
                 |shape: &[usize], amp: f64| HostTensor::uniform(&mut rng, dt, shape, amp);
             let inputs = def.random_inputs(&p, &mut draw, false);
             let want = def.reference(&p, &inputs).outputs;
-            let l = DECODE_PAGED.layout();
-            let ring_at = match op {
-                Op::DecodePaged => l.ring,
-                Op::ExtendPaged => EXTEND_PAGED.layout().ring,
-                _ => APPEND_PAGED.layout().ring,
+            let paged = match op {
+                Op::DecodePaged => &DECODE_PAGED,
+                Op::ExtendPaged => &EXTEND_PAGED,
+                _ => &APPEND_PAGED,
             };
-            let slot_at = ring_at + 2;
+            let (ring_at, slot_at) = (paged.layout().ring, paged.slot_index());
             let slot = inputs[slot_at].to_i32();
             let slots = inputs[ring_at].shape[0];
             let free = (0..slots as i32).find(|s| !slot.contains(s)).unwrap();

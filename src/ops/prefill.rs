@@ -485,11 +485,7 @@ impl OpDef for Prefill {
     fn tile_name(&self, t: &TileParams) -> String {
         format!(
             "{}m{}_n{}_w{}_s{}",
-            match t.engine {
-                Engine::Wgmma => "wg_",
-                Engine::Triton => "tr_",
-                _ => "",
-            },
+            super::engine_prefix(t.engine),
             t.block_m,
             t.block_n,
             t.warps,
@@ -706,14 +702,7 @@ impl OpDef for Prefill {
         let dtype = common_dtype(&self.inputs(&probe_problem(Op::Prefill)), inputs)?;
         let (q, k, ks) = (&inputs[0].1, &inputs[1].1, &inputs[3].1);
         let spec = spec_from(Op::Prefill, flags, q[3], dtype, None)?;
-        let mut p = Problem::new(Workload {
-            spec,
-            b: q[0],
-            n: q[1],
-            h: q[2],
-            hkv: k[2],
-            past: 0,
-        });
+        let mut p = Problem::new(Workload::new(spec, q[0], q[1], q[2], k[2]));
         p.summary_rows = ks[1];
         Ok(p)
     }
@@ -725,14 +714,13 @@ impl OpDef for Prefill {
         let c = w.spec.chunk() as usize;
         let hkv = w.hkv.clamp(1, 2);
         CheckProblem {
-            problem: Problem::new(Workload {
-                spec: w.spec,
-                b: 1,
-                n: (2 * win + c + 3).min(w.n.max(1)).max(1),
-                h: (w.h / w.hkv.max(1)).max(1) * hkv,
+            problem: Problem::new(Workload::new(
+                w.spec,
+                1,
+                (2 * win + c + 3).min(w.n.max(1)).max(1),
+                (w.h / w.hkv.max(1)).max(1) * hkv,
                 hkv,
-                past: 0,
-            }),
+            )),
             large_logits: true,
         }
     }

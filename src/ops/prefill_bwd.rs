@@ -208,14 +208,7 @@ impl OpDef for PrefillBwd {
         let dtype = common_dtype(&self.inputs(&probe_problem(Op::PrefillBwd)), inputs)?;
         let (q, k, ks) = (&inputs[0].1, &inputs[1].1, &inputs[3].1);
         let spec = spec_from(Op::PrefillBwd, flags, q[3], dtype, None)?;
-        let mut p = Problem::new(Workload {
-            spec,
-            b: q[0],
-            n: q[1],
-            h: q[2],
-            hkv: k[2],
-            past: 0,
-        });
+        let mut p = Problem::new(Workload::new(spec, q[0], q[1], q[2], k[2]));
         p.summary_rows = ks[1];
         Ok(p)
     }
