@@ -40,6 +40,10 @@ pub enum Error {
     /// and why each entry it found was refused.
     #[error("{0}")]
     NotCached(Box<crate::loader::Miss>),
+    /// A loaded kernel disagrees with what this flasheva computes for it (its shared memory):
+    /// an artifact of another version of the template.
+    #[error("{0}")]
+    Artifact(String),
     /// An environment variable has a value flasheva does not accept.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),

@@ -490,7 +490,19 @@ impl Runtime {
         // The tile decides the main kernel's shared memory (CUDA templates), or the compiler
         // decided every entry's and recorded it (Triton).
         let smem: Vec<u32> = if entry_shared_mem.is_empty() {
-            vec![tile.smem_bytes(spec)]
+            let bytes = tile.smem_bytes(spec);
+            // A template that states its own shared memory (the Hopper prefill) must agree with
+            // the host's formula: launching with less would let the kernel write past its block's.
+            let main = spec.entry_points().into_iter().next().unwrap_or_default();
+            if let Some(own) = module.global_i32(&format!("{main}_smem_bytes"))?
+                && own as i64 != bytes as i64
+            {
+                return Err(Error::Artifact(format!(
+                    "kernel {main} (tile {}) needs {own} bytes of shared memory but the host computes {bytes}: the cached artifact and this flasheva disagree (recompile it)",
+                    tile.name(spec.op())
+                )));
+            }
+            vec![bytes]
         } else {
             entry_shared_mem.to_vec()
         };

@@ -92,6 +92,19 @@ FE_DEV void fe_bar_arrive(int id, int count) {
   asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
 }
 
+// ---- shared memory through the generic proxy (the output's staging) ---------------------------------
+FE_DEV void fe_st_shared_u32(u32 addr, u32 v) {
+  asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+}
+FE_DEV fe_u32x4 fe_ld_shared_v4(u32 addr) {
+  fe_u32x4 r;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(addr) : "memory");
+  return r;
+}
+// Orders this thread's generic-proxy shared-memory accesses before later asynchronous-proxy ones
+// (a TMA load into a buffer the consumers staged their output in).
+FE_DEV void fe_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
 // ---- warpgroup MMA ----------------------------------------------------------------------------------
 FE_DEV void fe_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 FE_DEV void fe_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }

@@ -44,6 +44,23 @@ static_assert(FE_W > 0 && FE_C > 0, "window and chunk must be positive");
 #endif
 constexpr bool PINGPONG = FE_PINGPONG != 0 && NC == 2;
 
+// Two Q buffers where they fit in shared memory (the K/V ring and 2 x Q; otherwise one): the next
+// tile's Q then lands while this tile runs, which lets a consumer issue the next tile's first Q.K^T
+// together with this tile's last P.V (XOVER: the tensor pipe stays busy across the tile boundary,
+// and the epilogue runs under that Q.K^T), and lets it stage its output in the Q buffer it is done with
+// (OSTAGE: 16-byte coalesced stores instead of 4-byte ones; the producer reuses that buffer only after
+// the stores have read it). -D FE_XOVER=0 / FE_OSTAGE=0 switch either off (measurements).
+constexpr int SMEM_BYTES_Q2 = 1024 + (2 * BM + 2 * STAGES * BN) * FE_D * 2 + 8 * (4 * STAGES + 5);
+constexpr int QBUF = SMEM_BYTES_Q2 <= 232448 ? 2 : 1;
+#ifndef FE_XOVER
+#define FE_XOVER 1
+#endif
+#ifndef FE_OSTAGE
+#define FE_OSTAGE 1
+#endif
+constexpr bool XOVER = FE_XOVER != 0 && QBUF == 2;
+constexpr bool OSTAGE = FE_OSTAGE != 0 && QBUF == 2;
+
 // Registers per thread after setmaxnreg (the CTA's pool is NT x (65536/NT rounded down to 8)):
 // 2 consumers: 128 x 32 + 256 x 232 <= 384 x 168; 3 consumers: 128 x 32 + 384 x 160 = 512 x 128.
 // (The producer thread needs ~28 registers: 24 spills.)
@@ -66,24 +83,27 @@ static_assert(128 * REG_PRODUCER + 128 * NC * REG_CONSUMER <= ((65536 / NT) & ~7
 constexpr int PANELS = FE_D / 64;
 constexpr int Q_PANEL = BM * 128;
 constexpr int KV_PANEL = BN * 128;
-constexpr int Q_BYTES = PANELS * Q_PANEL;    // BM x D x 2
+constexpr int Q_BYTES = PANELS * Q_PANEL;    // BM x D x 2 (one Q buffer)
 constexpr int KV_BYTES = PANELS * KV_PANEL;  // BN x D x 2 (one K or one V block)
 constexpr int OFF_Q = 0;
-constexpr int OFF_K = OFF_Q + Q_BYTES;
+constexpr int OFF_K = OFF_Q + QBUF * Q_BYTES;
 constexpr int OFF_V = OFF_K + STAGES * KV_BYTES;
 constexpr int OFF_BAR = OFF_V + STAGES * KV_BYTES;
 constexpr int BAR_FULL_K = 0;             // + stage
 constexpr int BAR_FULL_V = STAGES;        // + stage
 constexpr int BAR_EMPTY_K = 2 * STAGES;   // + stage
 constexpr int BAR_EMPTY_V = 3 * STAGES;   // + stage
-constexpr int BAR_Q_FULL = 4 * STAGES;
-constexpr int BAR_Q_EMPTY = 4 * STAGES + 1;
-constexpr int OFF_SLOT = OFF_BAR + 8 * (4 * STAGES + 2);  // int: the tile the consumers work on next
-// Dynamic shared memory to launch with: 1024 (alignment slack) + (BM + 2 STAGES BN) D 2 + 8 (4 STAGES + 3).
+constexpr int BAR_Q_FULL = 4 * STAGES;       // + Q buffer (two, whether or not the second is used)
+constexpr int BAR_Q_EMPTY = 4 * STAGES + 2;  // + Q buffer
+constexpr int OFF_SLOT = OFF_BAR + 8 * (4 * STAGES + 4);  // int[2]: the tile in each Q buffer
+// Dynamic shared memory to launch with: 1024 (alignment slack) + (QBUF BM + 2 STAGES BN) D 2 + 8 (4 STAGES + 5).
 constexpr int SMEM_BYTES = 1024 + OFF_SLOT + 8;
+static_assert(SMEM_BYTES == 1024 + (QBUF * BM + 2 * STAGES * BN) * FE_D * 2 + 8 * (4 * STAGES + 5),
+              "shared-memory layout and its formula disagree");
 static_assert(SMEM_BYTES <= 232448, "tile needs more than the 227 KiB of shared memory a block may have");
 
-constexpr int NAMED_BAR_PP = 1;  // named barriers 1 and 2: pingpong turns of consumer warpgroups 0 and 1
+constexpr int NAMED_BAR_PP = 1;   // named barriers 1 and 2: pingpong turns of consumer warpgroups 0 and 1
+constexpr int NAMED_BAR_EPI = 3;  // named barriers 3..2+NC: a consumer warpgroup's staged output is complete
 
 // Must match the host side field for field (docs/hopper-prefill.md, "Parameter block").
 struct __align__(128) PrefillSm90Params {
@@ -137,6 +157,10 @@ FE_DEV FeTile fe_tile(int t, const PrefillSm90Params& p) {
 }
 
 // ---- producer: one thread ------------------------------------------------------------------------------
+// The k-th tile a CTA works on uses Q buffer fe_qbuf(k); its barriers' phase parity is fe_qpar(k).
+FE_DEV int fe_qbuf(int k) { return QBUF == 2 ? (k & 1) : 0; }
+FE_DEV u32 fe_qpar(int k) { return (u32)(QBUF == 2 ? (k >> 1) & 1 : k & 1); }
+
 FE_DEV void fe_producer(const PrefillSm90Params& p, u32 sbase, int* slot) {
   const int total = ((p.n + BM - 1) / BM) * p.h * p.batch;
   fe_prefetch_tmap(&p.tm_q);
@@ -147,27 +171,28 @@ FE_DEV void fe_producer(const PrefillSm90Params& p, u32 sbase, int* slot) {
   const u32 bar = sbase + OFF_BAR;
   int s = 0;
   u32 ph = 0;
-  u32 tpar = 0;
   int tile = blockIdx.x;
-  for (;;) {
-    // The consumers are done reading Q of the previous tile (and have read its slot).
-    fe_mbar_wait(bar + 8 * BAR_Q_EMPTY, tpar ^ 1u);
+  for (int kq = 0;; ++kq) {
+    const int qb = fe_qbuf(kq);
+    const u32 qfull = bar + 8 * (BAR_Q_FULL + qb);
+    // The consumers are done with this Q buffer's previous tile (its Q, its slot, its staged output).
+    fe_mbar_wait(bar + 8 * (BAR_Q_EMPTY + qb), fe_qpar(kq) ^ 1u);
     // The slot is written before q_full's arrival (release) and read after its wait (acquire); the
     // consumers read it before arriving on q_empty, which this thread waited for above. Both sides
     // use atomics, so the hand-off is not a data race even for a checker that does not model
     // mbarrier ordering (racecheck reported it with plain accesses: device run 2).
     if (tile >= total) {
-      atomicExch(slot, -1);
-      fe_mbar_arrive(bar + 8 * BAR_Q_FULL);
+      atomicExch(slot + qb, -1);
+      fe_mbar_arrive(qfull);
       break;
     }
-    atomicExch(slot, tile);
+    atomicExch(slot + qb, tile);
     const FeTile t = fe_tile(tile, p);
     const int hk = t.h / (p.h / p.hkv);
-    fe_mbar_arrive_tx(bar + 8 * BAR_Q_FULL, Q_BYTES);
+    fe_mbar_arrive_tx(qfull, Q_BYTES);
 #pragma unroll
     for (int pn = 0; pn < PANELS; ++pn)
-      fe_tma_load_4d(sbase + OFF_Q + pn * Q_PANEL, &p.tm_q, pn * 64, t.h, t.m0, t.b, bar + 8 * BAR_Q_FULL);
+      fe_tma_load_4d(sbase + OFF_Q + qb * Q_BYTES + pn * Q_PANEL, &p.tm_q, pn * 64, t.h, t.m0, t.b, qfull);
 #pragma unroll 1
     for (int j = 0; j < t.n_blocks; ++j) {
       const bool local = j < t.n_local;
@@ -191,7 +216,6 @@ FE_DEV void fe_producer(const PrefillSm90Params& p, u32 sbase, int* slot) {
         ph ^= 1u;
       }
     }
-    tpar ^= 1u;
     tile = p.tile_counter ? (int)gridDim.x + atomicAdd(p.tile_counter, 1) : tile + (int)gridDim.x;
   }
   if (p.tile_counter) {
@@ -348,6 +372,91 @@ FE_DEV void fe_warp_arrive(u32 bar, int lane) {
   if (lane == 0) fe_mbar_arrive(bar);
 }
 
+// Rows and masks of one consumer warpgroup's 64 rows of a tile.
+struct FeRows {
+  int r_lo, ra, rb;
+};
+FE_DEV FeRows fe_rows(const FeTile& t, int wg, int row_in_wg) {
+  FeRows r;
+  r.r_lo = t.m0 + 64 * wg;
+  r.ra = r.r_lo + row_in_wg;
+  r.rb = r.ra + 8;
+  return r;
+}
+
+// Block j's scores S (already in registers) through the online softmax, then into P.
+FE_DEV void fe_softmax_block(const FeTile& t, int j, const FeRows& r, int nc, float (&S)[BN / 2], float (&m)[2],
+                             float (&l)[2], float (&alpha)[2], float sl2, int quad) {
+  int lo[2], hi[2];
+  if (fe_block_cols(t, j, r.r_lo, r.ra, r.rb, nc, lo, hi)) {
+    fe_softmax<true>(S, m, l, alpha, lo, hi, sl2, quad);
+  } else {
+    fe_softmax<false>(S, m, l, alpha, lo, hi, sl2, quad);
+  }
+}
+
+// The tile's output rows of this warpgroup: O / l in the storage type, and LSE. With OSTAGE (and O's
+// addresses 16-byte aligned) the rows are staged in the warpgroup's 64 rows of the Q buffer `stage`
+// (swizzled like Q: 16-byte unit u of row r at u ^ (r % 8), conflict-free both ways) and written with
+// coalesced 16-byte stores; otherwise each thread stores its 4-byte pairs directly.
+FE_DEV void fe_epilogue(const PrefillSm90Params& p, const FeTile& t, const FeRows& r, float (&O)[FE_D / 2],
+                        const float (&m)[2], float (&l)[2], u32 stage, int wg, int tid, int quad) {
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    l[k] += __shfl_xor_sync(0xffffffffu, l[k], 1);
+    l[k] += __shfl_xor_sync(0xffffffffu, l[k], 2);
+  }
+  const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f;
+  const float inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
+  const int n = p.n;
+  u16* ob = p.o + t.b * p.o_sb + t.h * p.o_sh;
+  const bool aligned = ((reinterpret_cast<unsigned long long>(p.o) | (unsigned long long)(p.o_sb | p.o_st | p.o_sh) * 2) & 15) == 0;
+  if (OSTAGE && aligned) {
+    const int row = r.ra - r.r_lo;  // 0..7 + 16 warp (row + 8 has the same swizzle)
+#pragma unroll
+    for (int g = 0; g < FE_D / 8; ++g) {
+      const u32 a = stage + (g / 8) * Q_PANEL + row * 128 + (((g % 8) ^ (row % 8)) << 4) + 4 * quad;
+      fe_st_shared_u32(a, fe_pack2(O[4 * g] * inv0, O[4 * g + 1] * inv0));
+      fe_st_shared_u32(a + 8 * 128, fe_pack2(O[4 * g + 2] * inv1, O[4 * g + 3] * inv1));
+    }
+    fe_bar_sync(NAMED_BAR_EPI + wg, 128);  // the warpgroup's rows are staged
+    constexpr int UNITS = FE_D / 8;        // 16-byte units per row
+#pragma unroll 2
+    for (int k = 0; k < 64 * UNITS / 128; ++k) {
+      const int i = tid + 128 * k;
+      const int rr = i / UNITS, u = i % UNITS;
+      const fe_u32x4 v = fe_ld_shared_v4(stage + (u / 8) * Q_PANEL + rr * 128 + (((u % 8) ^ (rr % 8)) << 4));
+      if (r.r_lo + rr < n) fe_st16(ob + (i64)(r.r_lo + rr) * p.o_st + 8 * u, v);
+    }
+  } else {
+    if (r.ra < n) {
+      u16* orow = ob + (i64)r.ra * p.o_st + 2 * quad;
+#pragma unroll
+      for (int g = 0; g < FE_D / 8; ++g)
+        *reinterpret_cast<u32*>(orow + 8 * g) = fe_pack2(O[4 * g] * inv0, O[4 * g + 1] * inv0);
+    }
+    if (r.rb < n) {
+      u16* orow = ob + (i64)r.rb * p.o_st + 2 * quad;
+#pragma unroll
+      for (int g = 0; g < FE_D / 8; ++g)
+        *reinterpret_cast<u32*>(orow + 8 * g) = fe_pack2(O[4 * g + 2] * inv1, O[4 * g + 3] * inv1);
+    }
+  }
+  if (quad == 0) {
+    float* lg = p.lse + t.b * p.lse_sb + t.h * p.lse_sh;
+    if (r.ra < n) lg[r.ra] = fe_lse(m[0], l[0]);
+    if (r.rb < n) lg[r.rb] = fe_lse(m[1], l[1]);
+  }
+}
+
+// The tile in Q buffer fe_qbuf(k) once its Q has landed (-1: no more tiles). Broadcast from lane 0:
+// the compiler then knows every value derived from it is warp-uniform (wgmma in code it must assume
+// divergent gets serialized, ptxas C7520).
+FE_DEV int fe_fetch_tile(u32 bar, int* slot, int k, int lane) {
+  fe_mbar_wait(bar + 8 * (BAR_Q_FULL + fe_qbuf(k)), fe_qpar(k));
+  return __shfl_sync(0xffffffffu, (lane == 0) ? atomicAdd(slot + fe_qbuf(k), 0) : 0, 0);
+}
+
 FE_DEV void fe_consumer(const PrefillSm90Params& p, u32 sbase, int* slot, int wg) {
   const int tid = threadIdx.x - 128 * (wg + 1);
   const int lane = tid & 31;
@@ -355,54 +464,47 @@ FE_DEV void fe_consumer(const PrefillSm90Params& p, u32 sbase, int* slot, int wg
   const int row_in_wg = 16 * (tid >> 5) + (lane >> 2);
   const u32 bar = sbase + OFF_BAR;
   const float sl2 = p.scale_log2;
-  // A descriptor of this warpgroup's 64 rows of Q (1024-aligned: 64 rows x 128 bytes = 8 atoms).
-  const u64 dq = fe_desc_sw128(sbase + OFF_Q + wg * 64 * 128, 16, 1024);
+  // This warpgroup's 64 rows of Q buffer 0 (1024-aligned: 64 rows x 128 bytes = 8 atoms).
+  const u32 q_rows = sbase + OFF_Q + wg * 64 * 128;
   int s = 0;
   u32 ph = 0;
-  u32 tpar = 0;
   if (PINGPONG && wg == 1) fe_bar_arrive(NAMED_BAR_PP + 0, 256);  // warpgroup 0 issues first
 
-#pragma unroll 1
-  for (;;) {
-    fe_mbar_wait(bar + 8 * BAR_Q_FULL, tpar);
-    tpar ^= 1u;
-    // Broadcast from lane 0: the compiler then knows every value derived from it is warp-uniform
-    // (wgmma in code it must assume divergent gets serialized, ptxas C7520).
-    const int tile = __shfl_sync(0xffffffffu, (lane == 0) ? atomicAdd(slot, 0) : 0, 0);
-    if (tile < 0) break;
-    const FeTile t = fe_tile(tile, p);
-    const int r_lo = t.m0 + 64 * wg;
-    const int ra = r_lo + row_in_wg;
-    const int rb = ra + 8;
-
-    float O[FE_D / 2];
+  float S[BN / 2];
 #pragma unroll
-    for (int i = 0; i < FE_D / 2; ++i) O[i] = 0.f;
-    float S[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) S[i] = 0.f;  // (overwritten by the first wgmma; no undefined inputs)
-    u32 P[BN / 4];
-    float m[2] = {FE_NEG_INF, FE_NEG_INF};
-    float l[2] = {0.f, 0.f};
-    float alpha[2];
-    int lo[2], hi[2];
-
-    // Block 0: S = Q.K^T alone.
+  for (int i = 0; i < BN / 2; ++i) S[i] = 0.f;  // (overwritten by the first wgmma; no undefined inputs)
+  // Block 0 of a tile: its S = Q.K^T is issued ahead, with the previous tile's last P.V (XOVER) or after
+  // the previous tile's output, and waited for at the top of the tile.
+  int tile = fe_fetch_tile(bar, slot, 0, lane);
+  if (tile >= 0) {
     fe_mbar_wait(bar + 8 * (BAR_FULL_K + s), ph);
     if (PINGPONG) fe_bar_sync(NAMED_BAR_PP + wg, 256);
     fe_wgmma_fence();
-    fe_issue_qk(S, dq, sbase + OFF_K + s * KV_BYTES);
+    fe_issue_qk(S, fe_desc_sw128(q_rows, 16, 1024), sbase + OFF_K + s * KV_BYTES);
     fe_wgmma_commit();
     if (PINGPONG) fe_bar_arrive(NAMED_BAR_PP + 1 - wg, 256);
     fe_wgmma_wait<0>();
     fe_fence_regs(S);
+  }
+
+#pragma unroll 1
+  for (int kq = 0; tile >= 0; ++kq) {
+    const int qb = fe_qbuf(kq);
+    const u64 dq = fe_desc_sw128(q_rows + qb * Q_BYTES, 16, 1024);
+    const FeTile t = fe_tile(tile, p);
+    const FeRows r = fe_rows(t, wg, row_in_wg);
+
+    float O[FE_D / 2];
+#pragma unroll
+    for (int i = 0; i < FE_D / 2; ++i) O[i] = 0.f;
+    u32 P[BN / 4];
+    float m[2] = {FE_NEG_INF, FE_NEG_INF};
+    float l[2] = {0.f, 0.f};
+    float alpha[2];
+
     fe_warp_arrive(bar + 8 * (BAR_EMPTY_K + s), lane);
-    if (t.n_blocks == 1) fe_warp_arrive(bar + 8 * BAR_Q_EMPTY, lane);
-    if (fe_block_cols(t, 0, r_lo, ra, rb, p.nc, lo, hi)) {
-      fe_softmax<true>(S, m, l, alpha, lo, hi, sl2, quad);
-    } else {
-      fe_softmax<false>(S, m, l, alpha, lo, hi, sl2, quad);
-    }
+    if (!OSTAGE && t.n_blocks == 1) fe_warp_arrive(bar + 8 * (BAR_Q_EMPTY + qb), lane);
+    fe_softmax_block(t, 0, r, p.nc, S, m, l, alpha, sl2, quad);
     fe_to_p(P, S);
 
 #pragma unroll 1
@@ -427,12 +529,8 @@ FE_DEV void fe_consumer(const PrefillSm90Params& p, u32 sbase, int* slot, int wg
       fe_wgmma_wait<1>();  // S of block j is ready; P.V of block j-1 may still run
       fe_fence_regs(S);
       fe_warp_arrive(bar + 8 * (BAR_EMPTY_K + s), lane);
-      if (j == t.n_blocks - 1) fe_warp_arrive(bar + 8 * BAR_Q_EMPTY, lane);
-      if (fe_block_cols(t, j, r_lo, ra, rb, p.nc, lo, hi)) {
-        fe_softmax<true>(S, m, l, alpha, lo, hi, sl2, quad);
-      } else {
-        fe_softmax<false>(S, m, l, alpha, lo, hi, sl2, quad);
-      }
+      if (!OSTAGE && j == t.n_blocks - 1) fe_warp_arrive(bar + 8 * (BAR_Q_EMPTY + qb), lane);
+      fe_softmax_block(t, j, r, p.nc, S, m, l, alpha, sl2, quad);
       fe_wgmma_wait<0>();  // P.V of block j-1 is done: V of its stage, P and O are free
       fe_fence_regs(O);
       fe_fence_regs(S);
@@ -441,50 +539,55 @@ FE_DEV void fe_consumer(const PrefillSm90Params& p, u32 sbase, int* slot, int wg
       fe_to_p(P, S);
     }
 
-    // The last block's P.V.
-    fe_mbar_wait(bar + 8 * (BAR_FULL_V + s), ph);
-    if (PINGPONG) fe_bar_sync(NAMED_BAR_PP + wg, 256);
-    fe_fence_regs(P);
-    fe_fence_regs(O);
-    fe_wgmma_fence();
-    fe_issue_pv(O, P, sbase + OFF_V + s * KV_BYTES);
-    fe_wgmma_commit();
-    if (PINGPONG) fe_bar_arrive(NAMED_BAR_PP + 1 - wg, 256);
-    fe_wgmma_wait<0>();
-    fe_fence_regs(O);
-    fe_warp_arrive(bar + 8 * (BAR_EMPTY_V + s), lane);
+    // The last block's P.V, and with XOVER the next tile's first Q.K^T with it.
+    int next = XOVER ? fe_fetch_tile(bar, slot, kq + 1, lane) : -1;
+    const int s_last = s;
+    fe_mbar_wait(bar + 8 * (BAR_FULL_V + s_last), ph);
     if (++s == STAGES) {
       s = 0;
       ph ^= 1u;
     }
+    if (XOVER && next >= 0) fe_mbar_wait(bar + 8 * (BAR_FULL_K + s), ph);
+    if (PINGPONG) fe_bar_sync(NAMED_BAR_PP + wg, 256);
+    fe_fence_regs(P);
+    fe_fence_regs(O);
+    fe_wgmma_fence();
+    fe_issue_pv(O, P, sbase + OFF_V + s_last * KV_BYTES);
+    fe_wgmma_commit();
+    if (XOVER) {
+      // Unconditional, so that no branch separates it from the P.V (ptxas would serialize every wgmma):
+      // after the last tile it multiplies whatever the buffers hold and the result is dropped.
+      fe_issue_qk(S, fe_desc_sw128(q_rows + fe_qbuf(kq + 1) * Q_BYTES, 16, 1024), sbase + OFF_K + s * KV_BYTES);
+      fe_wgmma_commit();
+    }
+    if (PINGPONG) fe_bar_arrive(NAMED_BAR_PP + 1 - wg, 256);
+    if (XOVER) {
+      fe_wgmma_wait<1>();  // the last P.V is done; the next tile's Q.K^T may still run
+    } else {
+      fe_wgmma_wait<0>();
+    }
+    fe_fence_regs(O);
+    fe_warp_arrive(bar + 8 * (BAR_EMPTY_V + s_last), lane);
 
-    // Epilogue: complete the row sums over the 4 lanes of a row, normalise, store O and LSE.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    fe_epilogue(p, t, r, O, m, l, q_rows + qb * Q_BYTES, wg, tid, quad);
+    if (OSTAGE) {
+      // The staged rows have been read (and written out): the producer may load a later tile's Q here.
+      fe_fence_proxy_async();
+      fe_warp_arrive(bar + 8 * (BAR_Q_EMPTY + qb), lane);
     }
-    const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f;
-    const float inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
-    const int n = p.n;
-    u16* ob = p.o + t.b * p.o_sb + t.h * p.o_sh + 2 * quad;
-    if (ra < n) {
-      u16* orow = ob + (i64)ra * p.o_st;
-#pragma unroll
-      for (int g = 0; g < FE_D / 8; ++g)
-        *reinterpret_cast<u32*>(orow + 8 * g) = fe_pack2(O[4 * g] * inv0, O[4 * g + 1] * inv0);
+    if (!XOVER) {
+      next = fe_fetch_tile(bar, slot, kq + 1, lane);
+      if (next >= 0) fe_mbar_wait(bar + 8 * (BAR_FULL_K + s), ph);
+      // (unconditional, as above: after the last tile the result is dropped)
+      if (PINGPONG) fe_bar_sync(NAMED_BAR_PP + wg, 256);
+      fe_wgmma_fence();
+      fe_issue_qk(S, fe_desc_sw128(q_rows + fe_qbuf(kq + 1) * Q_BYTES, 16, 1024), sbase + OFF_K + s * KV_BYTES);
+      fe_wgmma_commit();
+      if (PINGPONG) fe_bar_arrive(NAMED_BAR_PP + 1 - wg, 256);
     }
-    if (rb < n) {
-      u16* orow = ob + (i64)rb * p.o_st;
-#pragma unroll
-      for (int g = 0; g < FE_D / 8; ++g)
-        *reinterpret_cast<u32*>(orow + 8 * g) = fe_pack2(O[4 * g + 2] * inv1, O[4 * g + 3] * inv1);
-    }
-    if (quad == 0) {
-      float* lg = p.lse + t.b * p.lse_sb + t.h * p.lse_sh;
-      if (ra < n) lg[ra] = fe_lse(m[0], l[0]);
-      if (rb < n) lg[rb] = fe_lse(m[1], l[1]);
-    }
+    fe_wgmma_wait<0>();  // the next tile's block-0 scores (no wgmma in flight across iterations)
+    fe_fence_regs(S);
+    tile = next;
   }
   // Warpgroup 1 arrived once more on warpgroup 0's turn barrier than warpgroup 0 synced on it.
   if (PINGPONG && wg == 0) fe_bar_sync(NAMED_BAR_PP + 0, 256);
@@ -504,8 +607,10 @@ extern "C" __global__ void __launch_bounds__(NT, 1) {{ name }}(const __grid_cons
       fe_mbar_init(bar + 8 * (BAR_EMPTY_K + s), NC * 4);
       fe_mbar_init(bar + 8 * (BAR_EMPTY_V + s), NC * 4);
     }
-    fe_mbar_init(bar + 8 * BAR_Q_FULL, 1);
-    fe_mbar_init(bar + 8 * BAR_Q_EMPTY, NC * 4);
+    for (int b = 0; b < 2; ++b) {
+      fe_mbar_init(bar + 8 * (BAR_Q_FULL + b), 1);
+      fe_mbar_init(bar + 8 * (BAR_Q_EMPTY + b), NC * 4);
+    }
     fe_mbar_init_fence();
   }
   __syncthreads();

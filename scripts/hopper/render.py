@@ -108,8 +108,11 @@ class Variant:
 
 
 def smem_bytes(d, bm, bn, stages):
-    """Dynamic shared memory of a launch: 1024 (alignment slack) + (BM + 2 STAGES BN) D 2 + 8 (4 STAGES + 3)."""
-    return 1024 + (bm + 2 * stages * bn) * d * 2 + 8 * (4 * stages + 3)
+    """Dynamic shared memory of a launch: 1024 (alignment slack) + (QBUF BM + 2 STAGES BN) D 2 + 8 (4 STAGES + 5),
+    with two Q buffers (QBUF = 2) where that fits in 227 KiB, else one (the template's rule)."""
+    def for_q(qbuf):
+        return 1024 + (qbuf * bm + 2 * stages * bn) * d * 2 + 8 * (4 * stages + 5)
+    return for_q(2) if for_q(2) <= 232448 else for_q(1)
 
 
 SMEM_LIMIT = 232448  # 227 KiB, the most one block may have on sm_90
@@ -222,9 +225,13 @@ def device_entries():
         tile = (v.bm, v.bn, v.warps, v.stages)
         text = v.render()
         out.append(Entry("sm90", v.name, v.name, spec, tile, v.smem_bytes(), text))
-        if timed(v) and v.warps == 12 and v.stages == default_stages(v.d, v.bm, v.bn) and v.bn == default_bn(v.d):
-            # The same kernel without pingpong between the two consumer warpgroups.
-            out.append(Entry("sm90", v.name + "_pp0", v.name, spec, tile, v.smem_bytes(), text, ["FE_PINGPONG=0"]))
+        if timed(v) and v.warps == 12 and v.bn == default_bn(v.d) and v.stages == (2 if v.d == 128 else 4):
+            # The library's default tile (two Q buffers) with each of the tile-boundary options switched
+            # off (XOVER: the next tile's first Q.K^T with the last P.V; OSTAGE: the output staged in
+            # shared memory), both off, and with pingpong on.
+            for suffix, defs in (("_xo0", ["FE_XOVER=0"]), ("_os0", ["FE_OSTAGE=0"]),
+                                 ("_xo0_os0", ["FE_XOVER=0", "FE_OSTAGE=0"]), ("_pp1", ["FE_PINGPONG=1"])):
+                out.append(Entry("sm90", v.name + suffix, v.name, spec, tile, v.smem_bytes(), text, defs))
         if (v.d, v.w, v.c, v.mode, v.dtype, v.warps) == (64, 256, 16, "block", "bf16", 12) and v.bn == 128:
             # Diagnostic: without setmaxnreg (D=64 fits the 168 registers of the launch without spilling).
             out.append(Entry("sm90", v.name + "_nosmr", v.name, spec, tile, v.smem_bytes(), text,

@@ -333,6 +333,28 @@ impl Drop for Module {
 }
 
 impl Module {
+    /// The value of the module's 4-byte global `name` (a `__constant__ int` a template exports),
+    /// or `None` when the module has no such symbol.
+    pub fn global_i32(&self, name: &str) -> Result<Option<i32>, GpuError> {
+        let Ok(c) = CString::new(name) else {
+            return Ok(None);
+        };
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        // SAFETY: the module is loaded and its context current.
+        let (ptr, bytes) = match unsafe { result::module::get_global(self.raw, c) } {
+            Ok(found) => found,
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NOT_FOUND => return Ok(None),
+            Err(e) => return Err(drv("cuModuleGetGlobal")(e)),
+        };
+        if bytes != 4 {
+            return Ok(None);
+        }
+        let mut v = [0i32; 1];
+        // SAFETY: `ptr` is a 4-byte global of this module; `v` holds 4 bytes.
+        unsafe { result::memcpy_dtoh_sync(&mut v, ptr) }.map_err(drv("cuMemcpyDtoH"))?;
+        Ok(Some(v[0]))
+    }
+
     /// The kernel `name`.
     pub fn function(self: &Arc<Self>, name: &str) -> Result<Function, GpuError> {
         let c = CString::new(name).map_err(|_| GpuError::Driver {

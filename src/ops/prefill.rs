@@ -28,6 +28,10 @@ use crate::tile::{
 use crate::visibility::count_prefill_pairs;
 use crate::workload::Workload;
 
+/// Shared memory one block may have on sm_90 (227 KiB): the Hopper template uses two Q buffers when
+/// they fit in it.
+const SM90_SMEM_PER_BLOCK: u32 = 227 * 1024;
+
 /// The prefill op.
 pub struct Prefill;
 
@@ -556,10 +560,20 @@ impl OpDef for Prefill {
         match t.engine {
             // Triton lays out its own shared memory: the loader takes it from the artifact.
             Engine::Triton => 0,
-            // 1 KiB of alignment slack, Q and the K/V stages in 128-byte-swizzled panels, and the
-            // mbarriers (full and empty for K and V per stage, two for Q) plus the tile slot.
+            // 1 KiB of alignment slack, Q (two buffers where they fit in 227 KiB, else one) and
+            // the K/V stages in 128-byte-swizzled panels, and the mbarriers (full and empty for K
+            // and V per stage, full and empty for each Q buffer) plus the two tile slots: the
+            // template's SMEM_BYTES, rule for rule.
             Engine::Wgmma => {
-                1024 + (t.block_m + 2 * t.stages * t.block_n) * d * 2 + 8 * (4 * t.stages + 3)
+                let with_q = |q: u32| {
+                    1024 + (q * t.block_m + 2 * t.stages * t.block_n) * d * 2
+                        + 8 * (4 * t.stages + 5)
+                };
+                if with_q(2) <= SM90_SMEM_PER_BLOCK {
+                    with_q(2)
+                } else {
+                    with_q(1)
+                }
             }
             _ => (t.block_m + t.stages * 2 * t.block_n) * (d + SMEM_PAD) * 2,
         }
