@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import flasheva.ops  # noqa: F401
+import flasheva
 from flasheva.nn import EvaAttention, full_kv_bytes
 
 fe = torch.ops.flasheva
@@ -34,6 +35,18 @@ def events_ms(fn, iters=50, warmup=10):
         b.synchronize()
         times.append(a.elapsed_time(b))
     return statistics.median(times)
+
+
+def per_call_us(fn, n=2000):
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    us = (time.perf_counter() - t0) / n * 1e6
+    torch.cuda.synchronize()
+    return us
 
 
 def overhead(args):
@@ -55,6 +68,39 @@ def overhead(args):
     torch.cuda.synchronize()
     gpu_us = events_ms(call) * 1e3
     row = {"what": "python decode call", "host_us_per_call": host_us, "gpu_us_per_call": gpu_us}
+    # where the host time goes: the op without torch's dispatcher (the custom op's own function),
+    # the native launch alone with its arguments prepared, and a profile of the op
+    ops = flasheva.ops
+    direct = getattr(ops.decode, "_init_fn", None)
+    if direct is not None:
+        row["host_us_without_dispatcher"] = per_call_us(
+            lambda: direct(q, ring, ring, sums, sums, lens, c, "block", None))
+    o = torch.empty_like(q)
+    lse = torch.empty((b, h), dtype=torch.float32, device="cuda")
+    spec = ops._spec("decode", q, c, w, "block", h // hkv)
+    named = [("q", q), ("k_ring", ring), ("v_ring", ring), ("ks", sums), ("vs", sums),
+             ("len", lens), ("o", o), ("lse", lse)]
+    descs = ops._describe(named)
+    rt = ops.runtime(q.device)
+    stream = torch.cuda.current_stream().cuda_stream
+    ws = rt.sizing(spec, b, 4 * c, h, hkv, 0, 4)[1]
+    keep = torch.empty(max(ws, 1), dtype=torch.float32, device="cuda")
+    wsarg = (keep.data_ptr(), ws) if ws > 0 else None
+    row["host_us_native_launch"] = per_call_us(
+        lambda: rt.launch(spec, descs, stream, b, 4 * c, h, hkv, 0, 4, None, wsarg))
+    row["host_us_describe"] = per_call_us(lambda: ops._describe(named))
+    import cProfile
+    import io
+    import pstats
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(500):
+        call()
+    prof.disable()
+    torch.cuda.synchronize()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(14)
+    print(buf.getvalue())
     if args.flasheva:
         out = subprocess.run(
             [args.flasheva, "bench", "decode", "--head-dim", str(d), "--window", str(w),

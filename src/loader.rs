@@ -494,7 +494,9 @@ impl Runtime {
             // A template that states its own shared memory (the Hopper prefill) must agree with
             // the host's formula: launching with less would let the kernel write past its block's.
             let main = spec.entry_points().into_iter().next().unwrap_or_default();
-            if let Some(own) = module.global_i32(&format!("{main}_smem_bytes"))?
+            let states_own = tile.engine() == crate::tile::Engine::Wgmma;
+            if states_own
+                && let Some(own) = module.global_i32(&format!("{main}_smem_bytes"))?
                 && own as i64 != bytes as i64
             {
                 return Err(Error::Artifact(format!(

@@ -49,11 +49,12 @@ constexpr bool PINGPONG = FE_PINGPONG != 0 && NC == 2;
 // together with this tile's last P.V (XOVER: the tensor pipe stays busy across the tile boundary,
 // and the epilogue runs under that Q.K^T), and lets it stage its output in the Q buffer it is done with
 // (OSTAGE: 16-byte coalesced stores instead of 4-byte ones; the producer reuses that buffer only after
-// the stores have read it). -D FE_XOVER=0 / FE_OSTAGE=0 switch either off (measurements).
+// the stores have read it). OSTAGE is on (+8 % at D=128 on the H200), XOVER off (-6 % there, neutral at
+// D=64: the harness's timings, docs/VALIDATION.md); -D FE_XOVER=1 / FE_OSTAGE=0 switch them.
 constexpr int SMEM_BYTES_Q2 = 1024 + (2 * BM + 2 * STAGES * BN) * FE_D * 2 + 8 * (4 * STAGES + 5);
 constexpr int QBUF = SMEM_BYTES_Q2 <= 232448 ? 2 : 1;
 #ifndef FE_XOVER
-#define FE_XOVER 1
+#define FE_XOVER 0  // measured slower on the H200 (320 -> 301 TFLOP/s at D=128 block, device run 14)
 #endif
 #ifndef FE_OSTAGE
 #define FE_OSTAGE 1

@@ -226,11 +226,11 @@ def device_entries():
         text = v.render()
         out.append(Entry("sm90", v.name, v.name, spec, tile, v.smem_bytes(), text))
         if timed(v) and v.warps == 12 and v.bn == default_bn(v.d) and v.stages == (2 if v.d == 128 else 4):
-            # The library's default tile (two Q buffers) with each of the tile-boundary options switched
-            # off (XOVER: the next tile's first Q.K^T with the last P.V; OSTAGE: the output staged in
-            # shared memory), both off, and with pingpong on.
-            for suffix, defs in (("_xo0", ["FE_XOVER=0"]), ("_os0", ["FE_OSTAGE=0"]),
-                                 ("_xo0_os0", ["FE_XOVER=0", "FE_OSTAGE=0"]), ("_pp1", ["FE_PINGPONG=1"])):
+            # The library's default tile (two Q buffers) with each tile-boundary option flipped (XOVER,
+            # off by default: the next tile's first Q.K^T with the last P.V; OSTAGE, on: the output
+            # staged in shared memory), and with pingpong on.
+            for suffix, defs in (("_xo1", ["FE_XOVER=1"]), ("_os0", ["FE_OSTAGE=0"]),
+                                 ("_xo1_os0", ["FE_XOVER=1", "FE_OSTAGE=0"]), ("_pp1", ["FE_PINGPONG=1"])):
                 out.append(Entry("sm90", v.name + suffix, v.name, spec, tile, v.smem_bytes(), text, defs))
         if (v.d, v.w, v.c, v.mode, v.dtype, v.warps) == (64, 256, 16, "block", "bf16", 12) and v.bn == 128:
             # Diagnostic: without setmaxnreg (D=64 fits the 168 registers of the launch without spilling).
