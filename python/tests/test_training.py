@@ -143,3 +143,34 @@ def test_training_a_tiny_model_falls_like_the_plain_version():
     # measured with the plain layer on the CPU: 3.62 -> 0.49 in 300 steps
     assert last < 0.5 * first
     assert abs(last - plain_last) < 0.25 * plain_last + 0.1
+
+
+def test_the_module_compiles_with_fullgraph_and_matches_float64():
+    """Issue 13's check: a decoder block using flasheva.nn.EvaAttention, compiled with
+    torch.compile(fullgraph=True), against the same block in float64 (the plain layer above on a
+    float64 copy of the weights)."""
+    need_gpu()
+    import copy
+
+    torch.manual_seed(3)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(128)
+            self.attn = EvaAttention(128, heads=4, kv_heads=2, head_dim=64, window=64, chunk=16)
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(),
+                                           torch.nn.Linear(256, 128))
+
+        def forward(self, x, attn=None):
+            y = x + (attn or self.attn)(self.norm(x))
+            return y + self.mlp(y)
+
+    m = Block().cuda()
+    x = torch.randn(2, 300, 128, device="cuda")
+    with torch.no_grad():
+        compiled = torch.compile(m, fullgraph=True)(x)
+        m64 = copy.deepcopy(m).double()
+        want = m64(x.double(), attn=lambda h: plain_eva(m64.attn, h))
+    err = ((compiled.double() - want).norm() / want.norm()).item()
+    assert err < 2e-2, f"compiled block against float64: {err:.2e}"  # bfloat16 kernels
