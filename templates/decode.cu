@@ -5,6 +5,8 @@
 // one 16-row MMA tile ({{ head_tiles }} tile(s) per kv head), so every K/V byte is read once per tile.
 // Within a CTA each of the {{ warps }} warps streams its own K/V tiles ({{ block_n }} keys, {{ stages }}
 // stages); warps, then splits (in {{ name }}_combine), are merged with the log-sum-exp rule.
+// PAGED (decode_paged, the contract's item 7): the ring is row slot[b] of a slot pool and summary c is
+// row c % page of page pt[b][c / page] of a page pool; everything else is the contiguous kernel.
 <% include "common.cuh" %>
 <% include "attention.cuh" %>
 
@@ -17,6 +19,7 @@ constexpr int STAGES = {{ stages }};
 constexpr int THREADS = NW * 32;
 constexpr bool QREGS = FE_D <= 128;
 constexpr int COMBINE_THREADS = 128;
+constexpr bool PAGED = {{ paged }};
 
 // Must match `DecodeParams` in src/gpu/params.rs field for field.
 struct DecodeParams {
@@ -43,8 +46,12 @@ struct DecodeParams {
   int max_nc;  // summary slots in ks/vs
   int splits;
   float scale_log2;  // scale * log2(e), > 0
+  int page;          // PAGED: summary rows per page (> 0)
+  const int* slot;   // PAGED: [B] each sequence's row of the ring pools (kr_sb, vr_sb: the pools' row strides)
+  const int* pt;     // PAGED: [B, MAXP] each sequence's pages (ks_sb, vs_sb: the page pools' page strides)
+  i64 pt_sb;         // PAGED: the page table's row stride
 };
-static_assert(sizeof(DecodeParams) == 248, "DecodeParams must match src/gpu/params.rs");
+static_assert(sizeof(DecodeParams) == 280, "DecodeParams must match src/gpu/params.rs");
 
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const DecodeParams p) {
@@ -77,10 +84,26 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
   // This warp's tiles: t_begin + warp, t_begin + warp + NW, ...
   const int my_tiles = t_end - t_begin > warp ? (t_end - t_begin - warp + NW - 1) / NW : 0;
 
-  const u16* krg = p.kr + b * p.kr_sb + hk * p.kr_sh;
-  const u16* vrg = p.vr + b * p.vr_sb + hk * p.vr_sh;
-  const u16* ksg = p.ks + b * p.ks_sb + hk * p.ks_sh;
-  const u16* vsg = p.vs + b * p.vs_sb + hk * p.vs_sh;
+  const i64 rb = PAGED ? (i64)p.slot[b] : (i64)b;
+  const u16* krg = p.kr + rb * p.kr_sb + hk * p.kr_sh;
+  const u16* vrg = p.vr + rb * p.vr_sb + hk * p.vr_sh;
+  const u16* ksg = p.ks + (PAGED ? 0 : b * p.ks_sb) + hk * p.ks_sh;
+  const u16* vsg = p.vs + (PAGED ? 0 : b * p.vs_sb) + hk * p.vs_sh;
+  // PAGED: summary c is in page pt[b][c / page] at row c % page; pages of a power-of-two size (what
+  // engines use) take a shift and a mask, other sizes a division.
+  const int* ptb = PAGED ? p.pt + b * p.pt_sb : nullptr;
+  const int pshift = PAGED && (p.page & (p.page - 1)) == 0 ? __ffs(p.page) - 1 : -1;
+  auto page_of = [&](int c, int& row) -> i64 {
+    int pg;
+    if (pshift >= 0) {
+      pg = c >> pshift;
+      row = c & (p.page - 1);
+    } else {
+      pg = c / p.page;
+      row = c - pg * p.page;
+    }
+    return (i64)__ldg(ptb + pg);
+  };
 
   auto load_tile = [&](int k, int stage) {
     const int t = t_begin + warp + k * NW;
@@ -93,6 +116,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
       });
       fe_load_rows_map<BN, 32>(dv, lane, vrg, [&](int r) -> const u16* {
         return u0 + r < n_local ? vrg + ((lo + u0 + r) % FE_W) * p.vr_ss : nullptr;
+      });
+    } else if (PAGED) {
+      const int c0 = (t - t_local) * BN;
+      fe_load_rows_map<BN, 32>(dk, lane, ksg, [&](int r) -> const u16* {
+        if (c0 + r >= ns) return nullptr;
+        int row;
+        const i64 pg = page_of(c0 + r, row);
+        return ksg + pg * p.ks_sb + row * p.ks_st;
+      });
+      fe_load_rows_map<BN, 32>(dv, lane, vsg, [&](int r) -> const u16* {
+        if (c0 + r >= ns) return nullptr;
+        int row;
+        const i64 pg = page_of(c0 + r, row);
+        return vsg + pg * p.vs_sb + row * p.vs_st;
       });
     } else {
       const int c0 = (t - t_local) * BN;

@@ -1231,9 +1231,9 @@ fn paged_caches_grid() {
     let Some((rt, stream)) = gpu("paged") else {
         return;
     };
-    if !triton_here(&rt) {
-        return;
-    }
+    // decode_paged on its CUDA kernel (the default) and its Triton kernel; extend_paged and
+    // append_paged have only Triton kernels
+    let triton = triton_here(&rt);
     use flasheva::ops;
     use flasheva::verify::Case;
     use flasheva::workload::Workload;
@@ -1246,14 +1246,30 @@ fn paged_caches_grid() {
                         continue; // append does not depend on the mode
                     }
                     let s = spec(op, d, w, c, local, dtype, 4);
-                    let k = rt.kernel(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
-                    for (n, strided, splits) in
-                        [(3 * w as usize + 7, false, None), (50, true, Some(3))]
+                    let mut tiles = backends(&rt, &s);
+                    tiles.dedup();
+                    tiles.retain(|t| triton || t.engine() != flasheva::tile::Engine::Triton);
+                    for (k, (n, strided, splits)) in tiles
+                        .iter()
+                        .map(|t| {
+                            rt.kernel_with_tile(&s, t)
+                                .unwrap_or_else(|e| panic!("{s}: {e}"))
+                        })
+                        .flat_map(|k| {
+                            [(3 * w as usize + 7, false, None), (50, true, Some(3))]
+                                .map(|case| (k.clone(), case))
+                        })
                     {
                         let cp = ops::of(op).check_problem(&Workload::new(s, 1, n, 8, 2));
                         let mut problem = cp.problem;
                         if op == Op::DecodePaged {
                             problem.splits = splits;
+                        }
+                        if strided && op != Op::AppendPaged {
+                            // pages of a power-of-two size (the kernels' shift-and-mask path);
+                            // the other case keeps check_problem's 3-row pages (division)
+                            problem.page = 4;
+                            problem.summary_rows = problem.summary_rows.max(1).div_ceil(4) * 4;
                         }
                         let case = Case {
                             problem,

@@ -130,6 +130,29 @@ pub struct DecodeParams {
     pub max_nc: i32,
     pub splits: i32,
     pub scale_log2: f32,
+    /// decode_paged: summary rows per page (1 for contiguous decode).
+    pub page: i32,
+    pub _pad: i32,
+    /// decode_paged: int32 `[B]`, each sequence's row of the ring pools (0 otherwise).
+    pub slot: u64,
+    /// decode_paged: int32 `[B, MAXP]`, each sequence's pages (0 otherwise).
+    pub pt: u64,
+    /// decode_paged: the page table's row stride.
+    pub pt_sb: i64,
+}
+
+impl DecodeParams {
+    /// The same launch reading its ring through `paging.slot` and its summaries through
+    /// `paging.table` (decode_paged's CUDA kernel).
+    pub(crate) fn paged(self, paging: &Paging) -> DecodeParams {
+        DecodeParams {
+            page: paging.page,
+            slot: paging.slot,
+            pt: paging.table,
+            pt_sb: paging.table_stride,
+            ..self
+        }
+    }
 }
 
 /// The decode splits to use: the tile's, or (tile.splits = 0) enough CTAs to fill the device
@@ -285,6 +308,8 @@ pub fn plan_decode(
         max_nc: max_nc as i32,
         splits: splits as i32,
         scale_log2: scale * LOG2E,
+        page: 1,
+        ..DecodeParams::default()
     };
     let head_tiles = g.div_ceil(DECODE_ROWS as usize);
     let main = LaunchPlan {
@@ -785,7 +810,7 @@ mod tests {
 
     #[test]
     fn param_block_matches_the_template_layout() {
-        assert_eq!(std::mem::size_of::<DecodeParams>(), 248);
+        assert_eq!(std::mem::size_of::<DecodeParams>(), 280);
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! pool `[S, W, Hkv, D]` (int32 `slot [B]`: sequence b's ring is pool row `slot[b]`) and, for
 //! decode and extend, the summaries in a page pool `[P, PAGE, Hkv, D]` (int32
 //! `page_table [B, MAXP]`: summary c of sequence b is row `c % PAGE` of page
-//! `page_table[b][c / PAGE]`). Results are identical to the contiguous layout: the same Triton
-//! kernels with `PAGED` on read through the tables. Each op is described by its contiguous
-//! base op for everything but its tensors; the reference gathers the pools into the contiguous
-//! layout and runs the base op's.
+//! `page_table[b][c / PAGE]`). Results are identical to the contiguous layout: the same kernels
+//! with `PAGED` on read through the tables (Triton for all three; decode also the CUDA kernel,
+//! templates/decode.cu, its default). Each op is described by its contiguous base op for
+//! everything but its tensors; the reference gathers the pools into the contiguous layout and
+//! runs the base op's.
 
 use super::launch::{
     LaunchError, OpArgs, Paging, Step, expect_contiguous_rows, expect_dtype, expect_shape,
@@ -61,6 +62,11 @@ struct Layout {
 impl Paged {
     fn base_def(&self) -> &'static dyn OpDef {
         super::of(self.base)
+    }
+
+    /// Whether the op has a CUDA kernel (decode: templates/decode.cu with PAGED on).
+    fn has_cuda(&self) -> bool {
+        self.base == Op::Decode
     }
 
     fn layout(&self) -> Layout {
@@ -164,8 +170,8 @@ impl OpDef for Paged {
         }
     }
 
-    fn template(&self, _tile: &TileParams) -> &'static str {
-        "flasheva_triton.py"
+    fn template(&self, tile: &TileParams) -> &'static str {
+        self.base_def().template(tile)
     }
 
     fn tile_name(&self, t: &TileParams) -> String {
@@ -177,23 +183,32 @@ impl OpDef for Paged {
     }
 
     fn check_tile(&self, spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
-        if t.engine != Engine::Triton {
+        if t.engine != Engine::Triton && !self.has_cuda() {
             return Err(TileError::Field {
                 op: self.op,
                 field: "engine",
                 value: 0,
-                accepted: "triton (the paged ops have only their Triton kernels so far)",
+                accepted: "triton (extend_paged and append_paged have only their Triton kernels so far)",
             });
         }
         self.base_def().check_tile(&base_spec(spec, self.base), t)
     }
 
-    fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
-        0
+    fn smem_bytes(&self, spec: &KernelSpec, t: &TileParams) -> u32 {
+        if t.engine == Engine::Triton {
+            0
+        } else {
+            self.base_def().smem_bytes(&base_spec(spec, self.base), t)
+        }
     }
 
-    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
-        vec![self.triton_default(spec)]
+    fn default_tiles(&self, spec: &KernelSpec, arch: Arch) -> Vec<TileParams> {
+        if self.has_cuda() {
+            self.base_def()
+                .default_tiles(&base_spec(spec, self.base), arch)
+        } else {
+            vec![self.triton_default(spec)]
+        }
     }
 
     fn triton_default(&self, spec: &KernelSpec) -> TileParams {
@@ -657,11 +672,17 @@ impl OpDef for Paged {
                     lse: base_t[7].clone(),
                     scale: args.scale,
                 };
-                let Some((main, combine)) =
+                let Some((mut main, combine)) =
                     super::decode::plan_decode(&bspec, tile, &a, args.splits, args.workspace)?
                 else {
                     return Ok(Vec::new());
                 };
+                if tile.engine() != Engine::Triton {
+                    main.params = main.params.paged(&paging);
+                    let mut steps = vec![Step::of(0, &main)];
+                    steps.extend(combine.map(|c| Step::of(1, &c)));
+                    return Ok(steps);
+                }
                 let p = &main.params;
                 let g = spec.group_or_one();
                 let head_tiles = g.div_ceil(super::decode::triton_block_h(g)) as usize;

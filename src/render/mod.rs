@@ -89,6 +89,8 @@ pub struct RenderContext {
     pub stages: u32,
     /// Shared-memory row padding (elements).
     pub pad: u32,
+    /// The paged form of the op (decode_paged: ring and summaries through slot and page tables).
+    pub paged: bool,
 }
 
 impl RenderContext {
@@ -112,6 +114,12 @@ impl RenderContext {
             warp_rows: tile.block_m() / tile.warps().max(1),
             stages: tile.stages(),
             pad: SMEM_PAD,
+            paged: matches!(
+                spec.op(),
+                crate::spec::Op::DecodePaged
+                    | crate::spec::Op::ExtendPaged
+                    | crate::spec::Op::AppendPaged
+            ),
         }
     }
 }
