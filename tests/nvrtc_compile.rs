@@ -174,3 +174,47 @@ fn the_read_rate_probe_compiles_for_every_arch() {
         assert!(built.cubin.len() > 500, "{arch}");
     }
 }
+
+#[test]
+/// The Hopper prefill at every head dim it takes, with the tile the tuner tries first there
+/// (D = 256: 64-key blocks, one Q buffer), compiles for sm_90a without spills.
+fn the_wgmma_prefill_compiles_at_every_head_dim_it_takes() {
+    let nv = nvrtc();
+    let arch: Arch = "sm_90a".parse().unwrap();
+    for (d, bn, stages) in [(64u32, 128u32, 4u32), (128, 128, 2), (256, 64, 2)] {
+        let p = SpecParams {
+            head_dim: Some(d),
+            window: Some(512),
+            chunk: Some(64),
+            local: Some(LocalMode::Block),
+            dtype: Some(DType::Bf16),
+            group: None,
+        };
+        let spec = KernelSpec::new(Op::Prefill, &p).unwrap();
+        let tile = Tile::default_for(&spec, arch)
+            .with_overrides(
+                &spec,
+                &format!("engine=wgmma,warps=12,block_m=128,block_n={bn},stages={stages}"),
+            )
+            .unwrap_or_else(|e| panic!("{spec}: {e}"));
+        tile.validate_for(&spec, arch)
+            .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
+        let src = flasheva::render::render(&spec, &tile).unwrap();
+        let opts = options_for(arch);
+        let prog = spec.source_file_name();
+        let out = nv
+            .compile(&CompileJob {
+                program_name: &prog,
+                source: &src,
+                arch,
+                options: &opts,
+            })
+            .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
+        for r in flasheva::compile::parse_resource_usage(&out.log) {
+            assert!(
+                r.spill_stores == 0 && r.stack_frame == 0,
+                "{spec} {tile}: {r:?}"
+            );
+        }
+    }
+}

@@ -511,8 +511,8 @@ impl OpDef for Prefill {
                 op,
                 "head_dim",
                 spec.head_dim(),
-                &[64, 128],
-                "64, 128 (wgmma)",
+                &[64, 128, 256],
+                "64, 128, 256 (wgmma)",
             )?;
             one_of(
                 op,
