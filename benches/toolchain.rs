@@ -1,4 +1,4 @@
-//! Toolchain benchmarks (no GPU): rendering, key hashing, a cache hit, one NVRTC compile of a
+//! Toolchain benchmarks (no GPU): planning a decode launch, rendering, key hashing, a cache hit, one NVRTC compile of a
 //! prefill variant, and export / import of a 100-entry bundle.
 //!
 //!     scripts/with-nvrtc cargo bench --bench toolchain
@@ -28,7 +28,65 @@ fn prefill_spec() -> KernelSpec {
     .unwrap()
 }
 
+/// The host-side planning of one decode launch (B=1, H=8, Hkv=2, D=64): what every launch pays
+/// before the driver call (shapes, strides and dtypes checked, parameters laid out, the split).
+fn plan_decode(c: &mut Criterion) {
+    use flasheva::ops::{self, DeviceFacts, OpArgs, Problem};
+    use flasheva::tensor::{ElemType, TensorArg};
+    use flasheva::workload::Workload;
+    let spec = KernelSpec::new(
+        Op::Decode,
+        &SpecParams {
+            head_dim: Some(64),
+            window: Some(64),
+            chunk: Some(16),
+            local: Some(LocalMode::Block),
+            dtype: Some(DType::Bf16),
+            group: Some(4),
+        },
+    )
+    .unwrap();
+    let tile = Tile::default_for(&spec, Arch::new(9, 0));
+    let e = ElemType::Bf16;
+    let mut at = 0x7000_0000_0000u64;
+    let mut t = |name: &str, dt: ElemType, shape: &[usize]| {
+        at += 1 << 20;
+        TensorArg::contiguous(name, at, dt, shape)
+    };
+    let tensors = vec![
+        t("q", e, &[1, 8, 64]),
+        t("k_ring", e, &[1, 64, 2, 64]),
+        t("v_ring", e, &[1, 64, 2, 64]),
+        t("ks", e, &[1, 4, 2, 64]),
+        t("vs", e, &[1, 4, 2, 64]),
+        t("len", ElemType::I32, &[1]),
+        t("o", e, &[1, 8, 64]),
+        t("lse", ElemType::F32, &[1, 8]),
+    ];
+    let op = ops::of(Op::Decode);
+    let mut p = Problem::new(Workload::new(spec, 1, 64, 8, 2));
+    p.summary_rows = 4;
+    let device = DeviceFacts { sm_count: 132 };
+    c.bench_function(
+        "plan a decode launch (split choice, checks, parameters)",
+        |b| {
+            b.iter(|| {
+                let splits = op.splits(&p, &tile, 132);
+                let ws = op.workspace(&p, splits);
+                let args = OpArgs {
+                    tensors: tensors.clone(),
+                    scale: None,
+                    splits,
+                    workspace: (ws > 0).then_some((0x6000_0000_0000, ws)),
+                };
+                op.plan(&spec, &tile, &args, device).unwrap()
+            })
+        },
+    );
+}
+
 fn benches(c: &mut Criterion) {
+    plan_decode(c);
     let spec = prefill_spec();
     let arch = Arch::new(9, 0);
     let tile = Tile::default_for(&spec, arch);
