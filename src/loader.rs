@@ -247,7 +247,7 @@ impl Runtime {
         if !self.options.use_tuned {
             return None;
         }
-        let bucket = Bucket::of(w.spec.op(), w.b, w.n, w.h, w.hkv);
+        let bucket = Bucket::of_workload(w);
         let k = (w.spec, bucket);
         if let Some(hit) = self.winners.lock().expect("winner map lock").get(&k) {
             return hit.clone();

@@ -30,13 +30,23 @@ fn log2_ceil(n: usize) -> u32 {
 }
 
 /// Workloads whose best tile is expected to be the same share a bucket: tokens (or the decode
-/// position) and the number of independent (batch x head) rows, each rounded up to a power of two.
+/// position) and the number of independent (batch x head) rows, each rounded up to a power of two,
+/// and, for the ops that continue cached sequences (extend), the tokens already cached: an extend
+/// step after 32k cached tokens reads 512 more summaries per row than one after none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Bucket {
     /// log2 of the token count (decode: of the position + 1), rounded up.
     pub tokens_log2: u32,
     /// log2 of B x heads (decode: B x kv heads), rounded up.
     pub rows_log2: u32,
+    /// 0 without cached tokens, else 1 + log2 of their count rounded up (extend's `past`).
+    /// Absent in records written before it existed (they were all tuned as past = 0 buckets).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub past_log2: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Bucket {
@@ -46,12 +56,27 @@ impl Bucket {
         Bucket {
             tokens_log2: log2_ceil(n),
             rows_log2: log2_ceil(rows),
+            past_log2: 0,
+        }
+    }
+
+    /// The bucket of `w`, its cached tokens included.
+    pub fn of_workload(w: &crate::workload::Workload) -> Bucket {
+        Bucket {
+            past_log2: if w.past == 0 {
+                0
+            } else {
+                1 + log2_ceil(w.past)
+            },
+            ..Bucket::of(w.spec.op(), w.b, w.n, w.h, w.hkv)
         }
     }
 
     /// Distance between buckets (sum of the log2 differences).
     pub fn distance(&self, other: &Bucket) -> u32 {
-        self.tokens_log2.abs_diff(other.tokens_log2) + self.rows_log2.abs_diff(other.rows_log2)
+        self.tokens_log2.abs_diff(other.tokens_log2)
+            + self.rows_log2.abs_diff(other.rows_log2)
+            + self.past_log2.abs_diff(other.past_log2)
     }
 }
 
@@ -61,7 +86,11 @@ impl std::fmt::Display for Bucket {
             f,
             "tokens<=2^{} rows<=2^{}",
             self.tokens_log2, self.rows_log2
-        )
+        )?;
+        if self.past_log2 > 0 {
+            write!(f, " past<=2^{}", self.past_log2 - 1)?;
+        }
+        Ok(())
     }
 }
 
@@ -304,13 +333,17 @@ fn status_text(s: &CandidateStatus) -> String {
 
 /// The key of the winner record of (device, spec, bucket).
 pub fn winner_key(device: &str, capability: (u32, u32), spec: &KernelSpec, bucket: &Bucket) -> Key {
-    KeyBuilder::new("flasheva-winner/1")
-        .field("device", device)
+    let mut k = KeyBuilder::new("flasheva-winner/1");
+    k.field("device", device)
         .field("capability", &format!("{}.{}", capability.0, capability.1))
         .field("spec", &spec.name())
         .field("tokens_log2", &bucket.tokens_log2.to_string())
-        .field("rows_log2", &bucket.rows_log2.to_string())
-        .finish()
+        .field("rows_log2", &bucket.rows_log2.to_string());
+    // (only when set: the keys of the records without cached tokens stay what they were)
+    if bucket.past_log2 > 0 {
+        k.field("past_log2", &bucket.past_log2.to_string());
+    }
+    k.finish()
 }
 
 #[cfg(test)]
@@ -353,7 +386,8 @@ mod tests {
             b,
             Bucket {
                 tokens_log2: 14,
-                rows_log2: 4
+                rows_log2: 4,
+                past_log2: 0
             }
         );
         assert_eq!(Bucket::of(Op::Prefill, 1, 16000, 16, 16), b);
@@ -363,12 +397,53 @@ mod tests {
             d,
             Bucket {
                 tokens_log2: 15,
-                rows_log2: 9
+                rows_log2: 9,
+                past_log2: 0
             }
         );
         assert_eq!(b.distance(&d), 1 + 5);
         assert_eq!(log2_ceil(1), 0);
         assert_eq!(log2_ceil(0), 0);
         assert_eq!(b.to_string(), "tokens<=2^14 rows<=2^4");
+    }
+
+    #[test]
+    fn extend_buckets_tell_cached_tokens_apart_and_old_records_still_read() {
+        use crate::spec::{DType, LocalMode, SpecParams};
+        use crate::workload::Workload;
+        let spec = KernelSpec::new(
+            Op::Extend,
+            &SpecParams {
+                head_dim: Some(128),
+                window: Some(512),
+                chunk: Some(64),
+                local: Some(LocalMode::Block),
+                dtype: Some(DType::Bf16),
+                group: Some(4),
+            },
+        )
+        .unwrap();
+        let fresh = Bucket::of_workload(&Workload::new(spec, 8, 512, 32, 8));
+        let late = Bucket::of_workload(&Workload::new(spec, 8, 512, 32, 8).with_past(32768));
+        assert_eq!(fresh.past_log2, 0);
+        assert_eq!(late.past_log2, 16);
+        assert_ne!(fresh, late);
+        assert_eq!(late.to_string(), "tokens<=2^9 rows<=2^8 past<=2^15");
+        // a winner tuned after 32k cached tokens is nearer to 20k than one tuned after none
+        let mid = Bucket::of_workload(&Workload::new(spec, 8, 512, 32, 8).with_past(20000));
+        assert!(mid.distance(&late) < mid.distance(&fresh));
+        // the keys of buckets without cached tokens are those of records written before
+        let dev = "NVIDIA H200";
+        assert_ne!(
+            winner_key(dev, (9, 0), &spec, &fresh),
+            winner_key(dev, (9, 0), &spec, &late)
+        );
+        // a record without the field reads as past_log2 = 0, and writes without it
+        let old: Bucket = serde_json::from_str(r#"{"tokens_log2":9,"rows_log2":8}"#).unwrap();
+        assert_eq!(old, fresh);
+        assert_eq!(
+            serde_json::to_string(&fresh).unwrap(),
+            r#"{"tokens_log2":9,"rows_log2":8}"#
+        );
     }
 }

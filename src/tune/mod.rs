@@ -299,7 +299,7 @@ pub fn tune(
         crate_version: crate::CRATE_VERSION.to_string(),
         device: dev,
         spec: w.spec,
-        bucket: Bucket::of(w.spec.op(), w.b, w.n, w.h, w.hkv),
+        bucket: Bucket::of_workload(&w),
         shape: (w.b, w.n, w.h, w.hkv),
         tile: best.tile,
         artifact_key: best.key,
