@@ -21,7 +21,7 @@ constexpr bool QREGS = FE_D <= 128;
 constexpr int COMBINE_THREADS = 128;
 constexpr bool PAGED = {{ paged }};
 
-// Must match `DecodeParams` in src/gpu/params.rs field for field.
+// Must match `DecodeParams` in src/ops/decode.rs field for field.
 struct DecodeParams {
   const u16* q;
   const u16* kr;
@@ -51,7 +51,7 @@ struct DecodeParams {
   const int* pt;     // PAGED: [B, MAXP] each sequence's pages (ks_sb, vs_sb: the page pools' page strides)
   i64 pt_sb;         // PAGED: the page table's row stride
 };
-static_assert(sizeof(DecodeParams) == 280, "DecodeParams must match src/gpu/params.rs");
+static_assert(sizeof(DecodeParams) == 280, "DecodeParams must match src/ops/decode.rs");
 
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const DecodeParams p) {
