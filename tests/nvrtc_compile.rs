@@ -64,6 +64,27 @@ fn every_preset_spec_compiles_for_sm80_and_sm90() {
     }
 }
 
+/// Compiles `spec` with `tile` for `arch` and returns one line per kernel that spills registers
+/// or has a stack frame (none: empty).
+fn spills(nv: &Nvrtc, spec: &KernelSpec, tile: &Tile, arch: Arch) -> Vec<String> {
+    let src = flasheva::render::render(spec, tile).unwrap();
+    let opts = options_for(arch);
+    let prog = spec.source_file_name();
+    let out = nv
+        .compile(&CompileJob {
+            program_name: &prog,
+            source: &src,
+            arch,
+            options: &opts,
+        })
+        .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
+    flasheva::compile::parse_resource_usage(&out.log)
+        .into_iter()
+        .filter(|r| r.spill_stores > 0 || r.stack_frame > 0)
+        .map(|r| format!("{spec} {}: {r:?}", tile.name(spec.op())))
+        .collect()
+}
+
 #[test]
 /// (The forward ops: the backward has only its Triton kernels so far, compiled in tests/triton.rs.)
 fn every_head_dim_and_op_compiles_with_its_default_tile() {
@@ -93,25 +114,7 @@ fn every_head_dim_and_op_compiles_with_its_default_tile() {
     let arch = Arch::new(9, 0);
     let problems: Vec<String> = jobs
         .par_iter()
-        .flat_map(|spec| {
-            let tile = Tile::default_for(spec, arch);
-            let src = flasheva::render::render(spec, &tile).unwrap();
-            let opts = options_for(arch);
-            let prog = spec.source_file_name();
-            let out = nv
-                .compile(&CompileJob {
-                    program_name: &prog,
-                    source: &src,
-                    arch,
-                    options: &opts,
-                })
-                .unwrap_or_else(|e| panic!("{spec}: {e}"));
-            flasheva::compile::parse_resource_usage(&out.log)
-                .into_iter()
-                .filter(|r| r.spill_stores > 0 || r.stack_frame > 0)
-                .map(|r| format!("{spec} {}: {r:?}", tile.name(spec.op())))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|spec| spills(&nv, spec, &Tile::default_for(spec, arch), arch))
         .collect();
     assert!(
         problems.is_empty(),
@@ -199,22 +202,7 @@ fn the_wgmma_prefill_compiles_at_every_head_dim_it_takes() {
             .unwrap_or_else(|e| panic!("{spec}: {e}"));
         tile.validate_for(&spec, arch)
             .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
-        let src = flasheva::render::render(&spec, &tile).unwrap();
-        let opts = options_for(arch);
-        let prog = spec.source_file_name();
-        let out = nv
-            .compile(&CompileJob {
-                program_name: &prog,
-                source: &src,
-                arch,
-                options: &opts,
-            })
-            .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
-        for r in flasheva::compile::parse_resource_usage(&out.log) {
-            assert!(
-                r.spill_stores == 0 && r.stack_frame == 0,
-                "{spec} {tile}: {r:?}"
-            );
-        }
+        let problems = spills(&nv, &spec, &tile, arch);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 }
