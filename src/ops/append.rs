@@ -37,9 +37,7 @@ impl OpDef for Append {
         Op::Append
     }
 
-    fn template(&self, _tile: &TileParams) -> &'static str {
-        "flasheva_triton.py"
-    }
+    super::triton_only_kernels!();
 
     fn tile_name(&self, t: &TileParams) -> String {
         format!("tr_n{}_w{}", t.block_n, t.warps)
@@ -56,14 +54,6 @@ impl OpDef for Append {
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
         triton_only(Op::Append, t, false, true, false)
-    }
-
-    fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
-        0
-    }
-
-    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
-        vec![self.triton_default(spec)]
     }
 
     fn triton_default(&self, _spec: &KernelSpec) -> TileParams {

@@ -31,9 +31,7 @@ impl OpDef for ChunkMeanBwd {
         Op::ChunkMeanBwd
     }
 
-    fn template(&self, _tile: &TileParams) -> &'static str {
-        "flasheva_triton.py"
-    }
+    super::triton_only_kernels!();
 
     fn tile_name(&self, t: &TileParams) -> String {
         format!("tr_w{}", t.warps)
@@ -45,14 +43,6 @@ impl OpDef for ChunkMeanBwd {
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
         triton_only(Op::ChunkMeanBwd, t, false, false, false)
-    }
-
-    fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
-        0
-    }
-
-    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
-        vec![self.triton_default(spec)]
     }
 
     fn triton_default(&self, _spec: &KernelSpec) -> TileParams {

@@ -33,9 +33,7 @@ impl OpDef for ChunkSummarizeBwd {
         Op::ChunkSummarizeBwd
     }
 
-    fn template(&self, _tile: &TileParams) -> &'static str {
-        "flasheva_triton.py"
-    }
+    super::triton_only_kernels!();
 
     fn tile_name(&self, t: &TileParams) -> String {
         format!("tr_w{}", t.warps)
@@ -47,14 +45,6 @@ impl OpDef for ChunkSummarizeBwd {
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
         triton_only(Op::ChunkSummarizeBwd, t, false, false, false)
-    }
-
-    fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
-        0
-    }
-
-    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
-        vec![self.triton_default(spec)]
     }
 
     fn triton_default(&self, _spec: &KernelSpec) -> TileParams {

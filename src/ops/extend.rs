@@ -62,9 +62,7 @@ impl OpDef for Extend {
         Op::Extend
     }
 
-    fn template(&self, _tile: &TileParams) -> &'static str {
-        "flasheva_triton.py"
-    }
+    super::triton_only_kernels!();
 
     fn tile_name(&self, t: &TileParams) -> String {
         format!(
@@ -79,14 +77,6 @@ impl OpDef for Extend {
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
         triton_only(Op::Extend, t, true, true, true)
-    }
-
-    fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
-        0 // Triton's own layout: the loader takes it from the artifact
-    }
-
-    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
-        vec![self.triton_default(spec)]
     }
 
     fn triton_default(&self, _spec: &KernelSpec) -> TileParams {

@@ -122,6 +122,26 @@ pub(crate) fn start_count(
     Ok((start.to_vec(), count.to_vec()))
 }
 
+/// The `OpDef` methods every op with only Triton kernels has alike: the Triton source as its
+/// template, no shared memory of its own (Triton lays it out; the loader takes it from the
+/// artifact), and its Triton default as its only default tile.
+macro_rules! triton_only_kernels {
+    () => {
+        fn template(&self, _tile: &TileParams) -> &'static str {
+            "flasheva_triton.py"
+        }
+
+        fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
+            0
+        }
+
+        fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
+            vec![self.triton_default(spec)]
+        }
+    };
+}
+pub(crate) use triton_only_kernels;
+
 /// The tile rule of ops that have only Triton kernels so far: the engine must be Triton, then
 /// the Triton rules for the knobs the op uses.
 pub(crate) fn triton_only(

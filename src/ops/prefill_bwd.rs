@@ -72,9 +72,7 @@ impl OpDef for PrefillBwd {
         vec![main.clone(), format!("{main}_dkdv"), format!("{main}_dq")]
     }
 
-    fn template(&self, _tile: &TileParams) -> &'static str {
-        "flasheva_triton.py"
-    }
+    super::triton_only_kernels!();
 
     fn tile_name(&self, t: &TileParams) -> String {
         format!(
@@ -89,14 +87,6 @@ impl OpDef for PrefillBwd {
 
     fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
         triton_only(Op::PrefillBwd, t, true, true, true)
-    }
-
-    fn smem_bytes(&self, _spec: &KernelSpec, _t: &TileParams) -> u32 {
-        0 // Triton's own layout: the loader takes it from the artifact
-    }
-
-    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
-        vec![self.triton_default(spec)]
     }
 
     fn triton_default(&self, spec: &KernelSpec) -> TileParams {
