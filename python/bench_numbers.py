@@ -57,15 +57,7 @@ def overhead(args):
     sums = torch.randn(b, 4, hkv, d, device="cuda", dtype=dt)
     lens = torch.full((b,), 60, dtype=torch.int32, device="cuda")
     call = lambda: fe.decode(q, ring, ring, sums, sums, lens, c, "block", None)  # noqa: E731
-    for _ in range(20):
-        call()
-    torch.cuda.synchronize()
-    n = 2000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        call()
-    host_us = (time.perf_counter() - t0) / n * 1e6
-    torch.cuda.synchronize()
+    host_us = per_call_us(call)
     gpu_us = events_ms(call) * 1e3
     row = {"what": "python decode call", "host_us_per_call": host_us, "gpu_us_per_call": gpu_us}
     # where the host time goes: the op without torch's dispatcher (the custom op's own function),

@@ -106,19 +106,11 @@ impl OpDef for Append {
     }
 
     fn describe_problem(&self, p: &Problem) -> String {
-        let pairs: Vec<String> = p
-            .lens
-            .iter()
-            .zip(&p.counts)
-            .take(5)
-            .map(|(l, t)| format!("{l}+{t}"))
-            .collect();
         format!(
-            "B={} Hkv={} L0+T=[{}{}]",
+            "B={} Hkv={} {}",
             p.workload.b,
             p.workload.hkv,
-            pairs.join(","),
-            if p.lens.len() > 5 { ",..." } else { "" }
+            super::starts_and_counts(p)
         )
     }
 
@@ -207,15 +199,7 @@ impl OpDef for Append {
 
     #[cfg(feature = "cli")]
     fn random_inputs(&self, p: &Problem, draw: Draw<'_>, _large: bool) -> Vec<HostTensor> {
-        let mut v: Vec<HostTensor> = self
-            .inputs(p)
-            .iter()
-            .take(4)
-            .map(|t| draw(&t.shape, 1.0))
-            .collect();
-        v.push(HostTensor::from_i32(&[p.workload.b], &p.lens));
-        v.push(HostTensor::from_i32(&[p.workload.b], &p.counts));
-        v
+        super::draw_with_ints(p, &self.inputs(p), 4, false, draw, &[&p.lens, &p.counts])
     }
 
     #[cfg(feature = "cli")]

@@ -7,7 +7,7 @@ use super::launch::{
     expect_dtype, expect_shape, expect_vector_layout, grid_dim,
 };
 #[cfg(feature = "cli")]
-use super::{Check, Draw, Reference, amplify_rows};
+use super::{Check, Draw, Reference};
 use super::{
     CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
     check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from,
@@ -329,6 +329,23 @@ pub fn plan_decode(
         params,
     });
     Ok(Some((main, combine)))
+}
+
+/// The reference's geometry of a decode-like problem (decode, extend): heads, D, window, chunk,
+/// mode and the summary rows the cache holds.
+#[cfg(feature = "cli")]
+pub(crate) fn decode_shape(p: &Problem) -> crate::reference::DecodeShape {
+    let w = &p.workload;
+    crate::reference::DecodeShape {
+        b: w.b,
+        h: w.h,
+        hkv: w.hkv,
+        d: p.d(),
+        window: w.spec.window_or_zero() as usize,
+        chunk: w.spec.chunk() as usize,
+        local: w.spec.local().unwrap_or(LocalMode::Block),
+        max_nc: p.summary_rows,
+    }
 }
 
 /// Raw keys plus summaries the query at position `n - 1` of `w` sees.
@@ -686,33 +703,13 @@ impl OpDef for Decode {
     #[cfg(feature = "cli")]
     fn random_inputs(&self, p: &Problem, draw: Draw<'_>, large: bool) -> Vec<HostTensor> {
         // Stale ring slots and unused summaries hold random values the kernel must ignore.
-        let mut v: Vec<HostTensor> = self
-            .inputs(p)
-            .iter()
-            .take(5)
-            .map(|t| draw(&t.shape, 1.0))
-            .collect();
-        if large {
-            v[0] = amplify_rows(&v[0], p.d(), 3.0e4, draw);
-        }
-        v.push(HostTensor::from_i32(&[p.workload.b], &p.lens));
-        v
+        super::draw_with_ints(p, &self.inputs(p), 5, large, draw, &[&p.lens])
     }
 
     #[cfg(feature = "cli")]
     fn reference(&self, p: &Problem, inputs: &[HostTensor]) -> Reference {
-        let w = &p.workload;
         let f: Vec<Vec<f64>> = inputs[..5].iter().map(HostTensor::to_f64).collect();
-        let geo = reference::DecodeShape {
-            b: w.b,
-            h: w.h,
-            hkv: w.hkv,
-            d: p.d(),
-            window: w.spec.window_or_zero() as usize,
-            chunk: w.spec.chunk() as usize,
-            local: w.spec.local().unwrap_or(LocalMode::Block),
-            max_nc: p.summary_rows,
-        };
+        let geo = decode_shape(p);
         let (o, lse) =
             reference::decode(&geo, &p.lens, &f[0], &f[1], &f[2], &f[3], &f[4], p.scale());
         let mags = reference::decode_lse_magnitudes(&geo, &p.lens, &f[0], &f[1], &f[3], p.scale());

@@ -11,7 +11,7 @@ use super::launch::{
     expect_shape, grid_dim,
 };
 #[cfg(feature = "cli")]
-use super::{Check, Draw, Reference, amplify_rows};
+use super::{Check, Draw, Reference};
 use super::{
     CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel, common_dtype,
     constexprs, desc, probe_problem, spec_from, start_count, triton_only,
@@ -133,20 +133,12 @@ impl OpDef for Extend {
 
     fn describe_problem(&self, p: &Problem) -> String {
         let w = &p.workload;
-        let pairs: Vec<String> = p
-            .lens
-            .iter()
-            .zip(&p.counts)
-            .take(5)
-            .map(|(l, t)| format!("{l}+{t}"))
-            .collect();
         format!(
-            "B={} H={} Hkv={} L0+T=[{}{}]",
+            "B={} H={} Hkv={} {}",
             w.b,
             w.h,
             w.hkv,
-            pairs.join(","),
-            if p.lens.len() > 5 { ",..." } else { "" }
+            super::starts_and_counts(p)
         )
     }
 
@@ -260,34 +252,14 @@ impl OpDef for Extend {
     #[cfg(feature = "cli")]
     fn random_inputs(&self, p: &Problem, draw: Draw<'_>, large: bool) -> Vec<HostTensor> {
         // Stale ring slots, unused summaries and rows past T hold values the kernel must ignore.
-        let mut v: Vec<HostTensor> = self
-            .inputs(p)
-            .iter()
-            .take(7)
-            .map(|t| draw(&t.shape, 1.0))
-            .collect();
-        if large {
-            v[0] = amplify_rows(&v[0], p.d(), 3.0e4, draw);
-        }
-        v.push(HostTensor::from_i32(&[p.workload.b], &p.lens));
-        v.push(HostTensor::from_i32(&[p.workload.b], &p.counts));
-        v
+        super::draw_with_ints(p, &self.inputs(p), 7, large, draw, &[&p.lens, &p.counts])
     }
 
     #[cfg(feature = "cli")]
     fn reference(&self, p: &Problem, inputs: &[HostTensor]) -> Reference {
         let w = &p.workload;
         let f: Vec<Vec<f64>> = inputs[..7].iter().map(HostTensor::to_f64).collect();
-        let geo = reference::DecodeShape {
-            b: w.b,
-            h: w.h,
-            hkv: w.hkv,
-            d: p.d(),
-            window: w.spec.window_or_zero() as usize,
-            chunk: w.spec.chunk() as usize,
-            local: w.spec.local().unwrap_or(LocalMode::Block),
-            max_nc: p.summary_rows,
-        };
+        let geo = super::decode::decode_shape(p);
         let x = reference::ExtendInputs {
             q: &f[0],
             k: &f[1],

@@ -622,6 +622,47 @@ pub(crate) fn spec_from(
     .map_err(|e| e.to_string())
 }
 
+/// The random inputs of the attention ops that read int32 vectors after their float tensors
+/// (decode: len; extend: start, count): the first `floats` of `descs` drawn from U(-1, 1), the
+/// query rows (the first) amplified when `large`, then each vector of `ints` as int32 [B].
+#[cfg(feature = "cli")]
+pub(crate) fn draw_with_ints(
+    p: &Problem,
+    descs: &[TensorDesc],
+    floats: usize,
+    large: bool,
+    draw: Draw<'_>,
+    ints: &[&[i32]],
+) -> Vec<HostTensor> {
+    let mut v: Vec<HostTensor> = descs[..floats]
+        .iter()
+        .map(|t| draw(&t.shape, 1.0))
+        .collect();
+    if large {
+        v[0] = amplify_rows(&v[0], p.d(), 3.0e4, draw);
+    }
+    for i in ints {
+        v.push(HostTensor::from_i32(&[p.workload.b], i));
+    }
+    v
+}
+
+/// `L0+T` of the first sequences of a varlen problem (extend, append), for its description.
+pub(crate) fn starts_and_counts(p: &Problem) -> String {
+    let pairs: Vec<String> = p
+        .lens
+        .iter()
+        .zip(&p.counts)
+        .take(5)
+        .map(|(l, t)| format!("{l}+{t}"))
+        .collect();
+    format!(
+        "L0+T=[{}{}]",
+        pairs.join(","),
+        if p.lens.len() > 5 { ",..." } else { "" }
+    )
+}
+
 /// Picks a random eighth of the rows (of the last dimension) of `t` and scales them by `amp`.
 #[cfg(feature = "cli")]
 pub(crate) fn amplify_rows(t: &HostTensor, d: usize, amp: f64, draw: Draw<'_>) -> HostTensor {
