@@ -288,15 +288,13 @@ pub(crate) fn plan_append(
     ] {
         a.ptr(name, t[i].ptr);
     }
-    for (prefix, i) in [
+    for (names, i) in [
         (["k_sb", "k_st", "k_sh"], 0),
         (["v_sb", "v_st", "v_sh"], 1),
         (["kr_sb", "kr_ss", "kr_sh"], 6),
         (["vr_sb", "vr_ss", "vr_sh"], 7),
     ] {
-        for (k, name) in prefix.into_iter().enumerate() {
-            a.i64(name, t[i].stride(k));
-        }
+        a.strides(names, &t[i]);
     }
     a.i32("HKV", hkv as i32).ptr("SLOT", slot);
     let grid = (

@@ -232,7 +232,7 @@ impl OpDef for ChunkSummarizeBwd {
         ] {
             a.ptr(name, t[i].ptr);
         }
-        for (prefix, i) in [
+        for (names, i) in [
             (["k_sb", "k_st", "k_sh"], 0),
             (["v_sb", "v_st", "v_sh"], 1),
             (["om_sb", "om_st", "om_sh"], 2),
@@ -241,9 +241,7 @@ impl OpDef for ChunkSummarizeBwd {
             (["dv_sb", "dv_st", "dv_sh"], 5),
             (["dom_sb", "dom_st", "dom_sh"], 6),
         ] {
-            for (d, name) in prefix.into_iter().enumerate() {
-                a.i64(name, t[i].stride(d));
-            }
+            a.strides(names, &t[i]);
         }
         a.i32("N", n as i32)
             .i32("NC", nc as i32)

@@ -374,7 +374,7 @@ pub(crate) fn plan_extend(
     ] {
         a.ptr(name, t[i].ptr);
     }
-    for (prefix, i) in [
+    for (names, i) in [
         (["q_sb", "q_st", "q_sh"], 0),
         (["k_sb", "k_st", "k_sh"], 1),
         (["v_sb", "v_st", "v_sh"], 2),
@@ -384,9 +384,7 @@ pub(crate) fn plan_extend(
         (["vs_sb", "vs_st", "vs_sh"], 6),
         (["o_sb", "o_st", "o_sh"], 9),
     ] {
-        for (k, name) in prefix.into_iter().enumerate() {
-            a.i64(name, t[i].stride(k));
-        }
+        a.strides(names, &t[i]);
     }
     a.i64("lse_sb", t[10].stride(0))
         .i64("lse_sh", t[10].stride(1))

@@ -276,6 +276,18 @@ impl ArgList {
         self.push(name, &v.to_ne_bytes())
     }
 
+    /// The strides of `t`'s leading dimensions, one 64-bit integer each, named `names` in order.
+    pub fn strides<const N: usize>(
+        &mut self,
+        names: [&'static str; N],
+        t: &TensorArg,
+    ) -> &mut ArgList {
+        for (dim, name) in names.into_iter().enumerate() {
+            self.i64(name, t.stride(dim));
+        }
+        self
+    }
+
     /// A 32-bit integer (sizes).
     pub fn i32(&mut self, name: &'static str, v: i32) -> &mut ArgList {
         self.push(name, &v.to_ne_bytes())
