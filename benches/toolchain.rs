@@ -66,7 +66,7 @@ fn plan_decode(c: &mut Criterion) {
     let op = ops::of(Op::Decode);
     let mut p = Problem::new(Workload::new(spec, 1, 64, 8, 2));
     p.summary_rows = 4;
-    let device = DeviceFacts { sm_count: 132 };
+    let device = DeviceFacts::new(132);
     c.bench_function(
         "plan a decode launch (split choice, checks, parameters)",
         |b| {

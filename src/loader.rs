@@ -110,6 +110,9 @@ pub struct Kernel {
     /// kernel's, from the tile).
     smem: Vec<u32>,
     sm_count: u32,
+    /// Blocks of the main kernel the device holds at once (multiprocessors x resident blocks per
+    /// multiprocessor): what the decode's split plan fills.
+    slots: u32,
     ctx: std::sync::Arc<crate::gpu::CudaContext>,
     counters: StreamCounters,
 }
@@ -513,13 +516,21 @@ impl Runtime {
                 f.set_max_dynamic_smem(bytes)?;
             }
         }
+        let sm_count = self.gpu.info().sm_count;
+        let per_sm = match functions.first() {
+            Some(f) => {
+                f.resident_blocks_per_sm(tile.threads(), smem.first().copied().unwrap_or(0))?
+            }
+            None => 1,
+        };
         Ok(Kernel {
             spec: *spec,
             tile: *tile,
             origin,
             functions,
             smem,
-            sm_count: self.gpu.info().sm_count,
+            sm_count,
+            slots: sm_count * per_sm,
             ctx: self.gpu.context().clone(),
             counters: StreamCounters::default(),
         })
@@ -542,17 +553,24 @@ impl Kernel {
     /// plans the launches, the loader fills in what only the device knows (TMA tensor maps, the
     /// stream's tile counter) and launches. Nothing is launched when there is nothing to compute.
     pub fn launch(&self, stream: &dyn LaunchStream, args: &OpArgs) -> Result<()> {
+        // Nothing may be allocated while the stream is captured into a graph: a plan then uses
+        // only the counters the stream already has.
         let device = DeviceFacts {
             sm_count: self.sm_count,
+            counter_limit: if crate::gpu::driver::is_capturing(stream)? {
+                Some(self.counters.ready(stream))
+            } else {
+                None
+            },
         };
         for mut step in ops::of(self.spec.op()).plan(&self.spec, &self.tile, args, device)? {
             for (offset, map) in &step.tensor_maps {
                 let encoded = encode_tensor_map(map)?;
                 step.params.write(*offset, bytemuck::bytes_of(&encoded));
             }
-            if let Some(offset) = step.tile_counter {
-                let counter = self.counters.for_stream(&self.ctx, stream)?;
-                step.params.write(offset, &counter.to_ne_bytes());
+            if let Some(c) = step.counters {
+                let addr = self.counters.for_stream(&self.ctx, stream, c.ints)?;
+                step.params.write(c.offset, &addr.to_ne_bytes());
             }
             let f = self.functions.get(step.function).ok_or_else(|| {
                 LaunchError::Size(format!(
@@ -580,7 +598,7 @@ impl Kernel {
 
     /// The splits a launch of this kernel on `p` uses on this device (1 but for split decode).
     pub fn splits_for(&self, p: &Problem) -> usize {
-        ops::of(self.spec.op()).splits(p, &self.tile, self.sm_count)
+        ops::of(self.spec.op()).splits(p, &self.tile, self.slots)
     }
 
     fn expect_op(&self, op: Op) -> Result<()> {
@@ -603,7 +621,7 @@ impl Kernel {
     /// The split count a decode of `b` sequences over `hkv` kv heads uses, the longest visible
     /// set being `max_items` raw keys plus summaries.
     pub fn decode_splits(&self, b: usize, hkv: usize, max_items: usize) -> usize {
-        params::decode_splits(&self.spec, &self.tile, b, hkv, max_items, self.sm_count)
+        params::decode_splits(&self.spec, &self.tile, b, hkv, max_items, self.slots)
     }
 
     /// Decode: `q, k_ring, v_ring, ks, vs, len -> o, lse` on `stream` with `splits` splits (see

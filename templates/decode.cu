@@ -50,8 +50,51 @@ struct DecodeParams {
   const int* slot;   // PAGED: [B] each sequence's row of the ring pools (kr_sb, vr_sb: the pools' row strides)
   const int* pt;     // PAGED: [B, MAXP] each sequence's pages (ks_sb, vs_sb: the page pools' page strides)
   i64 pt_sb;         // PAGED: the page table's row stride
+  int* counters;     // split and merged here: [B, gridDim.y] finished splits, zero before and after
+                     // the launch; null: {{ name }}_combine merges the splits
 };
-static_assert(sizeof(DecodeParams) == 280, "DecodeParams must match src/ops/decode.rs");
+static_assert(sizeof(DecodeParams) == 288, "DecodeParams must match src/ops/decode.rs");
+
+// The last block of a (sequence, head tile) to finish merges every split's partial rows (written
+// by all blocks to ws_o / ws_ml) into o and lse: a warp per row, each lane D/32 columns, one pass
+// over the splits with their loads independent of each other. Reads go through L2 (ld.cg): the
+// partials were written by other blocks.
+FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int warp, int lane) {
+  constexpr int CPL = (FE_D + 31) / 32;  // columns per lane
+  const i64 sstride = (i64)p.b * p.h;    // rows between two splits' partials
+  for (int r = warp; r < nrows; r += NW) {
+    const int h = h0 + r;
+    const i64 row = (i64)b * p.h + h;
+    float mx = FE_NEG_INF;
+    for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, __ldcg(p.ws_ml + (s * sstride + row) * 2));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float acc[CPL];
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) acc[c] = 0.f;
+    float lsum = 0.f;
+    if (mx != FE_NEG_INF) {  // (a sequence with len <= 0: every split empty, o = 0, lse = -inf)
+#pragma unroll 4
+      for (int s = 0; s < p.splits; ++s) {
+        const i64 rs = s * sstride + row;
+        const float w = fe_exp2(__ldcg(p.ws_ml + rs * 2) - mx);
+        lsum += __ldcg(p.ws_ml + rs * 2 + 1) * w;
+#pragma unroll
+        for (int c = 0; c < CPL; ++c) {
+          const int d = lane + 32 * c;
+          if (d < FE_D) acc[c] += __ldcg(p.ws_o + rs * FE_D + d) * w;
+        }
+      }
+    }
+    const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
+#pragma unroll
+    for (int c = 0; c < CPL; ++c) {
+      const int d = lane + 32 * c;
+      if (d < FE_D) p.o[b * p.o_sb + h * p.o_sh + d] = fe_from_f32(acc[c] * inv);
+    }
+    if (lane == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = fe_lse(mx, lsum);
+  }
+}
 
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const DecodeParams p) {
@@ -105,7 +148,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     return (i64)__ldg(ptb + pg);
   };
 
-  auto load_tile = [&](int k, int stage) {
+  // Pages a multiple of BN rows (what engines use): a summary tile lies in one page, whose id the
+  // main loop loads one tile ahead (tile_page), so a tile's copies never wait on the page table;
+  // other page sizes look up every row.
+  const bool whole_pages = PAGED && p.page % BN == 0;
+  auto tile_page = [&](int k) -> i64 {
+    const int t = t_begin + warp + k * NW;
+    if (!whole_pages || k >= my_tiles || t < t_local) return -1;
+    int row;
+    return page_of((t - t_local) * BN, row);
+  };
+
+  auto load_tile = [&](int k, int stage, i64 pg_hint) {
     const int t = t_begin + warp + k * NW;
     u16* dk = sKV + stage * 2 * BN * FE_DP;
     u16* dv = dk + BN * FE_DP;
@@ -117,6 +171,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
       fe_load_rows_map<BN, 32>(dv, lane, vrg, [&](int r) -> const u16* {
         return u0 + r < n_local ? vrg + ((lo + u0 + r) % FE_W) * p.vr_ss : nullptr;
       });
+    } else if (PAGED && whole_pages) {
+      const int c0 = (t - t_local) * BN;
+      const int row0 = pshift >= 0 ? (c0 & (p.page - 1)) : c0 % p.page;
+      int unused;
+      const i64 pg = pg_hint >= 0 ? pg_hint : page_of(c0, unused);
+      fe_load_rows<BN, 32>(dk, lane, ksg + pg * p.ks_sb + row0 * p.ks_st, p.ks_st, ns - c0);
+      fe_load_rows<BN, 32>(dv, lane, vsg + pg * p.vs_sb + row0 * p.vs_st, p.vs_st, ns - c0);
     } else if (PAGED) {
       const int c0 = (t - t_local) * BN;
       fe_load_rows_map<BN, 32>(dk, lane, ksg, [&](int r) -> const u16* {
@@ -149,12 +210,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
   fe_state_init(st[0]);
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < my_tiles) load_tile(s, s);
+    if (s < my_tiles) load_tile(s, s, -1);
     fe_cp_commit();
   }
+  i64 next_pg = tile_page(STAGES - 1);
   for (int k = 0; k < my_tiles; ++k) {
     const int kn = k + STAGES - 1;
-    if (kn < my_tiles) load_tile(kn, kn % STAGES);
+    if (kn < my_tiles) load_tile(kn, kn % STAGES, next_pg);
+    next_pg = tile_page(kn + 1);
     fe_cp_commit();
     fe_cp_wait<STAGES - 1>();
     __syncwarp();
@@ -225,6 +288,24 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
         p.ws_ml[row * 2] = mmax;
         p.ws_ml[row * 2 + 1] = lsum;
       }
+    }
+  }
+  if (p.splits > 1 && p.counters != nullptr) {
+    // This block's partials are visible device-wide before it counts itself finished; the block
+    // that counts last merges and leaves the counter at zero for the next launch on the stream.
+    __threadfence();
+    __syncthreads();
+    int* last = reinterpret_cast<int*>(scratch);  // (the warp merge above is done with it)
+    if (tid == 0) {
+      int* c = p.counters + (i64)b * gridDim.y + blockIdx.y;
+      const int done = atomicAdd(c, 1);
+      *last = done == p.splits - 1;
+      if (done == p.splits - 1) atomicExch(c, 0);
+    }
+    __syncthreads();
+    if (*last) {
+      __threadfence();
+      fe_merge_splits(p, b, h0, nrows, warp, lane);
     }
   }
 }

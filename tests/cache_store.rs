@@ -242,3 +242,46 @@ fn winner_records_round_trip_and_nearest_bucket() {
     store.remove_journal(&run);
     assert!(store.read_journal(&run).is_empty());
 }
+
+#[test]
+fn a_winner_with_fixed_splits_answers_only_its_own_bucket() {
+    use flasheva::spec::{DType, LocalMode, SpecParams};
+    let dir = tempfile::tempdir().unwrap();
+    let store = CacheStore::open(dir.path()).unwrap();
+    let spec = flasheva::KernelSpec::new(
+        Op::Decode,
+        &SpecParams {
+            head_dim: Some(128),
+            window: Some(512),
+            chunk: Some(64),
+            local: Some(LocalMode::Block),
+            dtype: Some(DType::Bf16),
+            group: Some(4),
+        },
+    )
+    .unwrap();
+    let fixed = Tile::default_for(&spec, Arch::new(9, 0))
+        .with_overrides(&spec, "splits=2")
+        .unwrap();
+    let rec = winner(&spec, fixed, None, 0.03);
+    store.put_winner(&rec).unwrap();
+    let dev = "NVIDIA H100 80GB HBM3";
+    assert_eq!(
+        store
+            .find_winner(dev, (9, 0), &spec, &rec.bucket)
+            .unwrap()
+            .tile,
+        fixed
+    );
+    // a larger batch is another bucket: the fixed split count does not carry over
+    let near = Bucket::of(Op::Decode, 8, 4096, 16, 16);
+    assert_ne!(near, rec.bucket);
+    assert!(store.find_winner(dev, (9, 0), &spec, &near).is_none());
+    // a tile that leaves the splits to the planner does
+    let free = fixed.with_overrides(&spec, "splits=0").unwrap();
+    store.put_winner(&winner(&spec, free, None, 0.03)).unwrap();
+    assert_eq!(
+        store.find_winner(dev, (9, 0), &spec, &near).unwrap().tile,
+        free
+    );
+}

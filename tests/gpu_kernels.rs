@@ -1227,7 +1227,8 @@ fn captured_steps_replay_with_new_inputs() {
 /// Paged and indirect caches (Triton kernels): decode, extend and append through a slot pool
 /// and a page table, against the float64 references of the gathered contiguous layout, with
 /// junk in every slot and page no sequence uses; pages of 3 rows (summaries straddle pages),
-/// GQA, large logits, padded strides, split decode.
+/// of 4 (the shift-and-mask path) and of 16 (a CUDA decode tile in one page: its page id loaded
+/// a tile ahead), GQA, large logits, padded strides, split decode.
 #[test]
 fn paged_caches_grid() {
     let Some((rt, stream)) = gpu("paged") else {
@@ -1251,15 +1252,19 @@ fn paged_caches_grid() {
                     let mut tiles = backends(&rt, &s);
                     tiles.dedup();
                     tiles.retain(|t| triton || t.engine() != flasheva::tile::Engine::Triton);
-                    for (k, (n, strided, splits)) in tiles
+                    for (k, (n, strided, splits, page)) in tiles
                         .iter()
                         .map(|t| {
                             rt.kernel_with_tile(&s, t)
                                 .unwrap_or_else(|e| panic!("{s}: {e}"))
                         })
                         .flat_map(|k| {
-                            [(3 * w as usize + 7, false, None), (50, true, Some(3))]
-                                .map(|case| (k.clone(), case))
+                            [
+                                (3 * w as usize + 7, false, None, None),
+                                (50, true, Some(3), Some(4)),
+                                (4 * w as usize + 9, false, Some(4), Some(16)),
+                            ]
+                            .map(|case| (k.clone(), case))
                         })
                     {
                         let cp = ops::of(op).check_problem(&Workload::new(s, 1, n, 8, 2));
@@ -1267,11 +1272,12 @@ fn paged_caches_grid() {
                         if op == Op::DecodePaged {
                             problem.splits = splits;
                         }
-                        if strided && op != Op::AppendPaged {
+                        if let Some(page) = page.filter(|_| op != Op::AppendPaged) {
                             // pages of a power-of-two size (the kernels' shift-and-mask path);
-                            // the other case keeps check_problem's 3-row pages (division)
-                            problem.page = 4;
-                            problem.summary_rows = problem.summary_rows.max(1).div_ceil(4) * 4;
+                            // the first case keeps check_problem's 3-row pages (division)
+                            problem.page = page;
+                            problem.summary_rows =
+                                problem.summary_rows.max(1).div_ceil(page) * page;
                         }
                         let case = Case {
                             problem,

@@ -75,7 +75,7 @@ fn planned_params(s: &KernelSpec) -> Vec<(usize, usize)> {
     let splits = def.splits(&p, &tile, 132);
     let ws = def.workspace(&p, splits);
     let args = p.op_args(tensors, splits, (ws > 0).then_some((0x20000, ws)));
-    def.plan(s, &tile, &args, DeviceFacts { sm_count: 132 })
+    def.plan(s, &tile, &args, DeviceFacts::new(132))
         .unwrap()
         .iter()
         .map(|st| {

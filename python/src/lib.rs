@@ -148,7 +148,7 @@ fn check(spec: &Bound<'_, PyDict>, tensors_: Vec<TensorDesc>) -> PyResult<()> {
         workspace: None,
     };
     ops::of(spec.op())
-        .plan(&spec, &tile, &args, DeviceFacts { sm_count: 132 })
+        .plan(&spec, &tile, &args, DeviceFacts::new(132))
         .map(|_| ())
         .map_err(|e| value_err(flasheva::Error::from(e)))
 }

@@ -114,7 +114,9 @@ impl CacheStore {
     }
 
     /// The tuned tile for `spec` on `device` (name, capability): the record of `bucket`, else the
-    /// nearest bucket's; `None` when the device never tuned the spec.
+    /// nearest bucket's whose tile does not fix the decode splits (a split count is tuned for
+    /// one batch and length: the B=8 winner's 2 splits made B=64 1.3x and B=256 1.5x slower than
+    /// the planner's, docs/VALIDATION.md run 18); `None` when none qualifies.
     pub fn find_winner(
         &self,
         device: &str,
@@ -125,6 +127,7 @@ impl CacheStore {
         let (good, _) = self.winners_of(spec);
         good.into_iter()
             .filter(|r| r.device.name == device && r.device.capability == capability)
+            .filter(|r| r.bucket == *bucket || r.tile.splits() == 0)
             .min_by_key(|r| (r.bucket.distance(bucket), r.bucket))
     }
 

@@ -454,6 +454,29 @@ impl Function {
         .map_err(drv("cuFuncGetAttribute"))
     }
 
+    /// Blocks of `threads` threads with `smem` bytes of dynamic shared memory that one
+    /// multiprocessor holds at once (its registers, shared memory and limits), at least 1.
+    pub fn resident_blocks_per_sm(&self, threads: u32, smem: u32) -> Result<u32, GpuError> {
+        self.module
+            .ctx
+            .bind_to_thread()
+            .map_err(drv("cuCtxSetCurrent"))?;
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: valid function handle and an out-pointer to a live local.
+        unsafe {
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+                &mut n,
+                self.raw,
+                threads as std::ffi::c_int,
+                smem as usize,
+                sys::CUoccupancy_flags_enum::CU_OCCUPANCY_DEFAULT as std::ffi::c_uint,
+            )
+            .result()
+        }
+        .map_err(drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
+        Ok(n.max(1) as u32)
+    }
+
     /// Enqueues the kernel on `stream` with one by-value parameter block.
     ///
     /// # Safety
@@ -600,32 +623,69 @@ pub fn encode_tensor_map(
     Ok(crate::gpu::params::TensorMap(map.opaque))
 }
 
-/// Zeroed device counters, one pair per stream, for kernels that hand out work dynamically (the
-/// `wgmma` prefill's persistent tile scheduler): a kernel leaves its pair at zero when it ends, so a
-/// pair is zeroed once, when first used on a stream; launches on one stream run one after the
-/// other, so they never share a pair at the same time.
+/// Zeroed device counters, one region per stream, for kernels that hand out work dynamically
+/// (the `wgmma` prefill's persistent tile scheduler: 2 ints) or elect a last block (the split
+/// decode's merge: one int per sequence and head tile). A kernel leaves its counters at zero when
+/// it ends, so a region is zeroed once, when allocated; launches on one stream run one after the
+/// other, so they never share a region at the same time. A launch that needs more counters than
+/// the stream's region holds gets a new, larger region; the old one stays allocated as long as the
+/// kernel (a captured graph may still use its address).
 #[derive(Debug, Default)]
 pub struct StreamCounters {
-    pairs: std::sync::Mutex<std::collections::HashMap<usize, (CudaSlice<i32>, u64)>>,
+    regions: std::sync::Mutex<std::collections::HashMap<usize, Vec<CounterRegion>>>,
+}
+
+/// One zeroed allocation of counters: the buffer (kept alive), its address, its length.
+#[derive(Debug)]
+struct CounterRegion {
+    _buf: CudaSlice<i32>,
+    addr: u64,
+    len: usize,
+}
+
+/// Whether `stream` is being captured into a graph.
+pub fn is_capturing(stream: &dyn LaunchStream) -> Result<bool, GpuError> {
+    // SAFETY: a valid stream (the LaunchStream contract).
+    let status = unsafe { result::stream::is_capturing(stream.cu_stream()) }
+        .map_err(drv("cuStreamIsCapturing"))?;
+    Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
 }
 
 impl StreamCounters {
-    /// The device address of the pair of `stream`, allocated and zeroed on first use.
+    /// Counters `stream` already has (0 if none): what a launch may use without allocating.
+    pub fn ready(&self, stream: &dyn LaunchStream) -> usize {
+        let regions = self.regions.lock().expect("counter map lock");
+        regions
+            .get(&(stream.cu_stream() as usize))
+            .and_then(|l| l.last())
+            .map_or(0, |r| r.len)
+    }
+
+    /// The device address of at least `ints` zeroed counters of `stream`.
     pub fn for_stream(
         &self,
         ctx: &Arc<CudaContext>,
         stream: &dyn LaunchStream,
+        ints: usize,
     ) -> Result<u64, GpuError> {
         let key = stream.cu_stream() as usize;
-        let mut pairs = self.pairs.lock().expect("counter map lock");
-        if let Some((_, addr)) = pairs.get(&key) {
-            return Ok(*addr);
+        let mut regions = self.regions.lock().expect("counter map lock");
+        let list = regions.entry(key).or_default();
+        if let Some(r) = list.last()
+            && r.len >= ints
+        {
+            return Ok(r.addr);
         }
+        let len = ints.max(2).next_power_of_two();
         let s = ctx.default_stream();
-        let buf = s.alloc_zeros::<i32>(2).map_err(drv("cuMemAlloc"))?;
+        let buf = s.alloc_zeros::<i32>(len).map_err(drv("cuMemAlloc"))?;
         s.synchronize().map_err(drv("cuStreamSynchronize"))?;
         let addr = device_address(&buf, &s);
-        pairs.insert(key, (buf, addr));
+        list.push(CounterRegion {
+            _buf: buf,
+            addr,
+            len,
+        });
         Ok(addr)
     }
 }

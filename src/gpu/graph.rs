@@ -5,9 +5,11 @@
 //! synchronization, allocation or host-side decision per step. The caller owns every buffer the
 //! step reads and writes, including the split workspace (sized for the maximum split count).
 //!
-//! Capture uses the thread-local mode: other threads may keep allocating and launching. Steps
-//! that allocate on first use (the persistent prefill's per-stream tile counter) must run once on
-//! the stream before they are captured.
+//! Capture uses the thread-local mode: other threads may keep allocating and launching. Nothing
+//! is allocated under capture: a step whose kernel uses the stream's zeroed counters (the
+//! persistent prefill's tile scheduler, the split decode's last-block merge) and has none on this
+//! stream yet is captured in its counter-free form (static schedule, combine launch); run it once
+//! on the stream before capturing to capture the faster form.
 
 use super::driver::{CudaStream, GpuError, drv};
 use cudarc::driver::sys;

@@ -3,8 +3,8 @@
 //! (templates/decode.cu).
 
 use super::launch::{
-    ArgList, LOG2E, LaunchError, LaunchPlan, OpArgs, Paging, Step, check_op, checked_scale,
-    expect_dtype, expect_shape, expect_vector_layout, grid_dim,
+    ArgList, Counters, LOG2E, LaunchError, LaunchPlan, OpArgs, Paging, Step, check_op,
+    checked_scale, expect_dtype, expect_shape, expect_vector_layout, grid_dim,
 };
 #[cfg(feature = "cli")]
 use super::{Check, Draw, Reference};
@@ -139,6 +139,10 @@ pub struct DecodeParams {
     pub pt: u64,
     /// decode_paged: the page table's row stride.
     pub pt_sb: i64,
+    /// Split decode merged by its last block: int32 counters, one per sequence and head tile,
+    /// zero before the launch and after it (the loader's per-stream region); 0 = a combine
+    /// launch merges the splits.
+    pub counters: u64,
 }
 
 impl DecodeParams {
@@ -155,22 +159,25 @@ impl DecodeParams {
     }
 }
 
-/// The decode splits to use: the tile's, or (tile.splits = 0) enough CTAs to fill the device
-/// twice over, without giving a warp less than one tile of the longest sequence.
+/// The decode splits to use: the tile's, or (tile.splits = 0) as many as fill the blocks the
+/// device holds at once (`slots`: multiprocessors x resident blocks per multiprocessor) in one
+/// wave, rounded down (a second, partial wave runs its blocks alone: 5 splits at B=8 Hkv=8 on
+/// 264 slots gave 1.21 waves, docs/VALIDATION.md run 18), without giving a warp less than one
+/// tile of the longest sequence, at most 64.
 pub fn decode_splits(
     spec: &KernelSpec,
     tile: &Tile,
     b: usize,
     hkv: usize,
     max_items: usize,
-    sm_count: u32,
+    slots: u32,
 ) -> usize {
     if tile.splits() > 0 {
         return tile.splits() as usize;
     }
     let head_tiles = spec.group_or_one().div_ceil(DECODE_ROWS) as usize;
     let ctas = (b * hkv * head_tiles).max(1);
-    let want = (2 * sm_count as usize).div_ceil(ctas);
+    let want = slots as usize / ctas;
     // The CUDA kernel gives each warp block_n keys per step, the Triton kernel its program.
     let per_split = match tile.engine() {
         Engine::Triton => tile.block_n() as usize,
@@ -191,6 +198,33 @@ pub fn decode_workspace_elems(b: usize, h: usize, d: usize, splits: usize) -> us
 
 /// A decode launch and, when split, its combine launch.
 pub type DecodePlan = (LaunchPlan<DecodeParams>, Option<LaunchPlan<DecodeParams>>);
+
+/// The CUDA decode kernel's steps for a plan: one launch whose last block per sequence and head
+/// tile merges the splits (it counts the finished splits in the loader's zeroed per-stream
+/// counters), or, unsplit, one launch. The combine launch of the plan is what the Triton kernel
+/// and direct callers of [`plan_decode`] use; the merged form saves its launch (5.1 us of 40 at
+/// B=8, position 131071 on the H200, docs/VALIDATION.md run 18).
+/// Where no counters may be allocated (a first launch under graph capture, see
+/// [`DeviceFacts::counter_limit`]) the split decode keeps its combine launch.
+pub(crate) fn cuda_decode_steps(
+    main: &LaunchPlan<DecodeParams>,
+    combine: Option<&LaunchPlan<DecodeParams>>,
+    device: DeviceFacts,
+) -> Vec<Step> {
+    let mut step = Step::of(0, main);
+    let Some(combine) = combine else {
+        return vec![step];
+    };
+    let ints = main.grid.1 as usize * main.grid.2 as usize;
+    if !device.counters_allowed(ints) {
+        return vec![step, Step::of(1, combine)];
+    }
+    step.counters = Some(Counters {
+        offset: std::mem::offset_of!(DecodeParams, counters),
+        ints,
+    });
+    vec![step]
+}
 
 /// Plans a decode launch (and its combine launch when split); `None` when B = 0.
 /// `workspace` is the device address of at least [`decode_workspace_elems`] fp32 elements.
@@ -719,7 +753,7 @@ impl OpDef for Decode {
         }
     }
 
-    fn splits(&self, p: &Problem, tile: &Tile, sm_count: u32) -> usize {
+    fn splits(&self, p: &Problem, tile: &Tile, slots: u32) -> usize {
         let w = &p.workload;
         p.splits.unwrap_or_else(|| {
             decode_splits(
@@ -728,7 +762,7 @@ impl OpDef for Decode {
                 w.b,
                 w.hkv,
                 w.spec.window_or_zero() as usize + p.summary_rows,
-                sm_count,
+                slots,
             )
         })
     }
@@ -743,7 +777,7 @@ impl OpDef for Decode {
         spec: &KernelSpec,
         tile: &Tile,
         args: &OpArgs,
-        _device: DeviceFacts,
+        device: DeviceFacts,
     ) -> Result<Vec<Step>, LaunchError> {
         let a = DecodeArgs::from_op_args(args)?;
         let Some((main, combine)) = plan_decode(spec, tile, &a, args.splits, args.workspace)?
@@ -775,9 +809,7 @@ impl OpDef for Decode {
             }
             return Ok(steps);
         }
-        let mut steps = vec![Step::of(0, &main)];
-        steps.extend(combine.map(|c| Step::of(1, &c)));
-        Ok(steps)
+        Ok(cuda_decode_steps(&main, combine.as_ref(), device))
     }
 }
 
@@ -807,18 +839,21 @@ mod tests {
 
     #[test]
     fn param_block_matches_the_template_layout() {
-        assert_eq!(std::mem::size_of::<DecodeParams>(), 280);
+        assert_eq!(std::mem::size_of::<DecodeParams>(), 288);
     }
 
     #[test]
     fn decode_splits_and_workspace() {
         let s = spec();
         let tile = Tile::default_for(&s, Arch::new(9, 0));
-        // 64 sequences x 8 kv heads fill 132 SMs: no split.
-        assert_eq!(decode_splits(&s, &tile, 64, 8, 1023, 132), 1);
+        // 64 sequences x 8 kv heads fill 264 slots: no split.
+        assert_eq!(decode_splits(&s, &tile, 64, 8, 1023, 264), 1);
+        // one wave, rounded down: 8 x 8 blocks on 264 slots take 4 splits (5 made 1.21 waves)
+        assert_eq!(decode_splits(&s, &tile, 8, 8, 1 << 20, 264), 4);
+        assert_eq!(decode_splits(&s, &tile, 1, 8, 1 << 20, 264), 33);
         // one sequence, one kv head: split up to what the items allow
-        assert_eq!(decode_splits(&s, &tile, 1, 1, 1023, 132), 16);
-        assert_eq!(decode_splits(&s, &tile, 1, 1, 10, 132), 1);
+        assert_eq!(decode_splits(&s, &tile, 1, 1, 1023, 264), 16);
+        assert_eq!(decode_splits(&s, &tile, 1, 1, 10, 264), 1);
         let e = ElemType::Bf16;
         let a = DecodeArgs {
             q: t("q", e, &[2, 8, 64]),
@@ -840,14 +875,38 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(main.grid, (4, 2, 2));
-        assert_eq!(comb.unwrap().grid, (8, 2, 1));
+        assert_eq!(comb.as_ref().unwrap().grid, (8, 2, 1));
         assert_eq!(main.params.ws_ml, 0x2000 + (4 * 2 * 8 * 64 * 4) as u64);
+        // the CUDA kernel merges its splits in its last block: one launch, a counter per
+        // sequence and head tile (2 x 2), at the parameter block's last field
+        let comb = comb.unwrap();
+        let steps = cuda_decode_steps(&main, Some(&comb), DeviceFacts::new(132));
+        assert_eq!(steps.len(), 1);
+        assert_eq!(
+            steps[0].counters,
+            Some(Counters {
+                offset: 280,
+                ints: 4
+            })
+        );
+        // under capture with too few counters ready: the combine launch instead
+        let capturing = DeviceFacts {
+            counter_limit: Some(2),
+            ..DeviceFacts::new(132)
+        };
+        let steps = cuda_decode_steps(&main, Some(&comb), capturing);
+        assert_eq!(steps.len(), 2);
+        assert!(steps[0].counters.is_none() && steps[1].function == 1);
+        assert_eq!(cuda_decode_steps(&main, None, capturing).len(), 1);
 
-        // the generic plan: the main kernel, then the combine kernel (entry point 1)
-        let dev = DeviceFacts { sm_count: 132 };
-        let steps = Decode
-            .plan(&s, &tile, &a.to_op_args(4, Some((0x2000, need))), dev)
-            .unwrap();
+        // the generic plan: one launch merging in its last blocks; under capture with no
+        // counters ready, the main kernel, then the combine kernel (entry point 1)
+        let dev = DeviceFacts::new(132);
+        let split = a.to_op_args(4, Some((0x2000, need)));
+        let steps = Decode.plan(&s, &tile, &split, dev).unwrap();
+        assert_eq!(steps.len(), 1);
+        assert!(steps[0].counters.is_some());
+        let steps = Decode.plan(&s, &tile, &split, capturing).unwrap();
         assert_eq!(steps.iter().map(|s| s.function).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(steps[1].grid, (8, 2, 1));
         let steps = Decode.plan(&s, &tile, &a.to_op_args(1, None), dev).unwrap();

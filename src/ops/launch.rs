@@ -179,6 +179,18 @@ impl TensorMapSpec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct TensorMap(pub [u64; 16]);
 
+/// A step's zeroed int32 counters: the byte offset in the parameter block that takes their
+/// device address, and how many the kernel uses. The loader keeps one region per stream, zeroed
+/// once (a kernel leaves its counters at zero when it ends), and never moves a region a launch
+/// has used (a captured graph keeps its address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters {
+    /// Where the address goes.
+    pub offset: usize,
+    /// Counters the launch uses.
+    pub ints: usize,
+}
+
 /// One planned kernel launch, ready for the driver once the loader has filled in what only the
 /// device knows.
 #[derive(Clone, Debug, PartialEq)]
@@ -195,9 +207,10 @@ pub struct Step {
     pub params: ParamBlock,
     /// Tensor maps to encode and write into the block at these byte offsets.
     pub tensor_maps: Vec<(usize, TensorMapSpec)>,
-    /// Where the block takes the device address of the stream's zeroed tile-counter pair (a
-    /// persistent kernel's dynamic schedule), if it does.
-    pub tile_counter: Option<usize>,
+    /// Where the block takes the device address of zeroed int32 counters the kernel leaves at
+    /// zero (one region per stream: a persistent kernel's dynamic schedule, the decode's
+    /// last-block merge), if it does.
+    pub counters: Option<Counters>,
     /// How the kernel takes the block: `None`, as one struct parameter (the CUDA templates);
     /// `Some(offsets)`, as one parameter per offset (Triton kernels, whose parameters are
     /// scalars).
@@ -220,7 +233,7 @@ impl Step {
             smem: plan.smem,
             params: ParamBlock::of(&plan.params),
             tensor_maps: Vec::new(),
-            tile_counter: None,
+            counters: None,
             args: None,
             arg_names: Vec::new(),
             smem_from_artifact: false,
@@ -237,7 +250,7 @@ impl Step {
             smem: 0,
             params,
             tensor_maps: Vec::new(),
-            tile_counter: None,
+            counters: None,
             args: Some(offsets),
             arg_names,
             smem_from_artifact: true,
@@ -398,6 +411,27 @@ impl Paging {
 pub struct DeviceFacts {
     /// Multiprocessors (persistent grids, split choice).
     pub sm_count: u32,
+    /// The most zeroed counters ([`Step::counters`]) a launch may use; `None`: as many as it
+    /// asks (the loader allocates them on first use). While a stream is being captured into a
+    /// graph nothing may be allocated, so the loader passes what the stream already has, and a
+    /// plan that needs more takes its counter-free form (the prefill's static schedule, the
+    /// decode's combine launch).
+    pub counter_limit: Option<usize>,
+}
+
+impl DeviceFacts {
+    /// A device of `sm_count` multiprocessors where counters can be allocated.
+    pub fn new(sm_count: u32) -> DeviceFacts {
+        DeviceFacts {
+            sm_count,
+            counter_limit: None,
+        }
+    }
+
+    /// Whether a launch may use `ints` counters.
+    pub fn counters_allowed(&self, ints: usize) -> bool {
+        self.counter_limit.is_none_or(|n| n >= ints)
+    }
 }
 
 pub(crate) fn expect_dtype(t: &TensorArg, dt: ElemType) -> Result<(), LaunchError> {

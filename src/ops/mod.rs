@@ -30,7 +30,7 @@ use crate::workload::Workload;
 pub use chunk_mean::{ChunkMeanArgs, ChunkMeanParams};
 pub use chunk_summarize::{ChunkSummarizeArgs, ChunkSummarizeParams};
 pub use launch::{
-    ArgList, DeviceFacts, LaunchError, LaunchPlan, OpArgs, ParamBlock, Step, TensorMap,
+    ArgList, Counters, DeviceFacts, LaunchError, LaunchPlan, OpArgs, ParamBlock, Step, TensorMap,
     TensorMapSpec,
 };
 
@@ -459,8 +459,9 @@ pub trait OpDef: Sync {
 
     // ---- launch -------------------------------------------------------------------------
 
-    /// The splits a launch of `tile` on `p` uses on a device of `sm_count` multiprocessors.
-    fn splits(&self, _p: &Problem, _tile: &Tile, _sm_count: u32) -> usize {
+    /// The splits a launch of `tile` on `p` uses on a device that holds `slots` blocks of the
+    /// kernel at once (multiprocessors x resident blocks per multiprocessor).
+    fn splits(&self, _p: &Problem, _tile: &Tile, _slots: u32) -> usize {
         1
     }
 
@@ -815,7 +816,7 @@ mod tests {
                 .map(String::from)
                 .collect()
         }
-        let dev = DeviceFacts { sm_count: 4 };
+        let dev = DeviceFacts::new(4);
         for op in Op::ALL {
             let def = of(op);
             let mut p = Problem::new(workload(op, 77));

@@ -552,9 +552,8 @@ impl OpDef for Paged {
         r
     }
 
-    fn splits(&self, p: &Problem, tile: &Tile, sm_count: u32) -> usize {
-        self.base_def()
-            .splits(&self.base_problem(p), tile, sm_count)
+    fn splits(&self, p: &Problem, tile: &Tile, slots: u32) -> usize {
+        self.base_def().splits(&self.base_problem(p), tile, slots)
     }
 
     fn workspace(&self, p: &Problem, splits: usize) -> usize {
@@ -566,7 +565,7 @@ impl OpDef for Paged {
         spec: &KernelSpec,
         tile: &Tile,
         args: &OpArgs,
-        _device: DeviceFacts,
+        device: DeviceFacts,
     ) -> Result<Vec<Step>, LaunchError> {
         super::launch::check_op(spec, self.op)?;
         let map = self.base_index_map();
@@ -679,9 +678,11 @@ impl OpDef for Paged {
                 };
                 if tile.engine() != Engine::Triton {
                     main.params = main.params.paged(&paging);
-                    let mut steps = vec![Step::of(0, &main)];
-                    steps.extend(combine.map(|c| Step::of(1, &c)));
-                    return Ok(steps);
+                    return Ok(super::decode::cuda_decode_steps(
+                        &main,
+                        combine.as_ref(),
+                        device,
+                    ));
                 }
                 let p = &main.params;
                 let g = spec.group_or_one();

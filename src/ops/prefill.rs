@@ -6,8 +6,9 @@
 use std::mem::offset_of;
 
 use super::launch::{
-    ArgList, LOG2E, LaunchError, LaunchPlan, OpArgs, Step, TensorMap, TensorMapSpec, check_op,
-    checked_scale, expect_chunk_rows, expect_dtype, expect_shape, expect_vector_layout, grid_dim,
+    ArgList, Counters, LOG2E, LaunchError, LaunchPlan, OpArgs, Step, TensorMap, TensorMapSpec,
+    check_op, checked_scale, expect_chunk_rows, expect_dtype, expect_shape, expect_vector_layout,
+    grid_dim,
 };
 #[cfg(feature = "cli")]
 use super::{Check, Draw, Reference, amplify_rows};
@@ -804,8 +805,14 @@ impl OpDef for Prefill {
                     offset_of!(PrefillSm90Params, tm_vs),
                 ];
                 step.tensor_maps = slots.into_iter().zip(plan.maps).collect();
-                // Dynamic tile scheduling: the stream's counter pair.
-                step.tile_counter = Some(offset_of!(PrefillSm90Params, tile_counter));
+                // Dynamic tile scheduling with the stream's counter pair; the static schedule
+                // (a null counter) where none may be allocated (a first launch under capture).
+                if device.counters_allowed(2) {
+                    step.counters = Some(Counters {
+                        offset: offset_of!(PrefillSm90Params, tile_counter),
+                        ints: 2,
+                    });
+                }
                 Ok(vec![step])
             }
             _ => Ok(plan_prefill(spec, tile, &a)?
@@ -937,7 +944,7 @@ mod tests {
     #[test]
     fn generic_plans_carry_the_typed_blocks() {
         let s = spec(Op::Prefill);
-        let dev = DeviceFacts { sm_count: 132 };
+        let dev = DeviceFacts::new(132);
         let a = prefill_args(2, 300, 8, 2);
         let mma_tile = Tile::default_for(&s, Arch::new(9, 0));
         let steps = Prefill.plan(&s, &mma_tile, &a.to_op_args(), dev).unwrap();
@@ -948,7 +955,7 @@ mod tests {
             bytemuck::bytes_of(&typed.params)
         );
         assert_eq!(steps[0].grid, typed.grid);
-        assert!(steps[0].tensor_maps.is_empty() && steps[0].tile_counter.is_none());
+        assert!(steps[0].tensor_maps.is_empty() && steps[0].counters.is_none());
 
         let hopper_tile = Tile::default_for(&s, Arch::preferred_for(9, 0));
         assert_eq!(hopper_tile.engine(), Engine::Wgmma);
@@ -964,7 +971,13 @@ mod tests {
             maps,
             [(0, "q"), (128, "k"), (256, "v"), (384, "ks"), (512, "vs")]
         );
-        assert_eq!(steps[0].tile_counter, Some(720));
+        assert_eq!(
+            steps[0].counters,
+            Some(Counters {
+                offset: 720,
+                ints: 2
+            })
+        );
         // 3 query tiles x 8 heads x 2 sequences, fewer than the 132 SMs
         assert_eq!(steps[0].grid.0, 3 * 8 * 2);
 
@@ -981,7 +994,7 @@ mod tests {
             step.params.write(*offset, bytemuck::bytes_of(&fake));
         }
         step.params
-            .write(step.tile_counter.unwrap(), &0xdead_beefu64.to_ne_bytes());
+            .write(step.counters.unwrap().offset, &0xdead_beefu64.to_ne_bytes());
         typed.tm_q = TensorMap([1; 16]);
         typed.tm_k = TensorMap([2; 16]);
         typed.tm_v = TensorMap([3; 16]);
