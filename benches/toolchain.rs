@@ -72,7 +72,7 @@ fn plan_decode(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let splits = op.splits(&p, &tile, 132);
-                let ws = op.workspace(&p, splits);
+                let ws = op.workspace(&p, &tile, splits);
                 let args = OpArgs {
                     tensors: tensors.clone(),
                     scale: None,

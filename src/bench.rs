@@ -133,7 +133,7 @@ impl Bencher {
             stream,
             def,
             &problem,
-            def.workspace(&problem, splits),
+            def.workspace(&problem, &kernel.tile, splits),
             &first,
             0,
         )?;
@@ -183,8 +183,10 @@ impl Bencher {
         // Each kernel (tile) may split differently, and need a larger workspace.
         let splits = kernel.splits_for(&self.problem);
         let def = ops::of(self.problem.spec().op());
-        self.tensors
-            .ensure_workspace(&self.stream, def.workspace(&self.problem, splits))?;
+        self.tensors.ensure_workspace(
+            &self.stream,
+            def.workspace(&self.problem, &kernel.tile, splits),
+        )?;
         kernel.launch(&self.stream, &self.tensors.op_args(&self.problem, splits))
     }
 

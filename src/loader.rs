@@ -487,7 +487,7 @@ impl Runtime {
     ) -> Result<Kernel> {
         let module = self.gpu.load_module(image, is_ptx)?;
         let mut functions = Vec::new();
-        for name in spec.entry_points() {
+        for name in spec.entry_points(tile) {
             functions.push(module.function(&name)?);
         }
         // The tile decides the main kernel's shared memory (CUDA templates), or the compiler
@@ -496,7 +496,11 @@ impl Runtime {
             let bytes = tile.smem_bytes(spec);
             // A template that states its own shared memory (the Hopper prefill) must agree with
             // the host's formula: launching with less would let the kernel write past its block's.
-            let main = spec.entry_points().into_iter().next().unwrap_or_default();
+            let main = spec
+                .entry_points(tile)
+                .into_iter()
+                .next()
+                .unwrap_or_default();
             let states_own = tile.engine() == crate::tile::Engine::Wgmma;
             if states_own
                 && let Some(own) = module.global_i32(&format!("{main}_smem_bytes"))?

@@ -149,7 +149,7 @@ impl<'a> Pipeline<'a> {
             arch,
             compiler: compiler.id().clone(),
             options: plan.options.clone(),
-            entry_points: spec.entry_points(),
+            entry_points: spec.entry_points(tile),
             threads: tile.threads(),
             shared_mem_bytes: art
                 .entry_shared_mem

@@ -495,9 +495,10 @@ impl KernelSpec {
         s
     }
 
-    /// The entry points the compiled module exports, first the main kernel.
-    pub fn entry_points(&self) -> Vec<String> {
-        crate::ops::of(self.op).entry_points(self)
+    /// The entry points a module of this spec compiled with `tile` exports, first the main
+    /// kernel (an op's engines may differ: the Hopper extend adds its gather kernel).
+    pub fn entry_points(&self, tile: &crate::tile::Tile) -> Vec<String> {
+        crate::ops::of(self.op).entry_points(self, tile.engine())
     }
 
     /// The program (source file) name given to the compiler; it appears in compile logs.
@@ -567,7 +568,10 @@ mod tests {
         let d = KernelSpec::new(Op::Decode, &p).unwrap();
         assert_eq!(d.name(), "flasheva_decode_d64_w128_c8_sliding_f16_g4");
         assert_eq!(
-            d.entry_points(),
+            d.entry_points(&crate::tile::Tile::default_for(
+                &d,
+                crate::target::Arch::new(9, 0)
+            )),
             vec![
                 "flasheva_decode_d64_w128_c8_sliding_f16_g4".to_string(),
                 "flasheva_decode_d64_w128_c8_sliding_f16_g4_combine".to_string()

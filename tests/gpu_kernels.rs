@@ -1189,7 +1189,7 @@ fn captured_steps_replay_with_new_inputs() {
             &stream,
             def,
             &base,
-            def.workspace(&base, splits),
+            def.workspace(&base, &k.tile, splits),
             &inputs,
             0,
         )

@@ -73,7 +73,7 @@ fn planned_params(s: &KernelSpec) -> Vec<(usize, usize)> {
         .map(|t| TensorArg::contiguous(t.name, 0x10000, t.elem, &t.shape))
         .collect();
     let splits = def.splits(&p, &tile, 132);
-    let ws = def.workspace(&p, splits);
+    let ws = def.workspace(&p, &tile, splits);
     let args = p.op_args(tensors, splits, (ws > 0).then_some((0x20000, ws)));
     def.plan(s, &tile, &args, DeviceFacts::new(132))
         .unwrap()
@@ -123,12 +123,16 @@ fn every_op_compiles_for_sm_80_and_sm_90a_into_the_cache() {
         assert_eq!(built.status, Status::Compiled);
         let m = &built.entry.meta;
         assert_eq!(m.compiler.name, "triton");
-        assert_eq!(m.entry_shared_mem.len(), s.entry_points().len(), "{s}");
+        assert_eq!(
+            m.entry_shared_mem.len(),
+            s.entry_points(&triton_tile(s)).len(),
+            "{s}"
+        );
         let ptx = store.read_verified(&built.entry, "kernel.ptx").unwrap();
         let ptx = String::from_utf8(ptx).unwrap();
         let target = if arch.specific { "sm_90a" } else { "sm_80" };
         assert!(ptx.contains(&format!(".target {target}")), "{s} {arch}");
-        for e in s.entry_points() {
+        for e in s.entry_points(&triton_tile(s)) {
             assert!(
                 ptx.contains(&format!(".entry {e}(")),
                 "{s} {arch}: no entry {e}"
@@ -143,7 +147,7 @@ fn every_op_compiles_for_sm_80_and_sm_90a_into_the_cache() {
         );
         // every launch passes exactly as many parameters as the compiled kernel declares
         for (function, count) in planned_params(s) {
-            let entry = &s.entry_points()[function];
+            let entry = &s.entry_points(&triton_tile(s))[function];
             let start = ptx
                 .find(&format!(".entry {entry}("))
                 .unwrap_or_else(|| panic!("{s}: no {entry}"));

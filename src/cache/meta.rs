@@ -159,7 +159,8 @@ impl EntryMeta {
         if let Err(e) = self.tile.check(&self.spec) {
             return bad(e.to_string());
         }
-        if self.name != self.spec.name() || self.entry_points != self.spec.entry_points() {
+        if self.name != self.spec.name() || self.entry_points != self.spec.entry_points(&self.tile)
+        {
             return bad("its name or entry points are not its spec's".into());
         }
         let triton = self.tile.engine() == crate::tile::Engine::Triton;

@@ -235,7 +235,7 @@ mod tests {
                 version: "1".into(),
             },
             options: vec![],
-            entry_points: spec.entry_points(),
+            entry_points: spec.entry_points(&Tile::default_for(&spec, arch)),
             threads: 128,
             shared_mem_bytes: 0,
             entry_shared_mem: Vec::new(),

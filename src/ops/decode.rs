@@ -474,7 +474,7 @@ impl OpDef for Decode {
         Op::Decode
     }
 
-    fn entry_points(&self, spec: &KernelSpec) -> Vec<String> {
+    fn entry_points(&self, spec: &KernelSpec, _engine: Engine) -> Vec<String> {
         let main = spec.name();
         vec![main.clone(), format!("{main}_combine")]
     }
@@ -553,7 +553,7 @@ impl OpDef for Decode {
     }
 
     fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel> {
-        let entries = self.entry_points(spec);
+        let entries = self.entry_points(spec, Engine::Triton);
         vec![
             TritonKernel {
                 function: "fe_decode",
@@ -767,7 +767,7 @@ impl OpDef for Decode {
         })
     }
 
-    fn workspace(&self, p: &Problem, splits: usize) -> usize {
+    fn workspace(&self, p: &Problem, _tile: &Tile, splits: usize) -> usize {
         let w = &p.workload;
         decode_workspace_elems(w.b, w.h, p.d(), splits)
     }

@@ -346,7 +346,7 @@ pub trait OpDef: Sync {
     // ---- the module ---------------------------------------------------------------------
 
     /// The kernels of a compiled module of `spec`, in the order [`Step::function`] counts.
-    fn entry_points(&self, spec: &KernelSpec) -> Vec<String> {
+    fn entry_points(&self, spec: &KernelSpec, _engine: crate::tile::Engine) -> Vec<String> {
         vec![spec.name()]
     }
 
@@ -471,8 +471,8 @@ pub trait OpDef: Sync {
         &[]
     }
 
-    /// fp32 workspace elements a launch of `p` with `splits` needs.
-    fn workspace(&self, _p: &Problem, _splits: usize) -> usize {
+    /// fp32 workspace elements a launch of `p` with `tile` and `splits` needs.
+    fn workspace(&self, _p: &Problem, _tile: &Tile, _splits: usize) -> usize {
         0
     }
 
@@ -830,7 +830,7 @@ mod tests {
                 .map(|t| TensorArg::contiguous(t.name, 0x10000, t.elem, &t.shape))
                 .collect();
             let splits = def.splits(&p, &tile, dev.sm_count);
-            let ws = def.workspace(&p, splits);
+            let ws = def.workspace(&p, &tile, splits);
             let args = p.op_args(tensors, splits, (ws > 0).then_some((0x20000, ws)));
             let steps = def.plan(&spec, &tile, &args, dev).unwrap();
             let kernels = def.triton_kernels(&spec, &tile);
@@ -841,7 +841,7 @@ mod tests {
                 assert_eq!(step.arg_names, want, "{op} {}", k.function);
                 assert_eq!(step.block.0, tile.warps() * 32);
                 assert!(step.smem_from_artifact);
-                assert_eq!(k.entry, spec.entry_points()[step.function]);
+                assert_eq!(k.entry, spec.entry_points(&tile)[step.function]);
             }
         }
     }

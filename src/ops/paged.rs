@@ -162,7 +162,7 @@ impl OpDef for Paged {
         self.op
     }
 
-    fn entry_points(&self, spec: &KernelSpec) -> Vec<String> {
+    fn entry_points(&self, spec: &KernelSpec, _engine: Engine) -> Vec<String> {
         let main = spec.name();
         match self.base {
             Op::Decode => vec![main.clone(), format!("{main}_combine")],
@@ -216,7 +216,7 @@ impl OpDef for Paged {
     }
 
     fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel> {
-        let entries = self.entry_points(spec);
+        let entries = self.entry_points(spec, Engine::Triton);
         let mut ks = self
             .base_def()
             .triton_kernels(&base_spec(spec, self.base), tile);
@@ -556,8 +556,9 @@ impl OpDef for Paged {
         self.base_def().splits(&self.base_problem(p), tile, slots)
     }
 
-    fn workspace(&self, p: &Problem, splits: usize) -> usize {
-        self.base_def().workspace(&self.base_problem(p), splits)
+    fn workspace(&self, p: &Problem, tile: &Tile, splits: usize) -> usize {
+        self.base_def()
+            .workspace(&self.base_problem(p), tile, splits)
     }
 
     fn plan(

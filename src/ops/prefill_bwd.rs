@@ -67,7 +67,7 @@ impl OpDef for PrefillBwd {
         Op::PrefillBwd
     }
 
-    fn entry_points(&self, spec: &KernelSpec) -> Vec<String> {
+    fn entry_points(&self, spec: &KernelSpec, _engine: crate::tile::Engine) -> Vec<String> {
         let main = spec.name();
         vec![main.clone(), format!("{main}_dkdv"), format!("{main}_dq")]
     }
@@ -98,7 +98,7 @@ impl OpDef for PrefillBwd {
     }
 
     fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel> {
-        let e = self.entry_points(spec);
+        let e = self.entry_points(spec, crate::tile::Engine::Triton);
         let full = constexprs(
             spec,
             &[
@@ -290,7 +290,7 @@ impl OpDef for PrefillBwd {
         }
     }
 
-    fn workspace(&self, p: &Problem, _splits: usize) -> usize {
+    fn workspace(&self, p: &Problem, _tile: &Tile, _splits: usize) -> usize {
         let w = &p.workload;
         w.b * w.h * w.n // Delta, fp32 [B, H, N]
     }
