@@ -13,10 +13,16 @@
 //  - EVA structure at compile time: each tile visits exactly the key blocks it can see: local keys from
 //    the window start of its first row to the diagonal (diagonal first), then the summary blocks
 //    [0, min((m_end-1)/C, nc)). Blocks every row of a warpgroup fully sees run without mask code.
+//  - EXTEND (the extend op, docs/hopper-prefill.md "Extend"): query row t of sequence b is position
+//    L0[b] + t; keys come from a workspace that {{ name }}_gather fills first (the ring's last W tokens,
+//    then the T new ones: key row j is position L0 - W + j; the summaries; zeros wherever nothing is
+//    cached or a row lies past T), so the attention is the prefill's with positions offset per
+//    sequence. Tiles past a sequence's T are skipped.
 <% include "common.cuh" %>
 <% include "hopper.cuh" %>
 
 // The spec (common.cuh): FE_D head dim, FE_W window, FE_C chunk, FE_SLIDING local mode, fe_window_start(i).
+constexpr bool EXTEND = {{ extend }};
 constexpr int BM = {{ block_m }};
 constexpr int BN = {{ block_n }};
 constexpr int NWARPS = {{ warps }};
@@ -124,7 +130,9 @@ struct __align__(128) PrefillSm90Params {
   float scale_log2;      // 712: scale * log2(e), > 0
   int batch;             // 716: B
   int* tile_counter;     // 720: null = static schedule; else 2 ints, zero before the first launch
-  int reserved[10];      // 728..767: zero
+  const int* start;      // 728: EXTEND: L0 per sequence [B] (n is then Tmax, nc the summary slots)
+  const int* count;      // 736: EXTEND: T per sequence [B]
+  int reserved[6];       // 744..767: zero
 };
 static_assert(sizeof(PrefillSm90Params) == 768, "PrefillSm90Params is 768 bytes");
 
@@ -138,7 +146,10 @@ struct FeTile {
   int h, b, m0;
   int hi_blk;    // the diagonal key block (block index in units of BN)
   int n_local;   // local key blocks: hi_blk, hi_blk - 1, ..., hi_blk - n_local + 1
-  int n_blocks;  // n_local + summary blocks 0, 1, ..
+  int n_blocks;  // n_local + summary blocks 0, 1, .. (0: nothing to do, EXTEND rows past T)
+  int n;         // the sequence's query rows (prefill N, extend T)
+  int pos0;      // position of query row 0 (prefill 0, extend L0)
+  int kofs;      // key row = position + kofs (prefill 0, extend W - L0)
 };
 FE_DEV FeTile fe_tile(int t, const PrefillSm90Params& p) {
   const int nqb = (p.n + BM - 1) / BM;
@@ -149,12 +160,29 @@ FE_DEV FeTile fe_tile(int t, const PrefillSm90Params& p) {
   r.h = rem % p.h;
   r.b = rem / p.h;
   r.m0 = (nqb - 1 - q) * BM;
-  const int m_end = min(r.m0 + BM, p.n);
-  r.hi_blk = (m_end - 1) / BN;
-  r.n_local = r.hi_blk - fe_window_start(r.m0) / BN + 1;
-  const int ns = min((m_end - 1) / FE_C, p.nc);  // summaries some row of the tile sees
+  r.n = p.n;
+  r.pos0 = 0;
+  r.kofs = 0;
+  if (EXTEND) {
+    r.pos0 = __ldg(p.start + r.b);
+    r.n = __ldg(p.count + r.b);
+    r.kofs = FE_W - r.pos0;
+    if (r.m0 >= r.n) {
+      r.hi_blk = r.n_local = r.n_blocks = 0;
+      return r;
+    }
+  }
+  const int m_end = min(r.m0 + BM, r.n);
+  r.hi_blk = (r.pos0 + m_end - 1 + r.kofs) / BN;
+  r.n_local = r.hi_blk - (fe_window_start(r.pos0 + r.m0) + r.kofs) / BN + 1;
+  const int ns = min((r.pos0 + m_end - 1) / FE_C, p.nc);  // summaries some row of the tile sees
   r.n_blocks = r.n_local + (ns + BN - 1) / BN;
   return r;
+}
+
+// The next tile a CTA takes: from the dynamic schedule's counter, or gridDim.x further.
+FE_DEV int fe_next_tile(const PrefillSm90Params& p, int tile) {
+  return p.tile_counter ? (int)gridDim.x + atomicAdd(p.tile_counter, 1) : tile + (int)gridDim.x;
 }
 
 // ---- producer: one thread ------------------------------------------------------------------------------
@@ -174,6 +202,9 @@ FE_DEV void fe_producer(const PrefillSm90Params& p, u32 sbase, int* slot) {
   u32 ph = 0;
   int tile = blockIdx.x;
   for (int kq = 0;; ++kq) {
+    if (EXTEND) {
+      while (tile < total && fe_tile(tile, p).n_blocks == 0) tile = fe_next_tile(p, tile);  // past T
+    }
     const int qb = fe_qbuf(kq);
     const u32 qfull = bar + 8 * (BAR_Q_FULL + qb);
     // The consumers are done with this Q buffer's previous tile (its Q, its slot, its staged output).
@@ -217,7 +248,7 @@ FE_DEV void fe_producer(const PrefillSm90Params& p, u32 sbase, int* slot) {
         ph ^= 1u;
       }
     }
-    tile = p.tile_counter ? (int)gridDim.x + atomicAdd(p.tile_counter, 1) : tile + (int)gridDim.x;
+    tile = fe_next_tile(p, tile);
   }
   if (p.tile_counter) {
     // The last CTA to finish fetching leaves both counters at zero for the next launch on the stream.
@@ -352,9 +383,13 @@ FE_DEV void fe_rescale(float (&O)[FE_D / 2], const float (&alpha)[2]) {
 
 // Block j of tile t, as seen by rows ra, rb of this thread and [r_lo, r_lo + 63] of its warpgroup: whether a
 // mask is needed, and each row's visible column range of the block.
+// Rows are positions here (t.pos0 added: the same for prefill, where it is 0).
 FE_DEV bool fe_block_cols(const FeTile& t, int j, int r_lo, int ra, int rb, int nc, int (&lo)[2], int (&hi)[2]) {
+  r_lo += t.pos0;
+  ra += t.pos0;
+  rb += t.pos0;
   if (j < t.n_local) {
-    const int k0 = (t.hi_blk - j) * BN;
+    const int k0 = (t.hi_blk - j) * BN - t.kofs;  // position of the block's first key
     lo[0] = fe_window_start(ra) - k0;
     hi[0] = ra - k0;
     lo[1] = fe_window_start(rb) - k0;
@@ -409,7 +444,7 @@ FE_DEV void fe_epilogue(const PrefillSm90Params& p, const FeTile& t, const FeRow
   }
   const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f;
   const float inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
-  const int n = p.n;
+  const int n = t.n;
   u16* ob = p.o + t.b * p.o_sb + t.h * p.o_sh;
   const bool aligned = ((reinterpret_cast<unsigned long long>(p.o) | (unsigned long long)(p.o_sb | p.o_st | p.o_sh) * 2) & 15) == 0;
   if (OSTAGE && aligned) {
@@ -624,3 +659,98 @@ extern "C" __global__ void __launch_bounds__(NT, 1) {{ name }}(const __grid_cons
     fe_consumer(p, sbase, slot, wg - 1);
   }
 }
+<% if extend %>
+
+// ---- extend: the gather that runs before {{ name }} --------------------------------------------------
+// Fills the workspace the attention's tensor maps read: kx, vx [B, W + TMAX, Hkv, D] (key row j of
+// sequence b is position L0 - W + j: the ring's slot (L0 - W + j) mod W for j < W, new token j - W
+// after), ksx, vsx [B, MAXNC, Hkv, D] (the summaries; PAGED: through the page table). Rows that hold
+// no token (a position below 0, a new row at or past T, a summary not complete by L0 + T - 1) are
+// zeros: the attention multiplies masked probabilities (exact zeros) by them, and a zero times junk
+// could be NaN. Only rows some tile's key blocks reach are written (up to W + T and (L0 + T) / C,
+// rounded up to 128 rows, the largest block). grid (row groups, B), 256 threads; each thread moves
+// 16-byte units of one row.
+constexpr bool PAGED = {{ paged }};
+struct ExtendGatherParams {
+  const u16* k;   // new keys [B, TMAX, Hkv, D] (strides below, elements)
+  const u16* v;
+  const u16* kr;  // ring [B, W, Hkv, D] (PAGED: slot pool [S, W, Hkv, D], row slot[b])
+  const u16* vr;
+  const u16* ks;  // summaries [B, MAXNC, Hkv, D] (PAGED: page pool [P, PAGE, Hkv, D])
+  const u16* vs;
+  const int* start;  // L0 [B]
+  const int* count;  // T [B]
+  const int* slot;   // PAGED: [B]
+  const int* pt;     // PAGED: [B, MAXP]
+  u16* kx;           // workspace, contiguous
+  u16* vx;
+  u16* ksx;
+  u16* vsx;
+  i64 k_sb, k_st, k_sh, v_sb, v_st, v_sh;
+  i64 kr_sb, kr_ss, kr_sh, vr_sb, vr_ss, vr_sh;
+  i64 ks_sb, ks_st, ks_sh, vs_sb, vs_st, vs_sh;
+  i64 pt_sb;
+  int batch, tmax, hkv, maxnc;
+  int page;  // PAGED: summary rows per page
+  int rows_per_block;
+};
+static_assert(sizeof(ExtendGatherParams) == 288, "ExtendGatherParams must match src/ops/extend.rs");
+
+constexpr int GATHER_THREADS = 256;
+extern "C" __global__ void __launch_bounds__(GATHER_THREADS) {{ name }}_gather(const ExtendGatherParams p) {
+  const int b = blockIdx.y;
+  const int l0 = __ldg(p.start + b);
+  const int t_new = __ldg(p.count + b);
+  const int ncb = min((l0 + t_new) / FE_C, p.maxnc);  // summaries complete by L0 + T - 1
+  const int kv_rows = FE_W + p.tmax;
+  const int kv_reach = min((FE_W + t_new + 127) / 128 * 128, kv_rows);
+  const int s_reach = min((ncb + 127) / 128 * 128, p.maxnc);
+  constexpr int UNITS = FE_D / 8;  // 16-byte units per head row
+  const int units_per_row = p.hkv * UNITS;
+  const i64 rb = PAGED ? (i64)__ldg(p.slot + b) : (i64)b;
+  const int j0 = blockIdx.x * p.rows_per_block;
+  const int j1 = min(j0 + p.rows_per_block, kv_rows + p.maxnc);
+  const fe_u32x4 zero = {0u, 0u, 0u, 0u};
+  for (int i = threadIdx.x; i < (j1 - j0) * units_per_row * 2; i += GATHER_THREADS) {
+    const int kv = i / ((j1 - j0) * units_per_row);  // 0: K, 1: V
+    const int rem = i - kv * (j1 - j0) * units_per_row;
+    const int j = j0 + rem / units_per_row;
+    const int hu = rem % units_per_row;
+    const int hk = hu / UNITS;
+    const int u = hu % UNITS;
+    const u16* src = nullptr;
+    u16* dst;
+    if (j < kv_rows) {
+      if (j >= kv_reach) continue;
+      dst = (kv ? p.vx : p.kx) + (((i64)b * kv_rows + j) * p.hkv + hk) * FE_D + 8 * u;
+      if (j < FE_W) {
+        const int pos = l0 - FE_W + j;
+        if (pos >= 0) {
+          src = kv ? p.vr + rb * p.vr_sb + (i64)(pos % FE_W) * p.vr_ss + hk * p.vr_sh
+                   : p.kr + rb * p.kr_sb + (i64)(pos % FE_W) * p.kr_ss + hk * p.kr_sh;
+        }
+      } else if (j - FE_W < t_new) {
+        const i64 t = j - FE_W;
+        src = kv ? p.v + b * p.v_sb + t * p.v_st + hk * p.v_sh : p.k + b * p.k_sb + t * p.k_st + hk * p.k_sh;
+      }
+    } else {
+      const int c = j - kv_rows;
+      if (c >= s_reach) continue;
+      dst = (kv ? p.vsx : p.ksx) + (((i64)b * p.maxnc + c) * p.hkv + hk) * FE_D + 8 * u;
+      if (c < ncb) {
+        i64 base_row, row;
+        if (PAGED) {
+          base_row = __ldg(p.pt + b * p.pt_sb + c / p.page);
+          row = c % p.page;
+        } else {
+          base_row = b;
+          row = c;
+        }
+        src = kv ? p.vs + base_row * p.vs_sb + row * p.vs_st + hk * p.vs_sh
+                 : p.ks + base_row * p.ks_sb + row * p.ks_st + hk * p.ks_sh;
+      }
+    }
+    fe_st16(dst, src ? fe_ld16(src + 8 * u) : zero);
+  }
+}
+<% endif %>

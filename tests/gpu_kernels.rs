@@ -1074,12 +1074,24 @@ fn extend_and_append_grid() {
         for dtype in DType::ALL {
             for local in LocalMode::ALL {
                 let s = spec(Op::Extend, d, w, c, local, dtype, 1);
-                let k = rt.kernel(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
-                for (h, hkv, tmax, large, strided) in [
-                    (4usize, 2usize, 10_000usize, true, false),
-                    (8, 1, 3 * c as usize + 1, false, true),
-                    (2, 2, 1, false, false),
-                ] {
+                // the default (on sm_90a the Hopper kernel at D = 64 and 128) and Triton
+                let mut tiles = backends(&rt, &s);
+                tiles.dedup();
+                for (k, (h, hkv, tmax, large, strided)) in tiles
+                    .iter()
+                    .map(|t| {
+                        rt.kernel_with_tile(&s, t)
+                            .unwrap_or_else(|e| panic!("{s} {t}: {e}"))
+                    })
+                    .flat_map(|k| {
+                        [
+                            (4usize, 2usize, 10_000usize, true, false),
+                            (8, 1, 3 * c as usize + 1, false, true),
+                            (2, 2, 1, false, false),
+                        ]
+                        .map(|case| (k.clone(), case))
+                    })
+                {
                     let wl = Workload::new(s, 1, tmax, h, hkv);
                     let cp = ops::of(Op::Extend).check_problem(&wl);
                     let case = Case {

@@ -65,7 +65,7 @@ fn every_preset_spec_compiles_for_sm80_and_sm90() {
 }
 
 /// Compiles `spec` with `tile` for `arch` and returns one line per kernel that spills registers
-/// or has a stack frame (none: empty).
+/// or has a stack frame, and ptxas's warning when it serializes wgmma instructions (none: empty).
 fn spills(nv: &Nvrtc, spec: &KernelSpec, tile: &Tile, arch: Arch) -> Vec<String> {
     let src = flasheva::render::render(spec, tile).unwrap();
     let opts = options_for(arch);
@@ -78,11 +78,18 @@ fn spills(nv: &Nvrtc, spec: &KernelSpec, tile: &Tile, arch: Arch) -> Vec<String>
             options: &opts,
         })
         .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
-    flasheva::compile::parse_resource_usage(&out.log)
+    let mut problems: Vec<String> = flasheva::compile::parse_resource_usage(&out.log)
         .into_iter()
         .filter(|r| r.spill_stores > 0 || r.stack_frame > 0)
         .map(|r| format!("{spec} {}: {r:?}", tile.name(spec.op())))
-        .collect()
+        .collect();
+    problems.extend(
+        out.log
+            .lines()
+            .filter(|l| l.contains("wgmma") && l.contains("serialized"))
+            .map(|l| format!("{spec} {}: {l}", tile.name(spec.op()))),
+    );
+    problems
 }
 
 #[test]
@@ -184,7 +191,16 @@ fn the_read_rate_probe_compiles_for_every_arch() {
 fn the_wgmma_prefill_compiles_at_every_head_dim_it_takes() {
     let nv = nvrtc();
     let arch: Arch = "sm_90a".parse().unwrap();
-    for (d, bn, stages) in [(64u32, 128u32, 4u32), (128, 128, 2), (256, 64, 2)] {
+    // prefill, and extend (the same kernel with per-sequence positions, plus its gather; paged:
+    // the gather through slot and page tables)
+    for (op, d, bn, stages) in [
+        (Op::Prefill, 64u32, 128u32, 4u32),
+        (Op::Prefill, 128, 128, 2),
+        (Op::Prefill, 256, 64, 2),
+        (Op::Extend, 64, 128, 4),
+        (Op::Extend, 128, 128, 2),
+        (Op::ExtendPaged, 128, 128, 2),
+    ] {
         let p = SpecParams {
             head_dim: Some(d),
             window: Some(512),
@@ -193,7 +209,7 @@ fn the_wgmma_prefill_compiles_at_every_head_dim_it_takes() {
             dtype: Some(DType::Bf16),
             group: None,
         };
-        let spec = KernelSpec::new(Op::Prefill, &p).unwrap();
+        let spec = KernelSpec::new(op, &p).unwrap();
         let tile = Tile::default_for(&spec, arch)
             .with_overrides(
                 &spec,

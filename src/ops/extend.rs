@@ -3,18 +3,21 @@
 //! `k, v [B,Tmax,Hkv,D]`, the ring `k_ring, v_ring [B,W,Hkv,D]` (tokens before L0, slot t mod
 //! W), the summaries `ks, vs [B,MAXNC,Hkv,D]` and int32 `start [B]` (L0) and `count [B]` (T) to
 //! `o [B,Tmax,H,D]` and `lse [B,H,Tmax]`; row t equals prefill's row L0 + t over the whole
-//! sequence, rows past T are not written. One program per block of new rows, head and
-//! sequence (Triton so far). The workload's `n` is Tmax and its `past` L0.
+//! sequence, rows past T are not written. Two engines: the Triton kernel (one program per
+//! block of new rows, head and sequence) and, on sm_90a, the Hopper prefill kernel with positions
+//! offset per sequence (templates/prefill_sm90a.cu with EXTEND: a gather launch first copies the
+//! ring's last W tokens, the new ones and the summaries into the workspace, zeros where nothing
+//! is cached). The workload's `n` is Tmax and its `past` L0.
 
 use super::launch::{
-    ArgList, LaunchError, OpArgs, Paging, Step, check_op, expect_contiguous_rows, expect_dtype,
-    expect_shape, grid_dim,
+    ArgList, Counters, LOG2E, LaunchError, LaunchPlan, OpArgs, Paging, Step, TensorMapSpec,
+    check_op, expect_contiguous_rows, expect_dtype, expect_shape, grid_dim,
 };
 #[cfg(feature = "cli")]
 use super::{Check, Draw, Reference};
 use super::{
-    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel, common_dtype,
-    constexprs, desc, probe_problem, spec_from, start_count, triton_only,
+    CheckProblem, Const, DeviceFacts, OpDef, Problem, Rate, TensorDesc, TritonKernel,
+    check_triton_tile, common_dtype, constexprs, desc, probe_problem, spec_from, start_count,
 };
 #[cfg(feature = "cli")]
 use crate::hostdata::HostTensor;
@@ -62,12 +65,52 @@ impl OpDef for Extend {
         Op::Extend
     }
 
-    super::triton_only_kernels!();
+    fn entry_points(&self, spec: &KernelSpec, engine: Engine) -> Vec<String> {
+        let main = spec.name();
+        match engine {
+            Engine::Wgmma => vec![main.clone(), format!("{main}_gather")],
+            _ => vec![main],
+        }
+    }
+
+    fn template(&self, tile: &TileParams) -> &'static str {
+        match tile.engine {
+            Engine::Wgmma => "prefill_sm90a.cu",
+            _ => "flasheva_triton.py",
+        }
+    }
+
+    fn smem_bytes(&self, spec: &KernelSpec, t: &TileParams) -> u32 {
+        match t.engine {
+            Engine::Wgmma => super::prefill::wgmma_smem_bytes(spec, t),
+            // Triton lays out its own shared memory: the loader takes it from the artifact.
+            _ => 0,
+        }
+    }
+
+    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
+        let mut v = Vec::new();
+        if spec.head_dim() == 64 || spec.head_dim() == 128 {
+            // The Hopper kernel where it runs (sm_90a), with the prefill's default tile.
+            v.push(super::prefill::hopper(
+                128,
+                128,
+                12,
+                if spec.head_dim() <= 64 { 4 } else { 2 },
+            ));
+        }
+        v.push(self.triton_default(spec));
+        v
+    }
 
     fn tile_name(&self, t: &TileParams) -> String {
         format!(
-            "tr_m{}_n{}_w{}_s{}",
-            t.block_m, t.block_n, t.warps, t.stages
+            "{}m{}_n{}_w{}_s{}",
+            super::engine_prefix(t.engine),
+            t.block_m,
+            t.block_n,
+            t.warps,
+            t.stages
         )
     }
 
@@ -75,8 +118,17 @@ impl OpDef for Extend {
         TileParams { splits: 0, ..t }
     }
 
-    fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
-        triton_only(Op::Extend, t, true, true, true)
+    fn check_tile(&self, spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        match t.engine {
+            Engine::Wgmma => super::prefill::check_wgmma_tile(Op::Extend, spec, t),
+            Engine::Triton => check_triton_tile(Op::Extend, t, true, true, true),
+            _ => Err(TileError::Field {
+                op: Op::Extend,
+                field: "engine",
+                value: 0,
+                accepted: "triton, or wgmma on sm_90a",
+            }),
+        }
     }
 
     fn triton_default(&self, _spec: &KernelSpec) -> TileParams {
@@ -103,7 +155,22 @@ impl OpDef for Extend {
 
     fn prune(&self, spec: &KernelSpec, tile: &Tile) -> Option<String> {
         let w = spec.window_or_zero();
-        (tile.block_n() > w).then(|| format!("block_n {} is over the window {w}", tile.block_n()))
+        (tile.engine() == Engine::Triton && tile.block_n() > w)
+            .then(|| format!("block_n {} is over the window {w}", tile.block_n()))
+    }
+
+    fn workspace(&self, p: &Problem, tile: &Tile, _splits: usize) -> usize {
+        if tile.engine() != Engine::Wgmma {
+            return 0;
+        }
+        let w = &p.workload;
+        extend_workspace_bytes(
+            w.b,
+            w.spec.window_or_zero() as usize + w.n,
+            p.summary_rows,
+            w.hkv,
+            p.d(),
+        ) / 4
     }
 
     fn flops(&self, w: &Workload) -> f64 {
@@ -281,7 +348,7 @@ impl OpDef for Extend {
         spec: &KernelSpec,
         tile: &Tile,
         args: &OpArgs,
-        _device: DeviceFacts,
+        device: DeviceFacts,
     ) -> Result<Vec<Step>, LaunchError> {
         check_op(spec, Op::Extend)?;
         plan_extend(
@@ -290,6 +357,8 @@ impl OpDef for Extend {
             args.expect(Op::Extend, &NAMES)?,
             args.scale,
             &Paging::default(),
+            args.workspace,
+            device,
         )
     }
 }
@@ -297,12 +366,15 @@ impl OpDef for Extend {
 /// Checks extend's tensors (in contiguous form: rings `[B, W, Hkv, D]`, summaries
 /// `[B, MAXNC, Hkv, D]`, whose batch strides a paged call sets to its pools' slot and page
 /// strides) and plans its launch with `paging`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plan_extend(
     spec: &KernelSpec,
     tile: &Tile,
     t: &[TensorArg],
     scale: Option<f32>,
     paging: &Paging,
+    workspace: Option<(u64, usize)>,
+    device: DeviceFacts,
 ) -> Result<Vec<Step>, LaunchError> {
     let et = ElemType::of(spec.dtype());
     let d = spec.head_dim() as usize;
@@ -358,6 +430,9 @@ pub(crate) fn plan_extend(
         return Ok(Vec::new());
     }
     let scale = scale.unwrap_or_else(|| spec.default_scale());
+    if tile.engine() == Engine::Wgmma {
+        return plan_extend_sm90(spec, tile, t, scale, paging, workspace, device);
+    }
     let mut a = ArgList::default();
     for (name, i) in [
         ("Q", 0),
@@ -403,4 +478,340 @@ pub(crate) fn plan_extend(
         grid_dim("B", b, 65535)?,
     );
     Ok(vec![Step::triton(0, grid, tile.warps(), a)])
+}
+
+/// Mirrors `ExtendGatherParams` in templates/prefill_sm90a.cu (288 bytes): the gather launch
+/// of the Hopper extend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[allow(missing_docs)]
+pub struct ExtendGatherParams {
+    pub k: u64,
+    pub v: u64,
+    pub kr: u64,
+    pub vr: u64,
+    pub ks: u64,
+    pub vs: u64,
+    pub start: u64,
+    pub count: u64,
+    pub slot: u64,
+    pub pt: u64,
+    pub kx: u64,
+    pub vx: u64,
+    pub ksx: u64,
+    pub vsx: u64,
+    pub k_sb: i64,
+    pub k_st: i64,
+    pub k_sh: i64,
+    pub v_sb: i64,
+    pub v_st: i64,
+    pub v_sh: i64,
+    pub kr_sb: i64,
+    pub kr_ss: i64,
+    pub kr_sh: i64,
+    pub vr_sb: i64,
+    pub vr_ss: i64,
+    pub vr_sh: i64,
+    pub ks_sb: i64,
+    pub ks_st: i64,
+    pub ks_sh: i64,
+    pub vs_sb: i64,
+    pub vs_st: i64,
+    pub vs_sh: i64,
+    pub pt_sb: i64,
+    pub batch: i32,
+    pub tmax: i32,
+    pub hkv: i32,
+    pub maxnc: i32,
+    pub page: i32,
+    pub rows_per_block: i32,
+}
+
+/// Bytes of the Hopper extend's workspace: keys and values of `kv_rows` = W + Tmax rows and of
+/// `summary_rows` summary rows per sequence, 16-bit, each of the four regions 16-byte aligned.
+pub fn extend_workspace_bytes(
+    b: usize,
+    kv_rows: usize,
+    summary_rows: usize,
+    hkv: usize,
+    d: usize,
+) -> usize {
+    2 * b * (kv_rows + summary_rows) * hkv * d * 2
+}
+
+/// Rows of the gathered layout one gather block moves.
+const GATHER_ROWS: usize = 8;
+
+/// The Hopper extend: the gather launch (entry point 1) into the workspace, then the prefill
+/// kernel with per-sequence positions (entry point 0) reading it through TMA maps.
+fn plan_extend_sm90(
+    spec: &KernelSpec,
+    tile: &Tile,
+    t: &[TensorArg],
+    scale: f32,
+    paging: &Paging,
+    workspace: Option<(u64, usize)>,
+    device: DeviceFacts,
+) -> Result<Vec<Step>, LaunchError> {
+    use super::prefill::PrefillSm90Params;
+    use std::mem::offset_of;
+    let d = spec.head_dim() as usize;
+    let win = spec.window_or_zero() as usize;
+    let (b, tmax, h) = (t[0].shape[0], t[0].shape[1], t[0].shape[2]);
+    let (hkv, maxnc) = (t[1].shape[2], t[5].shape[1]);
+    for i in [0, 1, 2, 3, 4, 5, 6] {
+        super::launch::expect_vector_layout(&t[i])?;
+    }
+    let kv_rows = win + tmax;
+    let need = extend_workspace_bytes(b, kv_rows, maxnc, hkv, d);
+    let base = match workspace {
+        Some((ptr, elems)) if elems * 4 >= need && ptr.is_multiple_of(16) => ptr,
+        _ => {
+            return Err(LaunchError::Size(format!(
+                "extend on the wgmma kernel needs a 16-byte aligned workspace of {} fp32 elements",
+                need / 4
+            )));
+        }
+    };
+    if [b, kv_rows + maxnc, h, hkv]
+        .iter()
+        .any(|&x| x > i32::MAX as usize)
+    {
+        return Err(LaunchError::Size(format!(
+            "B = {b}, W + Tmax + MAXNC = {} or H = {h} is over {}",
+            kv_rows + maxnc,
+            i32::MAX
+        )));
+    }
+    let et = ElemType::of(spec.dtype());
+    let kv_bytes = (b * kv_rows * hkv * d * 2) as u64;
+    let s_bytes = (b * maxnc * hkv * d * 2) as u64;
+    let region = |name: &str, off: u64, rows: usize| {
+        TensorArg::contiguous(name, base + off, et, &[b, rows, hkv, d])
+    };
+    let kx = region("k (gathered)", 0, kv_rows);
+    let vx = region("v (gathered)", kv_bytes, kv_rows);
+    let ksx = region("ks (gathered)", 2 * kv_bytes, maxnc);
+    let vsx = region("vs (gathered)", 2 * kv_bytes + s_bytes, maxnc);
+    let g = ExtendGatherParams {
+        k: t[1].ptr,
+        v: t[2].ptr,
+        kr: t[3].ptr,
+        vr: t[4].ptr,
+        ks: t[5].ptr,
+        vs: t[6].ptr,
+        start: t[7].ptr,
+        count: t[8].ptr,
+        slot: paging.slot,
+        pt: paging.table,
+        kx: kx.ptr,
+        vx: vx.ptr,
+        ksx: ksx.ptr,
+        vsx: vsx.ptr,
+        k_sb: t[1].stride(0),
+        k_st: t[1].stride(1),
+        k_sh: t[1].stride(2),
+        v_sb: t[2].stride(0),
+        v_st: t[2].stride(1),
+        v_sh: t[2].stride(2),
+        kr_sb: t[3].stride(0),
+        kr_ss: t[3].stride(1),
+        kr_sh: t[3].stride(2),
+        vr_sb: t[4].stride(0),
+        vr_ss: t[4].stride(1),
+        vr_sh: t[4].stride(2),
+        ks_sb: t[5].stride(0),
+        ks_st: t[5].stride(1),
+        ks_sh: t[5].stride(2),
+        vs_sb: t[6].stride(0),
+        vs_st: t[6].stride(1),
+        vs_sh: t[6].stride(2),
+        pt_sb: paging.table_stride,
+        batch: b as i32,
+        tmax: tmax as i32,
+        hkv: hkv as i32,
+        maxnc: maxnc as i32,
+        page: paging.page.max(1),
+        rows_per_block: GATHER_ROWS as i32,
+    };
+    let gather = Step::of(
+        1,
+        &LaunchPlan {
+            grid: (
+                grid_dim(
+                    "gather row groups",
+                    (kv_rows + maxnc).div_ceil(GATHER_ROWS),
+                    i32::MAX as usize,
+                )?,
+                grid_dim("B", b, 65535)?,
+                1,
+            ),
+            block: (256, 1, 1),
+            smem: 0,
+            params: g,
+        },
+    );
+    let bf16 = spec.dtype() == crate::spec::DType::Bf16;
+    let (bm, bn) = (tile.block_m(), tile.block_n());
+    let tiles = tmax.div_ceil(bm as usize) * h * b;
+    let params = PrefillSm90Params {
+        o: t[9].ptr,
+        lse: t[10].ptr,
+        o_sb: t[9].stride(0),
+        o_st: t[9].stride(1),
+        o_sh: t[9].stride(2),
+        lse_sb: t[10].stride(0),
+        lse_sh: t[10].stride(1),
+        n: tmax as i32,
+        h: h as i32,
+        hkv: hkv as i32,
+        nc: maxnc as i32,
+        scale_log2: scale * LOG2E,
+        batch: b as i32,
+        start: t[7].ptr,
+        count: t[8].ptr,
+        ..Default::default()
+    };
+    let mut main = Step::of(
+        0,
+        &LaunchPlan {
+            grid: (
+                grid_dim(
+                    "persistent CTAs",
+                    tiles.min(device.sm_count.max(1) as usize),
+                    65535,
+                )?,
+                1,
+                1,
+            ),
+            block: (tile.threads(), 1, 1),
+            smem: tile.smem_bytes(spec),
+            params,
+        },
+    );
+    main.tensor_maps = vec![
+        (
+            offset_of!(PrefillSm90Params, tm_q),
+            TensorMapSpec::of(&t[0], bf16, tmax, bm),
+        ),
+        (
+            offset_of!(PrefillSm90Params, tm_k),
+            TensorMapSpec::of(&kx, bf16, kv_rows, bn),
+        ),
+        (
+            offset_of!(PrefillSm90Params, tm_v),
+            TensorMapSpec::of(&vx, bf16, kv_rows, bn),
+        ),
+        (
+            offset_of!(PrefillSm90Params, tm_ks),
+            TensorMapSpec::of(&ksx, bf16, maxnc, bn),
+        ),
+        (
+            offset_of!(PrefillSm90Params, tm_vs),
+            TensorMapSpec::of(&vsx, bf16, maxnc, bn),
+        ),
+    ];
+    if device.counters_allowed(2) {
+        main.counters = Some(Counters {
+            offset: offset_of!(PrefillSm90Params, tile_counter),
+            ints: 2,
+        });
+    }
+    Ok(vec![gather, main])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::DType;
+
+    fn spec() -> KernelSpec {
+        KernelSpec::new(
+            Op::Extend,
+            &SpecParams {
+                head_dim: Some(128),
+                window: Some(512),
+                chunk: Some(64),
+                local: Some(LocalMode::Block),
+                dtype: Some(DType::Bf16),
+                group: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn gather_params_match_the_template_layout() {
+        assert_eq!(std::mem::size_of::<ExtendGatherParams>(), 288);
+    }
+
+    #[test]
+    fn the_hopper_extend_gathers_then_attends_through_the_workspace() {
+        let s = spec();
+        let sm90a: Arch = "sm_90a".parse().unwrap();
+        let tile = Tile::default_for(&s, sm90a);
+        assert_eq!(tile.engine(), Engine::Wgmma);
+        assert_eq!(
+            s.entry_points(&tile),
+            [s.name(), format!("{}_gather", s.name())]
+        );
+        // elsewhere the Triton kernel, one entry point, no workspace
+        let tr = Tile::default_for(&s, Arch::new(8, 0));
+        assert_eq!(tr.engine(), Engine::Triton);
+        assert_eq!(s.entry_points(&tr).len(), 1);
+        let mut p = Problem::new(Workload::new(s, 2, 100, 8, 2).with_past(1000));
+        p.summary_rows = 40;
+        assert_eq!(Extend.workspace(&p, &tr, 1), 0);
+        let ws = Extend.workspace(&p, &tile, 1);
+        assert_eq!(ws * 4, 2 * 2 * (512 + 100 + 40) * 2 * 128 * 2);
+        let tensors: Vec<TensorArg> = Extend
+            .inputs(&p)
+            .iter()
+            .chain(&Extend.outputs(&p))
+            .map(|t| TensorArg::contiguous(t.name, 0x10000, t.elem, &t.shape))
+            .collect();
+        let dev = DeviceFacts::new(132);
+        let no_ws = p.op_args(tensors.clone(), 1, None);
+        assert!(matches!(
+            Extend.plan(&s, &tile, &no_ws, dev),
+            Err(LaunchError::Size(m)) if m.contains("workspace")
+        ));
+        let args = p.op_args(tensors, 1, Some((0x100000, ws)));
+        let steps = Extend.plan(&s, &tile, &args, dev).unwrap();
+        assert_eq!(steps.len(), 2);
+        let (gather, main) = (&steps[0], &steps[1]);
+        assert_eq!(gather.function, 1);
+        assert_eq!(
+            gather.grid,
+            ((512 + 100 + 40usize).div_ceil(8) as u32, 2, 1)
+        );
+        assert_eq!(main.function, 0);
+        assert_eq!(main.grid.0, 132.min(100usize.div_ceil(128) * 8 * 2) as u32);
+        assert_eq!(main.smem, tile.smem_bytes(&s));
+        assert!(main.counters.is_some());
+        // the key maps read the workspace: K rows W + Tmax, then V, then the summaries
+        let maps: Vec<&TensorMapSpec> = main.tensor_maps.iter().map(|m| &m.1).collect();
+        assert_eq!(maps.len(), 5);
+        assert_eq!(maps[0].addr, 0x10000);
+        assert_eq!(maps[0].dims[2], 100);
+        let kv_bytes = (2 * 612 * 2 * 128 * 2) as u64;
+        assert_eq!(
+            maps[1..].iter().map(|m| m.addr).collect::<Vec<_>>(),
+            [
+                0x100000,
+                0x100000 + kv_bytes,
+                0x100000 + 2 * kv_bytes,
+                0x100000 + 2 * kv_bytes + (2 * 40 * 2 * 128 * 2) as u64
+            ]
+        );
+        assert_eq!(maps[1].dims, [128, 2, 612, 2]);
+        assert_eq!(maps[3].dims, [128, 2, 40, 2]);
+        // under graph capture with no counters ready: the static schedule
+        let capturing = DeviceFacts {
+            counter_limit: Some(0),
+            ..dev
+        };
+        let steps = Extend.plan(&s, &tile, &args, capturing).unwrap();
+        assert!(steps[1].counters.is_none());
+    }
 }

@@ -65,8 +65,10 @@ impl Paged {
     }
 
     /// Whether the op has a CUDA kernel (decode: templates/decode.cu with PAGED on).
+    /// Whether the op has a kernel besides its Triton one (decode's CUDA kernel, extend's Hopper
+    /// kernel); append has only Triton.
     fn has_cuda(&self) -> bool {
-        self.base == Op::Decode
+        self.base != Op::Append
     }
 
     fn layout(&self) -> Layout {
@@ -162,10 +164,11 @@ impl OpDef for Paged {
         self.op
     }
 
-    fn entry_points(&self, spec: &KernelSpec, _engine: Engine) -> Vec<String> {
+    fn entry_points(&self, spec: &KernelSpec, engine: Engine) -> Vec<String> {
         let main = spec.name();
-        match self.base {
-            Op::Decode => vec![main.clone(), format!("{main}_combine")],
+        match (self.base, engine) {
+            (Op::Decode, _) => vec![main.clone(), format!("{main}_combine")],
+            (Op::Extend, Engine::Wgmma) => vec![main.clone(), format!("{main}_gather")],
             _ => vec![main],
         }
     }
@@ -188,7 +191,7 @@ impl OpDef for Paged {
                 op: self.op,
                 field: "engine",
                 value: 0,
-                accepted: "triton (extend_paged and append_paged have only their Triton kernels so far)",
+                accepted: "triton (append_paged has only its Triton kernel so far)",
             });
         }
         self.base_def().check_tile(&base_spec(spec, self.base), t)
@@ -713,7 +716,15 @@ impl OpDef for Paged {
                 }
                 Ok(steps)
             }
-            Op::Extend => super::extend::plan_extend(&bspec, tile, &base_t, args.scale, &paging),
+            Op::Extend => super::extend::plan_extend(
+                &bspec,
+                tile,
+                &base_t,
+                args.scale,
+                &paging,
+                args.workspace,
+                device,
+            ),
             _ => super::append::plan_append(&bspec, tile, &base_t, paging.slot),
         }
     }

@@ -36,6 +36,55 @@ const SM90_SMEM_PER_BLOCK: u32 = 227 * 1024;
 /// The prefill op.
 pub struct Prefill;
 
+/// The rules of the Hopper kernel's tiles (templates/prefill_sm90a.cu: prefill and extend).
+pub(crate) fn check_wgmma_tile(op: Op, spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+    one_of(
+        op,
+        "head_dim",
+        spec.head_dim(),
+        &[64, 128, 256],
+        "64, 128, 256 (wgmma)",
+    )?;
+    one_of(
+        op,
+        "warps",
+        t.warps,
+        &[12, 16],
+        "12, 16 (wgmma: a producer warpgroup and 2 or 3 consumers)",
+    )?;
+    if t.block_m != 64 * (t.warps / 4 - 1) {
+        return Err(TileError::Field {
+            op,
+            field: "block_m",
+            value: t.block_m,
+            accepted: "64 x consumer warpgroups (128 with 12 warps, 192 with 16) for wgmma",
+        });
+    }
+    one_of(op, "block_n", t.block_n, &[64, 128], "64, 128 (wgmma)")?;
+    one_of(
+        op,
+        "stages",
+        t.stages,
+        &[2, 3, 4, 5, 6, 7, 8],
+        "2..=8 (wgmma)",
+    )
+}
+
+/// The Hopper kernel's dynamic shared memory: 1 KiB of alignment slack, Q (two buffers where they
+/// fit in 227 KiB, else one) and the K/V stages in 128-byte-swizzled panels, and the mbarriers
+/// (full and empty for K and V per stage, full and empty for each Q buffer) plus the two tile
+/// slots: the template's SMEM_BYTES, rule for rule.
+pub(crate) fn wgmma_smem_bytes(spec: &KernelSpec, t: &TileParams) -> u32 {
+    let d = spec.head_dim();
+    let with_q =
+        |q: u32| 1024 + (q * t.block_m + 2 * t.stages * t.block_n) * d * 2 + 8 * (4 * t.stages + 5);
+    if with_q(2) <= SM90_SMEM_PER_BLOCK {
+        with_q(2)
+    } else {
+        with_q(1)
+    }
+}
+
 /// Prefill tensors: `q, o [B,N,H,D]`, `k, v [B,N,Hkv,D]`, `ks, vs [B,NC,Hkv,D]` with NC >= N/C,
 /// `lse [B,H,N]` fp32.
 #[derive(Clone, Debug)]
@@ -158,7 +207,11 @@ pub struct PrefillSm90Params {
     /// Null: static persistent schedule; else two ints, zero before the first launch (the kernel
     /// leaves them at zero).
     pub tile_counter: u64,
-    pub reserved: [i32; 10],
+    /// Extend: int32 L0 per sequence (`n` is then Tmax and `nc` the summary slots).
+    pub start: u64,
+    /// Extend: int32 T per sequence.
+    pub count: u64,
+    pub reserved: [i32; 6],
 }
 
 /// The sizes of a checked prefill call.
@@ -467,7 +520,7 @@ fn mma(block_m: u32, block_n: u32, warps: u32, stages: u32) -> TileParams {
     }
 }
 
-fn hopper(block_m: u32, block_n: u32, warps: u32, stages: u32) -> TileParams {
+pub(crate) fn hopper(block_m: u32, block_n: u32, warps: u32, stages: u32) -> TileParams {
     TileParams {
         engine: Engine::Wgmma,
         ..mma(block_m, block_n, warps, stages)
@@ -508,36 +561,7 @@ impl OpDef for Prefill {
             return check_triton_tile(op, t, true, true, true);
         }
         if t.engine == Engine::Wgmma {
-            one_of(
-                op,
-                "head_dim",
-                spec.head_dim(),
-                &[64, 128, 256],
-                "64, 128, 256 (wgmma)",
-            )?;
-            one_of(
-                op,
-                "warps",
-                t.warps,
-                &[12, 16],
-                "12, 16 (wgmma: a producer warpgroup and 2 or 3 consumers)",
-            )?;
-            if t.block_m != 64 * (t.warps / 4 - 1) {
-                return Err(TileError::Field {
-                    op,
-                    field: "block_m",
-                    value: t.block_m,
-                    accepted: "64 x consumer warpgroups (128 with 12 warps, 192 with 16) for wgmma",
-                });
-            }
-            one_of(op, "block_n", t.block_n, &[64, 128], "64, 128 (wgmma)")?;
-            return one_of(
-                op,
-                "stages",
-                t.stages,
-                &[2, 3, 4, 5, 6, 7, 8],
-                "2..=8 (wgmma)",
-            );
+            return check_wgmma_tile(op, spec, t);
         }
         one_of(op, "block_m", t.block_m, &BLOCK_M, "16, 32, 64, 128, 256")?;
         one_of(op, "block_n", t.block_n, &BLOCK_N, "16, 32, 64, 128")?;
@@ -561,21 +585,7 @@ impl OpDef for Prefill {
         match t.engine {
             // Triton lays out its own shared memory: the loader takes it from the artifact.
             Engine::Triton => 0,
-            // 1 KiB of alignment slack, Q (two buffers where they fit in 227 KiB, else one) and
-            // the K/V stages in 128-byte-swizzled panels, and the mbarriers (full and empty for K
-            // and V per stage, full and empty for each Q buffer) plus the two tile slots: the
-            // template's SMEM_BYTES, rule for rule.
-            Engine::Wgmma => {
-                let with_q = |q: u32| {
-                    1024 + (q * t.block_m + 2 * t.stages * t.block_n) * d * 2
-                        + 8 * (4 * t.stages + 5)
-                };
-                if with_q(2) <= SM90_SMEM_PER_BLOCK {
-                    with_q(2)
-                } else {
-                    with_q(1)
-                }
-            }
+            Engine::Wgmma => wgmma_smem_bytes(spec, t),
             _ => (t.block_m + t.stages * 2 * t.block_n) * (d + SMEM_PAD) * 2,
         }
     }

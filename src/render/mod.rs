@@ -91,6 +91,9 @@ pub struct RenderContext {
     pub pad: u32,
     /// The paged form of the op (decode_paged: ring and summaries through slot and page tables).
     pub paged: bool,
+    /// The extend ops on the Hopper prefill template (positions offset per sequence, a gather
+    /// kernel first).
+    pub extend: bool,
 }
 
 impl RenderContext {
@@ -119,6 +122,10 @@ impl RenderContext {
                 crate::spec::Op::DecodePaged
                     | crate::spec::Op::ExtendPaged
                     | crate::spec::Op::AppendPaged
+            ),
+            extend: matches!(
+                spec.op(),
+                crate::spec::Op::Extend | crate::spec::Op::ExtendPaged
             ),
         }
     }
