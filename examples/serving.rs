@@ -439,6 +439,12 @@ impl Server {
             }
             let cache = &self.caches[layer];
             let lse = Dev::zeros(&s, ElemType::F32, &[b_n, H, tmax])?;
+            // the Hopper kernel gathers the ring, the new tokens and the summaries into a
+            // workspace first (the Triton kernel needs none)
+            let mut p = Problem::new(Workload::new(self.k.extend.spec, b_n, tmax, H, HKV));
+            p.summary_rows = MAXNC;
+            let ws_elems = flasheva::ops::of(Op::Extend).workspace(&p, &self.k.extend.tile, 1);
+            let ws = Dev::zeros(&s, ElemType::F32, &[ws_elems.max(1)])?;
             self.k.extend.launch(
                 &s,
                 &OpArgs {
@@ -457,7 +463,7 @@ impl Server {
                     ],
                     scale: None,
                     splits: 1,
-                    workspace: None,
+                    workspace: (ws_elems > 0).then(|| (device_address(&ws.buf, &s), ws_elems)),
                 },
             )?;
             append(&self.k, cache)?;
