@@ -199,13 +199,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     }
   };
 
-  // The query tile is shared by all warps: wait for it before the per-warp pipelines start.
-  fe_cp_wait<0>();
-  __syncthreads();
-  const u32 q_addr = fe_smem_addr(sQ);
-  u32 qa[1][QREGS ? FE_KT : 1][4];
-  if (QREGS) fe_load_q(qa, q_addr, lane);
-
+  // Each warp's K/V pipeline starts before the query tile has landed (one memory latency less per
+  // block: at small batches every block starts at once). The query tile's copies are the oldest
+  // group, so waiting until only the prologue's STAGES - 1 groups may be pending means this
+  // thread's share of Q is in; the barrier then makes all of Q visible to every warp.
   FeRowState st[1];
   fe_state_init(st[0]);
 #pragma unroll
@@ -213,6 +210,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     if (s < my_tiles) load_tile(s, s, -1);
     fe_cp_commit();
   }
+  fe_cp_wait<STAGES - 1>();
+  __syncthreads();
+  const u32 q_addr = fe_smem_addr(sQ);
+  u32 qa[1][QREGS ? FE_KT : 1][4];
+  if (QREGS) fe_load_q(qa, q_addr, lane);
   i64 next_pg = tile_page(STAGES - 1);
   for (int k = 0; k < my_tiles; ++k) {
     const int kn = k + STAGES - 1;
