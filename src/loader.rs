@@ -110,9 +110,6 @@ pub struct Kernel {
     /// kernel's, from the tile).
     smem: Vec<u32>,
     sm_count: u32,
-    /// Blocks of the main kernel the device holds at once (multiprocessors x resident blocks per
-    /// multiprocessor): what the decode's split plan fills.
-    slots: u32,
     ctx: std::sync::Arc<crate::gpu::CudaContext>,
     counters: StreamCounters,
 }
@@ -520,21 +517,13 @@ impl Runtime {
                 f.set_max_dynamic_smem(bytes)?;
             }
         }
-        let sm_count = self.gpu.info().sm_count;
-        let per_sm = match functions.first() {
-            Some(f) => {
-                f.resident_blocks_per_sm(tile.threads(), smem.first().copied().unwrap_or(0))?
-            }
-            None => 1,
-        };
         Ok(Kernel {
             spec: *spec,
             tile: *tile,
             origin,
             functions,
             smem,
-            sm_count,
-            slots: sm_count * per_sm,
+            sm_count: self.gpu.info().sm_count,
             ctx: self.gpu.context().clone(),
             counters: StreamCounters::default(),
         })
@@ -602,7 +591,7 @@ impl Kernel {
 
     /// The splits a launch of this kernel on `p` uses on this device (1 but for split decode).
     pub fn splits_for(&self, p: &Problem) -> usize {
-        ops::of(self.spec.op()).splits(p, &self.tile, self.slots)
+        ops::of(self.spec.op()).splits(p, &self.tile, self.sm_count)
     }
 
     fn expect_op(&self, op: Op) -> Result<()> {
@@ -625,7 +614,7 @@ impl Kernel {
     /// The split count a decode of `b` sequences over `hkv` kv heads uses, the longest visible
     /// set being `max_items` raw keys plus summaries.
     pub fn decode_splits(&self, b: usize, hkv: usize, max_items: usize) -> usize {
-        params::decode_splits(&self.spec, &self.tile, b, hkv, max_items, self.slots)
+        params::decode_splits(&self.spec, &self.tile, b, hkv, max_items, self.sm_count)
     }
 
     /// Decode: `q, k_ring, v_ring, ks, vs, len -> o, lse` on `stream` with `splits` splits (see

@@ -454,29 +454,6 @@ impl Function {
         .map_err(drv("cuFuncGetAttribute"))
     }
 
-    /// Blocks of `threads` threads with `smem` bytes of dynamic shared memory that one
-    /// multiprocessor holds at once (its registers, shared memory and limits), at least 1.
-    pub fn resident_blocks_per_sm(&self, threads: u32, smem: u32) -> Result<u32, GpuError> {
-        self.module
-            .ctx
-            .bind_to_thread()
-            .map_err(drv("cuCtxSetCurrent"))?;
-        let mut n: std::ffi::c_int = 0;
-        // SAFETY: valid function handle and an out-pointer to a live local.
-        unsafe {
-            sys::cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
-                &mut n,
-                self.raw,
-                threads as std::ffi::c_int,
-                smem as usize,
-                sys::CUoccupancy_flags_enum::CU_OCCUPANCY_DEFAULT as std::ffi::c_uint,
-            )
-            .result()
-        }
-        .map_err(drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
-        Ok(n.max(1) as u32)
-    }
-
     /// Enqueues the kernel on `stream` with one by-value parameter block.
     ///
     /// # Safety

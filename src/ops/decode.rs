@@ -159,25 +159,27 @@ impl DecodeParams {
     }
 }
 
-/// The decode splits to use: the tile's, or (tile.splits = 0) as many as fill the blocks the
-/// device holds at once (`slots`: multiprocessors x resident blocks per multiprocessor) in one
-/// wave, rounded down (a second, partial wave runs its blocks alone: 5 splits at B=8 Hkv=8 on
-/// 264 slots gave 1.21 waves, docs/VALIDATION.md run 18), without giving a warp less than one
-/// tile of the longest sequence, at most 64.
+/// The decode splits to use: the tile's, or (tile.splits = 0) at most one block per
+/// multiprocessor, rounded down, without giving a warp less than one tile of the longest
+/// sequence, at most 64. Measured on the H200 (docs/VALIDATION.md, runs 18-23): a second, partial
+/// wave of blocks runs alone (5 splits at B=8 Hkv=8: 1.21 waves, 0.0381 ms), and blocks that
+/// share a multiprocessor pay their start and merge twice for the same bytes (B=1 at 1M tokens:
+/// 16 splits, 128 blocks, 0.0263 ms; 33 splits, two blocks per multiprocessor, 0.0281; 64,
+/// 0.0345; B=8 at 131k: 2 and 4 splits within 2 %, 8 splits 0.036).
 pub fn decode_splits(
     spec: &KernelSpec,
     tile: &Tile,
     b: usize,
     hkv: usize,
     max_items: usize,
-    slots: u32,
+    sm_count: u32,
 ) -> usize {
     if tile.splits() > 0 {
         return tile.splits() as usize;
     }
     let head_tiles = spec.group_or_one().div_ceil(DECODE_ROWS) as usize;
     let ctas = (b * hkv * head_tiles).max(1);
-    let want = slots as usize / ctas;
+    let want = sm_count as usize / ctas;
     // The CUDA kernel gives each warp block_n keys per step, the Triton kernel its program.
     let per_split = match tile.engine() {
         Engine::Triton => tile.block_n() as usize,
@@ -753,7 +755,7 @@ impl OpDef for Decode {
         }
     }
 
-    fn splits(&self, p: &Problem, tile: &Tile, slots: u32) -> usize {
+    fn splits(&self, p: &Problem, tile: &Tile, sm_count: u32) -> usize {
         let w = &p.workload;
         p.splits.unwrap_or_else(|| {
             decode_splits(
@@ -762,7 +764,7 @@ impl OpDef for Decode {
                 w.b,
                 w.hkv,
                 w.spec.window_or_zero() as usize + p.summary_rows,
-                slots,
+                sm_count,
             )
         })
     }
@@ -846,14 +848,14 @@ mod tests {
     fn decode_splits_and_workspace() {
         let s = spec();
         let tile = Tile::default_for(&s, Arch::new(9, 0));
-        // 64 sequences x 8 kv heads fill 264 slots: no split.
-        assert_eq!(decode_splits(&s, &tile, 64, 8, 1023, 264), 1);
-        // one wave, rounded down: 8 x 8 blocks on 264 slots take 4 splits (5 made 1.21 waves)
-        assert_eq!(decode_splits(&s, &tile, 8, 8, 1 << 20, 264), 4);
-        assert_eq!(decode_splits(&s, &tile, 1, 8, 1 << 20, 264), 33);
+        // 64 sequences x 8 kv heads fill 132 SMs: no split.
+        assert_eq!(decode_splits(&s, &tile, 64, 8, 1023, 132), 1);
+        // at most one block per SM, rounded down: 8 x 8 blocks take 2 splits, 1 x 8 take 16
+        assert_eq!(decode_splits(&s, &tile, 8, 8, 1 << 20, 132), 2);
+        assert_eq!(decode_splits(&s, &tile, 1, 8, 1 << 20, 132), 16);
         // one sequence, one kv head: split up to what the items allow
-        assert_eq!(decode_splits(&s, &tile, 1, 1, 1023, 264), 16);
-        assert_eq!(decode_splits(&s, &tile, 1, 1, 10, 264), 1);
+        assert_eq!(decode_splits(&s, &tile, 1, 1, 1023, 132), 16);
+        assert_eq!(decode_splits(&s, &tile, 1, 1, 10, 132), 1);
         let e = ElemType::Bf16;
         let a = DecodeArgs {
             q: t("q", e, &[2, 8, 64]),

@@ -459,9 +459,8 @@ pub trait OpDef: Sync {
 
     // ---- launch -------------------------------------------------------------------------
 
-    /// The splits a launch of `tile` on `p` uses on a device that holds `slots` blocks of the
-    /// kernel at once (multiprocessors x resident blocks per multiprocessor).
-    fn splits(&self, _p: &Problem, _tile: &Tile, _slots: u32) -> usize {
+    /// The splits a launch of `tile` on `p` uses on a device of `sm_count` multiprocessors.
+    fn splits(&self, _p: &Problem, _tile: &Tile, _sm_count: u32) -> usize {
         1
     }
 

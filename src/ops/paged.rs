@@ -555,8 +555,9 @@ impl OpDef for Paged {
         r
     }
 
-    fn splits(&self, p: &Problem, tile: &Tile, slots: u32) -> usize {
-        self.base_def().splits(&self.base_problem(p), tile, slots)
+    fn splits(&self, p: &Problem, tile: &Tile, sm_count: u32) -> usize {
+        self.base_def()
+            .splits(&self.base_problem(p), tile, sm_count)
     }
 
     fn workspace(&self, p: &Problem, tile: &Tile, splits: usize) -> usize {
