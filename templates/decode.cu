@@ -112,10 +112,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
   const int warp = tid >> 5;
   const int lane = tid & 31;
   const int pos = p.len[b] - 1;
-
-  const u16* qg = p.q + b * p.q_sb;
-  fe_load_rows<ROWS, THREADS>(sQ, tid, qg + h0 * p.q_sh, p.q_sh, pos >= 0 ? nrows : 0);
-  fe_cp_commit();
+  // PAGED: the ring's row in the slot pool, loaded beside the length (it does not depend on it)
+  const i64 rb = PAGED ? (i64)__ldg(p.slot + b) : (i64)b;
 
   const int lo = pos < 0 ? 0 : fe_window_start(pos);
   const int n_local = pos < 0 ? 0 : pos - lo + 1;
@@ -127,7 +125,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
   // This warp's tiles: t_begin + warp, t_begin + warp + NW, ...
   const int my_tiles = t_end - t_begin > warp ? (t_end - t_begin - warp + NW - 1) / NW : 0;
 
-  const i64 rb = PAGED ? (i64)p.slot[b] : (i64)b;
   const u16* krg = p.kr + rb * p.kr_sb + hk * p.kr_sh;
   const u16* vrg = p.vr + rb * p.vr_sb + hk * p.vr_sh;
   const u16* ksg = p.ks + (PAGED ? 0 : b * p.ks_sb) + hk * p.ks_sh;
@@ -199,6 +196,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     }
   };
 
+  // PAGED: the prologue's page ids are asked for before anything waits on them.
+  i64 pro_pg[STAGES];
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) pro_pg[s] = tile_page(s);
+
+  const u16* qg = p.q + b * p.q_sb;
+  fe_load_rows<ROWS, THREADS>(sQ, tid, qg + h0 * p.q_sh, p.q_sh, pos >= 0 ? nrows : 0);
+  fe_cp_commit();
+
   // Each warp's K/V pipeline starts before the query tile has landed (one memory latency less per
   // block: at small batches every block starts at once). The query tile's copies are the oldest
   // group, so waiting until only the prologue's STAGES - 1 groups may be pending means this
@@ -207,7 +213,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
   fe_state_init(st[0]);
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < my_tiles) load_tile(s, s, -1);
+    if (s < my_tiles) load_tile(s, s, pro_pg[s]);
     fe_cp_commit();
   }
   fe_cp_wait<STAGES - 1>();
