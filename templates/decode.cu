@@ -305,10 +305,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     __syncthreads();
     int* last = reinterpret_cast<int*>(scratch);  // (the warp merge above is done with it)
     if (tid == 0) {
-      int* c = p.counters + (i64)b * gridDim.y + blockIdx.y;
-      const int done = atomicAdd(c, 1);
-      *last = done == p.splits - 1;
-      if (done == p.splits - 1) atomicExch(c, 0);
+      // atomicInc wraps at splits - 1: the last arrival leaves the counter at zero in the same step
+      unsigned* c = reinterpret_cast<unsigned*>(p.counters + (i64)b * gridDim.y + blockIdx.y);
+      *last = atomicInc(c, (unsigned)p.splits - 1u) == (unsigned)p.splits - 1u;
     }
     __syncthreads();
     if (*last) {

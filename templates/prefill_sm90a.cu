@@ -164,8 +164,9 @@ FE_DEV FeTile fe_tile(int t, const PrefillSm90Params& p) {
   r.pos0 = 0;
   r.kofs = 0;
   if (EXTEND) {
-    r.pos0 = __ldg(p.start + r.b);
-    r.n = __ldg(p.count + r.b);
+    // (clamped: a bad length on the device must not send stores past the [B, Tmax, ...] outputs)
+    r.pos0 = max(__ldg(p.start + r.b), 0);
+    r.n = min(max(__ldg(p.count + r.b), 0), p.n);
     r.kofs = FE_W - r.pos0;
     if (r.m0 >= r.n) {
       r.hi_blk = r.n_local = r.n_blocks = 0;
@@ -699,8 +700,8 @@ static_assert(sizeof(ExtendGatherParams) == 288, "ExtendGatherParams must match 
 constexpr int GATHER_THREADS = 256;
 extern "C" __global__ void __launch_bounds__(GATHER_THREADS) {{ name }}_gather(const ExtendGatherParams p) {
   const int b = blockIdx.y;
-  const int l0 = __ldg(p.start + b);
-  const int t_new = __ldg(p.count + b);
+  const int l0 = max(__ldg(p.start + b), 0);
+  const int t_new = min(max(__ldg(p.count + b), 0), p.tmax);
   const int ncb = min((l0 + t_new) / FE_C, p.maxnc);  // summaries complete by L0 + T - 1
   const int kv_rows = FE_W + p.tmax;
   const int kv_reach = min((FE_W + t_new + 127) / 128 * 128, kv_rows);

@@ -606,7 +606,10 @@ pub fn encode_tensor_map(
 /// it ends, so a region is zeroed once, when allocated; launches on one stream run one after the
 /// other, so they never share a region at the same time. A launch that needs more counters than
 /// the stream's region holds gets a new, larger region; the old one stays allocated as long as the
-/// kernel (a captured graph may still use its address).
+/// kernel (a captured graph may still use its address). So a graph captured with these kernels
+/// must be replayed on its capture stream ([`crate::gpu::graph::StepGraph::replay`] does), and a
+/// launch aborted midway (a driver error) can leave a region's counts wrong for that stream:
+/// reload the kernel after such an error.
 #[derive(Debug, Default)]
 pub struct StreamCounters {
     regions: std::sync::Mutex<std::collections::HashMap<usize, Vec<CounterRegion>>>,

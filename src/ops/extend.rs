@@ -559,8 +559,14 @@ fn plan_extend_sm90(
     let win = spec.window_or_zero() as usize;
     let (b, tmax, h) = (t[0].shape[0], t[0].shape[1], t[0].shape[2]);
     let (hkv, maxnc) = (t[1].shape[2], t[5].shape[1]);
-    for i in [0, 1, 2, 3, 4, 5, 6] {
+    // 16-byte rows for the TMA maps, the gather's copies and the output's staged stores (as
+    // the prefill on this kernel asks); the summaries only when there are any
+    for i in [0, 1, 2, 3, 4, 9] {
         super::launch::expect_vector_layout(&t[i])?;
+    }
+    if maxnc > 0 {
+        super::launch::expect_vector_layout(&t[5])?;
+        super::launch::expect_vector_layout(&t[6])?;
     }
     let kv_rows = win + tmax;
     let need = extend_workspace_bytes(b, kv_rows, maxnc, hkv, d);
@@ -806,6 +812,13 @@ mod tests {
         );
         assert_eq!(maps[1].dims, [128, 2, 612, 2]);
         assert_eq!(maps[3].dims, [128, 2, 40, 2]);
+        // an output the staged 16-byte stores cannot write is refused, not launched
+        let mut bad = args.clone();
+        bad.tensors[9].ptr += 2;
+        assert!(matches!(
+            Extend.plan(&s, &tile, &bad, dev),
+            Err(LaunchError::Layout { name, .. }) if name == "o"
+        ));
         // under graph capture with no counters ready: the static schedule
         let capturing = DeviceFacts {
             counter_limit: Some(0),

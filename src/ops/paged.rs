@@ -560,9 +560,13 @@ impl OpDef for Paged {
             .splits(&self.base_problem(p), tile, sm_count)
     }
 
+    /// The base op's, with the summary rows the page table spans (its MAXP pages of PAGE rows:
+    /// `summary_rows` rounded up to whole pages), which is what the launch reads.
     fn workspace(&self, p: &Problem, tile: &Tile, splits: usize) -> usize {
-        self.base_def()
-            .workspace(&self.base_problem(p), tile, splits)
+        let mut base = self.base_problem(p);
+        let page = p.page.max(1);
+        base.summary_rows = p.summary_rows.div_ceil(page) * page;
+        self.base_def().workspace(&base, tile, splits)
     }
 
     fn plan(
