@@ -104,14 +104,7 @@ impl OpDef for Extend {
     }
 
     fn tile_name(&self, t: &TileParams) -> String {
-        format!(
-            "{}m{}_n{}_w{}_s{}",
-            super::engine_prefix(t.engine),
-            t.block_m,
-            t.block_n,
-            t.warps,
-            t.stages
-        )
+        super::prefill::tile_name_mnws(t)
     }
 
     fn normalize(&self, t: TileParams) -> TileParams {

@@ -36,6 +36,19 @@ const SM90_SMEM_PER_BLOCK: u32 = 227 * 1024;
 /// The prefill op.
 pub struct Prefill;
 
+/// The name of a tile that uses block_m, block_n, warps and stages, with its engine's prefix
+/// (e.g. `wg_m128_n128_w12_s2`, `m128_n32_w4_s2`): the prefill's and the extend's.
+pub(crate) fn tile_name_mnws(t: &TileParams) -> String {
+    format!(
+        "{}m{}_n{}_w{}_s{}",
+        super::engine_prefix(t.engine),
+        t.block_m,
+        t.block_n,
+        t.warps,
+        t.stages
+    )
+}
+
 /// The rules of the Hopper kernel's tiles (templates/prefill_sm90a.cu: prefill and extend).
 pub(crate) fn check_wgmma_tile(op: Op, spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
     one_of(
@@ -541,14 +554,7 @@ impl OpDef for Prefill {
     }
 
     fn tile_name(&self, t: &TileParams) -> String {
-        format!(
-            "{}m{}_n{}_w{}_s{}",
-            super::engine_prefix(t.engine),
-            t.block_m,
-            t.block_n,
-            t.warps,
-            t.stages
-        )
+        tile_name_mnws(t)
     }
 
     fn normalize(&self, t: TileParams) -> TileParams {
