@@ -841,7 +841,17 @@ mod tests {
 
     #[test]
     fn param_block_matches_the_template_layout() {
+        use std::mem::offset_of;
+        // templates/decode.cu's DecodeParams: 10 pointers, 18 strides, 6 ints and a float, the
+        // paging fields, the counters
         assert_eq!(std::mem::size_of::<DecodeParams>(), 288);
+        assert_eq!(offset_of!(DecodeParams, q_sb), 80);
+        assert_eq!(offset_of!(DecodeParams, b), 224);
+        assert_eq!(offset_of!(DecodeParams, scale_log2), 244);
+        assert_eq!(offset_of!(DecodeParams, page), 248);
+        assert_eq!(offset_of!(DecodeParams, slot), 256);
+        assert_eq!(offset_of!(DecodeParams, pt_sb), 272);
+        assert_eq!(offset_of!(DecodeParams, counters), 280);
     }
 
     #[test]

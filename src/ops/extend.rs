@@ -741,7 +741,18 @@ mod tests {
 
     #[test]
     fn gather_params_match_the_template_layout() {
+        use std::mem::offset_of;
+        // templates/prefill_sm90a.cu's ExtendGatherParams: 14 pointers, 19 strides, 6 ints
         assert_eq!(std::mem::size_of::<ExtendGatherParams>(), 288);
+        assert_eq!(offset_of!(ExtendGatherParams, kx), 80);
+        assert_eq!(offset_of!(ExtendGatherParams, k_sb), 112);
+        assert_eq!(offset_of!(ExtendGatherParams, pt_sb), 256);
+        assert_eq!(offset_of!(ExtendGatherParams, batch), 264);
+        assert_eq!(offset_of!(ExtendGatherParams, rows_per_block), 284);
+        // and the prefill block's extend fields
+        use crate::ops::prefill::PrefillSm90Params;
+        assert_eq!(offset_of!(PrefillSm90Params, start), 728);
+        assert_eq!(offset_of!(PrefillSm90Params, count), 736);
     }
 
     #[test]
