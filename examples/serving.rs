@@ -383,7 +383,7 @@ impl Server {
             let mut p = Problem::new(Workload::new(self.k.decode.spec, b_n, MAXNC * C, H, HKV));
             p.summary_rows = MAXNC;
             let splits = self.k.decode.splits_for(&p);
-            let ws_elems = flasheva::ops::of(Op::Decode).workspace(&p, &self.k.decode.tile, splits);
+            let ws_elems = self.k.decode.workspace_elems(&p);
             let ws = Dev::zeros(&s, ElemType::F32, &[ws_elems.max(1)])?;
             self.k.decode.launch(
                 &s,
@@ -443,7 +443,7 @@ impl Server {
             // workspace first (the Triton kernel needs none)
             let mut p = Problem::new(Workload::new(self.k.extend.spec, b_n, tmax, H, HKV));
             p.summary_rows = MAXNC;
-            let ws_elems = flasheva::ops::of(Op::Extend).workspace(&p, &self.k.extend.tile, 1);
+            let ws_elems = self.k.extend.workspace_elems(&p);
             let ws = Dev::zeros(&s, ElemType::F32, &[ws_elems.max(1)])?;
             self.k.extend.launch(
                 &s,

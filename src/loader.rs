@@ -594,6 +594,13 @@ impl Kernel {
         ops::of(self.spec.op()).splits(p, &self.tile, self.sm_count)
     }
 
+    /// The fp32 workspace elements a launch of this kernel on `p` needs (0: none): the split
+    /// decode's partial results, the Hopper extend's gathered keys and values. Size it for the
+    /// capacities (batch, Tmax, summary slots) to reuse one workspace, or a captured graph's.
+    pub fn workspace_elems(&self, p: &Problem) -> usize {
+        ops::of(self.spec.op()).workspace(p, &self.tile, self.splits_for(p))
+    }
+
     fn expect_op(&self, op: Op) -> Result<()> {
         if self.spec.op() != op {
             return Err(LaunchError::Op {

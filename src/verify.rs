@@ -257,8 +257,7 @@ pub fn run_once(
 ) -> Result<Vec<HostTensor>> {
     let def = ops::of(kernel.spec.op());
     let splits = kernel.splits_for(p);
-    let ws = def.workspace(p, &kernel.tile, splits);
-    let t = OpTensors::new(stream, def, p, ws, inputs, pad)?;
+    let t = OpTensors::new(stream, def, p, kernel.workspace_elems(p), inputs, pad)?;
     kernel.launch(stream, &t.op_args(p, splits))?;
     sync(stream)?;
     Ok(t.download_outputs(stream)?)

@@ -277,7 +277,7 @@ impl Runtime {
         py.detach(move || {
             let (k, p) = kernel_and_problem(&rt, spec, (b, n, h, hkv, past), summary_rows)?;
             let splits = k.splits_for(&p);
-            Ok((splits, ops::of(spec.op()).workspace(&p, &k.tile, splits)))
+            Ok((splits, k.workspace_elems(&p)))
         })
     }
 
