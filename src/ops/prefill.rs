@@ -438,7 +438,13 @@ pub fn plan_prefill_sm90(
         batch: b as i32,
         ..Default::default()
     };
-    let rows = a.ks.shape[1];
+    // With no summary rows the summary maps are never read (nc = 0) but must still encode: over
+    // K and V then (an empty tensor's address may be null or unaligned).
+    let (ks, vs, rows) = if a.ks.shape[1] > 0 {
+        (&a.ks, &a.vs, a.ks.shape[1])
+    } else {
+        (&a.k, &a.v, n)
+    };
     Ok(Some(Sm90PrefillPlan {
         launch: LaunchPlan {
             grid: (
@@ -458,8 +464,8 @@ pub fn plan_prefill_sm90(
             TensorMapSpec::of(&a.q, bf16, n, bm),
             TensorMapSpec::of(&a.k, bf16, n, bn),
             TensorMapSpec::of(&a.v, bf16, n, bn),
-            TensorMapSpec::of(&a.ks, bf16, rows, bn),
-            TensorMapSpec::of(&a.vs, bf16, rows, bn),
+            TensorMapSpec::of(ks, bf16, rows, bn),
+            TensorMapSpec::of(vs, bf16, rows, bn),
         ],
     }))
 }
@@ -1018,6 +1024,17 @@ mod tests {
         typed.tm_vs = TensorMap([5; 16]);
         typed.tile_counter = 0xdead_beef;
         assert_eq!(step.params.as_bytes(), bytemuck::bytes_of(&typed));
+
+        // no summary rows (N < C): the summary maps, never read, encode over K and V
+        let mut few = prefill_args(2, 7, 8, 2);
+        few.ks.ptr = 0;
+        few.vs.ptr = 0;
+        let maps = plan_prefill_sm90(&s, &hopper_tile, &few, 132)
+            .unwrap()
+            .unwrap()
+            .maps;
+        assert_eq!(few.ks.shape[1], 0);
+        assert_eq!((maps[3].addr, maps[4].addr), (few.k.ptr, few.v.ptr));
 
         let mut short = a.to_op_args();
         short.tensors.pop();
