@@ -544,6 +544,29 @@ fn check_range(field: &'static str, value: u32, lo: u32, hi: u32) -> Result<(), 
     Ok(())
 }
 
+/// The spec of `op` with every parameter given (tests of the crate's modules).
+#[cfg(test)]
+pub(crate) fn test_spec(
+    op: Op,
+    (head_dim, window, chunk): (u32, u32, u32),
+    local: LocalMode,
+    dtype: DType,
+    group: Option<u32>,
+) -> KernelSpec {
+    KernelSpec::new(
+        op,
+        &SpecParams {
+            head_dim: Some(head_dim),
+            window: Some(window),
+            chunk: Some(chunk),
+            local: Some(local),
+            dtype: Some(dtype),
+            group,
+        },
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

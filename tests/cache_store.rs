@@ -5,7 +5,7 @@
 mod common;
 
 use common::fake::Fake;
-use common::{Counting, cheap_spec, winner};
+use common::{Counting, cheap_spec, spec, winner};
 use flasheva::cache::winner::Bucket;
 use flasheva::cache::{CacheStore, Lookup, layout};
 use flasheva::pipeline::{Pipeline, Status};
@@ -245,21 +245,10 @@ fn winner_records_round_trip_and_nearest_bucket() {
 
 #[test]
 fn a_winner_with_fixed_splits_answers_only_its_own_bucket() {
-    use flasheva::spec::{DType, LocalMode, SpecParams};
+    use flasheva::spec::{DType, LocalMode};
     let dir = tempfile::tempdir().unwrap();
     let store = CacheStore::open(dir.path()).unwrap();
-    let spec = flasheva::KernelSpec::new(
-        Op::Decode,
-        &SpecParams {
-            head_dim: Some(128),
-            window: Some(512),
-            chunk: Some(64),
-            local: Some(LocalMode::Block),
-            dtype: Some(DType::Bf16),
-            group: Some(4),
-        },
-    )
-    .unwrap();
+    let spec = spec(Op::Decode, 128, 512, 64, LocalMode::Block, DType::Bf16, 4);
     let fixed = Tile::default_for(&spec, Arch::new(9, 0))
         .with_overrides(&spec, "splits=2")
         .unwrap();

@@ -60,21 +60,12 @@ fn triton_tile(s: &KernelSpec) -> Tile {
 /// (entry point, parameter count) of every launch the op plans for a small call of `s`.
 fn planned_params(s: &KernelSpec) -> Vec<(usize, usize)> {
     use flasheva::ops::{self, DeviceFacts, Problem};
-    use flasheva::tensor::TensorArg;
     use flasheva::workload::Workload;
     let def = ops::of(s.op());
     let mut p = Problem::new(Workload::new(*s, 2, 77, 8, 2));
     p.splits = Some(3);
     let tile = triton_tile(s);
-    let tensors: Vec<TensorArg> = def
-        .inputs(&p)
-        .iter()
-        .chain(&def.outputs(&p))
-        .map(|t| TensorArg::contiguous(t.name, 0x10000, t.elem, &t.shape))
-        .collect();
-    let splits = def.splits(&p, &tile, 132);
-    let ws = def.workspace(&p, &tile, splits);
-    let args = p.op_args(tensors, splits, (ws > 0).then_some((0x20000, ws)));
+    let args = p.placeholder_args(&tile, 132, 0x10000, 0x20000);
     def.plan(s, &tile, &args, DeviceFacts::new(132))
         .unwrap()
         .iter()

@@ -409,20 +409,15 @@ mod tests {
 
     #[test]
     fn extend_buckets_tell_cached_tokens_apart_and_old_records_still_read() {
-        use crate::spec::{DType, LocalMode, SpecParams};
+        use crate::spec::{DType, LocalMode, test_spec};
         use crate::workload::Workload;
-        let spec = KernelSpec::new(
+        let spec = test_spec(
             Op::Extend,
-            &SpecParams {
-                head_dim: Some(128),
-                window: Some(512),
-                chunk: Some(64),
-                local: Some(LocalMode::Block),
-                dtype: Some(DType::Bf16),
-                group: Some(4),
-            },
-        )
-        .unwrap();
+            (128, 512, 64),
+            LocalMode::Block,
+            DType::Bf16,
+            Some(4),
+        );
         let fresh = Bucket::of_workload(&Workload::new(spec, 8, 512, 32, 8));
         let late = Bucket::of_workload(&Workload::new(spec, 8, 512, 32, 8).with_past(32768));
         assert_eq!(fresh.past_log2, 0);

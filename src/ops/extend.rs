@@ -725,18 +725,13 @@ mod tests {
     use crate::spec::DType;
 
     fn spec() -> KernelSpec {
-        KernelSpec::new(
+        crate::spec::test_spec(
             Op::Extend,
-            &SpecParams {
-                head_dim: Some(128),
-                window: Some(512),
-                chunk: Some(64),
-                local: Some(LocalMode::Block),
-                dtype: Some(DType::Bf16),
-                group: None,
-            },
+            (128, 512, 64),
+            LocalMode::Block,
+            DType::Bf16,
+            None,
         )
-        .unwrap()
     }
 
     #[test]
@@ -774,19 +769,17 @@ mod tests {
         assert_eq!(Extend.workspace(&p, &tr, 1), 0);
         let ws = Extend.workspace(&p, &tile, 1);
         assert_eq!(ws * 4, 2 * 2 * (512 + 100 + 40) * 2 * 128 * 2);
-        let tensors: Vec<TensorArg> = Extend
-            .inputs(&p)
-            .iter()
-            .chain(&Extend.outputs(&p))
-            .map(|t| TensorArg::contiguous(t.name, 0x10000, t.elem, &t.shape))
-            .collect();
         let dev = DeviceFacts::new(132);
-        let no_ws = p.op_args(tensors.clone(), 1, None);
+        let args = p.placeholder_args(&tile, 132, 0x10000, 0x100000);
+        assert_eq!(args.workspace, Some((0x100000, ws)));
+        let no_ws = OpArgs {
+            workspace: None,
+            ..args.clone()
+        };
         assert!(matches!(
             Extend.plan(&s, &tile, &no_ws, dev),
             Err(LaunchError::Size(m)) if m.contains("workspace")
         ));
-        let args = p.op_args(tensors, 1, Some((0x100000, ws)));
         let steps = Extend.plan(&s, &tile, &args, dev).unwrap();
         assert_eq!(steps.len(), 2);
         let (gather, main) = (&steps[0], &steps[1]);

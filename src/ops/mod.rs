@@ -256,6 +256,29 @@ impl Problem {
             workspace,
         }
     }
+
+    /// Launch arguments of this problem for `tile` on a device of `sm_count` multiprocessors
+    /// with placeholder addresses: every tensor contiguous at `tensor_addr`, the workspace (when
+    /// the launch needs one) at `workspace_addr`. For planning without device memory: checks of
+    /// the plans, the planning benchmark.
+    pub fn placeholder_args(
+        &self,
+        tile: &Tile,
+        sm_count: u32,
+        tensor_addr: u64,
+        workspace_addr: u64,
+    ) -> OpArgs {
+        let def = of(self.workload.spec.op());
+        let tensors = def
+            .inputs(self)
+            .iter()
+            .chain(&def.outputs(self))
+            .map(|t| TensorArg::contiguous(t.name, tensor_addr, t.elem, &t.shape))
+            .collect();
+        let splits = def.splits(self, tile, sm_count);
+        let ws = def.workspace(self, tile, splits);
+        self.op_args(tensors, splits, (ws > 0).then_some((workspace_addr, ws)))
+    }
 }
 
 /// One tensor of an op call.
@@ -822,15 +845,7 @@ mod tests {
             p.splits = Some(3);
             let spec = p.spec();
             let tile = Tile::new(&spec, def.triton_default(&spec)).unwrap();
-            let tensors: Vec<TensorArg> = def
-                .inputs(&p)
-                .iter()
-                .chain(&def.outputs(&p))
-                .map(|t| TensorArg::contiguous(t.name, 0x10000, t.elem, &t.shape))
-                .collect();
-            let splits = def.splits(&p, &tile, dev.sm_count);
-            let ws = def.workspace(&p, &tile, splits);
-            let args = p.op_args(tensors, splits, (ws > 0).then_some((0x20000, ws)));
+            let args = p.placeholder_args(&tile, dev.sm_count, 0x10000, 0x20000);
             let steps = def.plan(&spec, &tile, &args, dev).unwrap();
             let kernels = def.triton_kernels(&spec, &tile);
             assert_eq!(steps.len(), kernels.len(), "{op}: one launch per kernel");
