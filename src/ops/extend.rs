@@ -10,8 +10,8 @@
 //! is cached). The workload's `n` is Tmax and its `past` L0.
 
 use super::launch::{
-    ArgList, Counters, LOG2E, LaunchError, LaunchPlan, OpArgs, Paging, Step, TensorMapSpec,
-    check_op, expect_contiguous_rows, expect_dtype, expect_shape, grid_dim,
+    ArgList, LOG2E, LaunchError, LaunchPlan, OpArgs, Paging, Step, TensorMapSpec, check_op,
+    expect_contiguous_rows, expect_dtype, expect_shape, grid_dim,
 };
 #[cfg(feature = "cli")]
 use super::{Check, Draw, Reference};
@@ -92,12 +92,7 @@ impl OpDef for Extend {
         let mut v = Vec::new();
         if spec.head_dim() == 64 || spec.head_dim() == 128 {
             // The Hopper kernel where it runs (sm_90a), with the prefill's default tile.
-            v.push(super::prefill::hopper(
-                128,
-                128,
-                12,
-                if spec.head_dim() <= 64 { 4 } else { 2 },
-            ));
+            v.push(super::prefill::hopper_default(spec));
         }
         v.push(self.triton_default(spec));
         v
@@ -547,7 +542,6 @@ fn plan_extend_sm90(
     device: DeviceFacts,
 ) -> Result<Vec<Step>, LaunchError> {
     use super::prefill::PrefillSm90Params;
-    use std::mem::offset_of;
     let d = spec.head_dim() as usize;
     let win = spec.window_or_zero() as usize;
     let (b, tmax, h) = (t[0].shape[0], t[0].shape[1], t[0].shape[2]);
@@ -671,52 +665,17 @@ fn plan_extend_sm90(
         count: t[8].ptr,
         ..Default::default()
     };
-    let mut main = Step::of(
-        0,
-        &LaunchPlan {
-            grid: (
-                grid_dim(
-                    "persistent CTAs",
-                    tiles.min(device.sm_count.max(1) as usize),
-                    65535,
-                )?,
-                1,
-                1,
-            ),
-            block: (tile.threads(), 1, 1),
-            smem: tile.smem_bytes(spec),
-            params,
-        },
-    );
-    main.tensor_maps = vec![
-        (
-            offset_of!(PrefillSm90Params, tm_q),
+    let plan = super::prefill::Sm90PrefillPlan {
+        launch: super::prefill::sm90_launch(spec, tile, tiles, device.sm_count, params)?,
+        maps: [
             TensorMapSpec::of(&t[0], bf16, tmax, bm),
-        ),
-        (
-            offset_of!(PrefillSm90Params, tm_k),
             TensorMapSpec::of(&kx, bf16, kv_rows, bn),
-        ),
-        (
-            offset_of!(PrefillSm90Params, tm_v),
             TensorMapSpec::of(&vx, bf16, kv_rows, bn),
-        ),
-        (
-            offset_of!(PrefillSm90Params, tm_ks),
             TensorMapSpec::of(&ksx, bf16, maxnc, bn),
-        ),
-        (
-            offset_of!(PrefillSm90Params, tm_vs),
             TensorMapSpec::of(&vsx, bf16, maxnc, bn),
-        ),
-    ];
-    if device.counters_allowed(2) {
-        main.counters = Some(Counters {
-            offset: offset_of!(PrefillSm90Params, tile_counter),
-            ints: 2,
-        });
-    }
-    Ok(vec![gather, main])
+        ],
+    };
+    Ok(vec![gather, super::prefill::sm90_step(0, plan, device)])
 }
 
 #[cfg(test)]

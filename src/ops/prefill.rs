@@ -446,20 +446,7 @@ pub fn plan_prefill_sm90(
         (&a.k, &a.v, n)
     };
     Ok(Some(Sm90PrefillPlan {
-        launch: LaunchPlan {
-            grid: (
-                grid_dim(
-                    "persistent CTAs",
-                    tiles.min(sm_count.max(1) as usize),
-                    65535,
-                )?,
-                1,
-                1,
-            ),
-            block: (tile.threads(), 1, 1),
-            smem: tile.smem_bytes(spec),
-            params,
-        },
+        launch: sm90_launch(spec, tile, tiles, sm_count, params)?,
         maps: [
             TensorMapSpec::of(&a.q, bf16, n, bm),
             TensorMapSpec::of(&a.k, bf16, n, bn),
@@ -468,6 +455,53 @@ pub fn plan_prefill_sm90(
             TensorMapSpec::of(vs, bf16, rows, bn),
         ],
     }))
+}
+
+/// The Hopper kernel's launch (prefill and extend): a persistent grid of at most `sm_count`
+/// CTAs over `tiles` query tiles, the tile's block and shared memory.
+pub(crate) fn sm90_launch(
+    spec: &KernelSpec,
+    tile: &Tile,
+    tiles: usize,
+    sm_count: u32,
+    params: PrefillSm90Params,
+) -> Result<LaunchPlan<PrefillSm90Params>, LaunchError> {
+    Ok(LaunchPlan {
+        grid: (
+            grid_dim(
+                "persistent CTAs",
+                tiles.min(sm_count.max(1) as usize),
+                65535,
+            )?,
+            1,
+            1,
+        ),
+        block: (tile.threads(), 1, 1),
+        smem: tile.smem_bytes(spec),
+        params,
+    })
+}
+
+/// The Hopper kernel's step (prefill and extend): its five tensor maps at their fields, and
+/// dynamic tile scheduling with the stream's counter pair, or the static schedule (a null
+/// counter) where none may be allocated (a first launch under graph capture).
+pub(crate) fn sm90_step(function: usize, plan: Sm90PrefillPlan, device: DeviceFacts) -> Step {
+    let mut step = Step::of(function, &plan.launch);
+    let slots = [
+        offset_of!(PrefillSm90Params, tm_q),
+        offset_of!(PrefillSm90Params, tm_k),
+        offset_of!(PrefillSm90Params, tm_v),
+        offset_of!(PrefillSm90Params, tm_ks),
+        offset_of!(PrefillSm90Params, tm_vs),
+    ];
+    step.tensor_maps = slots.into_iter().zip(plan.maps).collect();
+    if device.counters_allowed(2) {
+        step.counters = Some(Counters {
+            offset: offset_of!(PrefillSm90Params, tile_counter),
+            ints: 2,
+        });
+    }
+    step
 }
 
 /// The parameters of `fe_prefill` (triton/flasheva_triton.py), in order.
@@ -539,7 +573,14 @@ fn mma(block_m: u32, block_n: u32, warps: u32, stages: u32) -> TileParams {
     }
 }
 
-pub(crate) fn hopper(block_m: u32, block_n: u32, warps: u32, stages: u32) -> TileParams {
+/// The Hopper kernel's default tile (prefill and extend, D = 64 and 128): 128 x 128, two consumer
+/// warpgroups, the stage count measured best on the H200 (docs/VALIDATION.md, 2026-11-28): 2 for
+/// D = 128, 4 for D = 64.
+pub(crate) fn hopper_default(spec: &KernelSpec) -> TileParams {
+    hopper(128, 128, 12, if spec.head_dim() <= 64 { 4 } else { 2 })
+}
+
+fn hopper(block_m: u32, block_n: u32, warps: u32, stages: u32) -> TileParams {
     TileParams {
         engine: Engine::Wgmma,
         ..mma(block_m, block_n, warps, stages)
@@ -606,10 +647,8 @@ impl OpDef for Prefill {
         let d = spec.head_dim();
         let mut v = Vec::new();
         if d <= 128 {
-            // The Hopper kernel where it runs (validate_for accepts it on sm_90a only): 128 x 128
-            // tiles, 2 consumer warpgroups; the stage count measured best on the H200
-            // (docs/VALIDATION.md, 2026-11-28): 2 for D = 128, 4 for D = 64.
-            v.push(hopper(128, 128, 12, if d <= 64 { 4 } else { 2 }));
+            // The Hopper kernel where it runs (validate_for accepts it on sm_90a only).
+            v.push(hopper_default(spec));
             if arch.major >= 9 {
                 // Two 16-row tiles per warp: the fastest tile measured on the H100
                 // (docs/VALIDATION.md); on sm_8x ptxas spills it, so it is not their default.
@@ -818,24 +857,7 @@ impl OpDef for Prefill {
                 let Some(plan) = plan_prefill_sm90(spec, tile, &a, device.sm_count)? else {
                     return Ok(Vec::new());
                 };
-                let mut step = Step::of(0, &plan.launch);
-                let slots = [
-                    offset_of!(PrefillSm90Params, tm_q),
-                    offset_of!(PrefillSm90Params, tm_k),
-                    offset_of!(PrefillSm90Params, tm_v),
-                    offset_of!(PrefillSm90Params, tm_ks),
-                    offset_of!(PrefillSm90Params, tm_vs),
-                ];
-                step.tensor_maps = slots.into_iter().zip(plan.maps).collect();
-                // Dynamic tile scheduling with the stream's counter pair; the static schedule
-                // (a null counter) where none may be allocated (a first launch under capture).
-                if device.counters_allowed(2) {
-                    step.counters = Some(Counters {
-                        offset: offset_of!(PrefillSm90Params, tile_counter),
-                        ints: 2,
-                    });
-                }
-                Ok(vec![step])
+                Ok(vec![sm90_step(0, plan, device)])
             }
             _ => Ok(plan_prefill(spec, tile, &a)?
                 .map(|p| vec![Step::of(0, &p)])
