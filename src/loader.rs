@@ -546,17 +546,25 @@ impl Kernel {
     /// plans the launches, the loader fills in what only the device knows (TMA tensor maps, the
     /// stream's tile counter) and launches. Nothing is launched when there is nothing to compute.
     pub fn launch(&self, stream: &dyn LaunchStream, args: &OpArgs) -> Result<()> {
-        // Nothing may be allocated while the stream is captured into a graph: a plan then uses
-        // only the counters the stream already has.
-        let device = DeviceFacts {
-            sm_count: self.sm_count,
-            counter_limit: if crate::gpu::driver::is_capturing(stream)? {
-                Some(self.counters.ready(stream))
-            } else {
-                None
-            },
-        };
-        for mut step in ops::of(self.spec.op()).plan(&self.spec, &self.tile, args, device)? {
+        let def = ops::of(self.spec.op());
+        let mut device = DeviceFacts::new(self.sm_count);
+        let mut steps = def.plan(&self.spec, &self.tile, args, device)?;
+        // Nothing may be allocated while the stream is captured into a graph: a plan that needs
+        // more counters than the stream has (its first launch here) is made again with only
+        // those, if the stream is capturing. (Asked only then: not a driver call per launch.)
+        let need = steps
+            .iter()
+            .filter_map(|s| s.counters)
+            .map(|c| c.ints)
+            .max();
+        if let Some(need) = need {
+            let ready = self.counters.ready(stream);
+            if need > ready && crate::gpu::driver::is_capturing(stream)? {
+                device.counter_limit = Some(ready);
+                steps = def.plan(&self.spec, &self.tile, args, device)?;
+            }
+        }
+        for mut step in steps {
             for (offset, map) in &step.tensor_maps {
                 let encoded = encode_tensor_map(map)?;
                 step.params.write(*offset, bytemuck::bytes_of(&encoded));
