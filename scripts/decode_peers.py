@@ -13,7 +13,8 @@ query per sequence at that position with
     carries the read rate it measured in the same process: decode's share of it is the floor's
     other half (>= 85 %).
 SDPA runs with enable_gqa (the query heads of a kv head share its rows). Timing: CUDA events,
-warm-up, median of --iters samples, each sample on a different input set, the sets together
+warm-up, median of --iters samples (each after an untimed call of the same set: the GPU stays
+busy while the timed one is enqueued), each sample on a different input set, the sets together
 larger than three times the L2 cache. Usage (from the repo root on the GPU machine):
 
     python3 scripts/decode_peers.py --flasheva .device/bin/flasheva --json $OUT/decode_peers.json
@@ -22,13 +23,18 @@ larger than three times the L2 cache. Usage (from the repo root on the GPU machi
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 
 import torch
 import torch.nn.functional as F
+
+# peers.py's timing (beside this file): each timed call follows an untimed one, so the GPU is
+# busy while the host enqueues it and a small kernel is not charged for the launch gap, as
+# `flasheva bench` times back-to-back launches
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import L2_BYTES, time_ms  # noqa: E402
 
 # B, position, H, Hkv, D, W, C: issue 11's table, then its two added shapes
 SHAPES = [
@@ -38,23 +44,8 @@ SHAPES = [
     (1, 1048575, 32, 8, 128, 512, 64),
     (256, 8191, 32, 8, 128, 512, 64),
 ]
-L2_BYTES = 60 << 20
 
 
-def time_sets(fn, sets, iters, warmup=10):
-    for i in range(warmup):
-        fn(*sets[i % len(sets)])
-    torch.cuda.synchronize()
-    ms = []
-    for i in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        args = sets[i % len(sets)]
-        a.record()
-        fn(*args)
-        b.record()
-        b.synchronize()
-        ms.append(a.elapsed_time(b))
-    return statistics.median(ms)
 
 
 def input_sets(shape_q, shape_kv, dtype, budget_bytes):
@@ -103,9 +94,9 @@ def main():
     for i in pick:
         b, pos, h, hkv, d, w, c = SHAPES[i]
         rows_read = min(w, pos % w + 1) + pos // c  # block mode: the ring's visible part, the summaries
-        compact = time_sets(sdpa, input_sets((b, h, 1, d), (b, hkv, rows_read, d), dt, 8 << 30), a.iters)
+        compact = time_ms(sdpa, input_sets((b, h, 1, d), (b, hkv, rows_read, d), dt, 8 << 30), a.iters)
         full_sets = input_sets((b, h, 1, d), (b, hkv, pos + 1, d), dt, 24 << 30)
-        full = time_sets(sdpa, full_sets, a.iters)
+        full = time_ms(sdpa, full_sets, a.iters)
         del full_sets
         torch.cuda.empty_cache()
         fe = run_flasheva(a.flasheva, b, pos, h, hkv, d, w, c, a.iters) if a.flasheva else None
