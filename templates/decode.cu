@@ -18,7 +18,6 @@ constexpr int NW = {{ warps }};
 constexpr int STAGES = {{ stages }};
 constexpr int THREADS = NW * 32;
 constexpr bool QREGS = FE_D <= 128;
-constexpr int COMBINE_THREADS = 128;
 constexpr bool PAGED = {{ paged }};
 
 // Must match `DecodeParams` in src/ops/decode.rs field for field.
@@ -317,58 +316,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
   }
 }
 
-// Merges the per-split partial results of {{ name }}. grid (H, B), COMBINE_THREADS threads.
-// The splits' (max, sum) pairs are read once, in parallel, into shared memory, where each split's
-// weight exp2(m_s - max) is formed once; each thread then sums its column over the splits with
-// independent loads (the first version walked the splits three times with one dependent load per
-// step: about 0.27 us per split at 33-128 splits on the H200, docs/VALIDATION.md).
-constexpr int MAX_COMBINE_SPLITS = 128;  // the most a tile or the launcher asks for (tile.rs MAX_SPLITS)
+// Merges the per-split partial results of {{ name }} where its launch could not (the first launch
+// on a stream under graph capture, when no counters can be allocated): grid (H, B), one warp per
+// head and sequence, the last block's merge.
+constexpr int COMBINE_THREADS = 32;
 extern "C" __global__ void __launch_bounds__(COMBINE_THREADS) {{ name }}_combine(const DecodeParams p) {
-  __shared__ float s_w[MAX_COMBINE_SPLITS];  // each split's max, then its weight exp2(m_s - max)
-  __shared__ float s_red[2];                 // max, sum
-  const int h = blockIdx.x;
-  const int b = blockIdx.y;
-  const int splits = min(p.splits, MAX_COMBINE_SPLITS);
-  const int tid = threadIdx.x;
-  for (int s = tid; s < splits; s += COMBINE_THREADS) s_w[s] = p.ws_ml[(((i64)s * p.b + b) * p.h + h) * 2];
-  __syncthreads();
-  if (tid < 32) {
-    float mx = FE_NEG_INF;
-    for (int s = tid; s < splits; s += 32) mx = fmaxf(mx, s_w[s]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    // A sequence with len <= 0 has max = -inf in every split: weights 0, o = 0, lse = -inf.
-    float sum = 0.f;
-    for (int s = tid; s < splits; s += 32) {
-      const float w = mx == FE_NEG_INF ? 0.f : fe_exp2(s_w[s] - mx);
-      sum += p.ws_ml[(((i64)s * p.b + b) * p.h + h) * 2 + 1] * w;
-      s_w[s] = w;
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (tid == 0) {
-      s_red[0] = mx;
-      s_red[1] = sum;
-    }
-  }
-  __syncthreads();
-  const float mmax = s_red[0];
-  const float lsum = s_red[1];
-  const float* wo = p.ws_o + ((i64)b * p.h + h) * FE_D;
-  const i64 split_stride = (i64)p.b * p.h * FE_D;
-  for (int d = tid; d < FE_D; d += COMBINE_THREADS) {
-    // four independent sums, so four loads are in flight at a time
-    float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
-    int s = 0;
-    for (; s + 4 <= splits; s += 4) {
-      acc0 += wo[(s + 0) * split_stride + d] * s_w[s + 0];
-      acc1 += wo[(s + 1) * split_stride + d] * s_w[s + 1];
-      acc2 += wo[(s + 2) * split_stride + d] * s_w[s + 2];
-      acc3 += wo[(s + 3) * split_stride + d] * s_w[s + 3];
-    }
-    for (; s < splits; ++s) acc0 += wo[s * split_stride + d] * s_w[s];
-    const float acc = (acc0 + acc1) + (acc2 + acc3);
-    p.o[b * p.o_sb + h * p.o_sh + d] = fe_from_f32(lsum > 0.f ? acc / lsum : 0.f);
-  }
-  if (tid == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = fe_lse(mmax, lsum);
+  fe_merge_splits(p, blockIdx.y, blockIdx.x, 1, 0, threadIdx.x);
 }

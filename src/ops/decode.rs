@@ -360,7 +360,7 @@ pub fn plan_decode(
     };
     let combine = (splits > 1).then_some(LaunchPlan {
         grid: (h as u32, b as u32, 1),
-        block: (128, 1, 1),
+        block: (32, 1, 1), // one warp per head and sequence (templates/decode.cu)
         smem: 0,
         params,
     });
