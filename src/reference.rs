@@ -506,9 +506,11 @@ pub fn chunk_summarize_bwd(
                 let z: f64 = e.iter().sum();
                 let alpha: Vec<f64> = e.iter().map(|x| x / z).collect();
                 let gs: Vec<f64> = rows.iter().map(|&r| dot(dv_c, &v[r..][..d])).collect();
-                let mean_g: f64 = alpha.iter().zip(&gs).map(|(a, g)| a * g).sum();
                 for ((&r, al), gj) in rows.iter().zip(&alpha).zip(&gs) {
-                    let da = al * (gj - mean_g);
+                    // al (gj - sum_i alpha_i g_i) in its pairwise form, which does not cancel
+                    // when the softmax is peaked (the alphas sum to one)
+                    let pair: f64 = alpha.iter().zip(&gs).map(|(a, gi)| a * (gj - gi)).sum();
+                    let da = al * pair;
                     for t in 0..d {
                         dv[r + t] = al * dv_c[t];
                         dom[crow + t] += scale * da * k[r + t];

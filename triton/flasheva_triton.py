@@ -559,7 +559,10 @@ def fe_chunk_summarize_bwd(K, V, OMEGA, DVS, DK, DV, DOMEGA,
     p = tl.exp(a - tl.max(a, 0))
     alpha = p / tl.sum(p, 0)
     g = tl.sum(dvs[None, :] * v, 1)
-    da = alpha * (g - tl.sum(alpha * g, 0))
+    # d alpha_i = alpha_i (g_i - sum_j alpha_j g_j), written as alpha_i sum_j alpha_j (g_i - g_j)
+    # (the same number, as the alphas sum to one): the subtraction g_i - mean(g) cancels when
+    # the softmax is peaked, the pairwise form keeps the error relative to each term.
+    da = alpha * tl.sum(alpha[None, :] * (g[:, None] - g[None, :]), 1)
     dv = alpha[:, None] * dvs[None, :]
     dk = scale * da[:, None] * (om[None, :] - k)
     dom = scale * tl.sum(da[:, None] * k, 0)

@@ -242,7 +242,7 @@ def ref_chunk_summarize_bwd(k, v, om, dvs, C, s):
                 al = np.exp(a - a.max())
                 al /= al.sum()
                 g = vv @ dvs[b, c, h]
-                da = al * (g - al @ g)
+                da = al * ((g[:, None] - g[None, :]) @ al)  # pairwise: no cancellation
                 dv[b, c * C:(c + 1) * C, h] = np.outer(al, dvs[b, c, h])
                 dk[b, c * C:(c + 1) * C, h] = s * da[:, None] * (om[b, c, h][None, :] - kk)
                 dom[b, c, h] = s * da @ kk
