@@ -14,7 +14,7 @@ use crate::spec::KernelSpec;
 use crate::tile::{DECODE_ROWS, SMEM_PAD, Tile, TileError};
 
 /// The templates, by name, exactly as embedded.
-pub const TEMPLATES: [(&str, &str); 8] = [
+pub const TEMPLATES: [(&str, &str); 9] = [
     ("common.cuh", include_str!("../../templates/common.cuh")),
     (
         "attention.cuh",
@@ -34,6 +34,10 @@ pub const TEMPLATES: [(&str, &str); 8] = [
     (
         "prefill_sm90a.cu",
         include_str!("../../templates/prefill_sm90a.cu"),
+    ),
+    (
+        "decode_sm90a.cu",
+        include_str!("../../templates/decode_sm90a.cu"),
     ),
 ];
 
