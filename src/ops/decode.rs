@@ -967,6 +967,34 @@ mod tests {
     }
 
     #[test]
+    fn the_visible_raw_keys_are_the_ring_slots_from_zero() {
+        // what the tma decode relies on to read the ring in slot order: the slots holding the
+        // visible raw keys of the query at `pos` are exactly [0, n_local)
+        use crate::visibility::key_range;
+        for w in [1usize, 3, 16, 64, 128] {
+            for local in [LocalMode::Block, LocalMode::Sliding] {
+                for pos in 0..5 * w + 3 {
+                    let keys = key_range(pos, w, local);
+                    let mut slots: Vec<usize> = keys.clone().map(|p| p % w).collect();
+                    slots.sort_unstable();
+                    let n_local = keys.len();
+                    assert_eq!(
+                        slots,
+                        (0..n_local).collect::<Vec<_>>(),
+                        "W={w} {local:?} pos={pos}"
+                    );
+                    // and each of those slots holds a visible position (the ring keeps the
+                    // last W tokens, the new one included)
+                    for s in 0..n_local {
+                        let held = pos - ((pos + w - s) % w);
+                        assert!(keys.contains(&held), "W={w} {local:?} pos={pos} slot {s}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_tma_decode_plans_one_launch_with_its_maps_and_counters() {
         use std::mem::offset_of;
         assert_eq!(std::mem::size_of::<DecodeTmaParams>(), 896);
