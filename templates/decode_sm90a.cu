@@ -26,6 +26,11 @@ static_assert(FE_D == 64 || FE_D == 128, "the TMA decode takes head_dim 64 or 12
 static_assert(BN == 16 || BN == 32 || BN == 64, "block_n must be 16, 32 or 64");
 static_assert(NW >= 2 && NW <= 8, "warps must be 3..9 (a producer and 2..8 consumers)");
 static_assert(STAGES >= 2 && STAGES <= 8, "stages must be 2..8");
+// Tile i goes to consumer warp i % NW and to stage i % STAGES. A consumer waits on a stage's full
+// barrier by phase parity, which is only sound if it has itself seen the stage's previous phase
+// complete: with STAGES a multiple of NW every tile of a stage belongs to the same warp (i and
+// i - STAGES have the same i % NW), so it has.
+static_assert(STAGES % NW == 0, "stages must be a multiple of the consumer warps (warps - 1)");
 
 // Must match `DecodeParams` in src/ops/decode.rs field for field (as in decode.cu).
 struct DecodeParams {

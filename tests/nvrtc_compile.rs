@@ -233,7 +233,7 @@ fn the_tma_decode_compiles_without_spills() {
         (128u32, "engine=tma,warps=5,block_n=32,stages=4"),
         (128, "engine=tma,warps=9,block_n=16,stages=8"),
         (128, "engine=tma,warps=3,block_n=64,stages=2"),
-        (64, "engine=tma,warps=5,block_n=64,stages=6"),
+        (64, "engine=tma,warps=3,block_n=64,stages=6"),
     ] {
         let p = SpecParams {
             head_dim: Some(d),

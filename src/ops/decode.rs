@@ -608,13 +608,16 @@ impl OpDef for Decode {
                 &[3, 5, 9],
                 "3, 5, 9 (tma: a producer warp and 2, 4 or 8 consumers)",
             )?;
-            one_of(
-                op,
-                "stages",
-                t.stages,
-                &[2, 3, 4, 5, 6, 7, 8],
-                "2..=8 (tma)",
-            )?;
+            one_of(op, "stages", t.stages, &[2, 4, 6, 8], "2, 4, 6, 8 (tma)")?;
+            // each stage's tiles must all go to one consumer warp (templates/decode_sm90a.cu)
+            if !t.stages.is_multiple_of(t.warps - 1) {
+                return Err(TileError::Field {
+                    op,
+                    field: "stages",
+                    value: t.stages,
+                    accepted: "a multiple of the consumer warps, warps - 1 (tma: 2, 4, 6, 8 with 3 warps; 4, 8 with 5; 8 with 9)",
+                });
+            }
         } else {
             one_of(op, "block_n", t.block_n, &[16, 32, 64], "16, 32, 64")?;
             one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
@@ -1006,6 +1009,12 @@ mod tests {
             .unwrap();
         tile.validate_for(&s, sm90a).unwrap();
         assert!(tile.validate_for(&s, Arch::new(8, 0)).is_err());
+        // stages must be a multiple of the consumer warps (one warp per stage's tiles)
+        assert!(
+            Tile::default_for(&s, sm90a)
+                .with_overrides(&s, "engine=tma,warps=5,block_n=32,stages=6")
+                .is_err()
+        );
         assert_eq!(s.entry_points(&tile), [s.name()]);
         let e = ElemType::Bf16;
         let a = DecodeArgs {
