@@ -250,6 +250,13 @@ fn tma_decode_steps(
             params,
         },
     );
+    // With no summary slots the summary maps are never read, but must still encode: over the
+    // rings then (an empty tensor's address may be null or unaligned).
+    let (ks, vs, rows) = if max_nc > 0 {
+        (&a.ks, &a.vs, max_nc)
+    } else {
+        (&a.k_ring, &a.v_ring, w)
+    };
     step.tensor_maps = vec![
         (
             offset_of!(DecodeTmaParams, tm_kr),
@@ -261,11 +268,11 @@ fn tma_decode_steps(
         ),
         (
             offset_of!(DecodeTmaParams, tm_ks),
-            TensorMapSpec::of(&a.ks, bf16, max_nc, bn),
+            TensorMapSpec::of(ks, bf16, rows, bn),
         ),
         (
             offset_of!(DecodeTmaParams, tm_vs),
-            TensorMapSpec::of(&a.vs, bf16, max_nc, bn),
+            TensorMapSpec::of(vs, bf16, rows, bn),
         ),
     ];
     if split {
