@@ -32,38 +32,7 @@ static_assert(STAGES >= 2 && STAGES <= 8, "stages must be 2..8");
 // i - STAGES have the same i % NW), so it has.
 static_assert(STAGES % NW == 0, "stages must be a multiple of the consumer warps (warps - 1)");
 
-// Must match `DecodeParams` in src/ops/decode.rs field for field (as in decode.cu).
-struct DecodeParams {
-  const u16* q;
-  const u16* kr;
-  const u16* vr;
-  const u16* ks;
-  const u16* vs;
-  const int* len;
-  u16* o;
-  float* lse;
-  float* ws_o;
-  float* ws_ml;
-  i64 q_sb, q_sh;
-  i64 kr_sb, kr_ss, kr_sh;
-  i64 vr_sb, vr_ss, vr_sh;
-  i64 ks_sb, ks_st, ks_sh;
-  i64 vs_sb, vs_st, vs_sh;
-  i64 o_sb, o_sh;
-  i64 lse_sb, lse_sh;
-  int b;
-  int h;
-  int hkv;
-  int max_nc;
-  int splits;
-  float scale_log2;
-  int page;
-  const int* slot;
-  const int* pt;
-  i64 pt_sb;
-  int* counters;
-};
-static_assert(sizeof(DecodeParams) == 288, "DecodeParams must match src/ops/decode.rs");
+<% include "decode_common.cuh" %>
 
 // Must match `DecodeTmaParams` in src/ops/decode.rs.
 struct __align__(128) DecodeTmaParams {
@@ -89,43 +58,6 @@ constexpr int SMEM_BYTES = 1024 + OFF_LAST + 16;
 static_assert(SMEM_BYTES <= 232448, "tile needs more than the 227 KiB of shared memory a block may have");
 extern "C" __constant__ int {{ name }}_smem_bytes = SMEM_BYTES;
 
-// The last block of a (sequence, head tile) merges every split's partial rows (as decode.cu).
-FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int warp, int lane) {
-  constexpr int CPL = (FE_D + 31) / 32;
-  const i64 sstride = (i64)p.b * p.h;
-  for (int r = warp; r < nrows; r += NWT) {
-    const int h = h0 + r;
-    const i64 row = (i64)b * p.h + h;
-    float mx = FE_NEG_INF;
-    for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, __ldcg(p.ws_ml + (s * sstride + row) * 2));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float acc[CPL];
-#pragma unroll
-    for (int c = 0; c < CPL; ++c) acc[c] = 0.f;
-    float lsum = 0.f;
-    if (mx != FE_NEG_INF) {
-#pragma unroll 4
-      for (int s = 0; s < p.splits; ++s) {
-        const i64 rs = s * sstride + row;
-        const float w = fe_exp2(__ldcg(p.ws_ml + rs * 2) - mx);
-        lsum += __ldcg(p.ws_ml + rs * 2 + 1) * w;
-#pragma unroll
-        for (int c = 0; c < CPL; ++c) {
-          const int d = lane + 32 * c;
-          if (d < FE_D) acc[c] += __ldcg(p.ws_o + rs * FE_D + d) * w;
-        }
-      }
-    }
-    const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
-#pragma unroll
-    for (int c = 0; c < CPL; ++c) {
-      const int d = lane + 32 * c;
-      if (d < FE_D) p.o[b * p.o_sb + h * p.o_sh + d] = fe_from_f32(acc[c] * inv);
-    }
-    if (lane == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = fe_lse(mx, lsum);
-  }
-}
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const __grid_constant__ DecodeTmaParams tp) {
   extern __shared__ __align__(1024) unsigned char fe_smem[];
@@ -306,7 +238,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const __grid
     __syncthreads();
     if (*last) {
       __threadfence();
-      fe_merge_splits(p, b, h0, nrows, warp, lane);
+      fe_merge_splits<NWT>(p, b, h0, nrows, warp, lane);
     }
   }
 }
