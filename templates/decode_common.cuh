@@ -75,3 +75,78 @@ FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int
     if (lane == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = fe_lse(mx, lsum);
   }
 }
+
+// The end of a decode block, after its main loop: the warps' row states (warps 0 .. NSTATE - 1 hold
+// one) merged through shared memory `scratch` (free by then), then o and lse written (one split)
+// or this split's partial rows; split with counters, the block that finishes last for its
+// (sequence, head tile) merges the splits and leaves the counter at zero. Every thread of the
+// block (NTHREADS) calls it; `last` is a shared int, which may alias `scratch`.
+template <int NSTATE, int NTHREADS>
+FE_DEV void fe_decode_finish(const DecodeParams& p, const FeRowState& st, float* scratch, int* last, int b, int h0,
+                             int nrows, int split, int warp, int lane, int tid) {
+  __syncthreads();
+  if (warp < NSTATE) {
+    float* wo = scratch + warp * (ROWS * FE_D + 2 * ROWS);
+    float* wm = wo + ROWS * FE_D;
+    float* wl = wm + ROWS;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = (lane >> 2) + r * 8;
+#pragma unroll
+      for (int dt = 0; dt < FE_DT; ++dt) {
+        wo[row * FE_D + dt * 8 + (lane & 3) * 2] = st.o[dt][2 * r];
+        wo[row * FE_D + dt * 8 + (lane & 3) * 2 + 1] = st.o[dt][2 * r + 1];
+      }
+      if ((lane & 3) == 0) {
+        wm[row] = st.m[r];
+        wl[row] = st.l[r];
+      }
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < nrows * FE_D; idx += NTHREADS) {
+    const int r = idx / FE_D;
+    const int d = idx % FE_D;
+    float mmax = FE_NEG_INF;
+#pragma unroll
+    for (int w = 0; w < NSTATE; ++w) mmax = fmaxf(mmax, scratch[w * (ROWS * FE_D + 2 * ROWS) + ROWS * FE_D + r]);
+    float lsum = 0.f, acc = 0.f;
+    if (mmax != FE_NEG_INF) {
+#pragma unroll
+      for (int w = 0; w < NSTATE; ++w) {
+        const float* wo = scratch + w * (ROWS * FE_D + 2 * ROWS);
+        const float f = fe_exp2(wo[ROWS * FE_D + r] - mmax);
+        lsum += wo[ROWS * FE_D + ROWS + r] * f;
+        acc += wo[r * FE_D + d] * f;
+      }
+    }
+    const int h = h0 + r;
+    if (p.splits == 1) {
+      p.o[b * p.o_sb + h * p.o_sh + d] = fe_from_f32(lsum > 0.f ? acc / lsum : 0.f);
+      if (d == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = fe_lse(mmax, lsum);
+    } else {
+      const i64 row = ((i64)split * p.b + b) * p.h + h;
+      p.ws_o[row * FE_D + d] = acc;
+      if (d == 0) {
+        p.ws_ml[row * 2] = mmax;
+        p.ws_ml[row * 2 + 1] = lsum;
+      }
+    }
+  }
+  if (p.splits > 1 && p.counters != nullptr) {
+    // This block's partials are visible device-wide before it counts itself finished; the block
+    // that counts last merges and leaves the counter at zero for the next launch on the stream.
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+      // atomicInc wraps at splits - 1: the last arrival leaves the counter at zero in the same step
+      unsigned* c = reinterpret_cast<unsigned*>(p.counters + (i64)b * gridDim.y + blockIdx.y);
+      *last = atomicInc(c, (unsigned)p.splits - 1u) == (unsigned)p.splits - 1u;
+    }
+    __syncthreads();
+    if (*last) {
+      __threadfence();
+      fe_merge_splits<NTHREADS / 32>(p, b, h0, nrows, warp, lane);
+    }
+  }
+}

@@ -177,68 +177,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const __grid
     fe_state_finish(st[0]);
   }
 
-  // Every tile was consumed, so every load has landed: the ring is free for the warp merge.
-  __syncthreads();
-  if (warp < NW) {
-    float* wo = scratch + warp * (ROWS * FE_D + 2 * ROWS);
-    float* wm = wo + ROWS * FE_D;
-    float* wl = wm + ROWS;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = (lane >> 2) + r * 8;
-#pragma unroll
-      for (int dt = 0; dt < FE_DT; ++dt) {
-        wo[row * FE_D + dt * 8 + (lane & 3) * 2] = st[0].o[dt][2 * r];
-        wo[row * FE_D + dt * 8 + (lane & 3) * 2 + 1] = st[0].o[dt][2 * r + 1];
-      }
-      if ((lane & 3) == 0) {
-        wm[row] = st[0].m[r];
-        wl[row] = st[0].l[r];
-      }
-    }
-  }
-  __syncthreads();
-  for (int idx = tid; idx < nrows * FE_D; idx += THREADS) {
-    const int r = idx / FE_D;
-    const int d = idx % FE_D;
-    float mmax = FE_NEG_INF;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) mmax = fmaxf(mmax, scratch[w * (ROWS * FE_D + 2 * ROWS) + ROWS * FE_D + r]);
-    float lsum = 0.f, acc = 0.f;
-    if (mmax != FE_NEG_INF) {
-#pragma unroll
-      for (int w = 0; w < NW; ++w) {
-        const float* wo = scratch + w * (ROWS * FE_D + 2 * ROWS);
-        const float f = fe_exp2(wo[ROWS * FE_D + r] - mmax);
-        lsum += wo[ROWS * FE_D + ROWS + r] * f;
-        acc += wo[r * FE_D + d] * f;
-      }
-    }
-    const int h = h0 + r;
-    if (p.splits == 1) {
-      p.o[b * p.o_sb + h * p.o_sh + d] = fe_from_f32(lsum > 0.f ? acc / lsum : 0.f);
-      if (d == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = fe_lse(mmax, lsum);
-    } else {
-      const i64 row = ((i64)split * p.b + b) * p.h + h;
-      p.ws_o[row * FE_D + d] = acc;
-      if (d == 0) {
-        p.ws_ml[row * 2] = mmax;
-        p.ws_ml[row * 2 + 1] = lsum;
-      }
-    }
-  }
-  if (p.splits > 1) {
-    // (the TMA decode always merges in its last block: it is launched only with counters)
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-      unsigned* c = reinterpret_cast<unsigned*>(p.counters + (i64)b * gridDim.y + blockIdx.y);
-      *last = atomicInc(c, (unsigned)p.splits - 1u) == (unsigned)p.splits - 1u;
-    }
-    __syncthreads();
-    if (*last) {
-      __threadfence();
-      fe_merge_splits<NWT>(p, b, h0, nrows, warp, lane);
-    }
-  }
+  // Every tile was consumed, so every load has landed: the ring is free for the warp merge (the
+  // consumers hold row states, the producer none).
+  fe_decode_finish<NW, THREADS>(p, st[0], scratch, last, b, h0, nrows, split, warp, lane, tid);
 }
