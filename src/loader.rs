@@ -498,7 +498,10 @@ impl Runtime {
                 .into_iter()
                 .next()
                 .unwrap_or_default();
-            let states_own = tile.engine() == crate::tile::Engine::Wgmma;
+            let states_own = matches!(
+                tile.engine(),
+                crate::tile::Engine::Wgmma | crate::tile::Engine::Tma
+            );
             if states_own
                 && let Some(own) = module.global_i32(&format!("{main}_smem_bytes"))?
                 && own as i64 != bytes as i64

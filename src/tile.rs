@@ -35,6 +35,9 @@ pub enum Engine {
     Wgmma,
     /// The op's Triton kernel (every op; sm_80, sm_86, sm_87, sm_89 and sm_90a).
     Triton,
+    /// Hopper decode fed by bulk tensor copies (TMA) into a deep stage ring, one producer warp
+    /// and `warps - 1` consumer warps (templates/decode_sm90a.cu), sm_90a only.
+    Tma,
 }
 
 /// Which compiler builds a tile's kernel.
@@ -92,6 +95,7 @@ impl Engine {
             Engine::Mma => "mma",
             Engine::Wgmma => "wgmma",
             Engine::Triton => "triton",
+            Engine::Tma => "tma",
         }
     }
 
@@ -327,6 +331,7 @@ impl TileParams {
                     "mma" => Engine::Mma,
                     "wgmma" => Engine::Wgmma,
                     "triton" => Engine::Triton,
+                    "tma" => Engine::Tma,
                     _ => return Err(TileError::Syntax(text.to_string())),
                 };
                 continue;
@@ -432,7 +437,9 @@ impl Tile {
                 runs_on: TRITON_ARCHS,
             });
         }
-        if self.engine == Engine::Wgmma && !(arch.specific && (arch.major, arch.minor) == (9, 0)) {
+        if matches!(self.engine, Engine::Wgmma | Engine::Tma)
+            && !(arch.specific && (arch.major, arch.minor) == (9, 0))
+        {
             return Err(TileError::Engine {
                 tile: self.name(spec.op()),
                 arch,

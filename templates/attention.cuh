@@ -32,6 +32,14 @@ FE_DEV void fe_load_q(u32 (&qa)[MT][KT][4], u32 q_addr, int lane) {
   }
 }
 
+// K/V tiles written by TMA with the 128-byte swizzle (the Hopper decode): D/64 panels of BN rows of
+// 128 bytes; the 16-byte unit c of row r of a panel sits at unit c ^ (r % 8). `chunk` counts 16-byte
+// units along D (0 .. D/8 - 1).
+template <int BN>
+FE_DEV u32 fe_sw_addr(u32 base, int row, int chunk) {
+  return base + (u32)((chunk >> 3) * BN * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+}
+
 template <int N>
 struct FeLog2 {
   static constexpr int value = 1 + FeLog2<N / 2>::value;
@@ -66,7 +74,8 @@ FE_DEV void fe_state_init(FeRowState& st) {
 //  - Each K and V fragment read from shared memory feeds all MT m-tiles.
 //  - scale_log2 must be positive: row maxima are taken on raw scores and scaled once, and the
 //    scale is folded into the exponent's FFMA.
-template <int MT, int BN, bool MASKED, bool QREGS, class Cols>
+//  - KVSW: K and V tiles in padded rows (0) or in TMA's 128-byte-swizzled panels (1, fe_sw_addr).
+template <int MT, int BN, bool MASKED, bool QREGS, int KVSW = 0, class Cols>
 FE_DEV void fe_attend_tile(FeRowState (&st)[MT], const u32 (&qa)[QREGS ? MT : 1][QREGS ? FE_KT : 1][4],
                            u32 q_addr, u32 k_addr, u32 v_addr, float scale_log2, int lane, int sub_lo,
                            int sub_hi, Cols cols) {
@@ -97,7 +106,11 @@ FE_DEV void fe_attend_tile(FeRowState (&st)[MT], const u32 (&qa)[QREGS ? MT : 1]
     for (int nn = 0; nn < BN / 16; ++nn) {
       if (nn < sub_lo || nn >= sub_hi) continue;
       u32 b[4];
-      fe_ldsm_x4(b, kb + (u32)(nn * 16 * FE_DP * 2 + kk * 32));
+      if (KVSW) {
+        fe_ldsm_x4(b, fe_sw_addr<BN>(k_addr, nn * 16 + (lane >> 4) * 8 + (lane & 7), kk * 2 + ((lane >> 3) & 1)));
+      } else {
+        fe_ldsm_x4(b, kb + (u32)(nn * 16 * FE_DP * 2 + kk * 32));
+      }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         fe_mma(s[mt][2 * nn], a[mt], b[0], b[1]);
@@ -213,7 +226,11 @@ FE_DEV void fe_attend_tile(FeRowState (&st)[MT], const u32 (&qa)[QREGS ? MT : 1]
 #pragma unroll
     for (int dn = 0; dn < FE_D / 16; ++dn) {
       u32 b[4];
-      fe_ldsm_x4_t(b, vb + (u32)(kk * 16 * FE_DP * 2 + dn * 32));
+      if (KVSW) {
+        fe_ldsm_x4_t(b, fe_sw_addr<BN>(v_addr, kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7), dn * 2 + (lane >> 4)));
+      } else {
+        fe_ldsm_x4_t(b, vb + (u32)(kk * 16 * FE_DP * 2 + dn * 32));
+      }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         fe_mma(st[mt].o[2 * dn], a[mt], b[0], b[1]);

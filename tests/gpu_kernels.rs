@@ -467,6 +467,41 @@ fn decode_every_tile_shape() {
             }
         }
     }
+    // On sm_90a the decode fed by bulk tensor copies, every tile, D = 128 and 64, every case
+    // (splits auto, 1, 3, 7; large logits; lengths from 1 to past several windows)
+    let arch = rt.arch();
+    for s in [
+        s,
+        spec(Op::Decode, 64, 128, 8, LocalMode::Block, DType::F16, 4),
+    ] {
+        for bn in [16, 32, 64] {
+            for warps in [3, 5, 9] {
+                for stages in [2, 4, 6, 8] {
+                    // (stages a multiple of the consumer warps: the rule drops the others)
+                    let Ok(t) = Tile::new(
+                        &s,
+                        TileParams {
+                            engine: flasheva::tile::Engine::Tma,
+                            block_m: 0,
+                            block_n: bn,
+                            warps,
+                            stages,
+                            splits: 0,
+                        },
+                    ) else {
+                        continue;
+                    };
+                    if t.validate_for(&s, arch).is_err() {
+                        continue; // not sm_90a, or over its shared memory
+                    }
+                    let k = rt.kernel_with_tile(&s, &t).unwrap();
+                    for case in decode_cases(s.window_or_zero() as i32, s.chunk() as i32, 8) {
+                        reports.push(verify::check_decode(&stream, &k, &case).unwrap());
+                    }
+                }
+            }
+        }
+    }
     settle("decode tiles", reports);
 }
 

@@ -222,3 +222,34 @@ fn the_wgmma_prefill_compiles_at_every_head_dim_it_takes() {
         assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 }
+
+#[test]
+/// The Hopper decode fed by bulk tensor copies compiles for sm_90a at the head dims and tiles it
+/// takes, without spills.
+fn the_tma_decode_compiles_without_spills() {
+    let nv = nvrtc();
+    let arch: Arch = "sm_90a".parse().unwrap();
+    for (d, over) in [
+        (128u32, "engine=tma,warps=5,block_n=32,stages=4"),
+        (128, "engine=tma,warps=9,block_n=16,stages=8"),
+        (128, "engine=tma,warps=3,block_n=64,stages=2"),
+        (64, "engine=tma,warps=3,block_n=64,stages=6"),
+    ] {
+        let p = SpecParams {
+            head_dim: Some(d),
+            window: Some(512),
+            chunk: Some(64),
+            local: Some(LocalMode::Sliding),
+            dtype: Some(DType::Bf16),
+            group: Some(4),
+        };
+        let spec = KernelSpec::new(Op::Decode, &p).unwrap();
+        let tile = Tile::default_for(&spec, arch)
+            .with_overrides(&spec, over)
+            .unwrap_or_else(|e| panic!("{spec}: {e}"));
+        tile.validate_for(&spec, arch)
+            .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
+        let problems = spills(&nv, &spec, &tile, arch);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}

@@ -1,10 +1,12 @@
 //! decode: `q [B,H,D]`, `k_ring, v_ring [B,W,Hkv,D]`, `ks, vs [B,MAXNC,Hkv,D]`, `len [B]` int32
-//! -> `o [B,H,D]`, `lse [B,H]` fp32. Split-KV with a combine kernel and an fp32 workspace
-//! (templates/decode.cu).
+//! -> `o [B,H,D]`, `lse [B,H]` fp32. Split-KV with an fp32 workspace, the splits merged by the
+//! last block of each sequence and head tile (or a combine kernel): templates/decode.cu, and on
+//! sm_90a templates/decode_sm90a.cu (engine `tma`: K and V tiles by bulk tensor copies).
 
 use super::launch::{
-    ArgList, Counters, LOG2E, LaunchError, LaunchPlan, OpArgs, Paging, Step, check_op,
-    checked_scale, expect_dtype, expect_shape, expect_vector_layout, grid_dim,
+    ArgList, Counters, LOG2E, LaunchError, LaunchPlan, OpArgs, Paging, Step, TensorMap,
+    TensorMapSpec, check_op, checked_scale, expect_dtype, expect_shape, expect_vector_layout,
+    grid_dim,
 };
 #[cfg(feature = "cli")]
 use super::{Check, Draw, Reference};
@@ -183,6 +185,7 @@ pub fn decode_splits(
     // The CUDA kernel gives each warp block_n keys per step, the Triton kernel its program.
     let per_split = match tile.engine() {
         Engine::Triton => tile.block_n() as usize,
+        Engine::Tma => (tile.block_n() * (tile.warps() - 1)) as usize,
         _ => (tile.block_n() * tile.warps()) as usize,
     };
     let most = max_items.div_ceil(per_split).max(1);
@@ -196,6 +199,89 @@ pub fn decode_workspace_elems(b: usize, h: usize, d: usize, splits: usize) -> us
     } else {
         splits * b * h * (d + 2)
     }
+}
+
+/// Mirrors `DecodeTmaParams` in templates/decode_sm90a.cu (896 bytes): the TMA decode's tensor
+/// maps (ring keys and values, summary keys and values), then the decode's parameters.
+#[repr(C, align(128))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[allow(missing_docs)]
+pub struct DecodeTmaParams {
+    pub tm_kr: TensorMap,
+    pub tm_vr: TensorMap,
+    pub tm_ks: TensorMap,
+    pub tm_vs: TensorMap,
+    pub d: DecodeParams,
+    pub _pad: [u64; 12],
+}
+
+/// The TMA decode's launch: the planned decode's geometry with one producer warp more than its
+/// consumers, its tensor maps, and the stream's counters when split (it has no combine launch:
+/// under graph capture with no counters ready it is refused, with what to do).
+fn tma_decode_steps(
+    spec: &KernelSpec,
+    tile: &Tile,
+    a: &DecodeArgs,
+    main: &LaunchPlan<DecodeParams>,
+    device: DeviceFacts,
+) -> Result<Vec<Step>, LaunchError> {
+    use std::mem::offset_of;
+    let bf16 = spec.dtype() == crate::spec::DType::Bf16;
+    let (w, bn) = (spec.window_or_zero() as usize, tile.block_n());
+    let max_nc = a.ks.shape[1];
+    let split = main.params.splits > 1;
+    let ints = main.grid.1 as usize * main.grid.2 as usize;
+    if split && !device.counters_allowed(ints) {
+        return Err(LaunchError::Size(format!(
+            "the tma decode merges its {} splits with the stream's counters, which cannot be allocated while the stream is captured: launch it once on this stream before capturing",
+            main.params.splits
+        )));
+    }
+    let params = DecodeTmaParams {
+        d: main.params,
+        ..Default::default()
+    };
+    let mut step = Step::of(
+        0,
+        &LaunchPlan {
+            grid: main.grid,
+            block: (tile.threads(), 1, 1),
+            smem: tile.smem_bytes(spec),
+            params,
+        },
+    );
+    // With no summary slots the summary maps are never read, but must still encode: over the
+    // rings then (an empty tensor's address may be null or unaligned).
+    let (ks, vs, rows) = if max_nc > 0 {
+        (&a.ks, &a.vs, max_nc)
+    } else {
+        (&a.k_ring, &a.v_ring, w)
+    };
+    step.tensor_maps = vec![
+        (
+            offset_of!(DecodeTmaParams, tm_kr),
+            TensorMapSpec::of(&a.k_ring, bf16, w, bn),
+        ),
+        (
+            offset_of!(DecodeTmaParams, tm_vr),
+            TensorMapSpec::of(&a.v_ring, bf16, w, bn),
+        ),
+        (
+            offset_of!(DecodeTmaParams, tm_ks),
+            TensorMapSpec::of(ks, bf16, rows, bn),
+        ),
+        (
+            offset_of!(DecodeTmaParams, tm_vs),
+            TensorMapSpec::of(vs, bf16, rows, bn),
+        ),
+    ];
+    if split {
+        step.counters = Some(Counters {
+            offset: offset_of!(DecodeTmaParams, d) + offset_of!(DecodeParams, counters),
+            ints,
+        });
+    }
+    Ok(vec![step])
 }
 
 /// A decode launch and, when split, its combine launch.
@@ -476,14 +562,19 @@ impl OpDef for Decode {
         Op::Decode
     }
 
-    fn entry_points(&self, spec: &KernelSpec, _engine: Engine) -> Vec<String> {
+    fn entry_points(&self, spec: &KernelSpec, engine: Engine) -> Vec<String> {
         let main = spec.name();
-        vec![main.clone(), format!("{main}_combine")]
+        match engine {
+            // the TMA decode always merges its splits in its last block
+            Engine::Tma => vec![main],
+            _ => vec![main.clone(), format!("{main}_combine")],
+        }
     }
 
     fn template(&self, tile: &TileParams) -> &'static str {
         match tile.engine {
             Engine::Triton => "flasheva_triton.py",
+            Engine::Tma => "decode_sm90a.cu",
             _ => "decode.cu",
         }
     }
@@ -502,19 +593,38 @@ impl OpDef for Decode {
     fn normalize(&self, t: TileParams) -> TileParams {
         TileParams {
             block_m: 0,
-            engine: if t.engine == Engine::Triton {
-                Engine::Triton
-            } else {
-                Engine::Mma
+            engine: match t.engine {
+                Engine::Triton | Engine::Tma => t.engine,
+                _ => Engine::Mma,
             },
             ..t
         }
     }
 
-    fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+    fn check_tile(&self, spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
         let op = Op::Decode;
         if t.engine == Engine::Triton {
             check_triton_tile(op, t, false, true, true)?;
+        } else if t.engine == Engine::Tma {
+            one_of(op, "head_dim", spec.head_dim(), &[64, 128], "64, 128 (tma)")?;
+            one_of(op, "block_n", t.block_n, &[16, 32, 64], "16, 32, 64 (tma)")?;
+            one_of(
+                op,
+                "warps",
+                t.warps,
+                &[3, 5, 9],
+                "3, 5, 9 (tma: a producer warp and 2, 4 or 8 consumers)",
+            )?;
+            one_of(op, "stages", t.stages, &[2, 4, 6, 8], "2, 4, 6, 8 (tma)")?;
+            // each stage's tiles must all go to one consumer warp (templates/decode_sm90a.cu)
+            if !t.stages.is_multiple_of(t.warps - 1) {
+                return Err(TileError::Field {
+                    op,
+                    field: "stages",
+                    value: t.stages,
+                    accepted: "a multiple of the consumer warps, warps - 1 (tma: 2, 4, 6, 8 with 3 warps; 4, 8 with 5; 8 with 9)",
+                });
+            }
         } else {
             one_of(op, "block_n", t.block_n, &[16, 32, 64], "16, 32, 64")?;
             one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
@@ -536,6 +646,15 @@ impl OpDef for Decode {
             return 0; // Triton's own layout: the loader takes it from the artifact
         }
         let d = spec.head_dim();
+        if t.engine == Engine::Tma {
+            // templates/decode_sm90a.cu's SMEM_BYTES: alignment slack, the padded query tile
+            // rounded to 1 KiB, the K/V ring (or the warp merge, if larger), the mbarriers and
+            // the last-block flag
+            let q = (DECODE_ROWS * (d + SMEM_PAD) * 2).div_ceil(1024) * 1024;
+            let ring = t.stages * 2 * t.block_n * d * 2;
+            let merge = (t.warps - 1) * (DECODE_ROWS * d + 2 * DECODE_ROWS) * 4;
+            return 1024 + q + ring.max(merge) + 16 * t.stages + 16;
+        }
         let row = (d + SMEM_PAD) * 2;
         let q = DECODE_ROWS * row;
         let kv = t.warps * t.stages * 2 * t.block_n * row;
@@ -811,6 +930,9 @@ impl OpDef for Decode {
             }
             return Ok(steps);
         }
+        if tile.engine() == Engine::Tma {
+            return tma_decode_steps(spec, tile, &a, &main, device);
+        }
         Ok(cuda_decode_steps(&main, combine.as_ref(), device))
     }
 }
@@ -852,6 +974,108 @@ mod tests {
         assert_eq!(offset_of!(DecodeParams, slot), 256);
         assert_eq!(offset_of!(DecodeParams, pt_sb), 272);
         assert_eq!(offset_of!(DecodeParams, counters), 280);
+    }
+
+    #[test]
+    fn the_visible_raw_keys_are_the_ring_slots_from_zero() {
+        // what the tma decode relies on to read the ring in slot order: the slots holding the
+        // visible raw keys of the query at `pos` are exactly [0, n_local)
+        use crate::visibility::key_range;
+        for w in [1usize, 3, 16, 64, 128] {
+            for local in [LocalMode::Block, LocalMode::Sliding] {
+                for pos in 0..5 * w + 3 {
+                    let keys = key_range(pos, w, local);
+                    let mut slots: Vec<usize> = keys.clone().map(|p| p % w).collect();
+                    slots.sort_unstable();
+                    let n_local = keys.len();
+                    assert_eq!(
+                        slots,
+                        (0..n_local).collect::<Vec<_>>(),
+                        "W={w} {local:?} pos={pos}"
+                    );
+                    // and each of those slots holds a visible position (the ring keeps the
+                    // last W tokens, the new one included)
+                    for s in 0..n_local {
+                        let held = pos - ((pos + w - s) % w);
+                        assert!(keys.contains(&held), "W={w} {local:?} pos={pos} slot {s}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_tma_decode_plans_one_launch_with_its_maps_and_counters() {
+        use std::mem::offset_of;
+        assert_eq!(std::mem::size_of::<DecodeTmaParams>(), 896);
+        assert_eq!(offset_of!(DecodeTmaParams, d), 512);
+        let s = spec();
+        let sm90a: Arch = "sm_90a".parse().unwrap();
+        let tile = Tile::default_for(&s, sm90a)
+            .with_overrides(&s, "engine=tma,warps=5,block_n=32,stages=4")
+            .unwrap();
+        tile.validate_for(&s, sm90a).unwrap();
+        assert!(tile.validate_for(&s, Arch::new(8, 0)).is_err());
+        // stages must be a multiple of the consumer warps (one warp per stage's tiles)
+        assert!(
+            Tile::default_for(&s, sm90a)
+                .with_overrides(&s, "engine=tma,warps=5,block_n=32,stages=6")
+                .is_err()
+        );
+        assert_eq!(s.entry_points(&tile), [s.name()]);
+        let e = ElemType::Bf16;
+        let a = DecodeArgs {
+            q: t("q", e, &[2, 8, 64]),
+            k_ring: t("k_ring", e, &[2, 128, 2, 64]),
+            v_ring: t("v_ring", e, &[2, 128, 2, 64]),
+            ks: t("ks", e, &[2, 40, 2, 64]),
+            vs: t("vs", e, &[2, 40, 2, 64]),
+            len: t("len", ElemType::I32, &[2]),
+            o: t("o", e, &[2, 8, 64]),
+            lse: t("lse", ElemType::F32, &[2, 8]),
+            scale: None,
+        };
+        let need = decode_workspace_elems(2, 8, 64, 4);
+        let args = a.to_op_args(4, Some((0x2000, need)));
+        let steps = Decode
+            .plan(&s, &tile, &args, DeviceFacts::new(132))
+            .unwrap();
+        assert_eq!(steps.len(), 1);
+        let st = &steps[0];
+        assert_eq!((st.grid, st.block), ((4, 2, 2), (160, 1, 1)));
+        assert_eq!(st.smem, tile.smem_bytes(&s));
+        assert_eq!(
+            st.counters,
+            Some(Counters {
+                offset: 512 + 280,
+                ints: 4
+            })
+        );
+        let maps: Vec<_> = st.tensor_maps.iter().map(|m| (m.0, m.1.dims)).collect();
+        assert_eq!(
+            maps,
+            [
+                (0, [64, 2, 128, 2]),
+                (128, [64, 2, 128, 2]),
+                (256, [64, 2, 40, 2]),
+                (384, [64, 2, 40, 2])
+            ]
+        );
+        assert!(st.tensor_maps.iter().all(|m| m.1.boxes == [64, 1, 32, 1]));
+        // under capture with no counters ready it refuses, saying what to do
+        let capturing = DeviceFacts {
+            counter_limit: Some(0),
+            ..DeviceFacts::new(132)
+        };
+        assert!(matches!(
+            Decode.plan(&s, &tile, &args, capturing),
+            Err(LaunchError::Size(m)) if m.contains("launch it once")
+        ));
+        // unsplit: no counters needed
+        let one = Decode
+            .plan(&s, &tile, &a.to_op_args(1, None), capturing)
+            .unwrap();
+        assert!(one[0].counters.is_none());
     }
 
     #[test]

@@ -167,6 +167,7 @@ pub(crate) fn triton_only(
 pub(crate) fn engine_prefix(e: crate::tile::Engine) -> &'static str {
     match e {
         crate::tile::Engine::Wgmma => "wg_",
+        crate::tile::Engine::Tma => "tma_",
         crate::tile::Engine::Triton => "tr_",
         _ => "",
     }

@@ -186,6 +186,14 @@ impl OpDef for Paged {
     }
 
     fn check_tile(&self, spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        if t.engine == Engine::Tma {
+            return Err(TileError::Field {
+                op: self.op,
+                field: "engine",
+                value: 0,
+                accepted: "mma or triton (the tma decode reads contiguous caches only so far)",
+            });
+        }
         if t.engine != Engine::Triton && !self.has_cuda() {
             return Err(TileError::Field {
                 op: self.op,

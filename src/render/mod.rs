@@ -14,7 +14,7 @@ use crate::spec::KernelSpec;
 use crate::tile::{DECODE_ROWS, SMEM_PAD, Tile, TileError};
 
 /// The templates, by name, exactly as embedded.
-pub const TEMPLATES: [(&str, &str); 8] = [
+pub const TEMPLATES: [(&str, &str); 10] = [
     ("common.cuh", include_str!("../../templates/common.cuh")),
     (
         "attention.cuh",
@@ -30,10 +30,18 @@ pub const TEMPLATES: [(&str, &str); 8] = [
     ),
     ("prefill.cu", include_str!("../../templates/prefill.cu")),
     ("decode.cu", include_str!("../../templates/decode.cu")),
+    (
+        "decode_common.cuh",
+        include_str!("../../templates/decode_common.cuh"),
+    ),
     ("hopper.cuh", include_str!("../../templates/hopper.cuh")),
     (
         "prefill_sm90a.cu",
         include_str!("../../templates/prefill_sm90a.cu"),
+    ),
+    (
+        "decode_sm90a.cu",
+        include_str!("../../templates/decode_sm90a.cu"),
     ),
 ];
 

@@ -40,6 +40,9 @@ pub struct FieldValues {
     /// Values for tiles of the `wgmma` engine (its knobs differ from `mma`'s).
     #[serde(default)]
     pub wgmma: Option<Box<FieldValues>>,
+    /// Values for tiles of the `tma` engine (the Hopper decode).
+    #[serde(default)]
+    pub tma: Option<Box<FieldValues>>,
     /// Values for tiles of the Triton backend.
     #[serde(default)]
     pub triton: Option<Box<FieldValues>>,
@@ -62,6 +65,7 @@ static DEFAULT_ONLY: FieldValues = FieldValues {
     splits: None,
     arch: BTreeMap::new(),
     wgmma: None,
+    tma: None,
     triton: None,
 };
 
@@ -129,6 +133,7 @@ impl Spaces {
             fn own(f: &FieldValues, e: Engine) -> Option<&FieldValues> {
                 match e {
                     Engine::Wgmma => f.wgmma.as_deref(),
+                    Engine::Tma => f.tma.as_deref(),
                     Engine::Triton => f.triton.as_deref(),
                     _ => None,
                 }
