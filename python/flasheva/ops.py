@@ -25,6 +25,7 @@ _DTYPES = {
 }
 _RUNTIMES = {}
 _SIZING = {}  # (runtime, spec, workload) -> fp32 workspace elements
+_WORKSPACES = {}  # (device, stream) -> the fp32 workspace launches on that stream share
 _OPTIONS = {"cache_dir": None, "compile_on_miss": True, "use_tuned": True}
 
 
@@ -35,6 +36,7 @@ def configure(cache_dir=None, compile_on_miss=True, use_tuned=True):
     _OPTIONS.update(cache_dir=cache_dir, compile_on_miss=compile_on_miss, use_tuned=use_tuned)
     _RUNTIMES.clear()
     _SIZING.clear()
+    _WORKSPACES.clear()
 
 
 def runtime(device) -> "_native.Runtime":
@@ -65,13 +67,15 @@ def tune(spec, b, n, h, hkv, past=0, device=None, warmup=5, samples=20):
 
 def _describe(named):
     """(name, address, dtype, shape, strides) of each tensor, after checking they are CUDA
-    tensors of one device with a supported dtype."""
+    tensors of one device with a supported dtype. (On every call: kept to cheap attribute reads,
+    device numbers rather than device objects.)"""
     first_name, first = named[0]
+    dev = first.get_device() if isinstance(first, torch.Tensor) and first.is_cuda else -2
     out = []
     for name, t in named:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device.type != "cuda" or t.device != first.device:
+        if not t.is_cuda or t.get_device() != dev:
             raise ValueError(
                 f"tensor {name} is on {t.device}: flasheva runs on CUDA tensors of one device "
                 f"({first_name} is on {first.device})"
@@ -82,7 +86,7 @@ def _describe(named):
                 f"tensor {name} is {t.dtype}: accepted are bfloat16, float16 "
                 "(and float32 lse, int32 lengths)"
             )
-        out.append((name, t.data_ptr(), dt, list(t.shape), list(t.stride())))
+        out.append((name, t.data_ptr(), dt, t.shape, t.stride()))
     return out
 
 
@@ -111,20 +115,29 @@ def _launch(spec, named, dev, b, n, h, hkv, past=0, summary_rows=None, scale=Non
     descs = _describe(named)  # before anything touches the device
     rt = runtime(dev)
     # the workspace size depends on the kernel and the capacities only: asked once per shape,
-    # not on every call (each asking resolves the kernel again)
-    key = (id(rt), tuple(sorted(spec.items())), b, n, h, hkv, past, summary_rows)
+    # not on every call (each asking resolves the kernel again); _spec builds the dict in one
+    # order, so its values are a key
+    key = (id(rt), tuple(spec.values()), b, n, h, hkv, past, summary_rows)
     ws_elems = _SIZING.get(key)
     if ws_elems is None:
         ws_elems = _SIZING[key] = rt.sizing(spec, b, n, h, hkv, past, summary_rows)[1]
+    s = torch.cuda.current_stream(dev)
     ws = None
-    keep = None
     if ws_elems > 0:
-        keep = torch.empty(ws_elems, dtype=torch.float32, device=dev)
-        ws = (keep.data_ptr(), ws_elems)
-    stream = torch.cuda.current_stream(dev).cuda_stream
-    rt.launch(spec, descs, stream, b, n, h, hkv, past, summary_rows, scale, ws)
-    if keep is not None:
-        keep.record_stream(torch.cuda.current_stream(dev))
+        if torch.cuda.is_current_stream_capturing():
+            # a CUDA graph keeps the address: a buffer of the graph's own memory pool, which
+            # lives as long as the graph (not the shared one below, which a later call may replace)
+            buf = torch.empty(ws_elems, dtype=torch.float32, device=dev)
+        else:
+            # One workspace per (device, stream), grown when a call needs more: work on one
+            # stream runs in order, so a launch never overlaps the previous one's use of it, and
+            # a buffer that is replaced goes back to torch's allocator on the stream it was used on.
+            wkey = (s.device_index, s.cuda_stream)
+            buf = _WORKSPACES.get(wkey)
+            if buf is None or buf.numel() < ws_elems:
+                buf = _WORKSPACES[wkey] = torch.empty(ws_elems, dtype=torch.float32, device=dev)
+        ws = (buf.data_ptr(), ws_elems)
+    rt.launch(spec, descs, s.cuda_stream, b, n, h, hkv, past, summary_rows, scale, ws)
 
 
 def _dims4(name, t):
