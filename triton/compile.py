@@ -28,9 +28,9 @@ os.environ["TRITON_DISABLE_LINE_INFO"] = "1"  # no source paths in the PTX: byte
 # Parameter types by name (flasheva_triton.py's convention): upper-case names are pointers,
 # to the job's storage type unless listed here, except the sizes; lower-case names are int64
 # strides (`_s?`), the fp32 scale, or int32.
-F32_POINTERS = {"LSE", "WS_O", "WS_ML", "DELTA"}
+F32_POINTERS = {"LSE", "WS_O", "WS_ML", "DELTA", "PART"}
 I32_POINTERS = {"LEN", "START", "COUNT", "SLOT", "PT"}
-SIZES = {"N", "H", "HKV", "NC", "NCR", "B", "MAXNC", "SPLITS", "G", "PAGE"}
+SIZES = {"N", "H", "HKV", "NC", "NCR", "B", "MAXNC", "SPLITS", "SEG", "G", "PAGE"}
 ARCHS = {"sm_80": 80, "sm_86": 86, "sm_87": 87, "sm_89": 89, "sm_90a": 90}
 
 
@@ -56,6 +56,21 @@ def signature(fn, dtype, constexprs):
         else:
             sig[name] = "i32"
     return sig
+
+
+def alignment(fn, sig):
+    """Triton's divisibility hints for a kernel whose plan checked every storage-type tensor for
+    16-byte vector access: its pointers 16-byte aligned, their strides (`x_s?` of pointer X)
+    multiples of 8 elements. Other pointers and integers get none."""
+    storage = {n for n in fn.arg_names if sig[n] in ("*fp16", "*bf16")}
+    attrs = {}
+    for i, name in enumerate(fn.arg_names):
+        m = re.match(r"([a-z]+)_s[bths]$", name)
+        if name in storage:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif m and m.group(1).upper() in storage and sig[name] == "i64":
+            attrs[(i,)] = [["tt.divisibility", 8]]
+    return attrs
 
 
 def rename(ptx, old, new):
@@ -131,8 +146,9 @@ def main():
         for k in job["kernels"]:
             fn = getattr(module, k["function"])
             constexprs = k["constexprs"]
-            src = ASTSource(fn=fn, signature=signature(fn, job["dtype"], constexprs),
-                            constexprs=constexprs)
+            sig = signature(fn, job["dtype"], constexprs)
+            attrs = alignment(fn, sig) if k.get("aligned") else None
+            src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
             compiled = triton.compile(src, target=target, options={
                 "num_warps": job["num_warps"], "num_stages": job["num_stages"]})
             md = compiled.metadata

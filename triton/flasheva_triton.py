@@ -311,10 +311,11 @@ def fe_chunk_summarize(K, V, OMEGA, VS, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
 # ---- backward (the contract's item 5) ------------------------------------------------------
 #
 # prefill_bwd recomputes P from the forward's LSE, FlashAttention-2 style, in three kernels:
-# fe_prefill_bwd_pre (Delta = rowsum(dO * O)), fe_prefill_bwd_dkdv (one program per key block,
-# raw keys or summaries, summing over the query heads of its kv group and the query blocks that
-# see it: dK, dV or dks, dvs without atomics) and fe_prefill_bwd_dq (one program per query block,
-# like the forward). No atomics anywhere: results are bitwise reproducible run to run.
+# fe_prefill_bwd_pre (Delta = rowsum(dO * O)), fe_prefill_bwd_dkdv (one program per raw key
+# block, or per segment of a summary block's queries, summing over the query heads of its kv
+# group and the query blocks that see it), fe_prefill_bwd_dsum (the summary segments added in
+# order) and fe_prefill_bwd_dq (one program per query block, like the forward). No atomics
+# anywhere: results are bitwise reproducible run to run.
 
 
 @triton.jit
@@ -346,32 +347,42 @@ def _bwd_visible(rows, cols, W: tl.constexpr, SLIDING: tl.constexpr):
 
 
 @triton.jit
-def fe_prefill_bwd_dkdv(Q, K, V, KS, VS, DO, LSE, DELTA, DK, DV, DKS, DVS,
+def fe_prefill_bwd_dkdv(Q, K, V, KS, VS, DO, LSE, DELTA, DK, DV, PART,
                         q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
                         ks_sb, ks_st, ks_sh, vs_sb, vs_st, vs_sh, do_sb, do_st, do_sh,
                         lse_sb, lse_sh, dk_sb, dk_st, dk_sh, dv_sb, dv_st, dv_sh,
-                        dks_sb, dks_st, dks_sh, dvs_sb, dvs_st, dvs_sh,
-                        N, H, HKV, NC, NCR, scale,
+                        B, N, H, HKV, NC, SPLITS, SEG, scale,
                         D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
                         SLIDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dK, dV (raw key blocks) and dks, dvs (summary blocks): grid (cdiv(N, BLOCK_N) +
-    cdiv(NCR, BLOCK_N), HKV, B). A raw key block visits the query blocks of its window (up to
-    W - 1 rows past it); a summary block visits every query after its chunks. Summary rows at
-    or past N/C (of the NCR rows) get zero."""
+    """dK, dV of the raw key blocks and partial dks, dvs of the summary blocks, on a 1-D grid of
+    B * HKV * (NSB * SPLITS + cdiv(N, BLOCK_N)) programs (NSB = cdiv(NC, BLOCK_N)), summary
+    programs first: they are the long ones.
+
+    A raw key block visits the query blocks of its window (up to W - 1 rows past it). Summary
+    block j is seen by every query from the end of its first chunk to N, a range cut into
+    SPLITS segments of SEG query rows (SEG a multiple of BLOCK_M); each segment writes its fp32
+    sums to PART [2, B, HKV, SPLITS, NSB * BLOCK_N, D] (dk times the scale, then dv), and
+    fe_prefill_bwd_dsum adds the segments in a fixed order (no atomics)."""
     pid = tl.program_id(0)
-    kvh = tl.program_id(1)
-    b = tl.program_id(2)
-    b64 = b.to(tl.int64)
+    nsb = tl.cdiv(NC, BLOCK_N)
+    n_sum = B * HKV * nsb * SPLITS
+    raw_blocks = tl.cdiv(N, BLOCK_N)
     group = H // HKV
     dcol = tl.arange(0, DP)
     dmask = dcol < D
     kb = tl.arange(0, BLOCK_N)
     mb = tl.arange(0, BLOCK_M)
     scale_log2 = scale * 1.4426950408889634
-    raw_blocks = tl.cdiv(N, BLOCK_N)
-    is_raw = pid < raw_blocks
+    is_raw = pid >= n_sum
     if is_raw:
-        j0 = pid * BLOCK_N
+        r = pid - n_sum
+        blk = r % raw_blocks
+        t = r // raw_blocks
+        kvh = t % HKV
+        b = t // HKV
+        seg = 0
+        b64 = b.to(tl.int64)
+        j0 = blk * BLOCK_N
         lim = N
         kbase = K + b64 * k_sb + kvh * k_sh
         vbase = V + b64 * v_sb + kvh * v_sh
@@ -384,15 +395,21 @@ def fe_prefill_bwd_dkdv(Q, K, V, KS, VS, DO, LSE, DELTA, DK, DV, DKS, DVS,
         else:
             i_hi = tl.minimum(((j0 + BLOCK_N - 1) // W + 1) * W - 1, N - 1)
     else:
-        j0 = (pid - raw_blocks) * BLOCK_N
+        seg = pid % SPLITS
+        t = pid // SPLITS
+        j0 = (t % nsb) * BLOCK_N
+        t = t // nsb
+        kvh = t % HKV
+        b = t // HKV
+        b64 = b.to(tl.int64)
         lim = NC
         kbase = KS + b64 * ks_sb + kvh * ks_sh
         vbase = VS + b64 * vs_sb + kvh * vs_sh
         kst = ks_st
         vst = vs_st
-        # summary c is seen by every query i >= (c + 1) * C
-        i_lo = (j0 + 1) * C
-        i_hi = N - 1
+        # summary c is seen by every query i >= (c + 1) * C; this segment's share of them
+        i_lo = tl.maximum((j0 + 1) * C, seg * SEG)
+        i_hi = tl.minimum((seg + 1) * SEG, N) - 1
     cols = j0 + kb
     kv_mask = (cols[:, None] < lim) & dmask[None, :]
     k = tl.load(kbase + cols[:, None].to(tl.int64) * kst + dcol[None, :], mask=kv_mask, other=0.0)
@@ -431,12 +448,45 @@ def fe_prefill_bwd_dkdv(Q, K, V, KS, VS, DO, LSE, DELTA, DK, DV, DKS, DVS,
         tl.store(DV + b64 * dv_sb + cols[:, None].to(tl.int64) * dv_st + kvh * dv_sh + dcol[None, :],
                  dv.to(DV.dtype.element_ty), mask=out_mask)
     else:
-        # every one of the NCR rows is written: zero past N/C
-        all_rows = (cols[:, None] < NCR) & dmask[None, :]
-        tl.store(DKS + b64 * dks_sb + cols[:, None].to(tl.int64) * dks_st + kvh * dks_sh + dcol[None, :],
-                 tl.where(out_mask, dk, 0.0).to(DKS.dtype.element_ty), mask=all_rows)
-        tl.store(DVS + b64 * dvs_sb + cols[:, None].to(tl.int64) * dvs_st + kvh * dvs_sh + dcol[None, :],
-                 tl.where(out_mask, dv, 0.0).to(DVS.dtype.element_ty), mask=all_rows)
+        nrows = nsb * BLOCK_N
+        row0 = ((b64 * HKV + kvh) * SPLITS + seg) * nrows
+        off = (row0 + cols[:, None]) * D + dcol[None, :]
+        half = (b64 * 0 + B) * HKV * SPLITS * nrows * D
+        tl.store(PART + off, dk, mask=dmask[None, :])
+        tl.store(PART + half + off, dv, mask=dmask[None, :])
+
+
+@triton.jit
+def fe_prefill_bwd_dsum(PART, DKS, DVS, dks_sb, dks_st, dks_sh, dvs_sb, dvs_st, dvs_sh,
+                        B, HKV, NC, NCR, SPLITS,
+                        D: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_R: tl.constexpr):
+    """dks, dvs from the summary segments' partial sums, added in segment order (bitwise
+    reproducible): grid (cdiv(NCR, BLOCK_R), HKV, B). Every one of the NCR rows is written,
+    zero at or past NC."""
+    pid = tl.program_id(0)
+    kvh = tl.program_id(1)
+    b = tl.program_id(2)
+    b64 = b.to(tl.int64)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    nrows = tl.cdiv(NC, BLOCK_N) * BLOCK_N
+    live = (rows[:, None] < NC) & dmask[None, :]
+    half = (b64 * 0 + B) * HKV * SPLITS * nrows * D
+    acc_k = tl.zeros([BLOCK_R, DP], tl.float32)
+    acc_v = tl.zeros([BLOCK_R, DP], tl.float32)
+    for sg in range(0, SPLITS):
+        row0 = ((b64 * HKV + kvh) * SPLITS + sg) * nrows
+        off = (row0 + rows[:, None]) * D + dcol[None, :]
+        acc_k += tl.load(PART + off, mask=live, other=0.0)
+        acc_v += tl.load(PART + half + off, mask=live, other=0.0)
+    out = (rows[:, None] < NCR) & dmask[None, :]
+    r64 = rows[:, None].to(tl.int64)
+    tl.store(DKS + b64 * dks_sb + r64 * dks_st + kvh * dks_sh + dcol[None, :],
+             acc_k.to(DKS.dtype.element_ty), mask=out)
+    tl.store(DVS + b64 * dvs_sb + r64 * dvs_st + kvh * dvs_sh + dcol[None, :],
+             acc_v.to(DVS.dtype.element_ty), mask=out)
 
 
 @triton.jit

@@ -461,7 +461,7 @@ def report_grads(what, dt, pairs, slack=None):
 
 
 def check_prefill_bwd(B, N, H, HKV, D, W, C, sliding, dt, BM, BN, pad=0, large=False,
-                      huge=False, extra_nc=0):
+                      huge=False, extra_nc=0, splits=1):
     """`large`: some rows' logits reach about ±50 (a peaked softmax); `huge`: ±1e4 (every
     gradient must also be finite). Both are checked with the Delta slack (see GRAD_TOL)."""
     NCR = N // C + extra_nc
@@ -486,17 +486,25 @@ def check_prefill_bwd(B, N, H, HKV, D, W, C, sliding, dt, BM, BN, pad=0, large=F
     common = (Q.st(0), Q.st(1), Q.st(2), K.st(0), K.st(1), K.st(2), V.st(0), V.st(1), V.st(2),
               KS.st(0), KS.st(1), KS.st(2), VS.st(0), VS.st(1), VS.st(2),
               DO.st(0), DO.st(1), DO.st(2), LSE.st(0), LSE.st(1))
-    grid = (triton.cdiv(N, BN) + triton.cdiv(NCR, BN), HKV, B)
+    NC = min(N // C, NCR)
+    nsb = triton.cdiv(NC, BN)
+    # the summary blocks' queries in `splits` segments (a multiple of BM rows each)
+    seg = triton.cdiv(triton.cdiv(max(N, 1), splits), BM) * BM
+    PART = Buf((2, B, HKV, splits, max(nsb * BN, 1), D), "f32")
+    grid = (B * HKV * (nsb * splits + triton.cdiv(N, BN)),)
     fk.fe_prefill_bwd_dkdv[grid](
-        Q.t, K.t, V.t, KS.t, VS.t, DO.t, LSE.t, DELTA.t, DK.t, DV.t, DKS.t, DVS.t, *common,
+        Q.t, K.t, V.t, KS.t, VS.t, DO.t, LSE.t, DELTA.t, DK.t, DV.t, PART.t, *common,
         DK.st(0), DK.st(1), DK.st(2), DV.st(0), DV.st(1), DV.st(2),
-        DKS.st(0), DKS.st(1), DKS.st(2), DVS.st(0), DVS.st(1), DVS.st(2),
-        N, H, HKV, N // C, NCR, s,
+        B, N, H, HKV, NC, splits, seg, s,
         D=D, DP=DP, W=W, C=C, SLIDING=sliding, BLOCK_M=BM, BLOCK_N=BN)
-    fk.fe_prefill_bwd_dq[(triton.cdiv(N, BM), H, B)](
+    fk.fe_prefill_bwd_dsum[(triton.cdiv(NCR, 32), HKV, B)](
+        PART.t, DKS.t, DVS.t, DKS.st(0), DKS.st(1), DKS.st(2), DVS.st(0), DVS.st(1), DVS.st(2),
+        B, HKV, NC, NCR, splits, D=D, DP=DP, BLOCK_N=BN, BLOCK_R=32)
+    # dQ's tile is the transpose of dK/dV's: BN query rows held, BM keys a step
+    fk.fe_prefill_bwd_dq[(triton.cdiv(N, BN), H, B)](
         Q.t, K.t, V.t, KS.t, VS.t, DO.t, LSE.t, DELTA.t, DQ.t, *common,
         DQ.st(0), DQ.st(1), DQ.st(2), N, H, HKV, N // C, s,
-        D=D, DP=DP, W=W, C=C, SLIDING=sliding, BLOCK_M=BM, BLOCK_N=BN)
+        D=D, DP=DP, W=W, C=C, SLIDING=sliding, BLOCK_M=BN, BLOCK_N=BM)
     want, slack = ref_prefill_bwd(q, k, v, ks, vs, do, W, C, sliding, s, UNIT[dt])
     got = (DQ.get(), DK.get(), DV.get(), DKS.get(), DVS.get())
     names = ("dq", "dk", "dv", "dks", "dvs")
@@ -505,7 +513,7 @@ def check_prefill_bwd(B, N, H, HKV, D, W, C, sliding, dt, BM, BN, pad=0, large=F
         RESULTS.append(finite)
         print(f"{'PASS' if finite else 'FAIL'} prefill_bwd huge logits: every gradient finite")
     report_grads(f"prefill_bwd B={B} N={N} H={H}/{HKV} D={D} W={W} C={C} "
-                 f"{'sliding' if sliding else 'block'} {dt} m{BM} n{BN}"
+                 f"{'sliding' if sliding else 'block'} {dt} m{BM} n{BN} splits={splits}"
                  f"{' pad' if pad else ''}{' large' if large else ''}", dt,
                  list(zip(names, got, want)), slack)
 
@@ -637,8 +645,10 @@ def main():
         check_chunk_summarize(2, 37, 2, 32, 8, dt)
         check_chunk_summarize(1, 30, 1, 64, 6, dt, large=True)
         for sliding in (False, True):
-            check_prefill_bwd(2, 45, 4, 2, 32, 16, 4, sliding, dt, 16, 16, pad=8, extra_nc=2)
-            check_prefill_bwd(1, 70, 2, 1, 64, 32, 8, sliding, dt, 32, 16, large=True)
+            check_prefill_bwd(2, 45, 4, 2, 32, 16, 4, sliding, dt, 16, 16, pad=8, extra_nc=2,
+                              splits=3)
+            check_prefill_bwd(1, 70, 2, 1, 64, 32, 8, sliding, dt, 32, 16, large=True, splits=2)
+            check_prefill_bwd(1, 100, 2, 1, 32, 32, 8, sliding, dt, 16, 32, splits=4)
             check_prefill_bwd(1, 40, 2, 1, 32, 16, 4, sliding, dt, 16, 16, huge=True)
             check_prefill_bwd(1, 5, 2, 2, 32, 16, 8, sliding, dt, 16, 16)
         check_chunk_summarize_bwd(2, 37, 2, 32, 8, dt, extra=2)

@@ -69,6 +69,7 @@ impl OpDef for Append {
         vec![TritonKernel {
             function: "fe_append",
             entry: spec.name(),
+            aligned: false,
             constexprs: constexprs(
                 spec,
                 &[

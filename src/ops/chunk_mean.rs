@@ -197,6 +197,7 @@ impl OpDef for ChunkMean {
         vec![TritonKernel {
             function: "fe_chunk_mean",
             entry: spec.name(),
+            aligned: false,
             constexprs: constexprs(
                 spec,
                 &[

@@ -57,6 +57,7 @@ impl OpDef for ChunkMeanBwd {
         vec![TritonKernel {
             function: "fe_chunk_mean_bwd",
             entry: spec.name(),
+            aligned: false,
             constexprs: constexprs(
                 spec,
                 &[

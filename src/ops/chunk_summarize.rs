@@ -242,6 +242,7 @@ impl OpDef for ChunkSummarize {
         vec![TritonKernel {
             function: "fe_chunk_summarize",
             entry: spec.name(),
+            aligned: false,
             constexprs: constexprs(
                 spec,
                 &[

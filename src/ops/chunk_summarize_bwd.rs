@@ -59,6 +59,7 @@ impl OpDef for ChunkSummarizeBwd {
         vec![TritonKernel {
             function: "fe_chunk_summarize_bwd",
             entry: spec.name(),
+            aligned: false,
             constexprs: constexprs(
                 spec,
                 &[

@@ -679,6 +679,7 @@ impl OpDef for Decode {
             TritonKernel {
                 function: "fe_decode",
                 entry: entries[0].clone(),
+                aligned: false,
                 constexprs: constexprs(
                     spec,
                     &[
@@ -695,6 +696,7 @@ impl OpDef for Decode {
             TritonKernel {
                 function: "fe_decode_combine",
                 entry: entries[1].clone(),
+                aligned: false,
                 constexprs: constexprs(spec, &[]),
             },
         ]

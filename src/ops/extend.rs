@@ -127,6 +127,7 @@ impl OpDef for Extend {
         vec![TritonKernel {
             function: "fe_extend",
             entry: spec.name(),
+            aligned: false,
             constexprs: constexprs(
                 spec,
                 &[

@@ -54,6 +54,13 @@ pub struct TritonKernel {
     pub entry: String,
     /// `tl.constexpr` parameters and their values.
     pub constexprs: std::collections::BTreeMap<&'static str, Const>,
+    /// The op's plan checks every storage-type tensor of this kernel for 16-byte vector access
+    /// (`expect_vector_layout`): triton/compile.py then tells Triton that these pointers are
+    /// 16-byte aligned and their strides multiples of 8 elements, so it loads 16 bytes at a
+    /// time (without, every element is a 2-byte load). Left out of the job when false, so the
+    /// other kernels' cache keys stay as they were.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub aligned: bool,
 }
 
 /// The Triton kernels' tile rules: block sizes (where the op uses them) 16 to 128, 1 to 8

@@ -681,6 +681,7 @@ impl OpDef for Prefill {
         vec![TritonKernel {
             function: "fe_prefill",
             entry: spec.name(),
+            aligned: true,
             constexprs: constexprs(
                 spec,
                 &[

@@ -4,14 +4,22 @@
 //! (every one of the NC rows written; zero at or past N/C), each kv gradient summed over its
 //! query-head group.
 //!
-//! FlashAttention-2-style recomputation from the LSE in three kernels of one module (Triton so
+//! FlashAttention-2-style recomputation from the LSE in four kernels of one module (Triton so
 //! far, triton/flasheva_triton.py): Delta = rowsum(dO·O) into an fp32 workspace `[B,H,N]`; one
-//! program per key block (raw keys, then summaries) accumulating dK, dV (dks, dvs) over the
-//! query blocks that see it and the query heads of its group; one program per query block for
-//! dQ. No atomics: results are bitwise reproducible run to run (the only mode).
+//! program per raw key block, or per segment of a summary block's queries, accumulating dK, dV
+//! (partial dks, dvs) over the query blocks that see it and the query heads of its group; the
+//! summary segments added in order; one program per query block for dQ. A summary block is seen
+//! by every later query, a raw key block by about W of them: unsplit, the few summary programs
+//! were the whole backward's tail ([`summary_splits`] cuts them to the raw blocks' share).
+//!
+//! A tile `m{BM}_n{BN}` holds BN keys against BM-row query steps in the dK/dV kernel and, the
+//! transpose, BN query rows against BM-key steps in the dQ kernel (FlashAttention-2's shapes:
+//! the held side large, the streamed side small). No atomics: results are bitwise reproducible
+//! run to run (the only mode).
 
 use super::launch::{
-    ArgList, LaunchError, OpArgs, Step, check_op, expect_dtype, expect_shape, grid_dim,
+    ArgList, LaunchError, OpArgs, Step, check_op, expect_dtype, expect_shape, expect_vector_layout,
+    grid_dim,
 };
 use super::prefill::{PrefillArgs, check_prefill_tensors};
 #[cfg(feature = "cli")]
@@ -48,18 +56,13 @@ fn tile(block_m: u32, block_n: u32, warps: u32, stages: u32) -> TileParams {
     }
 }
 
-/// Checks like `o`'s: same dtype and shape as `like`, last dim contiguous, 16-byte aligned.
+/// Checks like `o`'s: same dtype and shape as `like`, 16-byte vector access (the kernels are
+/// compiled for it: `TritonKernel::aligned`).
 fn expect_like(t: &TensorArg, like: &TensorArg, what: &str) -> Result<(), LaunchError> {
     expect_dtype(t, like.dtype)?;
     let want: Vec<Option<usize>> = like.shape.iter().map(|&s| Some(s)).collect();
     expect_shape(t, &want, what)?;
-    if t.strides.last() != Some(&1) || !t.ptr.is_multiple_of(16) {
-        return Err(LaunchError::Layout {
-            name: t.name.clone(),
-            problem: "the last dimension must be contiguous and the address 16-byte aligned".into(),
-        });
-    }
-    Ok(())
+    expect_vector_layout(t)
 }
 
 impl OpDef for PrefillBwd {
@@ -69,7 +72,12 @@ impl OpDef for PrefillBwd {
 
     fn entry_points(&self, spec: &KernelSpec, _engine: crate::tile::Engine) -> Vec<String> {
         let main = spec.name();
-        vec![main.clone(), format!("{main}_dkdv"), format!("{main}_dq")]
+        vec![
+            main.clone(),
+            format!("{main}_dkdv"),
+            format!("{main}_dsum"),
+            format!("{main}_dq"),
+        ]
     }
 
     super::triton_only_kernels!();
@@ -99,31 +107,51 @@ impl OpDef for PrefillBwd {
 
     fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel> {
         let e = self.entry_points(spec, crate::tile::Engine::Triton);
-        let full = constexprs(
-            spec,
-            &[
-                ("W", Const::Int(spec.window_or_zero())),
-                ("C", Const::Int(spec.chunk())),
-                ("SLIDING", Const::Bool(spec.sliding())),
-                ("BLOCK_M", Const::Int(tile.block_m())),
-                ("BLOCK_N", Const::Int(tile.block_n())),
-            ],
-        );
+        let blocks = |m: u32, n: u32| {
+            constexprs(
+                spec,
+                &[
+                    ("W", Const::Int(spec.window_or_zero())),
+                    ("C", Const::Int(spec.chunk())),
+                    ("SLIDING", Const::Bool(spec.sliding())),
+                    ("BLOCK_M", Const::Int(m)),
+                    ("BLOCK_N", Const::Int(n)),
+                ],
+            )
+        };
+        let full = blocks(tile.block_m(), tile.block_n());
+        // dQ holds BN query rows and steps over BM keys
+        let transposed = blocks(tile.block_n(), tile.block_m());
         vec![
             TritonKernel {
                 function: "fe_prefill_bwd_pre",
                 entry: e[0].clone(),
+                aligned: true,
                 constexprs: constexprs(spec, &[("BLOCK_M", Const::Int(tile.block_m()))]),
             },
             TritonKernel {
                 function: "fe_prefill_bwd_dkdv",
                 entry: e[1].clone(),
+                aligned: true,
                 constexprs: full.clone(),
             },
             TritonKernel {
-                function: "fe_prefill_bwd_dq",
+                function: "fe_prefill_bwd_dsum",
                 entry: e[2].clone(),
-                constexprs: full,
+                aligned: true,
+                constexprs: constexprs(
+                    spec,
+                    &[
+                        ("BLOCK_N", Const::Int(tile.block_n())),
+                        ("BLOCK_R", Const::Int(SUM_ROWS)),
+                    ],
+                ),
+            },
+            TritonKernel {
+                function: "fe_prefill_bwd_dq",
+                entry: e[3].clone(),
+                aligned: true,
+                constexprs: transposed,
             },
         ]
     }
@@ -290,9 +318,14 @@ impl OpDef for PrefillBwd {
         }
     }
 
-    fn workspace(&self, p: &Problem, _tile: &Tile, _splits: usize) -> usize {
+    fn splits(&self, p: &Problem, tile: &Tile, sm_count: u32) -> usize {
         let w = &p.workload;
-        w.b * w.h * w.n // Delta, fp32 [B, H, N]
+        summary_splits(&Sizes::of(w, p.summary_rows), tile, sm_count)
+    }
+
+    fn workspace(&self, p: &Problem, tile: &Tile, splits: usize) -> usize {
+        let w = &p.workload;
+        Sizes::of(w, p.summary_rows).workspace(tile, splits)
     }
 
     fn plan(
@@ -300,7 +333,7 @@ impl OpDef for PrefillBwd {
         spec: &KernelSpec,
         tile: &Tile,
         args: &OpArgs,
-        _device: DeviceFacts,
+        device: DeviceFacts,
     ) -> Result<Vec<Step>, LaunchError> {
         check_op(spec, Op::PrefillBwd)?;
         let t = args.expect(Op::PrefillBwd, &NAMES)?;
@@ -326,23 +359,41 @@ impl OpDef for PrefillBwd {
             return Ok(Vec::new());
         };
         let (b, n, h, hkv, ncr) = (sz.b, sz.n, sz.h, sz.hkv, ks.shape[1]);
-        let need = b * h * n;
+        let sizes = Sizes {
+            b,
+            n,
+            h,
+            hkv,
+            nc: sz.nc,
+            window: spec.window_or_zero() as usize,
+            chunk: spec.chunk() as usize,
+            sliding: spec.sliding(),
+            d: spec.head_dim() as usize,
+        };
+        let splits = summary_splits(&sizes, tile, device.sm_count);
+        let need = sizes.workspace(tile, splits);
         let delta = match args.workspace {
             Some((ptr, elems)) if elems >= need => ptr,
             _ => {
                 return Err(LaunchError::Size(format!(
-                    "prefill_bwd needs a workspace of {need} fp32 elements (Delta, [B, H, N])"
+                    "prefill_bwd needs a workspace of {need} fp32 elements (Delta [B, H, N] \
+                     and the summary blocks' {splits} partial sums)"
                 )));
             }
         };
+        let part = delta + 4 * sizes.delta_elems() as u64;
         let (bm, bn) = (tile.block_m() as usize, tile.block_n() as usize);
-        let q_blocks = grid_dim("query blocks", n.div_ceil(bm), i32::MAX as usize)?;
+        let seg = n.div_ceil(splits).div_ceil(bm) * bm;
+        let pre_blocks = grid_dim("query blocks", n.div_ceil(bm), i32::MAX as usize)?;
+        let dq_blocks = grid_dim("query blocks", n.div_ceil(bn), i32::MAX as usize)?;
         let (hg, bg) = (grid_dim("H", h, 65535)?, grid_dim("B", b, 65535)?);
-        let key_blocks = grid_dim(
-            "key and summary blocks",
-            n.div_ceil(bn) + ncr.div_ceil(bn),
+        let hkvg = grid_dim("Hkv", hkv, 65535)?;
+        let key_programs = grid_dim(
+            "key blocks and summary segments",
+            b * hkv * (sz.nc.div_ceil(bn) * splits + n.div_ceil(bn)),
             i32::MAX as usize,
         )?;
+        let sum_blocks = grid_dim("summary rows", ncr.div_ceil(SUM_ROWS as usize), 65535)?;
         let s = |i: usize, d: usize| t[i].stride(d);
         let mut pre = ArgList::default();
         pre.ptr("O", t[5].ptr)
@@ -395,10 +446,10 @@ impl OpDef for PrefillBwd {
         ] {
             dkdv.ptr(name, t[i].ptr);
         }
-        dkdv.ptr("DELTA", delta);
-        for (name, i) in [("DK", 9), ("DV", 10), ("DKS", 11), ("DVS", 12)] {
-            dkdv.ptr(name, t[i].ptr);
-        }
+        dkdv.ptr("DELTA", delta)
+            .ptr("DK", t[9].ptr)
+            .ptr("DV", t[10].ptr)
+            .ptr("PART", part);
         common(&mut dkdv);
         for (name, i, d) in [
             ("dk_sb", 9, 0),
@@ -407,6 +458,22 @@ impl OpDef for PrefillBwd {
             ("dv_sb", 10, 0),
             ("dv_st", 10, 1),
             ("dv_sh", 10, 2),
+        ] {
+            dkdv.i64(name, s(i, d));
+        }
+        dkdv.i32("B", b as i32)
+            .i32("N", n as i32)
+            .i32("H", h as i32)
+            .i32("HKV", hkv as i32)
+            .i32("NC", sz.nc as i32)
+            .i32("SPLITS", splits as i32)
+            .i32("SEG", seg as i32)
+            .f32("scale", sz.scale);
+        let mut dsum = ArgList::default();
+        dsum.ptr("PART", part)
+            .ptr("DKS", t[11].ptr)
+            .ptr("DVS", t[12].ptr);
+        for (name, i, d) in [
             ("dks_sb", 11, 0),
             ("dks_st", 11, 1),
             ("dks_sh", 11, 2),
@@ -414,14 +481,13 @@ impl OpDef for PrefillBwd {
             ("dvs_st", 12, 1),
             ("dvs_sh", 12, 2),
         ] {
-            dkdv.i64(name, s(i, d));
+            dsum.i64(name, s(i, d));
         }
-        dkdv.i32("N", n as i32)
-            .i32("H", h as i32)
+        dsum.i32("B", b as i32)
             .i32("HKV", hkv as i32)
             .i32("NC", sz.nc as i32)
             .i32("NCR", ncr as i32)
-            .f32("scale", sz.scale);
+            .i32("SPLITS", splits as i32);
         let mut dq = ArgList::default();
         for (name, i) in [
             ("Q", 0),
@@ -446,9 +512,146 @@ impl OpDef for PrefillBwd {
             .f32("scale", sz.scale);
         let w = tile.warps();
         Ok(vec![
-            Step::triton(0, (q_blocks, hg, bg), w, pre),
-            Step::triton(1, (key_blocks, grid_dim("Hkv", hkv, 65535)?, bg), w, dkdv),
-            Step::triton(2, (q_blocks, hg, bg), w, dq),
+            Step::triton(0, (pre_blocks, hg, bg), w, pre),
+            Step::triton(1, (key_programs, 1, 1), w, dkdv),
+            Step::triton(2, (sum_blocks, hkvg, bg), w, dsum),
+            Step::triton(3, (dq_blocks, hg, bg), w, dq),
         ])
+    }
+}
+
+/// Summary rows one program of the segment sum adds up.
+const SUM_ROWS: u32 = 32;
+
+/// What the backward's schedule depends on.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    b: usize,
+    n: usize,
+    h: usize,
+    hkv: usize,
+    /// Summaries in use, N/C (at most the rows given).
+    nc: usize,
+    window: usize,
+    chunk: usize,
+    sliding: bool,
+    d: usize,
+}
+
+impl Sizes {
+    fn of(w: &Workload, summary_rows: usize) -> Sizes {
+        let chunk = w.spec.chunk() as usize;
+        Sizes {
+            b: w.b,
+            n: w.n,
+            h: w.h,
+            hkv: w.hkv,
+            nc: (w.n / chunk.max(1)).min(summary_rows),
+            window: w.spec.window_or_zero() as usize,
+            chunk,
+            sliding: w.spec.sliding(),
+            d: w.spec.head_dim() as usize,
+        }
+    }
+
+    /// Delta's fp32 elements, rounded up so the partial sums after it start 16-byte aligned.
+    fn delta_elems(&self) -> usize {
+        (self.b * self.h * self.n).next_multiple_of(4)
+    }
+
+    /// Delta, then the summary segments' partial dks and dvs `[2, B, Hkv, splits, NSB·BN, D]`.
+    fn workspace(&self, tile: &Tile, splits: usize) -> usize {
+        let bn = tile.block_n() as usize;
+        let rows = self.nc.div_ceil(bn) * bn;
+        self.delta_elems() + 2 * self.b * self.hkv * splits * rows * self.d
+    }
+}
+
+/// Into how many segments of queries each summary block's dks/dvs program is cut (1 to 16).
+///
+/// Summary block j is seen by every query from `(j·BN + 1)·C` on, so its unsplit program runs
+/// about (N − C)/BM query steps, while a raw key block runs about (W + BN)/BM. Resident
+/// programs (two per multiprocessor, the summary ones first) share the whole work; a summary
+/// segment should not be longer than one such share, or the backward waits on a few programs.
+fn summary_splits(s: &Sizes, tile: &Tile, sm_count: u32) -> usize {
+    let (bm, bn) = (tile.block_m() as usize, tile.block_n() as usize);
+    if s.nc == 0 || s.n == 0 {
+        return 1;
+    }
+    let group = s.h / s.hkv.max(1);
+    let heads = s.b * s.hkv * group;
+    let raw_rows = if s.sliding {
+        s.window + bn
+    } else {
+        s.window / 2 + bn
+    };
+    let raw = heads * s.n.div_ceil(bn) * raw_rows.div_ceil(bm);
+    let longest = s.n.saturating_sub(s.chunk).div_ceil(bm);
+    let summaries: usize = (0..s.nc.div_ceil(bn))
+        .map(|j| s.n.saturating_sub((j * bn + 1) * s.chunk).div_ceil(bm))
+        .sum::<usize>()
+        * heads;
+    let slots = 2 * (sm_count.max(1) as usize);
+    let share = ((raw + summaries) / slots).max(1);
+    (longest * group).div_ceil(share).clamp(1, 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(n: usize, window: usize, b: usize, hkv: usize) -> Sizes {
+        Sizes {
+            b,
+            n,
+            h: hkv,
+            hkv,
+            nc: n / 64,
+            window,
+            chunk: 64,
+            sliding: false,
+            d: 128,
+        }
+    }
+
+    fn t(bm: u32, bn: u32) -> Tile {
+        let spec = crate::spec::test_spec(
+            Op::PrefillBwd,
+            (128, 512, 64),
+            crate::spec::LocalMode::Block,
+            crate::spec::DType::Bf16,
+            None,
+        );
+        Tile::new(&spec, tile(bm, bn, 4, 2)).unwrap()
+    }
+
+    #[test]
+    fn long_summary_ranges_are_split_where_they_would_be_the_tail() {
+        // one sequence of 16k, 16 heads, 132 SMs: summary block 0 runs 255 query steps of 64,
+        // the fair share is 116 (raw 16·256·5 steps, summaries 16·636, over 264 slots): three
+        // segments
+        let s = sizes(16384, 512, 1, 16);
+        assert_eq!(summary_splits(&s, &t(64, 64), 132), 3);
+        // small query steps: the same range is more steps, against the same share
+        assert!(summary_splits(&s, &t(16, 64), 132) >= 2);
+        // a big batch has work enough: no split
+        assert_eq!(
+            summary_splits(&sizes(4096, 512, 64, 16), &t(64, 64), 132),
+            1
+        );
+        // no summaries: nothing to split
+        assert_eq!(summary_splits(&sizes(32, 512, 1, 16), &t(64, 64), 132), 1);
+        // at most 16 segments
+        assert!(summary_splits(&sizes(1 << 20, 64, 1, 1), &t(16, 128), 132) <= 16);
+    }
+
+    #[test]
+    fn the_workspace_holds_delta_then_aligned_partials() {
+        let s = sizes(100, 64, 1, 2);
+        assert_eq!(s.delta_elems(), 200);
+        let s3 = Sizes { n: 101, ..s };
+        assert_eq!(s3.delta_elems(), 204);
+        // nc = 1 summary, one block of 32 rows, 3 segments: 2 * 1 * 2 * 3 * 32 * 128
+        assert_eq!(s.workspace(&t(16, 32), 3), 200 + 2 * 2 * 3 * 32 * 128);
     }
 }
