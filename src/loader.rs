@@ -515,7 +515,18 @@ impl Runtime {
         } else {
             entry_shared_mem.to_vec()
         };
-        for (f, &bytes) in functions.iter().zip(&smem) {
+        // Every kernel of a CUDA module may use up to the tile's shared memory (the backward's
+        // dK/dV and dQ kernels both need more than 48 KiB, its first kernel none); Triton's
+        // record each entry's own.
+        let per_entry = |i: usize| {
+            if entry_shared_mem.is_empty() {
+                smem[0]
+            } else {
+                smem[i]
+            }
+        };
+        for (i, f) in functions.iter().enumerate() {
+            let bytes = per_entry(i);
             if bytes > 48 * 1024 {
                 f.set_max_dynamic_smem(bytes)?;
             }

@@ -943,7 +943,7 @@ fn sanitizer_subset() {
                 .unwrap(),
             );
         }
-        // and the backward (prefill_bwd's three kernels, the chunk ops' gradients)
+        // and the backward (prefill_bwd's Triton kernels, the chunk ops' gradients)
         for (op, n) in [
             (Op::PrefillBwd, 150usize),
             (Op::ChunkSummarizeBwd, 70),
@@ -967,6 +967,44 @@ fn sanitizer_subset() {
                 .unwrap(),
             );
         }
+        // the mma backward (templates/prefill_bwd.cu), two stages, summary segments
+        let sb = spec(
+            Op::PrefillBwd,
+            64,
+            64,
+            16,
+            LocalMode::Sliding,
+            DType::Bf16,
+            1,
+        );
+        let t = Tile::new(
+            &sb,
+            TileParams {
+                engine: flasheva::tile::Engine::Mma,
+                block_m: 32,
+                block_n: 64,
+                warps: 4,
+                stages: 2,
+                splits: 0,
+            },
+        )
+        .unwrap();
+        let kb = rt.kernel_with_tile(&sb, &t).unwrap();
+        let mut p =
+            flasheva::ops::Problem::new(flasheva::workload::Workload::new(sb, 2, 150, 4, 2));
+        p.summary_rows += 1;
+        reports.push(
+            verify::check(
+                &stream,
+                &kb,
+                &verify::Case {
+                    problem: p,
+                    large_logits: true,
+                    strided: true,
+                },
+            )
+            .unwrap(),
+        );
         // the serving ops: extend (mixed L0 and T) and append
         for op in [Op::Extend, Op::Append] {
             let se = spec(op, 64, 32, 8, LocalMode::Sliding, DType::Bf16, 1);
@@ -1043,6 +1081,33 @@ fn backward_grid() {
                     reports.push(
                         verify::check(&stream, &k, cs).unwrap_or_else(|e| panic!("{s}: {e}")),
                     );
+                }
+                // the mma engine (templates/prefill_bwd.cu) on the same cases: one stage and
+                // two, 2 to 8 warps, every step size
+                if d <= 128 {
+                    for (m, w, st) in [(32u32, 4u32, 2u32), (16, 2, 1), (64, 8, 2)] {
+                        let t = Tile::new(
+                            &s,
+                            TileParams {
+                                engine: flasheva::tile::Engine::Mma,
+                                block_m: m,
+                                block_n: 16 * w,
+                                warps: w,
+                                stages: st,
+                                splits: 0,
+                            },
+                        )
+                        .unwrap();
+                        let km = rt
+                            .kernel_with_tile(&s, &t)
+                            .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
+                        for cs in &cases {
+                            reports.push(
+                                verify::check(&stream, &km, cs)
+                                    .unwrap_or_else(|e| panic!("{s} {t:?}: {e}")),
+                            );
+                        }
+                    }
                 }
             }
         }

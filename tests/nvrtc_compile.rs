@@ -93,7 +93,7 @@ fn spills(nv: &Nvrtc, spec: &KernelSpec, tile: &Tile, arch: Arch) -> Vec<String>
 }
 
 #[test]
-/// (The forward ops: the backward has only its Triton kernels so far, compiled in tests/triton.rs.)
+/// (The forward ops: the backward's mma kernels below, its Triton kernels in tests/triton.rs.)
 fn every_head_dim_and_op_compiles_with_its_default_tile() {
     let nv = nvrtc();
     let mut jobs = Vec::new();
@@ -252,4 +252,48 @@ fn the_tma_decode_compiles_without_spills() {
         let problems = spills(&nv, &spec, &tile, arch);
         assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
+}
+
+#[test]
+/// The mma backward (templates/prefill_bwd.cu) compiles for sm_80 and sm_90 at every head dim it
+/// takes, both modes and dtypes, without spills at the tiles the GPU suite runs.
+fn the_mma_backward_compiles_without_spills() {
+    let nv = nvrtc();
+    let mut jobs = Vec::new();
+    for d in [32u32, 64, 96, 128] {
+        for (local, dtype) in [
+            (LocalMode::Sliding, DType::F16),
+            (LocalMode::Block, DType::Bf16),
+        ] {
+            let p = SpecParams {
+                head_dim: Some(d),
+                window: Some(128),
+                chunk: Some(16),
+                local: Some(local),
+                dtype: Some(dtype),
+                group: None,
+            };
+            let spec = KernelSpec::new(Op::PrefillBwd, &p).unwrap();
+            for over in [
+                "engine=mma,block_m=32,block_n=64,warps=4,stages=2",
+                "engine=mma,block_m=16,block_n=32,warps=2,stages=1",
+            ] {
+                for arch in [Arch::new(8, 0), Arch::new(9, 0)] {
+                    jobs.push((spec, over, arch));
+                }
+            }
+        }
+    }
+    let problems: Vec<String> = jobs
+        .par_iter()
+        .flat_map(|(spec, over, arch)| {
+            let tile = Tile::default_for(spec, *arch)
+                .with_overrides(spec, over)
+                .unwrap_or_else(|e| panic!("{spec}: {e}"));
+            tile.validate_for(spec, *arch)
+                .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
+            spills(&nv, spec, &tile, *arch)
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

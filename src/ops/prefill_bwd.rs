@@ -16,6 +16,10 @@
 //! transpose, BN query rows against BM-key steps in the dQ kernel (FlashAttention-2's shapes:
 //! the held side large, the streamed side small). No atomics: results are bitwise reproducible
 //! run to run (the only mode).
+//!
+//! Two engines: the Triton kernels (the default), and `mma` (templates/prefill_bwd.cu, the same
+//! four kernels and schedule on `mma.sync` tensor cores, 16 held rows per warp: block_n = 16 x
+//! warps), a tuner candidate.
 
 use super::launch::{
     ArgList, LaunchError, OpArgs, Step, check_op, expect_dtype, expect_shape, expect_vector_layout,
@@ -35,7 +39,7 @@ use crate::reference;
 use crate::spec::{KernelSpec, Op, SpecParams};
 use crate::target::Arch;
 use crate::tensor::{ElemType, TensorArg};
-use crate::tile::{Engine, Tile, TileError, TileParams};
+use crate::tile::{Engine, Tile, TileError, TileParams, one_of};
 use crate::workload::Workload;
 
 /// The prefill_bwd op.
@@ -80,12 +84,34 @@ impl OpDef for PrefillBwd {
         ]
     }
 
-    super::triton_only_kernels!();
+    fn template(&self, tile: &TileParams) -> &'static str {
+        match tile.engine {
+            Engine::Mma => "prefill_bwd.cu",
+            _ => "flasheva_triton.py",
+        }
+    }
+
+    fn smem_bytes(&self, spec: &KernelSpec, t: &TileParams) -> u32 {
+        match t.engine {
+            Engine::Mma => mma_smem(spec, t).0.max(mma_smem(spec, t).1),
+            _ => 0,
+        }
+    }
+
+    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
+        // The Triton kernels first: the mma kernels are tuner candidates until they have run
+        // through the GPU suite (docs/VALIDATION.md).
+        vec![self.triton_default(spec), mma_default(spec)]
+    }
 
     fn tile_name(&self, t: &TileParams) -> String {
         format!(
-            "tr_m{}_n{}_w{}_s{}",
-            t.block_m, t.block_n, t.warps, t.stages
+            "{}m{}_n{}_w{}_s{}",
+            super::engine_prefix(t.engine),
+            t.block_m,
+            t.block_n,
+            t.warps,
+            t.stages
         )
     }
 
@@ -93,11 +119,35 @@ impl OpDef for PrefillBwd {
         TileParams { splits: 0, ..t }
     }
 
-    fn check_tile(&self, _spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
-        triton_only(Op::PrefillBwd, t, true, true, true)
+    fn check_tile(&self, spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        if t.engine != Engine::Mma {
+            return triton_only(Op::PrefillBwd, t, true, true, true);
+        }
+        let op = Op::PrefillBwd;
+        if spec.head_dim() > 128 {
+            return Err(TileError::Field {
+                op,
+                field: "engine",
+                value: spec.head_dim(),
+                accepted: "triton for head_dim 256 (the mma backward holds two 16 x D fp32 accumulators per warp: D <= 128)",
+            });
+        }
+        one_of(op, "block_m", t.block_m, &[16, 32, 64], "16, 32, 64")?;
+        one_of(op, "warps", t.warps, &[2, 4, 8], "2, 4, 8")?;
+        one_of(op, "stages", t.stages, &[1, 2], "1, 2")?;
+        if t.block_n != 16 * t.warps {
+            return Err(TileError::Field {
+                op,
+                field: "block_n",
+                value: t.block_n,
+                accepted: "16 x warps (16 held rows per warp)",
+            });
+        }
+        Ok(())
     }
 
     fn triton_default(&self, spec: &KernelSpec) -> TileParams {
+        // (the Triton default; the mma engine's is `mma_default`)
         if spec.head_dim() <= 64 {
             tile(32, 32, 4, 2)
         } else {
@@ -510,6 +560,63 @@ impl OpDef for PrefillBwd {
             .i32("HKV", hkv as i32)
             .i32("NC", sz.nc as i32)
             .f32("scale", sz.scale);
+        if tile.engine() == Engine::Mma {
+            let params = PrefillBwdParams {
+                q: t[0].ptr,
+                k: t[1].ptr,
+                v: t[2].ptr,
+                ks: t[3].ptr,
+                vs: t[4].ptr,
+                o: t[5].ptr,
+                dout: t[7].ptr,
+                lse: t[6].ptr,
+                dq: t[8].ptr,
+                dk: t[9].ptr,
+                dv: t[10].ptr,
+                dks: t[11].ptr,
+                dvs: t[12].ptr,
+                delta,
+                part,
+                strides: [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]
+                    .map(|i| [s(i, 0), s(i, 1), s(i, 2)]),
+                lse_sb: s(6, 0),
+                lse_sh: s(6, 1),
+                b: b as i32,
+                n: n as i32,
+                h: h as i32,
+                hkv: hkv as i32,
+                nc: sz.nc as i32,
+                ncr: ncr as i32,
+                splits: splits as i32,
+                seg: seg as i32,
+                scale: sz.scale,
+                scale_log2: sz.scale * std::f32::consts::LOG2_E,
+            };
+            let (dkdv_smem, dq_smem) = mma_smem(spec, &tile.params());
+            let threads = (tile.threads(), 1, 1);
+            let launch = |grid, smem| super::launch::LaunchPlan {
+                grid,
+                block: threads,
+                smem,
+                params,
+            };
+            return Ok(vec![
+                Step::of(0, &launch((n.div_ceil(PRE_ROWS) as u32, hg, bg), 0)),
+                Step::of(1, &launch((key_programs, 1, 1), dkdv_smem)),
+                Step::of(
+                    2,
+                    &launch(
+                        (
+                            grid_dim("summary rows", ncr.div_ceil(MMA_SUM_ROWS), 65535)?,
+                            hkvg,
+                            bg,
+                        ),
+                        0,
+                    ),
+                ),
+                Step::of(3, &launch((dq_blocks, hg, bg), dq_smem)),
+            ]);
+        }
         let w = tile.warps();
         Ok(vec![
             Step::triton(0, (pre_blocks, hg, bg), w, pre),
@@ -520,8 +627,74 @@ impl OpDef for PrefillBwd {
     }
 }
 
-/// Summary rows one program of the segment sum adds up.
+/// Summary rows one program of the segment sum adds up (Triton).
 const SUM_ROWS: u32 = 32;
+
+/// Summary rows one CTA of the mma segment sum adds up (`SUM_ROWS` in templates/prefill_bwd.cu).
+const MMA_SUM_ROWS: usize = 16;
+
+/// Query rows one CTA of the mma Delta kernel covers (templates/prefill_bwd.cu).
+const PRE_ROWS: usize = 64;
+
+/// Mirrors `PrefillBwdParams` in templates/prefill_bwd.cu (one block for all four kernels).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[allow(missing_docs)]
+pub struct PrefillBwdParams {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub ks: u64,
+    pub vs: u64,
+    pub o: u64,
+    pub dout: u64,
+    pub lse: u64,
+    pub dq: u64,
+    pub dk: u64,
+    pub dv: u64,
+    pub dks: u64,
+    pub dvs: u64,
+    pub delta: u64,
+    pub part: u64,
+    /// (batch, token, head) strides of q, k, v, ks, vs, o, do, dq, dk, dv, dks, dvs.
+    pub strides: [[i64; 3]; 12],
+    pub lse_sb: i64,
+    pub lse_sh: i64,
+    pub b: i32,
+    pub n: i32,
+    pub h: i32,
+    pub hkv: i32,
+    pub nc: i32,
+    pub ncr: i32,
+    pub splits: i32,
+    pub seg: i32,
+    pub scale: f32,
+    pub scale_log2: f32,
+}
+
+/// The mma engine's default tile: 64 keys (dK/dV) or queries (dQ) held by four warps, 32-row
+/// steps, two stages (D = 128 keeps both 16 x 128 fp32 accumulators in registers at 32-row steps).
+fn mma_default(spec: &KernelSpec) -> TileParams {
+    let _ = spec;
+    TileParams {
+        engine: Engine::Mma,
+        block_m: 32,
+        block_n: 64,
+        warps: 4,
+        stages: 2,
+        splits: 0,
+    }
+}
+
+/// Dynamic shared memory of the mma kernels, bytes: (dK/dV, dQ), as templates/prefill_bwd.cu
+/// lays them out.
+fn mma_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
+    let row = (spec.head_dim() + crate::tile::SMEM_PAD) * 2;
+    let (bq, bn, st) = (t.block_m, t.block_n, t.stages.max(1));
+    let dkdv = 2 * bn * row + st * 2 * bq * row + st * 2 * bq * 4;
+    let dq = 2 * bn * row + st * 2 * bq * row;
+    (dkdv, dq)
+}
 
 /// What the backward's schedule depends on.
 #[derive(Clone, Copy, Debug)]
@@ -643,6 +816,61 @@ mod tests {
         assert_eq!(summary_splits(&sizes(32, 512, 1, 16), &t(64, 64), 132), 1);
         // at most 16 segments
         assert!(summary_splits(&sizes(1 << 20, 64, 1, 1), &t(16, 128), 132) <= 16);
+    }
+
+    #[test]
+    fn the_mma_parameter_block_matches_the_template() {
+        // templates/prefill_bwd.cu static_asserts the same size
+        assert_eq!(std::mem::size_of::<PrefillBwdParams>(), 464);
+        assert_eq!(std::mem::offset_of!(PrefillBwdParams, strides), 120);
+        assert_eq!(std::mem::offset_of!(PrefillBwdParams, lse_sb), 408);
+        assert_eq!(std::mem::offset_of!(PrefillBwdParams, b), 424);
+        assert_eq!(std::mem::offset_of!(PrefillBwdParams, scale), 456);
+        let src = crate::render::TEMPLATES
+            .iter()
+            .find(|(n, _)| *n == "prefill_bwd.cu")
+            .unwrap()
+            .1;
+        assert!(src.contains("sizeof(PrefillBwdParams) == 464"));
+    }
+
+    #[test]
+    fn mma_tiles_hold_16_rows_per_warp() {
+        let spec = crate::spec::test_spec(
+            Op::PrefillBwd,
+            (128, 512, 64),
+            crate::spec::LocalMode::Block,
+            crate::spec::DType::Bf16,
+            None,
+        );
+        let mma = |m, n, w, s| TileParams {
+            engine: Engine::Mma,
+            ..tile(m, n, w, s)
+        };
+        assert!(Tile::new(&spec, mma(32, 64, 4, 2)).is_ok());
+        let e = Tile::new(&spec, mma(32, 32, 4, 2)).unwrap_err().to_string();
+        assert!(e.contains("16 x warps"), "{e}");
+        assert!(Tile::new(&spec, mma(128, 64, 4, 2)).is_err());
+        let d256 = crate::spec::test_spec(
+            Op::PrefillBwd,
+            (256, 512, 64),
+            crate::spec::LocalMode::Block,
+            crate::spec::DType::Bf16,
+            None,
+        );
+        assert!(Tile::new(&d256, mma(32, 64, 4, 2)).is_err());
+        // the Triton kernels stay the default until the mma ones have run on a GPU
+        let t = PrefillBwd.default_tiles(&spec, Arch::new(9, 0));
+        assert_eq!(t[0].engine, Engine::Triton);
+        // (dK/dV, dQ) shared memory: K, V + two stages of Q, dO and their LSE, Delta rows
+        let row = (128 + crate::tile::SMEM_PAD) * 2;
+        assert_eq!(
+            mma_smem(&spec, &mma(32, 64, 4, 2)),
+            (
+                2 * 64 * row + 2 * 2 * 32 * row + 2 * 2 * 32 * 4,
+                2 * 64 * row + 2 * 2 * 32 * row
+            )
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::spec::KernelSpec;
 use crate::tile::{DECODE_ROWS, SMEM_PAD, Tile, TileError};
 
 /// The templates, by name, exactly as embedded.
-pub const TEMPLATES: [(&str, &str); 10] = [
+pub const TEMPLATES: [(&str, &str); 11] = [
     ("common.cuh", include_str!("../../templates/common.cuh")),
     (
         "attention.cuh",
@@ -29,6 +29,10 @@ pub const TEMPLATES: [(&str, &str); 10] = [
         include_str!("../../templates/chunk_summarize.cu"),
     ),
     ("prefill.cu", include_str!("../../templates/prefill.cu")),
+    (
+        "prefill_bwd.cu",
+        include_str!("../../templates/prefill_bwd.cu"),
+    ),
     ("decode.cu", include_str!("../../templates/decode.cu")),
     (
         "decode_common.cuh",
