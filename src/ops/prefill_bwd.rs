@@ -431,6 +431,13 @@ impl OpDef for PrefillBwd {
                 )));
             }
         };
+        if !delta.is_multiple_of(16) {
+            // the partial sums are read and written 8 and 16 bytes at a time
+            return Err(LaunchError::Layout {
+                name: "workspace".into(),
+                problem: format!("address {delta:#x} is not 16-byte aligned"),
+            });
+        }
         let part = delta + 4 * sizes.delta_elems() as u64;
         let (bm, bn) = (tile.block_m() as usize, tile.block_n() as usize);
         let seg = n.div_ceil(splits).div_ceil(bm) * bm;
@@ -443,7 +450,11 @@ impl OpDef for PrefillBwd {
             b * hkv * (sz.nc.div_ceil(bn) * splits + n.div_ceil(bn)),
             i32::MAX as usize,
         )?;
-        let sum_blocks = grid_dim("summary rows", ncr.div_ceil(SUM_ROWS as usize), 65535)?;
+        let sum_blocks = grid_dim(
+            "summary rows",
+            ncr.div_ceil(SUM_ROWS as usize).max(1),
+            65535,
+        )?;
         let s = |i: usize, d: usize| t[i].stride(d);
         let mut pre = ArgList::default();
         pre.ptr("O", t[5].ptr)
@@ -600,30 +611,28 @@ impl OpDef for PrefillBwd {
                 smem,
                 params,
             };
-            return Ok(vec![
+            let mut steps = vec![
                 Step::of(0, &launch((n.div_ceil(PRE_ROWS) as u32, hg, bg), 0)),
                 Step::of(1, &launch((key_programs, 1, 1), dkdv_smem)),
-                Step::of(
-                    2,
-                    &launch(
-                        (
-                            grid_dim("summary rows", ncr.div_ceil(MMA_SUM_ROWS), 65535)?,
-                            hkvg,
-                            bg,
-                        ),
-                        0,
-                    ),
-                ),
-                Step::of(3, &launch((dq_blocks, hg, bg), dq_smem)),
-            ]);
+            ];
+            if ncr > 0 {
+                let rows = grid_dim("summary rows", ncr.div_ceil(MMA_SUM_ROWS), 65535)?;
+                steps.push(Step::of(2, &launch((rows, hkvg, bg), 0)));
+            }
+            steps.push(Step::of(3, &launch((dq_blocks, hg, bg), dq_smem)));
+            return Ok(steps);
         }
         let w = tile.warps();
-        Ok(vec![
+        let mut steps = vec![
             Step::triton(0, (pre_blocks, hg, bg), w, pre),
             Step::triton(1, (key_programs, 1, 1), w, dkdv),
-            Step::triton(2, (sum_blocks, hkvg, bg), w, dsum),
-            Step::triton(3, (dq_blocks, hg, bg), w, dq),
-        ])
+        ];
+        // no summary rows: nothing to sum or to write (and no grid of zero blocks)
+        if ncr > 0 {
+            steps.push(Step::triton(2, (sum_blocks, hkvg, bg), w, dsum));
+        }
+        steps.push(Step::triton(3, (dq_blocks, hg, bg), w, dq));
+        Ok(steps)
     }
 }
 
@@ -871,6 +880,46 @@ mod tests {
                 2 * 64 * row + 2 * 2 * 32 * row
             )
         );
+    }
+
+    #[test]
+    fn no_launch_has_an_empty_grid_and_the_workspace_is_aligned() {
+        let spec = crate::spec::test_spec(
+            Op::PrefillBwd,
+            (64, 64, 16),
+            crate::spec::LocalMode::Sliding,
+            crate::spec::DType::Bf16,
+            None,
+        );
+        let mma = TileParams {
+            engine: Engine::Mma,
+            ..tile(32, 64, 4, 2)
+        };
+        for t in [tile(16, 32, 4, 2), mma] {
+            let t = Tile::new(&spec, t).unwrap();
+            // N < C and no summary rows: no segment sum; N past C: all four kernels
+            for (n, steps) in [(5usize, 3usize), (150, 4)] {
+                let p = Problem::new(Workload::new(spec, 2, n, 4, 2));
+                let args = p.placeholder_args(&t, 132, 0x10000, 0x20000);
+                let plan = PrefillBwd
+                    .plan(&spec, &t, &args, DeviceFacts::new(132))
+                    .unwrap();
+                assert_eq!(plan.len(), steps, "{t:?} N={n}");
+                for s in &plan {
+                    assert!(
+                        s.grid.0 > 0 && s.grid.1 > 0 && s.grid.2 > 0,
+                        "{t:?} N={n}: {s:?}"
+                    );
+                }
+            }
+            let p = Problem::new(Workload::new(spec, 2, 150, 4, 2));
+            let args = p.placeholder_args(&t, 132, 0x10000, 0x20004);
+            let e = PrefillBwd
+                .plan(&spec, &t, &args, DeviceFacts::new(132))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not 16-byte aligned"), "{e}");
+        }
     }
 
     #[test]
