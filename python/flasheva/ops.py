@@ -254,15 +254,7 @@ def decode(
     """One query per sequence ``q [B,H,D]`` at position ``lens[b] - 1`` against the ring
     ``[B,W,Hkv,D]`` (W its second dimension; the new token's k, v already in it) and the
     summaries ``[B,MAXNC,Hkv,D]``: ``o [B,H,D]``, ``lse [B,H]``."""
-    if q.dim() != 3:
-        raise ValueError(f"tensor q has shape {tuple(q.shape)}: expected [B, H, D]")
-    _dims4("k_ring", k_ring)
-    b, h, _ = q.shape
-    w, hkv = k_ring.shape[1], k_ring.shape[2]
-    if hkv == 0 or h % hkv:
-        raise ValueError(f"q has {h} heads, not a multiple of k_ring's {hkv} kv heads")
-    o = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = torch.empty((b, h), dtype=torch.float32, device=q.device)
+    b, h, w, hkv, o, lse = _decode_outputs(q, "k_ring", k_ring)
     spec = _spec("decode", q, chunk, w, local, h // hkv)
     named = [("q", q), ("k_ring", k_ring), ("v_ring", v_ring), ("ks", ks), ("vs", vs),
              ("len", lens), ("o", o), ("lse", lse)]
@@ -273,6 +265,25 @@ def decode(
 
 @decode.register_fake
 def _(q, k_ring, v_ring, ks, vs, lens, chunk, local="block", scale=None):
+    return _decode_fake(q)
+
+
+def _decode_outputs(q, ring_name, ring):
+    """decode and decode_paged: q's and the ring's (or ring pool's) shapes checked, and the
+    outputs: ``(B, H, W, Hkv, o [B,H,D], lse [B,H])``."""
+    if q.dim() != 3:
+        raise ValueError(f"tensor q has shape {tuple(q.shape)}: expected [B, H, D]")
+    _dims4(ring_name, ring)
+    b, h, _ = q.shape
+    w, hkv = ring.shape[1], ring.shape[2]
+    if hkv == 0 or h % hkv:
+        raise ValueError(f"q has {h} heads, not a multiple of {ring_name}'s {hkv} kv heads")
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((b, h), dtype=torch.float32, device=q.device)
+    return b, h, w, hkv, o, lse
+
+
+def _decode_fake(q):
     b, h, _ = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
         (b, h), dtype=torch.float32
@@ -487,16 +498,8 @@ def decode_paged(
     """decode with the rings in a slot pool ``[S,W,Hkv,D]`` (``slot [B]``) and the summaries in
     a page pool ``[P,PAGE,Hkv,D]`` (``page_table [B,MAXP]``, int32): ``o [B,H,D]``,
     ``lse [B,H]``."""
-    if q.dim() != 3:
-        raise ValueError(f"tensor q has shape {tuple(q.shape)}: expected [B, H, D]")
-    _dims4("k_pool", k_pool)
+    b, h, w, hkv, o, lse = _decode_outputs(q, "k_pool", k_pool)
     _dims4("ks_pages", ks_pages)
-    b, h, _ = q.shape
-    w, hkv = k_pool.shape[1], k_pool.shape[2]
-    if hkv == 0 or h % hkv:
-        raise ValueError(f"q has {h} heads, not a multiple of k_pool's {hkv} kv heads")
-    o = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = torch.empty((b, h), dtype=torch.float32, device=q.device)
     spec = _spec("decode_paged", q, chunk, w, local, h // hkv)
     named = [("q", q), ("k_pool", k_pool), ("v_pool", v_pool), ("slot", slot),
              ("ks_pages", ks_pages), ("vs_pages", vs_pages), ("page_table", page_table),
@@ -509,10 +512,7 @@ def decode_paged(
 @decode_paged.register_fake
 def _(q, k_pool, v_pool, slot, ks_pages, vs_pages, page_table, lens, chunk, local="block",
       scale=None):
-    b, h, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
-        (b, h), dtype=torch.float32
-    )
+    return _decode_fake(q)
 
 
 @torch.library.custom_op("flasheva::extend_paged", mutates_args=())
