@@ -99,9 +99,12 @@ impl OpDef for PrefillBwd {
     }
 
     fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
-        // The Triton kernels first: the mma kernels are tuner candidates until they have run
-        // through the GPU suite (docs/VALIDATION.md).
-        vec![self.triton_default(spec), mma_default(spec)]
+        // The Triton kernels only: the mma kernels (their tiles in autotune/spaces.toml) are
+        // tuner candidates, through its correctness gate, until they have run through the GPU
+        // suite (docs/VALIDATION.md); a default is trusted without the gate. Their first choice
+        // then: m32_n64_w4_s2 (64 held rows on four warps, 32-row steps, two stages: at D = 128
+        // both 16 x 128 fp32 accumulators stay in registers, 241 of them, no spills).
+        vec![self.triton_default(spec)]
     }
 
     fn tile_name(&self, t: &TileParams) -> String {
@@ -147,7 +150,6 @@ impl OpDef for PrefillBwd {
     }
 
     fn triton_default(&self, spec: &KernelSpec) -> TileParams {
-        // (the Triton default; the mma engine's is `mma_default`)
         if spec.head_dim() <= 64 {
             tile(32, 32, 4, 2)
         } else {
@@ -681,20 +683,6 @@ pub struct PrefillBwdParams {
     pub scale_log2: f32,
 }
 
-/// The mma engine's default tile: 64 keys (dK/dV) or queries (dQ) held by four warps, 32-row
-/// steps, two stages (D = 128 keeps both 16 x 128 fp32 accumulators in registers at 32-row steps).
-fn mma_default(spec: &KernelSpec) -> TileParams {
-    let _ = spec;
-    TileParams {
-        engine: Engine::Mma,
-        block_m: 32,
-        block_n: 64,
-        warps: 4,
-        stages: 2,
-        splits: 0,
-    }
-}
-
 /// Dynamic shared memory of the mma kernels, bytes: (dK/dV, dQ), as templates/prefill_bwd.cu
 /// lays them out.
 fn mma_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
@@ -868,9 +856,10 @@ mod tests {
             None,
         );
         assert!(Tile::new(&d256, mma(32, 64, 4, 2)).is_err());
-        // the Triton kernels stay the default until the mma ones have run on a GPU
+        // the Triton kernels stay the only default until the mma ones have run on a GPU
         let t = PrefillBwd.default_tiles(&spec, Arch::new(9, 0));
-        assert_eq!(t[0].engine, Engine::Triton);
+        assert!(t.iter().all(|t| t.engine == Engine::Triton));
+        assert!(Tile::new(&spec, mma(32, 64, 4, 2)).is_ok());
         // (dK/dV, dQ) shared memory: K, V + two stages of Q, dO and their LSE, Delta rows
         let row = (128 + crate::tile::SMEM_PAD) * 2;
         assert_eq!(
