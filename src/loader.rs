@@ -578,7 +578,12 @@ impl Kernel {
                 steps = def.plan(&self.spec, &self.tile, args, device)?;
             }
         }
-        for mut step in steps {
+        // A launch of zero blocks has nothing to do, and the driver refuses it: skipped (the
+        // plans avoid them; this keeps one that does not from failing the whole call).
+        for mut step in steps
+            .into_iter()
+            .filter(|s| s.grid.0 > 0 && s.grid.1 > 0 && s.grid.2 > 0)
+        {
             for (offset, map) in &step.tensor_maps {
                 let encoded = encode_tensor_map(map)?;
                 step.params.write(*offset, bytemuck::bytes_of(&encoded));
