@@ -407,8 +407,26 @@ impl OpDef for PrefillBwd {
         expect_like(&t[10], k, "[B, N, Hkv, D] like k")?;
         expect_like(&t[11], ks, "[B, NC, Hkv, D] like ks")?;
         expect_like(&t[12], ks, "[B, NC, Hkv, D] like ks")?;
-        let Some(sz) = sizes else {
-            return Ok(Vec::new());
+        let sz = match sizes {
+            Some(sz) => sz,
+            None => {
+                // Nothing to attend (B, N or H is zero), but gradients with rows still get
+                // their zeros: dks, dvs when N = 0 (every summary row is at or past N/C), dK,
+                // dV and dks, dvs when H = 0. The kernels write them; launches of zero blocks
+                // are dropped below.
+                let (b, n, h, hkv) = (q.shape[0], q.shape[1], q.shape[2], k.shape[2]);
+                if b == 0 || (n == 0 && ks.shape[1] == 0) {
+                    return Ok(Vec::new());
+                }
+                super::prefill::PrefillSizes {
+                    b,
+                    n,
+                    h,
+                    hkv,
+                    nc: n / spec.chunk() as usize,
+                    scale: super::launch::checked_scale(args.scale, spec)?,
+                }
+            }
         };
         let (b, n, h, hkv, ncr) = (sz.b, sz.n, sz.h, sz.hkv, ks.shape[1]);
         let sizes = Sizes {
@@ -426,6 +444,7 @@ impl OpDef for PrefillBwd {
         let need = sizes.workspace(tile, splits);
         let delta = match args.workspace {
             Some((ptr, elems)) if elems >= need => ptr,
+            None if need == 0 => 0,
             _ => {
                 return Err(LaunchError::Size(format!(
                     "prefill_bwd needs a workspace of {need} fp32 elements (Delta [B, H, N] \
@@ -455,7 +474,7 @@ impl OpDef for PrefillBwd {
         let sum_blocks = grid_dim(
             "summary rows",
             ncr.div_ceil(SUM_ROWS as usize).max(1),
-            65535,
+            i32::MAX as usize,
         )?;
         let s = |i: usize, d: usize| t[i].stride(d);
         let mut pre = ArgList::default();
@@ -618,10 +637,15 @@ impl OpDef for PrefillBwd {
                 Step::of(1, &launch((key_programs, 1, 1), dkdv_smem)),
             ];
             if ncr > 0 {
-                let rows = grid_dim("summary rows", ncr.div_ceil(MMA_SUM_ROWS), 65535)?;
+                let rows = grid_dim(
+                    "summary rows",
+                    ncr.div_ceil(MMA_SUM_ROWS),
+                    i32::MAX as usize,
+                )?;
                 steps.push(Step::of(2, &launch((rows, hkvg, bg), 0)));
             }
             steps.push(Step::of(3, &launch((dq_blocks, hg, bg), dq_smem)));
+            steps.retain(|s| s.grid.0 > 0 && s.grid.1 > 0 && s.grid.2 > 0);
             return Ok(steps);
         }
         let w = tile.warps();
@@ -634,6 +658,7 @@ impl OpDef for PrefillBwd {
             steps.push(Step::triton(2, (sum_blocks, hkvg, bg), w, dsum));
         }
         steps.push(Step::triton(3, (dq_blocks, hg, bg), w, dq));
+        steps.retain(|s| s.grid.0 > 0 && s.grid.1 > 0 && s.grid.2 > 0);
         Ok(steps)
     }
 }
@@ -886,14 +911,23 @@ mod tests {
         };
         for t in [tile(16, 32, 4, 2), mma] {
             let t = Tile::new(&spec, t).unwrap();
-            // N < C and no summary rows: no segment sum; N past C: all four kernels
-            for (n, steps) in [(5usize, 3usize), (150, 4)] {
-                let p = Problem::new(Workload::new(spec, 2, n, 4, 2));
+            // N < C and no summary rows: no segment sum; N past C: all four kernels; N = 0
+            // with summary rows: only the segment sum (their zeros); H = 0: the dK/dV kernel
+            // (zeros) and the segment sum
+            for (n, h, extra, steps) in [
+                (5usize, 4usize, 0usize, vec![0usize, 1, 3]),
+                (150, 4, 0, vec![0, 1, 2, 3]),
+                (0, 4, 3, vec![2]),
+                (150, 0, 0, vec![1, 2]),
+            ] {
+                let mut p = Problem::new(Workload::new(spec, 2, n, h, 2));
+                p.summary_rows += extra;
                 let args = p.placeholder_args(&t, 132, 0x10000, 0x20000);
                 let plan = PrefillBwd
                     .plan(&spec, &t, &args, DeviceFacts::new(132))
                     .unwrap();
-                assert_eq!(plan.len(), steps, "{t:?} N={n}");
+                let functions: Vec<usize> = plan.iter().map(|s| s.function).collect();
+                assert_eq!(functions, steps, "{t:?} N={n} H={h}");
                 for s in &plan {
                     assert!(
                         s.grid.0 > 0 && s.grid.1 > 0 && s.grid.2 > 0,
