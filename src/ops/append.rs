@@ -69,7 +69,7 @@ impl OpDef for Append {
         vec![TritonKernel {
             function: "fe_append",
             entry: spec.name(),
-            aligned: false,
+            aligned: true,
             constexprs: constexprs(
                 spec,
                 &[
@@ -277,6 +277,10 @@ pub(crate) fn plan_append(
     }
     if b == 0 || tmax == 0 || hkv == 0 {
         return Ok(Vec::new());
+    }
+    // the Triton kernel is compiled for 16-byte access to these (`TritonKernel::aligned`)
+    for i in [0, 1, 2, 3, 6, 7] {
+        super::launch::expect_vector_layout(&t[i])?;
     }
     let mut a = ArgList::default();
     for (name, i) in [

@@ -127,7 +127,7 @@ impl OpDef for Extend {
         vec![TritonKernel {
             function: "fe_extend",
             entry: spec.name(),
-            aligned: false,
+            aligned: true,
             constexprs: constexprs(
                 spec,
                 &[
@@ -417,6 +417,12 @@ pub(crate) fn plan_extend(
     }
     if b == 0 || tmax == 0 || h == 0 {
         return Ok(Vec::new());
+    }
+    if tile.engine() == Engine::Triton {
+        // the Triton kernel is compiled for 16-byte access to these (`TritonKernel::aligned`)
+        for i in [0, 1, 2, 3, 4, 5, 6, 9] {
+            super::launch::expect_vector_layout(&t[i])?;
+        }
     }
     let scale = scale.unwrap_or_else(|| spec.default_scale());
     if tile.engine() == Engine::Wgmma {
