@@ -578,9 +578,9 @@ def fe_prefill_bwd_dq(Q, K, V, KS, VS, DO, LSE, DELTA, DQ,
 
 @triton.jit
 def fe_chunk_summarize_bwd(K, V, OMEGA, DVS, DK, DV, DOMEGA,
-                           k_sb, k_st, k_sh, v_sb, v_st, v_sh, om_sb, om_st, om_sh,
+                           k_sb, k_st, k_sh, v_sb, v_st, v_sh, omega_sb, omega_st, omega_sh,
                            dvs_sb, dvs_st, dvs_sh, dk_sb, dk_st, dk_sh, dv_sb, dv_st, dv_sh,
-                           dom_sb, dom_st, dom_sh, N, NC, NCR, HKV, scale,
+                           domega_sb, domega_st, domega_sh, N, NC, NCR, HKV, scale,
                            D: tl.constexpr, DP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr):
     """chunk_summarize_bwd: grid (max(NCR, N/C + 1), HKV, B). Program c < N/C computes chunk
     c's dk, dv and domega; the others write zeros: the tokens of a trailing partial chunk and the
@@ -600,7 +600,7 @@ def fe_chunk_summarize_bwd(K, V, OMEGA, DVS, DK, DV, DOMEGA,
     lmask = tok & full
     k = tl.load(K + b64 * k_sb + r64 * k_st + h * k_sh + dcol[None, :], mask=lmask, other=0.0).to(tl.float32)
     v = tl.load(V + b64 * v_sb + r64 * v_st + h * v_sh + dcol[None, :], mask=lmask, other=0.0).to(tl.float32)
-    om = tl.load(OMEGA + b64 * om_sb + c64 * om_st + h * om_sh + dcol, mask=dmask & full,
+    om = tl.load(OMEGA + b64 * omega_sb + c64 * omega_st + h * omega_sh + dcol, mask=dmask & full,
                  other=0.0).to(tl.float32)
     dvs = tl.load(DVS + b64 * dvs_sb + c64 * dvs_st + h * dvs_sh + dcol, mask=dmask & full,
                   other=0.0).to(tl.float32)
@@ -621,12 +621,12 @@ def fe_chunk_summarize_bwd(K, V, OMEGA, DVS, DK, DV, DOMEGA,
              tl.where(full, dk, zero).to(DK.dtype.element_ty), mask=tok)
     tl.store(DV + b64 * dv_sb + r64 * dv_st + h * dv_sh + dcol[None, :],
              tl.where(full, dv, zero).to(DV.dtype.element_ty), mask=tok)
-    tl.store(DOMEGA + b64 * dom_sb + c64 * dom_st + h * dom_sh + dcol,
+    tl.store(DOMEGA + b64 * domega_sb + c64 * domega_st + h * domega_sh + dcol,
              tl.where(full, dom, 0.0).to(DOMEGA.dtype.element_ty), mask=dmask & (c < NCR))
 
 
 @triton.jit
-def fe_chunk_mean_bwd(DXBAR, DX, y_sb, y_st, y_sh, x_sb, x_st, x_sh, N, NC, G,
+def fe_chunk_mean_bwd(DXBAR, DX, dxbar_sb, dxbar_st, dxbar_sh, dx_sb, dx_st, dx_sh, N, NC, G,
                       D: tl.constexpr, DP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr):
     """chunk_mean_bwd: grid (cdiv(N, C), G, B); dX of chunk c's tokens = dXbar[c] / C, zero on
     a trailing partial chunk."""
@@ -639,10 +639,10 @@ def fe_chunk_mean_bwd(DXBAR, DX, y_sb, y_st, y_sh, x_sb, x_st, x_sh, N, NC, G,
     rows = c * C + r
     b64 = b.to(tl.int64)
     full = c < NC
-    dy = tl.load(DXBAR + b64 * y_sb + c.to(tl.int64) * y_st + g * y_sh + dcol,
+    dy = tl.load(DXBAR + b64 * dxbar_sb + c.to(tl.int64) * dxbar_st + g * dxbar_sh + dcol,
                  mask=dmask & full, other=0.0).to(tl.float32)
     dx = tl.zeros([CP, DP], tl.float32) + dy[None, :] / C
-    tl.store(DX + b64 * x_sb + rows[:, None].to(tl.int64) * x_st + g * x_sh + dcol[None, :],
+    tl.store(DX + b64 * dx_sb + rows[:, None].to(tl.int64) * dx_st + g * dx_sh + dcol[None, :],
              dx.to(DX.dtype.element_ty), mask=(r[:, None] < C) & (rows[:, None] < N) & dmask[None, :])
 
 

@@ -57,7 +57,7 @@ impl OpDef for ChunkMeanBwd {
         vec![TritonKernel {
             function: "fe_chunk_mean_bwd",
             entry: spec.name(),
-            aligned: false,
+            aligned: true,
             constexprs: constexprs(
                 spec,
                 &[
@@ -182,15 +182,18 @@ impl OpDef for ChunkMeanBwd {
         if b == 0 || n == 0 || g == 0 {
             return Ok(Vec::new());
         }
+        // the Triton kernel is compiled for 16-byte access to both (`TritonKernel::aligned`)
+        super::launch::expect_vector_layout(&t[0])?;
+        super::launch::expect_vector_layout(&t[1])?;
         let mut a = ArgList::default();
         a.ptr("DXBAR", t[0].ptr)
             .ptr("DX", t[1].ptr)
-            .i64("y_sb", t[0].stride(0))
-            .i64("y_st", t[0].stride(1))
-            .i64("y_sh", t[0].stride(2))
-            .i64("x_sb", t[1].stride(0))
-            .i64("x_st", t[1].stride(1))
-            .i64("x_sh", t[1].stride(2))
+            .i64("dxbar_sb", t[0].stride(0))
+            .i64("dxbar_st", t[0].stride(1))
+            .i64("dxbar_sh", t[0].stride(2))
+            .i64("dx_sb", t[1].stride(0))
+            .i64("dx_st", t[1].stride(1))
+            .i64("dx_sh", t[1].stride(2))
             .i32("N", n as i32)
             .i32("NC", nc as i32)
             .i32("G", g as i32);

@@ -59,7 +59,7 @@ impl OpDef for ChunkSummarizeBwd {
         vec![TritonKernel {
             function: "fe_chunk_summarize_bwd",
             entry: spec.name(),
-            aligned: false,
+            aligned: true,
             constexprs: constexprs(
                 spec,
                 &[
@@ -220,6 +220,10 @@ impl OpDef for ChunkSummarizeBwd {
         if b == 0 || hkv == 0 || (n == 0 && ncr == 0) {
             return Ok(Vec::new());
         }
+        // the Triton kernel is compiled for 16-byte access to all of them (`TritonKernel::aligned`)
+        for x in t {
+            super::launch::expect_vector_layout(x)?;
+        }
         let scale = args.scale.unwrap_or_else(|| spec.default_scale());
         let mut a = ArgList::default();
         for (name, i) in [
@@ -236,11 +240,11 @@ impl OpDef for ChunkSummarizeBwd {
         for (names, i) in [
             (["k_sb", "k_st", "k_sh"], 0),
             (["v_sb", "v_st", "v_sh"], 1),
-            (["om_sb", "om_st", "om_sh"], 2),
+            (["omega_sb", "omega_st", "omega_sh"], 2),
             (["dvs_sb", "dvs_st", "dvs_sh"], 3),
             (["dk_sb", "dk_st", "dk_sh"], 4),
             (["dv_sb", "dv_st", "dv_sh"], 5),
-            (["dom_sb", "dom_st", "dom_sh"], 6),
+            (["domega_sb", "domega_st", "domega_sh"], 6),
         ] {
             a.strides(names, &t[i]);
         }
