@@ -347,6 +347,41 @@ def _bwd_visible(rows, cols, W: tl.constexpr, SLIDING: tl.constexpr):
 
 
 @triton.jit
+def _dkdv_step(Q, DO, LSE, DELTA, q_sb, q_st, q_sh, do_sb, do_st, do_sh, lse_sb, lse_sh,
+               b64, h, i0, k, v, cols, dk, dv, N, H, lim, is_raw, scale_log2,
+               D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
+               SLIDING: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr):
+    """One query block of rows [i0, i0 + BLOCK_M) of head h against the program's keys: dV += P^T dO,
+    dK += dS^T Q (unscaled). MASKED: apply the EVA mask and the row and key bounds; otherwise
+    every pair is visible (the caller's range guarantees it)."""
+    rows = i0 + tl.arange(0, BLOCK_M)
+    rmask = rows < N
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    r64 = rows[:, None].to(tl.int64)
+    q = tl.load(Q + b64 * q_sb + r64 * q_st + h * q_sh + dcol[None, :],
+                mask=rmask[:, None] & dmask[None, :], other=0.0)
+    do = tl.load(DO + b64 * do_sb + r64 * do_st + h * do_sh + dcol[None, :],
+                 mask=rmask[:, None] & dmask[None, :], other=0.0)
+    lse = tl.load(LSE + b64 * lse_sb + h * lse_sh + rows, mask=rmask, other=0.0)
+    delta = tl.load(DELTA + (b64 * H + h) * N + rows, mask=rmask, other=0.0)
+    s = tl.dot(q, tl.trans(k)) * scale_log2
+    p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
+    if MASKED:
+        if is_raw:
+            vis = _bwd_visible(rows, cols, W, SLIDING)
+        else:
+            vis = cols[None, :] < (rows[:, None] // C)
+        vis = vis & rmask[:, None] & (cols[None, :] < lim)
+        p = tl.where(vis, p, 0.0)
+    dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    return dk, dv
+
+
+@triton.jit
 def fe_prefill_bwd_dkdv(Q, K, V, KS, VS, DO, LSE, DELTA, DK, DV, PART,
                         q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
                         ks_sb, ks_st, ks_sh, vs_sb, vs_st, vs_sh, do_sb, do_st, do_sh,
@@ -371,7 +406,6 @@ def fe_prefill_bwd_dkdv(Q, K, V, KS, VS, DO, LSE, DELTA, DK, DV, PART,
     dcol = tl.arange(0, DP)
     dmask = dcol < D
     kb = tl.arange(0, BLOCK_N)
-    mb = tl.arange(0, BLOCK_M)
     scale_log2 = scale * 1.4426950408889634
     is_raw = pid >= n_sum
     if is_raw:
@@ -416,30 +450,42 @@ def fe_prefill_bwd_dkdv(Q, K, V, KS, VS, DO, LSE, DELTA, DK, DV, PART,
     v = tl.load(vbase + cols[:, None].to(tl.int64) * vst + dcol[None, :], mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, DP], tl.float32)
     dv = tl.zeros([BLOCK_N, DP], tl.float32)
+    # The query blocks of BLOCK_M rows from `start` to `stop`; those in [a, e) see every key of
+    # the block (no mask work): rows from `first` to `last`, when `whole` holds.
     start = (i_lo // BLOCK_M) * BLOCK_M
+    stop = start + tl.cdiv(tl.maximum(i_hi + 1 - start, 0), BLOCK_M) * BLOCK_M
+    if is_raw:
+        first = j0 + BLOCK_N - 1  # every key at or before the row
+        if SLIDING:
+            last = tl.minimum(j0 + W - 1, N - 1)  # the row's window reaches back to j0
+            whole = j0 >= 0
+        else:
+            last = tl.minimum((j0 // W + 1) * W - 1, N - 1)  # rows of j0's window
+            whole = (j0 // W) == ((j0 + BLOCK_N - 1) // W)  # the keys in one window
+    else:
+        first = (j0 + BLOCK_N) * C  # summary c is seen from row (c + 1) C on
+        last = tl.minimum(i_hi, N - 1)
+        whole = j0 + BLOCK_N <= NC
+    a = start + tl.cdiv(tl.maximum(first - start, 0), BLOCK_M) * BLOCK_M
+    a = tl.minimum(a, stop)
+    e = start + (tl.maximum(last + 1 - start, 0) // BLOCK_M) * BLOCK_M
+    e = tl.minimum(tl.maximum(e, a), stop)
+    a = tl.where(whole, a, stop)
+    e = tl.where(whole, e, stop)
     for hh in range(0, group):
         h = kvh * group + hh
-        for i0 in range(start, i_hi + 1, BLOCK_M):
-            rows = i0 + mb
-            rmask = rows < N
-            r64 = rows[:, None].to(tl.int64)
-            q = tl.load(Q + b64 * q_sb + r64 * q_st + h * q_sh + dcol[None, :],
-                        mask=rmask[:, None] & dmask[None, :], other=0.0)
-            do = tl.load(DO + b64 * do_sb + r64 * do_st + h * do_sh + dcol[None, :],
-                         mask=rmask[:, None] & dmask[None, :], other=0.0)
-            lse = tl.load(LSE + b64 * lse_sb + h * lse_sh + rows, mask=rmask, other=0.0)
-            delta = tl.load(DELTA + (b64 * H + h) * N + rows, mask=rmask, other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale_log2
-            if is_raw:
-                vis = _bwd_visible(rows, cols, W, SLIDING)
-            else:
-                vis = cols[None, :] < (rows[:, None] // C)
-            vis = vis & rmask[:, None] & (cols[None, :] < lim)
-            p = tl.where(vis, tl.exp2(s - lse[:, None] * 1.4426950408889634), 0.0)
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-            dp = tl.dot(do, tl.trans(v))
-            ds = p * (dp - delta[:, None])
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+        for i0 in range(start, a, BLOCK_M):
+            dk, dv = _dkdv_step(Q, DO, LSE, DELTA, q_sb, q_st, q_sh, do_sb, do_st, do_sh, lse_sb, lse_sh,
+                                b64, h, i0, k, v, cols, dk, dv, N, H, lim, is_raw, scale_log2,
+                                D, DP, W, C, SLIDING, BLOCK_M, True)
+        for i0 in range(a, e, BLOCK_M):
+            dk, dv = _dkdv_step(Q, DO, LSE, DELTA, q_sb, q_st, q_sh, do_sb, do_st, do_sh, lse_sb, lse_sh,
+                                b64, h, i0, k, v, cols, dk, dv, N, H, lim, is_raw, scale_log2,
+                                D, DP, W, C, SLIDING, BLOCK_M, False)
+        for i0 in range(e, stop, BLOCK_M):
+            dk, dv = _dkdv_step(Q, DO, LSE, DELTA, q_sb, q_st, q_sh, do_sb, do_st, do_sh, lse_sb, lse_sh,
+                                b64, h, i0, k, v, cols, dk, dv, N, H, lim, is_raw, scale_log2,
+                                D, DP, W, C, SLIDING, BLOCK_M, True)
     dk = dk * scale
     out_mask = (cols[:, None] < lim) & dmask[None, :]
     if is_raw:
