@@ -1028,9 +1028,32 @@ fn sanitizer_subset() {
     settle("sanitizer subset", reports);
 }
 
-/// The backward ops (Triton kernels so far) against the float64 gradients: every head dim,
-/// both modes and dtypes, edge lengths, GQA, extra summary rows, padded strides and peaked
-/// softmax rows; every gradient tensor checked (see verify::tolerance for the bounds).
+/// The mma backward's tiles backward_grid runs beside the default (Triton) kernels: one stage and
+/// two, 2 to 8 warps, every step size.
+fn mma_backward_tiles(s: &flasheva::spec::KernelSpec) -> Vec<Tile> {
+    [(32u32, 4u32, 2u32), (16, 2, 1), (64, 8, 2)]
+        .into_iter()
+        .map(|(m, w, st)| {
+            Tile::new(
+                s,
+                TileParams {
+                    engine: flasheva::tile::Engine::Mma,
+                    block_m: m,
+                    block_n: 16 * w,
+                    warps: w,
+                    stages: st,
+                    splits: 0,
+                },
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+/// The backward ops (prefill_bwd's Triton kernels and, at D <= 128, its mma kernels) against the
+/// float64 gradients: every head dim, both modes and dtypes, edge lengths, GQA, extra summary
+/// rows, padded strides and peaked softmax rows; every gradient tensor checked (see
+/// verify::tolerance for the bounds).
 #[test]
 fn backward_grid() {
     let Some((rt, stream)) = gpu("backward") else {
@@ -1052,13 +1075,42 @@ fn backward_grid() {
         }
     };
     let mut reports = Vec::new();
-    for (d, w, c) in [
+    let shapes = [
         (64u32, 128u32, 8u32),
         (128, 64, 16),
         (32, 32, 8),
         (96, 64, 32),
         (256, 32, 16),
-    ] {
+    ];
+    // Every module first, eight at a time (a Triton backward module takes seconds to compile);
+    // the checks below then find them loaded.
+    let mut modules = Vec::new();
+    for (d, w, c) in shapes {
+        for local in LocalMode::ALL {
+            for dtype in DType::ALL {
+                let s = spec(Op::PrefillBwd, d, w, c, local, dtype, 1);
+                modules.push((s, None));
+                if d <= 128 {
+                    modules.extend(mma_backward_tiles(&s).into_iter().map(|t| (s, Some(t))));
+                }
+            }
+        }
+    }
+    std::thread::scope(|scope| {
+        for part in modules.chunks(modules.len().div_ceil(8)) {
+            let rt = &rt;
+            scope.spawn(move || {
+                for (s, t) in part {
+                    match t {
+                        None => rt.kernel(s),
+                        Some(t) => rt.kernel_with_tile(s, t),
+                    }
+                    .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
+                }
+            });
+        }
+    });
+    for (d, w, c) in shapes {
         for local in LocalMode::ALL {
             for dtype in DType::ALL {
                 let s = spec(Op::PrefillBwd, d, w, c, local, dtype, 1);
@@ -1085,19 +1137,7 @@ fn backward_grid() {
                 // the mma engine (templates/prefill_bwd.cu) on the same cases: one stage and
                 // two, 2 to 8 warps, every step size
                 if d <= 128 {
-                    for (m, w, st) in [(32u32, 4u32, 2u32), (16, 2, 1), (64, 8, 2)] {
-                        let t = Tile::new(
-                            &s,
-                            TileParams {
-                                engine: flasheva::tile::Engine::Mma,
-                                block_m: m,
-                                block_n: 16 * w,
-                                warps: w,
-                                stages: st,
-                                splits: 0,
-                            },
-                        )
-                        .unwrap();
+                    for t in mma_backward_tiles(&s) {
                         let km = rt
                             .kernel_with_tile(&s, &t)
                             .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
