@@ -179,11 +179,45 @@ fn backends(rt: &Runtime, s: &flasheva::KernelSpec) -> Vec<Tile> {
     v
 }
 
+/// Loads (compiling on a miss) every module of a grid, eight at a time, before its checks: a
+/// grid's compiles are most of its time (a Triton module takes seconds), and the checks then
+/// find the modules loaded. `None`: the spec's kernel as `Runtime::kernel` picks it.
+fn load_all(rt: &Runtime, modules: &[(flasheva::KernelSpec, Option<Tile>)]) {
+    if modules.is_empty() {
+        return;
+    }
+    std::thread::scope(|scope| {
+        for part in modules.chunks(modules.len().div_ceil(8)) {
+            scope.spawn(move || {
+                for (s, t) in part {
+                    match t {
+                        None => rt.kernel(s),
+                        Some(t) => rt.kernel_with_tile(s, t),
+                    }
+                    .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
+                }
+            });
+        }
+    });
+}
+
 fn run_prefill_grid(name: &str, dims: &[u32], shapes: &[(u32, u32)]) {
     let Some((rt, stream)) = gpu(name) else {
         return;
     };
     let mut reports = Vec::new();
+    let mut modules = Vec::new();
+    for &d in dims {
+        for &(w, c) in shapes {
+            for local in LocalMode::ALL {
+                for dtype in DType::ALL {
+                    let s = spec(Op::Prefill, d, w, c, local, dtype, 1);
+                    modules.extend(engines(&rt, &s).into_iter().map(|t| (s, Some(t))));
+                }
+            }
+        }
+    }
+    load_all(&rt, &modules);
     for &d in dims {
         for &(w, c) in shapes {
             for local in LocalMode::ALL {
@@ -401,33 +435,39 @@ fn decode_grid() {
         return;
     };
     let mut reports = Vec::new();
-    for (d, w, c) in [
+    let shapes = [
         (64u32, 128u32, 8u32),
         (128, 512, 64),
         (128, 64, 16),
         (32, 32, 8),
         (96, 64, 32),
         (256, 64, 16),
-    ] {
-        for local in LocalMode::ALL {
-            for dtype in DType::ALL {
-                for (g, h) in [(1u32, 4usize), (4, 8), (20, 40)] {
-                    if d == 256 && g == 20 && dtype == DType::F16 {
-                        continue;
-                    }
-                    let s = spec(Op::Decode, d, w, c, local, dtype, g);
-                    for t in backends(&rt, &s) {
-                        let k = rt
-                            .kernel_with_tile(&s, &t)
-                            .unwrap_or_else(|e| panic!("{s} {t}: {e}"));
-                        for case in decode_cases(w as i32, c as i32, h) {
-                            reports.push(
-                                verify::check_decode(&stream, &k, &case)
-                                    .unwrap_or_else(|e| panic!("{s}: {e}")),
-                            );
-                        }
-                    }
-                }
+    ];
+    let specs = || {
+        shapes.into_iter().flat_map(|(d, w, c)| {
+            LocalMode::ALL.into_iter().flat_map(move |local| {
+                DType::ALL.into_iter().flat_map(move |dtype| {
+                    [(1u32, 4usize), (4, 8), (20, 40)]
+                        .into_iter()
+                        .filter(move |&(g, _)| !(d == 256 && g == 20 && dtype == DType::F16))
+                        .map(move |(g, h)| (spec(Op::Decode, d, w, c, local, dtype, g), w, c, h))
+                })
+            })
+        })
+    };
+    let modules: Vec<_> = specs()
+        .flat_map(|(s, ..)| backends(&rt, &s).into_iter().map(move |t| (s, Some(t))))
+        .collect();
+    load_all(&rt, &modules);
+    for (s, w, c, h) in specs() {
+        for t in backends(&rt, &s) {
+            let k = rt
+                .kernel_with_tile(&s, &t)
+                .unwrap_or_else(|e| panic!("{s} {t}: {e}"));
+            for case in decode_cases(w as i32, c as i32, h) {
+                reports.push(
+                    verify::check_decode(&stream, &k, &case).unwrap_or_else(|e| panic!("{s}: {e}")),
+                );
             }
         }
     }
@@ -1082,8 +1122,7 @@ fn backward_grid() {
         (96, 64, 32),
         (256, 32, 16),
     ];
-    // Every module first, eight at a time (a Triton backward module takes seconds to compile);
-    // the checks below then find them loaded.
+    // every module first, eight at a time (a Triton backward module takes seconds to compile)
     let mut modules = Vec::new();
     for (d, w, c) in shapes {
         for local in LocalMode::ALL {
@@ -1096,20 +1135,7 @@ fn backward_grid() {
             }
         }
     }
-    std::thread::scope(|scope| {
-        for part in modules.chunks(modules.len().div_ceil(8)) {
-            let rt = &rt;
-            scope.spawn(move || {
-                for (s, t) in part {
-                    match t {
-                        None => rt.kernel(s),
-                        Some(t) => rt.kernel_with_tile(s, t),
-                    }
-                    .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
-                }
-            });
-        }
-    });
+    load_all(&rt, &modules);
     for (d, w, c) in shapes {
         for local in LocalMode::ALL {
             for dtype in DType::ALL {
