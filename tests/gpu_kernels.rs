@@ -1135,6 +1135,15 @@ fn backward_grid() {
             }
         }
     }
+    for d in [32u32, 64, 128, 256] {
+        for c in [1u32, 8, 64, 100] {
+            for dtype in DType::ALL {
+                for op in [Op::ChunkSummarizeBwd, Op::ChunkMeanBwd] {
+                    modules.push((spec(op, d, c, c, LocalMode::Block, dtype, 1), None));
+                }
+            }
+        }
+    }
     load_all(&rt, &modules);
     for (d, w, c) in shapes {
         for local in LocalMode::ALL {

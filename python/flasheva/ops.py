@@ -140,6 +140,20 @@ def _launch(spec, named, dev, b, n, h, hkv, past=0, summary_rows=None, scale=Non
     rt.launch(spec, descs, s.cuda_stream, b, n, h, hkv, past, summary_rows, scale, ws)
 
 
+def _vec(t):
+    """``t``, or a contiguous copy unless its rows already allow 16-byte access (last stride 1,
+    the others multiples of 16 bytes, a 16-byte aligned address), as the kernels of the backward
+    ops need: gradients from autograd may come as views of any layout."""
+    if not isinstance(t, torch.Tensor) or t.numel() == 0:
+        return t
+    per16 = max(16 // t.element_size(), 1)
+    strides = t.stride()
+    if (strides[-1] == 1 and all(st % per16 == 0 for st in strides[:-1])
+            and t.data_ptr() % 16 == 0):
+        return t
+    return t.contiguous()
+
+
 def _dims4(name, t):
     if t.dim() != 4:
         raise ValueError(f"tensor {name} has shape {tuple(t.shape)}: expected 4 dimensions")
@@ -201,7 +215,7 @@ def prefill_bwd(
     b, n, h, _ = q.shape
     grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v, ks, vs)]
     spec = _spec("prefill_bwd", q, chunk, window, local)
-    do = do.contiguous() if do.stride(-1) != 1 else do
+    do = _vec(do)
     named = [("q", q), ("k", k), ("v", v), ("ks", ks), ("vs", vs), ("o", o), ("lse", lse),
              ("do", do)]
     named += list(zip(("dq", "dk", "dv", "dks", "dvs"), grads))
@@ -412,7 +426,7 @@ def chunk_mean_bwd(dxbar: torch.Tensor, n: int, chunk: int) -> torch.Tensor:
     b, _, g, d = dxbar.shape
     dx = dxbar.new_empty((b, n, g, d))
     spec = _spec("chunk_mean_bwd", dxbar, chunk, name="dxbar")
-    dxbar = dxbar if dxbar.stride(-1) == 1 else dxbar.contiguous()
+    dxbar = _vec(dxbar)
     _launch(spec, [("dxbar", dxbar), ("dx", dx)], dxbar.device, b, n, g, g,
             summary_rows=dxbar.shape[1])
     return dx
@@ -438,7 +452,8 @@ def chunk_summarize_bwd(
     b, n, hkv, _ = k.shape
     grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (k, v, omega)]
     spec = _spec("chunk_summarize_bwd", k, chunk, name="k")
-    dvs = dvs if dvs.stride(-1) == 1 else dvs.contiguous()
+    # the forward accepted any rows with a unit last stride; the backward reads 16 bytes at a time
+    k, v, omega, dvs = (_vec(t) for t in (k, v, omega, dvs))
     named = [("k", k), ("v", v), ("omega", omega), ("dvs", dvs)]
     named += list(zip(("dk", "dv", "domega"), grads))
     _launch(spec, named, k.device, b, n, hkv, hkv, summary_rows=omega.shape[1], scale=scale)

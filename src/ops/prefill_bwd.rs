@@ -418,6 +418,13 @@ impl OpDef for PrefillBwd {
                 if b == 0 || (n == 0 && ks.shape[1] == 0) {
                     return Ok(Vec::new());
                 }
+                // what those kernels read (16 bytes at a time), unchecked by the forward's
+                // checks when there is nothing to attend
+                for x in [k, &t[2], ks, &t[4]] {
+                    if x.shape.iter().product::<usize>() > 0 {
+                        expect_vector_layout(x)?;
+                    }
+                }
                 super::prefill::PrefillSizes {
                     b,
                     n,
