@@ -151,7 +151,8 @@ def _vec(t):
     if (strides[-1] == 1 and all(st % per16 == 0 for st in strides[:-1])
             and t.data_ptr() % 16 == 0):
         return t
-    return t.contiguous()
+    # a fresh buffer: `contiguous()` returns a contiguous view at an odd address as it is
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def _dims4(name, t):

@@ -70,6 +70,19 @@ def test_fake_implementations_give_the_output_shapes():
         assert o.shape == q.shape and lse.shape == (b, h, n)
 
 
+def test_gradients_without_16_byte_rows_are_copied_not_refused():
+    from flasheva.ops import _vec
+
+    x = torch.zeros(2, 3, 4, 64, dtype=torch.bfloat16)
+    assert _vec(x) is x
+    rows65 = torch.zeros(2, 3, 4, 65, dtype=torch.bfloat16)[..., :64]  # row stride 65 elements
+    assert _vec(rows65) is not rows65 and _vec(rows65).is_contiguous()
+    off = torch.zeros(2 * 3 * 4 * 64 + 1, dtype=torch.bfloat16)[1:].view(2, 3, 4, 64)
+    assert off.data_ptr() % 16 == 2 and _vec(off).data_ptr() % 16 == 0
+    heads = torch.zeros(2, 4, 3, 64, dtype=torch.bfloat16).transpose(1, 2)  # strides multiple of 8
+    assert _vec(heads) is heads
+
+
 def test_cpu_tensors_are_refused_before_any_launch():
     q = torch.zeros(1, 16, 2, 64, dtype=torch.bfloat16)
     k = torch.zeros(1, 16, 2, 64, dtype=torch.bfloat16)
