@@ -1238,14 +1238,26 @@ fn extend_and_append_grid() {
     use flasheva::verify::Case;
     use flasheva::workload::Workload;
     let mut reports = Vec::new();
-    for (d, w, c) in [
+    let shapes = [
         (64u32, 128u32, 8u32),
         (128, 64, 16),
         (32, 32, 8),
         (128, 512, 64),
         (256, 32, 16),
         (96, 16, 16),
-    ] {
+    ];
+    let mut modules = Vec::new();
+    for (d, w, c) in shapes {
+        for dtype in DType::ALL {
+            for local in LocalMode::ALL {
+                let s = spec(Op::Extend, d, w, c, local, dtype, 1);
+                modules.extend(backends(&rt, &s).into_iter().map(|t| (s, Some(t))));
+            }
+            modules.push((spec(Op::Append, d, w, c, LocalMode::Block, dtype, 1), None));
+        }
+    }
+    load_all(&rt, &modules);
+    for (d, w, c) in shapes {
         for dtype in DType::ALL {
             for local in LocalMode::ALL {
                 let s = spec(Op::Extend, d, w, c, local, dtype, 1);
@@ -1428,17 +1440,38 @@ fn paged_caches_grid() {
     use flasheva::verify::Case;
     use flasheva::workload::Workload;
     let mut reports = Vec::new();
-    for (d, w, c) in [(64u32, 128u32, 8u32), (128, 64, 16), (32, 32, 8)] {
+    let shapes = [(64u32, 128u32, 8u32), (128, 64, 16), (32, 32, 8)];
+    let ops_here = [Op::DecodePaged, Op::ExtendPaged, Op::AppendPaged];
+    let tiles_of = |s: &flasheva::KernelSpec| {
+        let mut tiles = backends(&rt, s);
+        tiles.dedup();
+        tiles.retain(|t| triton || t.engine() != flasheva::tile::Engine::Triton);
+        tiles
+    };
+    let mut modules = Vec::new();
+    for (d, w, c) in shapes {
         for dtype in DType::ALL {
             for local in LocalMode::ALL {
-                for op in [Op::DecodePaged, Op::ExtendPaged, Op::AppendPaged] {
+                for op in ops_here {
+                    if op == Op::AppendPaged && local == LocalMode::Sliding {
+                        continue;
+                    }
+                    let s = spec(op, d, w, c, local, dtype, 4);
+                    modules.extend(tiles_of(&s).into_iter().map(|t| (s, Some(t))));
+                }
+            }
+        }
+    }
+    load_all(&rt, &modules);
+    for (d, w, c) in shapes {
+        for dtype in DType::ALL {
+            for local in LocalMode::ALL {
+                for op in ops_here {
                     if op == Op::AppendPaged && local == LocalMode::Sliding {
                         continue; // append does not depend on the mode
                     }
                     let s = spec(op, d, w, c, local, dtype, 4);
-                    let mut tiles = backends(&rt, &s);
-                    tiles.dedup();
-                    tiles.retain(|t| triton || t.engine() != flasheva::tile::Engine::Triton);
+                    let tiles = tiles_of(&s);
                     for (k, (n, strided, splits, page)) in tiles
                         .iter()
                         .map(|t| {
