@@ -13,7 +13,7 @@
 //! | `FLASHEVA_PYTHON` | the Python interpreter (with Triton) the Triton backend runs | flasheva's Triton environment, then `python3` |
 //! | `FLASHEVA_NO_TUNE` | switch: the loader ignores tuned winners | off |
 //! | `FLASHEVA_TRUSTED_KEYS` | comma-separated public keys `cache import` trusts (a value naming no key is an error) | none |
-//! | `FLASHEVA_REQUIRE_GPU` | switch: GPU tests fail instead of skipping without a device | off |
+//! | `FLASHEVA_REQUIRE_GPU` | switch: the Python package's GPU tests fail instead of skipping without a device (the Rust GPU tests are ignored unless asked for, and then need one) | off |
 //! | `FLASHEVA_REQUIRE_TRITON` | switch: Triton tests fail instead of skipping without Triton | off |
 
 use std::ffi::OsString;
@@ -53,10 +53,10 @@ pub const TRUSTED_KEYS: EnvVar = EnvVar {
     name: "FLASHEVA_TRUSTED_KEYS",
     meaning: "comma-separated ed25519 public keys (hex, or files holding one) that cache import trusts",
 };
-/// GPU tests fail instead of skipping.
+/// The Python package's GPU tests fail instead of skipping.
 pub const REQUIRE_GPU: EnvVar = EnvVar {
     name: "FLASHEVA_REQUIRE_GPU",
-    meaning: "switch: GPU tests fail instead of skipping when there is no device",
+    meaning: "switch: the Python package's GPU tests fail instead of skipping when there is no device (the Rust GPU tests are ignored unless run with --include-ignored, and then need one)",
 };
 
 /// Triton tests fail instead of skipping.

@@ -77,23 +77,13 @@ fn cli_binary() -> Option<std::path::PathBuf> {
 /// serves every request from it (cubin, no compiling) and exits 0; with an empty cache it
 /// refuses every request and exits 1.
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored"]
 fn the_serving_example_serves_from_a_cache_the_cli_filled() {
-    let required = flasheva::config::require_gpu().unwrap_or(false);
-    let Ok(info) = flasheva::gpu::probe() else {
-        assert!(
-            !required,
-            "FLASHEVA_REQUIRE_GPU is set but there is no usable GPU"
-        );
-        eprintln!("GPU TEST SKIPPED: no CUDA driver or device");
-        return;
-    };
+    let info = flasheva::gpu::probe().unwrap_or_else(|e| panic!("needs a CUDA GPU: {e}"));
     let (Some(serve), Some(cli)) = (serve_binary(), cli_binary()) else {
-        assert!(
-            !required,
+        panic!(
             "the serve example or the CLI binary is missing (build it: cargo build --release --example serve, and pack it into .device/bin)"
         );
-        eprintln!("GPU TEST SKIPPED: the serve example is not built");
-        return;
     };
     let (major, minor) = info.devices[0].capability;
     let arch = flasheva::Arch::preferred_for(major, minor);
