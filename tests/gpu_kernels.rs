@@ -992,7 +992,8 @@ fn sanitizer_subset() {
                 .unwrap(),
             );
         }
-        // the mma backward (templates/prefill_bwd.cu), two stages, summary segments
+        // the backward's other engines (the default above is the mma one): Triton, and the wgmma
+        // kernels on sm_90a; two stages, summary segments
         let sb = spec(
             Op::PrefillBwd,
             64,
@@ -1002,34 +1003,45 @@ fn sanitizer_subset() {
             DType::Bf16,
             1,
         );
-        let t = Tile::new(
+        let mut tiles = vec![Tile::default_for_backend(
             &sb,
-            TileParams {
-                engine: flasheva::tile::Engine::Mma,
-                block_m: 32,
-                block_n: 64,
-                warps: 4,
-                stages: 2,
-                splits: 0,
-            },
-        )
-        .unwrap();
-        let kb = rt.kernel_with_tile(&sb, &t).unwrap();
-        let mut p =
-            flasheva::ops::Problem::new(flasheva::workload::Workload::new(sb, 2, 150, 4, 2));
-        p.summary_rows += 1;
-        reports.push(
-            verify::check(
-                &stream,
-                &kb,
-                &verify::Case {
-                    problem: p,
-                    large_logits: true,
-                    strided: true,
-                },
-            )
-            .unwrap(),
-        );
+            rt.arch(),
+            flasheva::tile::Backend::Triton,
+        )];
+        if rt.arch() == "sm_90a".parse::<Arch>().unwrap() {
+            tiles.push(
+                Tile::new(
+                    &sb,
+                    TileParams {
+                        engine: flasheva::tile::Engine::Wgmma,
+                        block_m: 64,
+                        block_n: 64,
+                        warps: 4,
+                        stages: 2,
+                        splits: 0,
+                    },
+                )
+                .unwrap(),
+            );
+        }
+        for t in tiles {
+            let kb = rt.kernel_with_tile(&sb, &t).unwrap();
+            let mut p =
+                flasheva::ops::Problem::new(flasheva::workload::Workload::new(sb, 2, 150, 4, 2));
+            p.summary_rows += 1;
+            reports.push(
+                verify::check(
+                    &stream,
+                    &kb,
+                    &verify::Case {
+                        problem: p,
+                        large_logits: true,
+                        strided: true,
+                    },
+                )
+                .unwrap(),
+            );
+        }
         // the serving ops: extend (mixed L0 and T) and append
         for op in [Op::Extend, Op::Append] {
             let se = spec(op, 64, 32, 8, LocalMode::Sliding, DType::Bf16, 1);
@@ -1056,23 +1068,61 @@ fn sanitizer_subset() {
 /// The mma backward's tiles backward_grid runs beside the default (Triton) kernels: one stage and
 /// two, 2 to 8 warps, every step size.
 fn mma_backward_tiles(s: &flasheva::spec::KernelSpec) -> Vec<Tile> {
-    [(32u32, 4u32, 2u32), (16, 2, 1), (64, 8, 2)]
-        .into_iter()
-        .map(|(m, w, st)| {
-            Tile::new(
-                s,
-                TileParams {
-                    engine: flasheva::tile::Engine::Mma,
-                    block_m: m,
-                    block_n: 16 * w,
-                    warps: w,
-                    stages: st,
-                    splits: 0,
-                },
-            )
-            .unwrap()
-        })
-        .collect()
+    let tile = |engine, m: u32, w: u32, st: u32| {
+        Tile::new(
+            s,
+            TileParams {
+                engine,
+                block_m: m,
+                block_n: 16 * w,
+                warps: w,
+                stages: st,
+                splits: 0,
+            },
+        )
+        .unwrap()
+    };
+    use flasheva::tile::Engine::Mma;
+    vec![
+        tile(Mma, 32, 4, 2),
+        tile(Mma, 16, 2, 1),
+        tile(Mma, 64, 8, 2),
+    ]
+}
+
+/// The tiles of `s` the backward grid checks besides the default one: the Triton kernels' default
+/// (when the default is an mma tile), the mma kernels at D <= 128, and on sm_90a the wgmma
+/// kernels at D = 64 and 128 (one and two warpgroups, one and two stages).
+fn backward_tiles(rt: &Runtime, s: &flasheva::spec::KernelSpec) -> Vec<Tile> {
+    let mut v = Vec::new();
+    let tr = Tile::default_for_backend(s, rt.arch(), flasheva::tile::Backend::Triton);
+    if tr != Tile::default_for(s, rt.arch()) {
+        v.push(tr);
+    }
+    if s.head_dim() <= 128 {
+        v.extend(mma_backward_tiles(s));
+    }
+    if rt.arch() == "sm_90a".parse::<Arch>().unwrap() && matches!(s.head_dim(), 64 | 128) {
+        for (w, st) in [(4u32, 2u32), (8, 1), (4, 1)] {
+            v.push(
+                Tile::new(
+                    s,
+                    TileParams {
+                        engine: flasheva::tile::Engine::Wgmma,
+                        block_m: 64,
+                        block_n: 16 * w,
+                        warps: w,
+                        stages: st,
+                        splits: 0,
+                    },
+                )
+                .unwrap(),
+            );
+        }
+    }
+    let default = Tile::default_for(s, rt.arch());
+    v.retain(|t| *t != default);
+    v
 }
 
 /// The backward ops (prefill_bwd's Triton kernels and, at D <= 128, its mma kernels) against the
@@ -1113,9 +1163,7 @@ fn backward_grid() {
             for dtype in DType::ALL {
                 let s = spec(Op::PrefillBwd, d, w, c, local, dtype, 1);
                 modules.push((s, None));
-                if d <= 128 {
-                    modules.extend(mma_backward_tiles(&s).into_iter().map(|t| (s, Some(t))));
-                }
+                modules.extend(backward_tiles(&rt, &s).into_iter().map(|t| (s, Some(t))));
             }
         }
     }
@@ -1153,19 +1201,17 @@ fn backward_grid() {
                         verify::check(&stream, &k, cs).unwrap_or_else(|e| panic!("{s}: {e}")),
                     );
                 }
-                // the mma engine (templates/prefill_bwd.cu) on the same cases: one stage and
-                // two, 2 to 8 warps, every step size
-                if d <= 128 {
-                    for t in mma_backward_tiles(&s) {
-                        let km = rt
-                            .kernel_with_tile(&s, &t)
-                            .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
-                        for cs in &cases {
-                            reports.push(
-                                verify::check(&stream, &km, cs)
-                                    .unwrap_or_else(|e| panic!("{s} {t:?}: {e}")),
-                            );
-                        }
+                // the other engines on the same cases: the Triton kernels, the mma kernels (one
+                // stage and two, 2 to 8 warps, every step size), the wgmma kernels on sm_90a
+                for t in backward_tiles(&rt, &s) {
+                    let km = rt
+                        .kernel_with_tile(&s, &t)
+                        .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
+                    for cs in &cases {
+                        reports.push(
+                            verify::check(&stream, &km, cs)
+                                .unwrap_or_else(|e| panic!("{s} {t:?}: {e}")),
+                        );
                     }
                 }
             }

@@ -297,3 +297,46 @@ fn the_mma_backward_compiles_without_spills() {
         .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+#[test]
+/// The Hopper wgmma backward (templates/prefill_bwd_sm90a.cu) compiles for sm_90a at D = 64 and
+/// 128, both modes and dtypes, one and two warpgroups, one and two stages, without spills.
+fn the_wgmma_backward_compiles_without_spills() {
+    let nv = nvrtc();
+    let arch: Arch = "sm_90a".parse().unwrap();
+    let mut jobs = Vec::new();
+    for d in [64u32, 128] {
+        for (local, dtype) in [
+            (LocalMode::Sliding, DType::F16),
+            (LocalMode::Block, DType::Bf16),
+        ] {
+            let p = SpecParams {
+                head_dim: Some(d),
+                window: Some(128),
+                chunk: Some(16),
+                local: Some(local),
+                dtype: Some(dtype),
+                group: None,
+            };
+            let spec = KernelSpec::new(Op::PrefillBwd, &p).unwrap();
+            for over in [
+                "engine=wgmma,block_m=64,block_n=64,warps=4,stages=2",
+                "engine=wgmma,block_m=64,block_n=128,warps=8,stages=1",
+            ] {
+                jobs.push((spec, over));
+            }
+        }
+    }
+    let problems: Vec<String> = jobs
+        .par_iter()
+        .flat_map(|(spec, over)| {
+            let tile = Tile::default_for(spec, arch)
+                .with_overrides(spec, over)
+                .unwrap_or_else(|e| panic!("{spec}: {e}"));
+            tile.validate_for(spec, arch)
+                .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
+            spills(&nv, spec, &tile, arch)
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -87,6 +87,7 @@ impl OpDef for PrefillBwd {
     fn template(&self, tile: &TileParams) -> &'static str {
         match tile.engine {
             Engine::Mma => "prefill_bwd.cu",
+            Engine::Wgmma => "prefill_bwd_sm90a.cu",
             _ => "flasheva_triton.py",
         }
     }
@@ -94,6 +95,7 @@ impl OpDef for PrefillBwd {
     fn smem_bytes(&self, spec: &KernelSpec, t: &TileParams) -> u32 {
         match t.engine {
             Engine::Mma => mma_smem(spec, t).0.max(mma_smem(spec, t).1),
+            Engine::Wgmma => wgmma_smem(spec, t).0.max(wgmma_smem(spec, t).1),
             _ => 0,
         }
     }
@@ -132,10 +134,43 @@ impl OpDef for PrefillBwd {
     }
 
     fn check_tile(&self, spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        let op = Op::PrefillBwd;
+        if t.engine == Engine::Wgmma {
+            one_of(
+                op,
+                "head_dim",
+                spec.head_dim(),
+                &[64, 128],
+                "64, 128 for the wgmma backward (whole 128-byte swizzle panels; others: mma or triton)",
+            )?;
+            one_of(
+                op,
+                "block_m",
+                t.block_m,
+                &[64],
+                "64 (the wgmma steps are 64 rows)",
+            )?;
+            one_of(
+                op,
+                "warps",
+                t.warps,
+                &[4, 8],
+                "4, 8 (one or two warpgroups)",
+            )?;
+            one_of(op, "stages", t.stages, &[1, 2], "1, 2")?;
+            if t.block_n != 16 * t.warps {
+                return Err(TileError::Field {
+                    op,
+                    field: "block_n",
+                    value: t.block_n,
+                    accepted: "16 x warps (64 held rows per warpgroup)",
+                });
+            }
+            return Ok(());
+        }
         if t.engine != Engine::Mma {
             return triton_only(Op::PrefillBwd, t, true, true, true);
         }
-        let op = Op::PrefillBwd;
         if spec.head_dim() > 128 {
             return Err(TileError::Field {
                 op,
@@ -608,7 +643,7 @@ impl OpDef for PrefillBwd {
             .i32("HKV", hkv as i32)
             .i32("NC", sz.nc as i32)
             .f32("scale", sz.scale);
-        if tile.engine() == Engine::Mma {
+        if matches!(tile.engine(), Engine::Mma | Engine::Wgmma) {
             let params = PrefillBwdParams {
                 q: t[0].ptr,
                 k: t[1].ptr,
@@ -640,7 +675,11 @@ impl OpDef for PrefillBwd {
                 scale: sz.scale,
                 scale_log2: sz.scale * std::f32::consts::LOG2_E,
             };
-            let (dkdv_smem, dq_smem) = mma_smem(spec, &tile.params());
+            let (dkdv_smem, dq_smem) = if tile.engine() == Engine::Wgmma {
+                wgmma_smem(spec, &tile.params())
+            } else {
+                mma_smem(spec, &tile.params())
+            };
             let threads = (tile.threads(), 1, 1);
             let launch = |grid, smem| super::launch::LaunchPlan {
                 grid,
@@ -731,6 +770,16 @@ fn mma_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
     let (bq, bn, st) = (t.block_m, t.block_n, t.stages.max(1));
     let dkdv = 2 * bn * row + st * 2 * bq * row + st * 2 * bq * 4;
     let dq = 2 * bn * row + st * 2 * bq * row;
+    (dkdv, dq)
+}
+
+/// Dynamic shared memory of the wgmma kernels, bytes: (dK/dV, dQ), as
+/// templates/prefill_bwd_sm90a.cu lays them out (1024 bytes of slack to align the swizzled panels).
+fn wgmma_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
+    let row = spec.head_dim() * 2;
+    let (bq, bn, st) = (t.block_m, t.block_n, t.stages.max(1));
+    let dkdv = 1024 + 2 * bn * row + st * 2 * bq * row + st * 2 * bq * 4;
+    let dq = 1024 + 2 * bn * row + st * 2 * bq * row;
     (dkdv, dq)
 }
 
@@ -858,7 +907,7 @@ mod tests {
 
     #[test]
     fn the_mma_parameter_block_matches_the_template() {
-        // templates/prefill_bwd.cu static_asserts the same size
+        // templates/prefill_bwd_common.cuh static_asserts the same size
         assert_eq!(std::mem::size_of::<PrefillBwdParams>(), 464);
         assert_eq!(std::mem::offset_of!(PrefillBwdParams, strides), 120);
         assert_eq!(std::mem::offset_of!(PrefillBwdParams, lse_sb), 408);
@@ -866,7 +915,7 @@ mod tests {
         assert_eq!(std::mem::offset_of!(PrefillBwdParams, scale), 456);
         let src = crate::render::TEMPLATES
             .iter()
-            .find(|(n, _)| *n == "prefill_bwd.cu")
+            .find(|(n, _)| *n == "prefill_bwd_common.cuh")
             .unwrap()
             .1;
         assert!(src.contains("sizeof(PrefillBwdParams) == 464"));

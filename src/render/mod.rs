@@ -14,7 +14,7 @@ use crate::spec::KernelSpec;
 use crate::tile::{DECODE_ROWS, SMEM_PAD, Tile, TileError};
 
 /// The templates, by name, exactly as embedded.
-pub const TEMPLATES: [(&str, &str); 11] = [
+pub const TEMPLATES: [(&str, &str); 13] = [
     ("common.cuh", include_str!("../../templates/common.cuh")),
     (
         "attention.cuh",
@@ -32,6 +32,14 @@ pub const TEMPLATES: [(&str, &str); 11] = [
     (
         "prefill_bwd.cu",
         include_str!("../../templates/prefill_bwd.cu"),
+    ),
+    (
+        "prefill_bwd_common.cuh",
+        include_str!("../../templates/prefill_bwd_common.cuh"),
+    ),
+    (
+        "prefill_bwd_sm90a.cu",
+        include_str!("../../templates/prefill_bwd_sm90a.cu"),
     ),
     ("decode.cu", include_str!("../../templates/decode.cu")),
     (
