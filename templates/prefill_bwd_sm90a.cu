@@ -44,6 +44,8 @@ constexpr int SMEM_DKDV = 1024 + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES + STAG
 constexpr int SMEM_DQ = 1024 + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES;
 static_assert(SMEM_DKDV <= 232448 && SMEM_DQ <= 232448, "tile needs more than 227 KiB of shared memory");
 static_assert(NW * 16 * FE_DP * 2 <= 2 * HELD_BYTES, "the epilogue stages each warp's rows in the held tiles");
+// What the loader checks against the host's formula (and gives every entry point).
+extern "C" __constant__ int {{ name }}_smem_bytes = SMEM_DKDV > SMEM_DQ ? SMEM_DKDV : SMEM_DQ;
 #define FE_ACC (FE_D / 2)  // fp32 accumulator registers of a 64 x D tile per thread
 
 // R rows, D wide, of a token-major tensor into D/64 swizzled panels (R x 128 bytes each, 1024-aligned)

@@ -100,14 +100,25 @@ impl OpDef for PrefillBwd {
         }
     }
 
-    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
-        // The mma kernels where they apply (D <= 128), the Triton kernels otherwise. m32_n64_w4_s2
-        // (64 held rows on four warps, 32-row steps, two stages; both 16 x D fp32 accumulators in
-        // registers at D = 128, 241 of them, no spills) passed the GPU suite's backward grid and
-        // the sanitizers (run 24) and ran 1.74x faster than the Triton default at B=1 N=16384
-        // D=128 W=512 C=64 block (1.03 ms against 1.79 ms, run 25); NVRTC alone builds it, so
-        // the backward needs no Triton where it applies.
+    fn default_tiles(&self, spec: &KernelSpec, arch: Arch) -> Vec<TileParams> {
+        // On sm_90a at D = 64 and 128 the wgmma kernels (templates/prefill_bwd_sm90a.cu):
+        // wg_m64_n64_w4_s2 passed the GPU suite's backward grid (run 28) and ran 1.52x faster than
+        // the mma default at B=1 N=16384 D=128 W=512 C=64 block (0.67 ms against 1.02, run 29).
+        // Elsewhere the mma kernels where D <= 128: m32_n64_w4_s2 (64 held rows on four warps,
+        // 32-row steps, two stages; 241 registers at D = 128, no spills) passed the grid and the
+        // sanitizers (run 24) and ran 1.74x faster than the Triton default there (1.03 ms
+        // against 1.79 ms, run 25). NVRTC alone builds both, so the backward needs no Triton
+        // where they apply; the Triton kernels are the default at D = 256 and the last resort.
         let mut v = Vec::new();
+        if arch.specific
+            && (arch.major, arch.minor) == (9, 0)
+            && matches!(spec.head_dim(), 64 | 128)
+        {
+            v.push(TileParams {
+                engine: Engine::Wgmma,
+                ..tile(64, 64, 4, 2)
+            });
+        }
         if spec.head_dim() <= 128 {
             v.push(TileParams {
                 engine: Engine::Mma,
@@ -949,6 +960,9 @@ mod tests {
         // the mma kernels first where D <= 128 (they passed the GPU suite), Triton after them
         let t = PrefillBwd.default_tiles(&spec, Arch::new(9, 0));
         assert_eq!(t[0], mma(32, 64, 4, 2));
+        let hopper = PrefillBwd.default_tiles(&spec, "sm_90a".parse().unwrap());
+        assert_eq!(hopper[0].engine, Engine::Wgmma);
+        assert_eq!(hopper[1], mma(32, 64, 4, 2));
         assert_eq!(t.last().map(|t| t.engine), Some(Engine::Triton));
         let t = PrefillBwd.default_tiles(&d256, Arch::new(9, 0));
         assert!(t.iter().all(|t| t.engine == Engine::Triton));
