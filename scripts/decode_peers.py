@@ -76,7 +76,7 @@ def run_flasheva(exe, b, pos, h, hkv, d, w, c, iters):
     os.unlink(path)
     row = doc["results"][0]
     return {"ms": row["timing"]["median_ms"], "gbps": row.get("gbps"), "tile": row.get("tile"),
-            "read_gbps": doc.get("read_gbps")}
+            "read_gbps": doc.get("read_gbps"), "read_same_gbps": row.get("read_same_bytes_gbps")}
 
 
 def main():
@@ -89,8 +89,8 @@ def main():
     pick = range(len(SHAPES)) if a.shapes == "all" else [int(i) for i in a.shapes.split(",")]
     dt = torch.bfloat16
     rows = []
-    print(f"{'shape':44} {'flasheva ms':>11} {'share of read':>13} {'compact ms':>10} {'fe/compact':>10} "
-          f"{'full-KV ms':>10}")
+    print(f"{'shape':44} {'flasheva ms':>11} {'share of read':>13} {'same-size':>9} {'compact ms':>10} "
+          f"{'fe/compact':>10} {'full-KV ms':>10}")
     for i in pick:
         b, pos, h, hkv, d, w, c = SHAPES[i]
         rows_read = min(w, pos % w + 1) + pos // c  # block mode: the ring's visible part, the summaries
@@ -102,19 +102,26 @@ def main():
         fe = run_flasheva(a.flasheva, b, pos, h, hkv, d, w, c, a.iters) if a.flasheva else None
         row = {"B": b, "position": pos, "H": h, "Hkv": hkv, "D": d, "W": w, "C": c,
                "rows_read": rows_read, "sdpa_compact_ms": compact, "sdpa_full_ms": full}
-        share = ratio = None
+        share = ratio = same = None
         if fe:
             row.update({"flasheva_ms": fe["ms"], "flasheva_gbps": fe["gbps"], "flasheva_tile": fe["tile"],
                         "read_gbps": fe["read_gbps"]})
             if fe["gbps"] and fe["read_gbps"]:
                 share = fe["gbps"] / fe["read_gbps"]
                 row["share_of_read"] = share
+            if fe["gbps"] and fe["read_same_gbps"]:
+                # against a read of the same bytes over as many rotating buffers (start and tail
+                # included): what a kernel this short can reach
+                same = fe["gbps"] / fe["read_same_gbps"]
+                row["read_same_gbps"] = fe["read_same_gbps"]
+                row["share_of_same_size_read"] = same
             ratio = fe["ms"] / compact
             row["ratio_vs_compact"] = ratio
         rows.append(row)
         shape = f"B={b} pos={pos} H={h} Hkv={hkv} D={d} W={w} C={c}"
         fe_ms = f"{fe['ms']:.4f}" if fe else "-"
-        print(f"{shape:44} {fe_ms:>11} {(f'{100 * share:.1f} %' if share else '-'):>13} {compact:>10.4f} "
+        print(f"{shape:44} {fe_ms:>11} {(f'{100 * share:.1f} %' if share else '-'):>13} "
+              f"{(f'{100 * same:.1f} %' if same else '-'):>9} {compact:>10.4f} "
               f"{(f'{ratio:.2f}x' if ratio else '-'):>10} {full:>10.3f}", flush=True)
     if a.json:
         with open(a.json, "w") as f:

@@ -267,12 +267,15 @@ struct ReadParams {
 }
 
 /// The device's read rate, bytes per second (median of `iters`): a read-only streaming kernel
-/// (compiled here with NVRTC) over a `bytes`-long buffer (choose it far larger than L2), 8 CTAs
-/// of 256 threads per multiprocessor, four 16-byte loads in flight per thread.
+/// (compiled here with NVRTC) over `sets` buffers of `bytes` each, one buffer a launch in turn,
+/// 8 CTAs of 256 threads per multiprocessor, four 16-byte loads in flight per thread. One set far
+/// larger than L2 gives the device's rate; the sets and bytes of a benchmark's rotating inputs give
+/// what a read of the same size reaches (its start and tail included, as a short kernel's are).
 pub fn read_bandwidth(
     gpu: &Gpu,
     stream: &Arc<CudaStream>,
     bytes: usize,
+    sets: usize,
     iters: usize,
 ) -> Result<f64> {
     use crate::compile::{CompileJob, Compiler, nvrtc::Nvrtc, options_for};
@@ -287,20 +290,23 @@ pub fn read_bandwidth(
     })?;
     let module = gpu.load_module(&built.cubin, false)?;
     let f = module.function("flasheva_read_rate")?;
-    let vectors = bytes / 16;
+    let vectors = bytes.div_ceil(16).max(1);
+    let sets = sets.max(1);
     let src = stream
-        .alloc_zeros::<u8>(vectors * 16)
+        .alloc_zeros::<u8>(sets * vectors * 16)
         .map_err(drv("cuMemAlloc"))?;
     let sink = stream.alloc_zeros::<u32>(1).map_err(drv("cuMemAlloc"))?;
-    let params = ReadParams {
-        src: crate::gpu::device_address(&src, stream),
-        vectors: vectors as u64,
-        sink: crate::gpu::device_address(&sink, stream),
-    };
+    let base = crate::gpu::device_address(&src, stream);
+    let sink = crate::gpu::device_address(&sink, stream);
     let grid = (8 * info.sm_count, 1, 1);
     let timer = EventTimer::new(gpu)?;
     let mut s = Vec::new();
     for i in 0..iters + 3 {
+        let params = ReadParams {
+            src: base + ((i % sets) * vectors * 16) as u64,
+            vectors: vectors as u64,
+            sink,
+        };
         timer.start(stream)?;
         // SAFETY: the kernel's parameter struct; both buffers live until the timer's sync.
         unsafe { f.launch(stream, grid, (256, 1, 1), 0, &params) }?;

@@ -54,6 +54,8 @@ struct Row {
     tflops: f64,
     gbps: f64,
     dense_causal_ms_at_rate: Option<f64>,
+    /// A read of the op's bytes over as many rotating buffers, GB/s (memory-bound ops).
+    read_same_bytes_gbps: Option<f64>,
 }
 
 /// The workloads of a selection: one spec at the shape flags, or a preset's specs at its shapes
@@ -140,7 +142,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         .any(|w| flasheva::ops::of(w.spec.op()).rate() == Rate::Bytes)
     {
         eprintln!("measuring the read rate (a read-only kernel over 4 GiB) ...");
-        match read_bandwidth(&gpu, &stream, 4 << 30, 20) {
+        match read_bandwidth(&gpu, &stream, 4 << 30, 1, 20) {
             Ok(r) => Some(r),
             Err(e) => {
                 eprintln!(
@@ -170,6 +172,26 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         );
         let t = bench.time(&kernel, a.warmup, a.iters)?;
         let secs = t.median_ms * 1e-3;
+        // A memory-bound op also against a read of its own size over as many rotating buffers
+        // (what a kernel that short can reach, its start and tail included).
+        let read_same = match (read, flasheva::ops::of(w.spec.op()).rate()) {
+            (Some(_), Rate::Bytes) => {
+                match read_bandwidth(
+                    &gpu,
+                    &stream,
+                    w.bytes() as usize,
+                    bench.sets(),
+                    a.iters.max(5),
+                ) {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        eprintln!("warning: the same-size read probe failed ({e})");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let tflops = w.flops() / secs / 1e12;
         let gbps = w.bytes() / secs / 1e9;
         let dense =
@@ -183,8 +205,15 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
             },
             _ => match read {
                 Some(r) => format!(
-                    "{gbps:.0} GB/s = {:.1}% of read, {:.0}% of copy",
+                    "{gbps:.0} GB/s = {:.1}% of read{}, {:.0}% of copy",
                     100.0 * w.bytes() / secs / r,
+                    read_same
+                        .map(|x| format!(
+                            " ({:.1}% of a read of the same bytes: {:.0} GB/s)",
+                            100.0 * w.bytes() / secs / x,
+                            x / 1e9
+                        ))
+                        .unwrap_or_default(),
                     100.0 * w.bytes() / secs / copy
                 ),
                 None => format!(
@@ -210,6 +239,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
             tflops,
             gbps,
             dense_causal_ms_at_rate: dense,
+            read_same_bytes_gbps: read_same.map(|x| x / 1e9),
         });
     }
     let doc = serde_json::json!({
