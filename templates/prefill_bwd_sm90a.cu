@@ -207,21 +207,26 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dkdv(const P
       if (!full) vis = summary ? j < min(i / FE_C, p.nc) : (j <= i && j >= fe_window_start(i) && j < N);
       s[x] = vis ? fe_exp2(fmaf(s[x], p.scale_log2, -lse2[col])) : 0.f;
     }
-    fe_wgmma_wait<0>();
-    fe_fence_regs(dp);
+    // dV += P^T dO runs while dS^T is computed (its group was committed after dP^T's, so waiting
+    // for all but the newest group waits for dP^T only)
     u32 pa[16], da[16];
 #pragma unroll
-    for (int x = 0; x < 32; x += 2) {
-      const int col = (x >> 2) * 8 + (lane & 3) * 2;
-      pa[x / 2] = fe_pack2(s[x], s[x + 1]);
-      da[x / 2] = fe_pack2(s[x] * (dp[x] - dlt[col]), s[x + 1] * (dp[x + 1] - dlt[col + 1]));
-    }
+    for (int x = 0; x < 32; x += 2) pa[x / 2] = fe_pack2(s[x], s[x + 1]);
     fe_fence_regs(pa);
-    fe_fence_regs(da);
-    fe_fence_regs(dk);
     fe_fence_regs(dv);
     fe_wgmma_fence();
     fe_bwd_rs(dv, pa, o_st, STEP_PANEL);  // dV += P^T dO
+    fe_wgmma_commit();
+    fe_wgmma_wait<1>();
+    fe_fence_regs(dp);
+#pragma unroll
+    for (int x = 0; x < 32; x += 2) {
+      const int col = (x >> 2) * 8 + (lane & 3) * 2;
+      da[x / 2] = fe_pack2(s[x] * (dp[x] - dlt[col]), s[x + 1] * (dp[x + 1] - dlt[col + 1]));
+    }
+    fe_fence_regs(da);
+    fe_fence_regs(dk);
+    fe_wgmma_fence();
     fe_bwd_rs(dk, da, q_st, STEP_PANEL);  // dK += dS^T Q
     fe_wgmma_commit();
     fe_wgmma_wait<0>();
