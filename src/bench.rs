@@ -117,13 +117,11 @@ impl Bencher {
         let pool = HostTensor::uniform(&mut rng, dt, &[(1usize << 22).min(largest.max(64))], 1.0);
         let make = |rng: &mut rand::rngs::StdRng| {
             let mut draw = |shape: &[usize], amp: f64| {
-                let t = random_like(&pool, rng, shape);
-                if amp == 1.0 {
-                    t
-                } else {
-                    let v: Vec<f64> = t.to_f64().iter().map(|x| x * amp).collect();
-                    HostTensor::from_f64(t.elem, shape, &v)
+                let mut t = random_like(&pool, rng, shape);
+                if amp != 1.0 {
+                    t.scale(amp);
                 }
+                t
             };
             def.timing_inputs(&problem, &mut draw)
         };
