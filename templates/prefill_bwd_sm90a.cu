@@ -28,7 +28,7 @@ constexpr int THREADS = NW * 32;
 constexpr int SUM_ROWS = 16;
 static_assert(BQ == 64, "block_m must be 64 (the wgmma N of S^T and the K of dV, dK)");
 static_assert(NW % 4 == 0 && BN == 64 * WGS, "block_n must be 64 x warpgroups");
-static_assert(FE_D % 64 == 0, "head_dim must be 64 or 128 (whole 128-byte swizzle panels)");
+static_assert(FE_D == 64 || FE_D == 128, "head_dim must be 64 or 128 (whole 128-byte swizzle panels)");
 static_assert(STAGES == 1 || STAGES == 2, "1 or 2 stages");
 
 <% include "prefill_bwd_common.cuh" %>
@@ -55,6 +55,7 @@ FE_DEV void fe_load_sw(u32 dst, int tid, const u16* base, i64 stride, int valid)
   constexpr int TOTAL = R * FE_CH;
   static_assert(TOTAL % THREADS == 0 && THREADS % FE_CH == 0, "whole passes of 16-byte chunks");
   constexpr int STEP = THREADS / FE_CH;  // a multiple of 8: every row of a thread has the same r & 7
+  static_assert(STEP % 8 == 0, "a thread's rows must share their swizzle phase");
   const int r0 = tid / FE_CH, c = tid % FE_CH;
   const u16* src = base + r0 * stride + c * 8;
   const u32 d0 = dst + (u32)((c >> 3) * (R * 128) + r0 * 128 + (((c & 7) ^ (r0 & 7)) << 4));

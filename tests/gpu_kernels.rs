@@ -1103,7 +1103,7 @@ fn backward_tiles(rt: &Runtime, s: &flasheva::spec::KernelSpec) -> Vec<Tile> {
         v.extend(mma_backward_tiles(s));
     }
     if rt.arch() == "sm_90a".parse::<Arch>().unwrap() && matches!(s.head_dim(), 64 | 128) {
-        for (w, st) in [(4u32, 2u32), (8, 1), (4, 1)] {
+        for (w, st) in [(4u32, 2u32), (8, 1), (4, 1), (8, 2)] {
             v.push(
                 Tile::new(
                     s,
@@ -1215,6 +1215,23 @@ fn backward_grid() {
                     }
                 }
             }
+        }
+    }
+    // Long summary ranges: more than 128 summaries (summary blocks past the first of 64 and 128
+    // rows, their partial-sum rows, several segments, whole-visible summary steps, and the dQ
+    // kernel's later summary tiles), every engine, GQA and extra summary rows.
+    for local in LocalMode::ALL {
+        let s = spec(Op::PrefillBwd, 128, 64, 16, local, DType::Bf16, 1);
+        let long = case(s, 1, 2200, 2, 1, 3, false, false);
+        let mut tiles = vec![Tile::default_for(&s, rt.arch())];
+        tiles.extend(backward_tiles(&rt, &s));
+        for t in tiles {
+            let k = rt
+                .kernel_with_tile(&s, &t)
+                .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
+            reports.push(
+                verify::check(&stream, &k, &long).unwrap_or_else(|e| panic!("{s} {t:?}: {e}")),
+            );
         }
     }
     for d in [32u32, 64, 128, 256] {
