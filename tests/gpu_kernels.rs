@@ -992,8 +992,8 @@ fn sanitizer_subset() {
                 .unwrap(),
             );
         }
-        // the backward's other engines (the default above is the mma one): Triton, and the wgmma
-        // kernels on sm_90a; two stages, summary segments
+        // the backward's other engines (the default is checked above): Triton, mma and, on
+        // sm_90a, wgmma; two stages, summary segments
         let sb = spec(
             Op::PrefillBwd,
             64,
@@ -1003,27 +1003,15 @@ fn sanitizer_subset() {
             DType::Bf16,
             1,
         );
-        let mut tiles = vec![Tile::default_for_backend(
-            &sb,
-            rt.arch(),
-            flasheva::tile::Backend::Triton,
-        )];
+        let mut tiles = vec![
+            Tile::default_for_backend(&sb, rt.arch(), flasheva::tile::Backend::Triton),
+            bwd_tile(&sb, flasheva::tile::Engine::Mma, 32, 4, 2),
+        ];
         if rt.arch() == "sm_90a".parse::<Arch>().unwrap() {
-            tiles.push(
-                Tile::new(
-                    &sb,
-                    TileParams {
-                        engine: flasheva::tile::Engine::Wgmma,
-                        block_m: 64,
-                        block_n: 64,
-                        warps: 4,
-                        stages: 2,
-                        splits: 0,
-                    },
-                )
-                .unwrap(),
-            );
+            tiles.push(bwd_tile(&sb, flasheva::tile::Engine::Wgmma, 64, 4, 2));
         }
+        let default = Tile::default_for(&sb, rt.arch());
+        tiles.retain(|t| *t != default);
         for t in tiles {
             let kb = rt.kernel_with_tile(&sb, &t).unwrap();
             let mut p =
@@ -1067,57 +1055,44 @@ fn sanitizer_subset() {
 
 /// The mma backward's tiles backward_grid runs beside the default (Triton) kernels: one stage and
 /// two, 2 to 8 warps, every step size.
-fn mma_backward_tiles(s: &flasheva::spec::KernelSpec) -> Vec<Tile> {
-    let tile = |engine, m: u32, w: u32, st: u32| {
-        Tile::new(
-            s,
-            TileParams {
-                engine,
-                block_m: m,
-                block_n: 16 * w,
-                warps: w,
-                stages: st,
-                splits: 0,
-            },
-        )
-        .unwrap()
+/// A CUDA backward tile of `engine`: block_m query (or key) rows a step, 16 held rows per warp.
+fn bwd_tile(
+    s: &flasheva::spec::KernelSpec,
+    engine: flasheva::tile::Engine,
+    block_m: u32,
+    warps: u32,
+    stages: u32,
+) -> Tile {
+    let t = TileParams {
+        engine,
+        block_m,
+        block_n: 16 * warps,
+        warps,
+        stages,
+        splits: 0,
     };
-    use flasheva::tile::Engine::Mma;
-    vec![
-        tile(Mma, 32, 4, 2),
-        tile(Mma, 16, 2, 1),
-        tile(Mma, 64, 8, 2),
-    ]
+    Tile::new(s, t).unwrap_or_else(|e| panic!("{s} {t:?}: {e}"))
 }
 
 /// The tiles of `s` the backward grid checks besides the default one: the Triton kernels' default
-/// (when the default is an mma tile), the mma kernels at D <= 128, and on sm_90a the wgmma
-/// kernels at D = 64 and 128 (one and two warpgroups, one and two stages).
+/// (when the default is a CUDA tile), the mma kernels at D <= 128 (one stage and two, 2 to 8
+/// warps, every step size), and on sm_90a the wgmma kernels at D = 64 and 128 (one and two
+/// warpgroups, one and two stages).
 fn backward_tiles(rt: &Runtime, s: &flasheva::spec::KernelSpec) -> Vec<Tile> {
-    let mut v = Vec::new();
-    let tr = Tile::default_for_backend(s, rt.arch(), flasheva::tile::Backend::Triton);
-    if tr != Tile::default_for(s, rt.arch()) {
-        v.push(tr);
-    }
+    use flasheva::tile::Engine::{Mma, Wgmma};
+    let mut v = vec![Tile::default_for_backend(
+        s,
+        rt.arch(),
+        flasheva::tile::Backend::Triton,
+    )];
     if s.head_dim() <= 128 {
-        v.extend(mma_backward_tiles(s));
+        for (m, w, st) in [(32, 4, 2), (16, 2, 1), (64, 8, 2)] {
+            v.push(bwd_tile(s, Mma, m, w, st));
+        }
     }
     if rt.arch() == "sm_90a".parse::<Arch>().unwrap() && matches!(s.head_dim(), 64 | 128) {
-        for (w, st) in [(4u32, 2u32), (8, 1), (4, 1), (8, 2)] {
-            v.push(
-                Tile::new(
-                    s,
-                    TileParams {
-                        engine: flasheva::tile::Engine::Wgmma,
-                        block_m: 64,
-                        block_n: 16 * w,
-                        warps: w,
-                        stages: st,
-                        splits: 0,
-                    },
-                )
-                .unwrap(),
-            );
+        for (w, st) in [(4, 2), (8, 1), (4, 1), (8, 2)] {
+            v.push(bwd_tile(s, Wgmma, 64, w, st));
         }
     }
     let default = Tile::default_for(s, rt.arch());

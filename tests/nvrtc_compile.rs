@@ -254,13 +254,13 @@ fn the_tma_decode_compiles_without_spills() {
     }
 }
 
-#[test]
-/// The mma backward (templates/prefill_bwd.cu) compiles for sm_80 and sm_90 at every head dim it
-/// takes, both modes and dtypes, without spills at the tiles the GPU suite runs.
-fn the_mma_backward_compiles_without_spills() {
+/// Compiles prefill_bwd at every head dim of `dims` in both modes and dtypes with every tile
+/// override of `tiles` for every arch of `archs`, and returns the spills and serialized wgmma
+/// ptxas reported.
+fn backward_problems(dims: &[u32], tiles: &[&str], archs: &[Arch]) -> Vec<String> {
     let nv = nvrtc();
     let mut jobs = Vec::new();
-    for d in [32u32, 64, 96, 128] {
+    for &d in dims {
         for (local, dtype) in [
             (LocalMode::Sliding, DType::F16),
             (LocalMode::Block, DType::Bf16),
@@ -274,18 +274,14 @@ fn the_mma_backward_compiles_without_spills() {
                 group: None,
             };
             let spec = KernelSpec::new(Op::PrefillBwd, &p).unwrap();
-            for over in [
-                "engine=mma,block_m=32,block_n=64,warps=4,stages=2",
-                "engine=mma,block_m=16,block_n=32,warps=2,stages=1",
-            ] {
-                for arch in [Arch::new(8, 0), Arch::new(9, 0)] {
+            for &over in tiles {
+                for &arch in archs {
                     jobs.push((spec, over, arch));
                 }
             }
         }
     }
-    let problems: Vec<String> = jobs
-        .par_iter()
+    jobs.par_iter()
         .flat_map(|(spec, over, arch)| {
             let tile = Tile::default_for(spec, *arch)
                 .with_overrides(spec, over)
@@ -294,7 +290,21 @@ fn the_mma_backward_compiles_without_spills() {
                 .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
             spills(&nv, spec, &tile, *arch)
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+/// The mma backward (templates/prefill_bwd.cu) compiles for sm_80 and sm_90 at every head dim it
+/// takes, both modes and dtypes, without spills at the tiles the GPU suite runs.
+fn the_mma_backward_compiles_without_spills() {
+    let problems = backward_problems(
+        &[32, 64, 96, 128],
+        &[
+            "engine=mma,block_m=32,block_n=64,warps=4,stages=2",
+            "engine=mma,block_m=16,block_n=32,warps=2,stages=1",
+        ],
+        &[Arch::new(8, 0), Arch::new(9, 0)],
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -302,41 +312,13 @@ fn the_mma_backward_compiles_without_spills() {
 /// The Hopper wgmma backward (templates/prefill_bwd_sm90a.cu) compiles for sm_90a at D = 64 and
 /// 128, both modes and dtypes, one and two warpgroups, one and two stages, without spills.
 fn the_wgmma_backward_compiles_without_spills() {
-    let nv = nvrtc();
-    let arch: Arch = "sm_90a".parse().unwrap();
-    let mut jobs = Vec::new();
-    for d in [64u32, 128] {
-        for (local, dtype) in [
-            (LocalMode::Sliding, DType::F16),
-            (LocalMode::Block, DType::Bf16),
-        ] {
-            let p = SpecParams {
-                head_dim: Some(d),
-                window: Some(128),
-                chunk: Some(16),
-                local: Some(local),
-                dtype: Some(dtype),
-                group: None,
-            };
-            let spec = KernelSpec::new(Op::PrefillBwd, &p).unwrap();
-            for over in [
-                "engine=wgmma,block_m=64,block_n=64,warps=4,stages=2",
-                "engine=wgmma,block_m=64,block_n=128,warps=8,stages=1",
-            ] {
-                jobs.push((spec, over));
-            }
-        }
-    }
-    let problems: Vec<String> = jobs
-        .par_iter()
-        .flat_map(|(spec, over)| {
-            let tile = Tile::default_for(spec, arch)
-                .with_overrides(spec, over)
-                .unwrap_or_else(|e| panic!("{spec}: {e}"));
-            tile.validate_for(spec, arch)
-                .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
-            spills(&nv, spec, &tile, arch)
-        })
-        .collect();
+    let problems = backward_problems(
+        &[64, 128],
+        &[
+            "engine=wgmma,block_m=64,block_n=64,warps=4,stages=2",
+            "engine=wgmma,block_m=64,block_n=128,warps=8,stages=1",
+        ],
+        &["sm_90a".parse().unwrap()],
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

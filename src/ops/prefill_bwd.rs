@@ -94,8 +94,7 @@ impl OpDef for PrefillBwd {
 
     fn smem_bytes(&self, spec: &KernelSpec, t: &TileParams) -> u32 {
         match t.engine {
-            Engine::Mma => mma_smem(spec, t).0.max(mma_smem(spec, t).1),
-            Engine::Wgmma => wgmma_smem(spec, t).0.max(wgmma_smem(spec, t).1),
+            Engine::Mma | Engine::Wgmma => cuda_smem(spec, t).0,
             _ => 0,
         }
     }
@@ -114,16 +113,10 @@ impl OpDef for PrefillBwd {
             && (arch.major, arch.minor) == (9, 0)
             && matches!(spec.head_dim(), 64 | 128)
         {
-            v.push(TileParams {
-                engine: Engine::Wgmma,
-                ..tile(64, 64, 4, 2)
-            });
+            v.push(engine_tile(Engine::Wgmma, 64, 64, 4, 2));
         }
         if spec.head_dim() <= 128 {
-            v.push(TileParams {
-                engine: Engine::Mma,
-                ..tile(32, 64, 4, 2)
-            });
+            v.push(engine_tile(Engine::Mma, 32, 64, 4, 2));
         }
         v.push(self.triton_default(spec));
         v
@@ -686,11 +679,7 @@ impl OpDef for PrefillBwd {
                 scale: sz.scale,
                 scale_log2: sz.scale * std::f32::consts::LOG2_E,
             };
-            let (dkdv_smem, dq_smem) = if tile.engine() == Engine::Wgmma {
-                wgmma_smem(spec, &tile.params())
-            } else {
-                mma_smem(spec, &tile.params())
-            };
+            let (dkdv_smem, dq_smem) = cuda_smem(spec, &tile.params());
             let threads = (tile.threads(), 1, 1);
             let launch = |grid, smem| super::launch::LaunchPlan {
                 grid,
@@ -774,24 +763,26 @@ pub struct PrefillBwdParams {
     pub scale_log2: f32,
 }
 
-/// Dynamic shared memory of the mma kernels, bytes: (dK/dV, dQ), as templates/prefill_bwd.cu
-/// lays them out.
-fn mma_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
-    let row = (spec.head_dim() + crate::tile::SMEM_PAD) * 2;
+/// Dynamic shared memory of the CUDA kernels, bytes: (dK/dV, dQ), as the templates lay them out:
+/// K, V (or Q, dO) held, `stages` of the streamed pair, and (dK/dV) their LSE and Delta rows.
+/// templates/prefill_bwd.cu pads its rows by SMEM_PAD; templates/prefill_bwd_sm90a.cu keeps
+/// them unpadded (the swizzle spreads the banks) with 1024 bytes of slack to align its panels.
+fn cuda_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
+    let (row, slack) = match t.engine {
+        Engine::Wgmma => (spec.head_dim() * 2, 1024),
+        _ => ((spec.head_dim() + crate::tile::SMEM_PAD) * 2, 0),
+    };
     let (bq, bn, st) = (t.block_m, t.block_n, t.stages.max(1));
-    let dkdv = 2 * bn * row + st * 2 * bq * row + st * 2 * bq * 4;
-    let dq = 2 * bn * row + st * 2 * bq * row;
-    (dkdv, dq)
+    let dq = slack + 2 * bn * row + st * 2 * bq * row;
+    (dq + st * 2 * bq * 4, dq)
 }
 
-/// Dynamic shared memory of the wgmma kernels, bytes: (dK/dV, dQ), as
-/// templates/prefill_bwd_sm90a.cu lays them out (1024 bytes of slack to align the swizzled panels).
-fn wgmma_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
-    let row = spec.head_dim() * 2;
-    let (bq, bn, st) = (t.block_m, t.block_n, t.stages.max(1));
-    let dkdv = 1024 + 2 * bn * row + st * 2 * bq * row + st * 2 * bq * 4;
-    let dq = 1024 + 2 * bn * row + st * 2 * bq * row;
-    (dkdv, dq)
+/// A tile of `engine` (the `tile` fields otherwise).
+fn engine_tile(engine: Engine, block_m: u32, block_n: u32, warps: u32, stages: u32) -> TileParams {
+    TileParams {
+        engine,
+        ..tile(block_m, block_n, warps, stages)
+    }
 }
 
 /// What the backward's schedule depends on.
@@ -941,10 +932,7 @@ mod tests {
             crate::spec::DType::Bf16,
             None,
         );
-        let mma = |m, n, w, s| TileParams {
-            engine: Engine::Mma,
-            ..tile(m, n, w, s)
-        };
+        let mma = |m, n, w, s| engine_tile(Engine::Mma, m, n, w, s);
         assert!(Tile::new(&spec, mma(32, 64, 4, 2)).is_ok());
         let e = Tile::new(&spec, mma(32, 32, 4, 2)).unwrap_err().to_string();
         assert!(e.contains("16 x warps"), "{e}");
@@ -970,11 +958,50 @@ mod tests {
         // (dK/dV, dQ) shared memory: K, V + two stages of Q, dO and their LSE, Delta rows
         let row = (128 + crate::tile::SMEM_PAD) * 2;
         assert_eq!(
-            mma_smem(&spec, &mma(32, 64, 4, 2)),
+            cuda_smem(&spec, &mma(32, 64, 4, 2)),
             (
                 2 * 64 * row + 2 * 2 * 32 * row + 2 * 2 * 32 * 4,
                 2 * 64 * row + 2 * 2 * 32 * row
             )
+        );
+    }
+
+    #[test]
+    fn wgmma_tiles_hold_64_rows_per_warpgroup() {
+        let spec = |d| {
+            crate::spec::test_spec(
+                Op::PrefillBwd,
+                (d, 512, 64),
+                crate::spec::LocalMode::Sliding,
+                crate::spec::DType::F16,
+                None,
+            )
+        };
+        let wg = |m, n, w, s| engine_tile(Engine::Wgmma, m, n, w, s);
+        for d in [64, 128] {
+            assert!(Tile::new(&spec(d), wg(64, 64, 4, 2)).is_ok());
+            assert!(Tile::new(&spec(d), wg(64, 128, 8, 1)).is_ok());
+        }
+        for d in [32, 96, 256] {
+            assert!(Tile::new(&spec(d), wg(64, 64, 4, 2)).is_err(), "D = {d}");
+        }
+        let s = spec(128);
+        assert!(Tile::new(&s, wg(32, 64, 4, 2)).is_err());
+        assert!(Tile::new(&s, wg(64, 32, 2, 2)).is_err());
+        assert!(Tile::new(&s, wg(64, 64, 8, 2)).is_err());
+        assert!(Tile::new(&s, wg(64, 64, 4, 3)).is_err());
+        // (dK/dV, dQ) as templates/prefill_bwd_sm90a.cu's SMEM_DKDV and SMEM_DQ
+        let row = 128 * 2;
+        assert_eq!(
+            cuda_smem(&s, &wg(64, 64, 4, 2)),
+            (
+                1024 + 2 * 64 * row + 2 * 2 * 64 * row + 2 * 2 * 64 * 4,
+                1024 + 2 * 64 * row + 2 * 2 * 64 * row
+            )
+        );
+        assert_eq!(
+            Tile::new(&s, wg(64, 64, 4, 2)).unwrap().smem_bytes(&s),
+            cuda_smem(&s, &wg(64, 64, 4, 2)).0
         );
     }
 
@@ -987,10 +1014,7 @@ mod tests {
             crate::spec::DType::Bf16,
             None,
         );
-        let mma = TileParams {
-            engine: Engine::Mma,
-            ..tile(32, 64, 4, 2)
-        };
+        let mma = engine_tile(Engine::Mma, 32, 64, 4, 2);
         for t in [tile(16, 32, 4, 2), mma] {
             let t = Tile::new(&spec, t).unwrap();
             // N < C and no summary rows: no segment sum; N past C: all four kernels; N = 0
