@@ -235,7 +235,8 @@ impl Runtime {
     }
 
     /// The tile for a workload: the tuned winner of this device for the spec and the workload's
-    /// shape bucket (or the nearest tuned bucket), else the default tile of the device's arch.
+    /// shape bucket (or the nearest tuned bucket within
+    /// [`crate::cache::winners::MAX_FALLBACK_DISTANCE`]), else the default tile of the device's arch.
     pub fn tile_for_workload(&self, w: &crate::workload::Workload) -> Tile {
         self.tuned(w)
             .map(|r| r.tile)

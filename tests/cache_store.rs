@@ -263,14 +263,18 @@ fn a_winner_with_fixed_splits_answers_only_its_own_bucket() {
         fixed
     );
     // a larger batch is another bucket: the fixed split count does not carry over
-    let near = Bucket::of(Op::Decode, 8, 4096, 16, 16);
+    let near = Bucket::of(Op::Decode, 2, 4096, 16, 16);
     assert_ne!(near, rec.bucket);
     assert!(store.find_winner(dev, (9, 0), &spec, &near).is_none());
-    // a tile that leaves the splits to the planner does
+    // a tile that leaves the splits to the planner does, to buckets near it
     let free = fixed.with_overrides(&spec, "splits=0").unwrap();
     store.put_winner(&winner(&spec, free, None, 0.03)).unwrap();
     assert_eq!(
         store.find_winner(dev, (9, 0), &spec, &near).unwrap().tile,
         free
     );
+    // but not far away (the default tile instead): eight times the batch and four times the length
+    let far = Bucket::of(Op::Decode, 8, 16384, 16, 16);
+    assert!(rec.bucket.distance(&far) > flasheva::cache::winners::MAX_FALLBACK_DISTANCE);
+    assert!(store.find_winner(dev, (9, 0), &spec, &far).is_none());
 }

@@ -16,6 +16,12 @@ use crate::spec::KernelSpec;
 
 /// Largest winner record read.
 pub const MAX_WINNER_BYTES: u64 = 16 << 20;
+
+/// How far (in [`Bucket::distance`], summed log2 steps) a winner is borrowed for a bucket that
+/// was not tuned. Beyond it the default tile is used: tile shapes tuned at one size can be much
+/// slower at another (run 37: the decode's `n16_w2_s2` won at B=64 and B=256 by 3-4 % and,
+/// borrowed five steps away at B=8 and B=1, was 1.5x slower than the default there).
+pub const MAX_FALLBACK_DISTANCE: u32 = 2;
 /// Largest tuning journal read.
 pub const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
@@ -114,9 +120,10 @@ impl CacheStore {
     }
 
     /// The tuned tile for `spec` on `device` (name, capability): the record of `bucket`, else the
-    /// nearest bucket's whose tile does not fix the decode splits (a split count is tuned for
-    /// one batch and length: the B=8 winner's 2 splits made B=64 1.3x and B=256 1.5x slower than
-    /// the planner's, docs/VALIDATION.md run 18); `None` when none qualifies.
+    /// nearest bucket's within [`MAX_FALLBACK_DISTANCE`] whose tile does not fix the decode
+    /// splits (a split count is tuned for one batch and length: the B=8 winner's 2 splits made
+    /// B=64 1.3x and B=256 1.5x slower than the planner's, docs/VALIDATION.md run 18); `None`
+    /// when none qualifies.
     pub fn find_winner(
         &self,
         device: &str,
@@ -127,7 +134,10 @@ impl CacheStore {
         let (good, _) = self.winners_of(spec);
         good.into_iter()
             .filter(|r| r.device.name == device && r.device.capability == capability)
-            .filter(|r| r.bucket == *bucket || r.tile.splits() == 0)
+            .filter(|r| {
+                r.bucket == *bucket
+                    || (r.tile.splits() == 0 && r.bucket.distance(bucket) <= MAX_FALLBACK_DISTANCE)
+            })
             .min_by_key(|r| (r.bucket.distance(bucket), r.bucket))
     }
 
