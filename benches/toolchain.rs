@@ -78,6 +78,7 @@ fn plan_decode(c: &mut Criterion) {
                     scale: None,
                     splits,
                     workspace: (ws > 0).then_some((0x6000_0000_0000, ws)),
+                    deterministic: false,
                 };
                 op.plan(&spec, &tile, &args, device).unwrap()
             })

@@ -244,6 +244,7 @@ impl Server {
                     scale: None,
                     splits: 1,
                     workspace: None,
+                    deterministic: false,
                 },
             )?;
             let kbar = mean.read(s)?;
@@ -277,6 +278,7 @@ impl Server {
                     scale: None,
                     splits: 1,
                     workspace: None,
+                    deterministic: false,
                 },
             )?;
             // check against float64 from the host's history of this chunk
@@ -370,6 +372,7 @@ impl Server {
                     scale: None,
                     splits: 1,
                     workspace: None,
+                    deterministic: false,
                 },
             )?;
             Ok(())
@@ -401,6 +404,7 @@ impl Server {
                     scale: None,
                     splits,
                     workspace: (ws_elems > 0).then(|| (device_address(&ws.buf, &s), ws_elems)),
+                    deterministic: false,
                 },
             )?;
             // chunks completed by the new token: their tokens are all in the ring now
@@ -464,6 +468,7 @@ impl Server {
                     scale: None,
                     splits: 1,
                     workspace: (ws_elems > 0).then(|| (device_address(&ws.buf, &s), ws_elems)),
+                    deterministic: false,
                 },
             )?;
             append(&self.k, cache)?;

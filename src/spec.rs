@@ -498,7 +498,7 @@ impl KernelSpec {
     /// The entry points a module of this spec compiled with `tile` exports, first the main
     /// kernel (an op's engines may differ: the Hopper extend adds its gather kernel).
     pub fn entry_points(&self, tile: &crate::tile::Tile) -> Vec<String> {
-        crate::ops::of(self.op).entry_points(self, tile.engine())
+        crate::ops::of(self.op).entry_points(self, &tile.params())
     }
 
     /// The program (source file) name given to the compiler; it appears in compile logs.

@@ -11,9 +11,18 @@
 //   {{ name }}_dsum  the segments' partial sums added in order (prefill_bwd_common.cuh);
 //   {{ name }}_dq    one CTA per BN query rows (64 per warpgroup), the forward's walk over 64-key
 //                    tiles: S = Q K^T, dP = dO V^T, dS in registers, dQ += dS K with K read MN-major.
+// and, with two warpgroups at D = 128, the atomic dQ mode's two (the plan runs Delta, these, and
+// the segment sum):
+//   {{ name }}_dkdv_atomic  the dK/dV kernel that also writes each step's dS^T to shared memory and
+//                    adds dQ's share dS K to an fp32 accumulator [B, H, N, D] with vector reductions
+//                    (red.global.add.v2.f32): each warpgroup one 64-column panel over all 128 keys,
+//                    both operands read MN-major. The dQ kernel's recomputation of S and dP (two of
+//                    seven products) is not needed;
+//   {{ name }}_dq_atomic    the accumulator times the scale to dq's storage type.
 // Loads are 16-byte cp.async copies into the swizzled layout (chunk c of row r at chunk c ^ (r & 7)
 // of its 128-byte row: what the wgmma descriptors' 128-byte swizzle mode reads), double-buffered.
-// No atomics: bitwise reproducible, like the other engines.
+// The four-kernel mode has no atomics: bitwise reproducible run to run, like the other engines. The
+// atomic mode's sums depend on the order the reductions land in (not reproducible bit for bit).
 // tile {{ tile_name }}: BQ = {{ block_m }}, BN = {{ block_n }}, {{ warps }} warps, {{ stages }}-stage pipeline.
 <% include "common.cuh" %>
 <% include "attention.cuh" %>
@@ -40,7 +49,14 @@ constexpr int HELD_BYTES = PANELS * HELD_PANEL;
 constexpr int STEP_BYTES = PANELS * STEP_PANEL;
 // dK/dV: K, V | Q, dO stages | LSE, Delta stages. dQ: Q, dO | K, V stages. 1024 bytes of slack align
 // the base (the swizzle atoms must start on 1024-byte boundaries).
-constexpr int SMEM_DKDV = 1024 + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES + STAGES * 2 * BQ * 4;
+// The atomic mode's dS^T tile: BN key rows of 64 queries (128 bytes, swizzled), after the streamed
+// stages (none where the tile has no atomic mode; its four-kernel mode leaves it unused). The mode exists with two warpgroups at D = 128
+// (the host's has_atomic_dq): warpgroup w computes dQ's columns [64 w, 64 w + 64) over all 128
+// keys, 32 accumulator registers beside dK and dV. (One warpgroup would need both panels over its
+// own 64 keys: one after the other, it ran slower than the dQ pass; at once, it spills.)
+#define FE_ATOMIC_DQ ({{ warps }} == 8 && {{ head_dim }} == 128)
+constexpr int DS_BYTES = FE_ATOMIC_DQ ? BN * 128 : 0;
+constexpr int SMEM_DKDV = 1024 + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES + DS_BYTES + STAGES * 2 * BQ * 4;
 constexpr int SMEM_DQ = 1024 + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES;
 static_assert(SMEM_DKDV <= 232448 && SMEM_DQ <= 232448, "tile needs more than 227 KiB of shared memory");
 static_assert(NW * 16 * FE_DP * 2 <= 2 * HELD_BYTES, "the epilogue stages each warp's rows in the held tiles");
@@ -95,13 +111,20 @@ FE_DEV void fe_bwd_rs(float (&acc)[FE_ACC], const u32 (&x)[16], u32 y, int panel
   for (int kk = 0; kk < 4; ++kk) fe_wgmma_rs(acc, x[4 * kk], x[4 * kk + 1], x[4 * kk + 2], x[4 * kk + 3], fe_desc_add(dy, kk * 2048));
 }
 
-// ---- dK, dV ----------------------------------------------------------------------------------------
-extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dkdv(const PrefillBwdParams p) {
+FE_DEV void fe_red_f32x2(float* p, float a, float b) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+}
+
+// ---- dK, dV (and, with ATOMIC, dQ's share) ---------------------------------------------------------
+template <bool ATOMIC>
+FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
+  static_assert(!ATOMIC || (WGS == 2 && FE_D == 128), "the atomic dQ mode takes two warpgroups at D = 128");
   extern __shared__ __align__(1024) unsigned char fe_smem[];
   const u32 base = (fe_smem_addr(fe_smem) + 1023u) & ~1023u;
   unsigned char* gbase = fe_smem + (base - fe_smem_addr(fe_smem));
   const u32 sK = base, sV = sK + HELD_BYTES, sQ = sV + HELD_BYTES, sO = sQ + STAGES * STEP_BYTES;
-  float* sL = (float*)(gbase + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES);  // STAGES x BQ: LSE * log2(e)
+  const u32 sS = sO + STAGES * STEP_BYTES;                                            // DS_BYTES: dS^T
+  float* sL = (float*)(gbase + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES + DS_BYTES);  // STAGES x BQ: LSE * log2(e)
   float* sD = sL + STAGES * BQ;                                             // STAGES x BQ: Delta
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
@@ -230,10 +253,51 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dkdv(const P
     fe_wgmma_fence();
     fe_bwd_rs(dk, da, q_st, STEP_PANEL);  // dK += dS^T Q
     fe_wgmma_commit();
-    fe_wgmma_wait<0>();
+    if constexpr (ATOMIC) {
+      // dS^T to shared memory under dK's product (this warp's 16 key rows, 64 queries, the
+      // swizzled layout), where dQ's product reads all 128 rows MN-major
+#pragma unroll
+      for (int x = 0; x < 32; x += 2) {
+        const int row = warp * 16 + (lane >> 2) + 8 * ((x >> 1) & 1);
+        const int c = x >> 2;
+        fe_st_shared_u32(sS + row * 128 + ((c ^ (row & 7)) << 4) + (lane & 3) * 4, da[x / 2]);
+      }
+      fe_fence_proxy_async();
+      fe_bar_sync(1, THREADS);  // both warpgroups' rows are read by each
+      const int h = hk * group + t / n_q;
+      // the descriptors are made here each step (kept across the loop, they spill at two stages)
+      u32 s_base = sS;
+      asm volatile("" : "+r"(s_base));
+      const u64 s_cols = fe_desc_sw128(s_base, 8192, 1024);
+      const u64 k_cols = fe_desc_sw128(s_base - (sS - sK) + wg * HELD_PANEL, HELD_PANEL, 1024);
+      // dQ[64 x 64] (this warpgroup's column panel) = dS[64 x 128] K[128 x 64]
+      float dq[32];
+      fe_wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        fe_wgmma_ss<1, 1>(dq, fe_desc_add(s_cols, kk * 2048), fe_desc_add(k_cols, kk * 2048), kk > 0 ? 1 : 0);
+      }
+      fe_wgmma_commit();
+      fe_wgmma_wait<0>();
+      fe_fence_regs(dq);
+      float* acc = p.dqacc + ((i64)b * p.h + h) * N * FE_D + wg * 64 + (lane & 3) * 2;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int i = i0 + (warp & 3) * 16 + (lane >> 2) + 8 * r;
+        if (i < N) {
+          float* row = acc + (i64)i * FE_D;
+#pragma unroll
+          for (int c = 0; c < 8; ++c) fe_red_f32x2(row + c * 8, dq[4 * c + 2 * r], dq[4 * c + 2 * r + 1]);
+        }
+      }
+    } else {
+      fe_wgmma_wait<0>();
+    }
     fe_fence_regs(dk);
     fe_fence_regs(dv);
-    if (STAGES == 1) __syncthreads();  // the next step's copies refill the stage just read
+    // the next step's copies refill the stage just read (with two stages the next step's first
+    // barrier orders that, and the next dS^T's writes after every warpgroup's reads of this one)
+    if (STAGES == 1) __syncthreads();
   }
   fe_cp_wait<0>();
   __syncthreads();  // every warpgroup is done with K and V: the warps stage their rows there
@@ -252,6 +316,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dkdv(const P
     fe_bwd_store_part(dk4, dv4, p, b, hk, seg, nsb, my_j0, lane);
   }
 }
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dkdv(const PrefillBwdParams p) { fe_dkdv<false>(p); }
+#if FE_ATOMIC_DQ
+extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dkdv_atomic(const PrefillBwdParams p) {
+  fe_dkdv<true>(p);
+}
+#endif
 
 // ---- dQ ------------------------------------------------------------------------------------------
 // grid (cdiv(N, BN), H, B), the latest query blocks first; each warpgroup skips the tiles none of
@@ -385,3 +456,24 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dq(const Pre
   fe_bwd_store(dq4, p.scale, (u16*)gbase + warp * 16 * FE_DP, p.dq + b * p.dq_sb + h * p.dq_sh + r_lo * p.dq_st,
                p.dq_st, N - r_lo, lane);
 }
+
+#if FE_ATOMIC_DQ
+// ---- dQ from the atomic mode's accumulator ---------------------------------------------------------
+// grid (cdiv(N, 64), H, B): 64 rows of [B, H, N, D] fp32 times the scale, 16-byte stores to dq.
+extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}_dq_atomic(const PrefillBwdParams p) {
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int i0 = blockIdx.x * 64;
+  const int rows = min(64, p.n - i0);
+  const float* acc = p.dqacc + (((i64)b * p.h + h) * p.n + i0) * FE_D;
+  u16* out = p.dq + b * p.dq_sb + h * p.dq_sh + i0 * p.dq_st;
+  for (int x = threadIdx.x; x < rows * FE_CH; x += THREADS) {
+    const int r = x / FE_CH, c = x % FE_CH;
+    float a[4], e[4];
+    fe_ld_f32x4(acc + r * FE_D + c * 8, a);
+    fe_ld_f32x4(acc + r * FE_D + c * 8 + 4, e);
+    const fe_u32x4 v{fe_pack2(a[0] * p.scale, a[1] * p.scale), fe_pack2(a[2] * p.scale, a[3] * p.scale),
+                     fe_pack2(e[0] * p.scale, e[1] * p.scale), fe_pack2(e[2] * p.scale, e[3] * p.scale)};
+    fe_st16(out + r * p.dq_st + c * 8, v);
+  }
+}
+#endif

@@ -13,7 +13,7 @@ mod common;
 use common::spec;
 use flasheva::cache::CacheStore;
 use flasheva::gpu::{CudaStream, Gpu};
-use flasheva::loader::{Runtime, RuntimeOptions};
+use flasheva::loader::{Kernel, Runtime, RuntimeOptions};
 use flasheva::spec::{DType, LocalMode, Op};
 use flasheva::tile::TileParams;
 use flasheva::verify::{self, ChunkCase, DecodeCase, PrefillCase, Report};
@@ -1030,6 +1030,39 @@ fn sanitizer_subset() {
                 .unwrap(),
             );
         }
+        // the wgmma backward's atomic dQ mode (two warpgroups at D = 128) and its deterministic one
+        if rt.arch() == "sm_90a".parse::<Arch>().unwrap() {
+            let s128 = spec(
+                Op::PrefillBwd,
+                128,
+                64,
+                16,
+                LocalMode::Sliding,
+                DType::Bf16,
+                1,
+            );
+            let t = bwd_tile(&s128, flasheva::tile::Engine::Wgmma, 64, 8, 2);
+            let k = rt.kernel_with_tile(&s128, &t).unwrap();
+            for deterministic in [false, true] {
+                let mut p = flasheva::ops::Problem::new(flasheva::workload::Workload::new(
+                    s128, 2, 150, 4, 2,
+                ));
+                p.summary_rows += 1;
+                p.deterministic = deterministic;
+                reports.push(
+                    verify::check(
+                        &stream,
+                        &k,
+                        &verify::Case {
+                            problem: p,
+                            large_logits: true,
+                            strided: true,
+                        },
+                    )
+                    .unwrap(),
+                );
+            }
+        }
         // the serving ops: extend (mixed L0 and T) and append
         for op in [Op::Extend, Op::Append] {
             let se = spec(op, 64, 32, 8, LocalMode::Sliding, DType::Bf16, 1);
@@ -1072,6 +1105,76 @@ fn bwd_tile(
         splits: 0,
     };
     Tile::new(s, t).unwrap_or_else(|e| panic!("{s} {t:?}: {e}"))
+}
+
+/// `cases`, and for a kernel with an atomic dQ mode (the two-warpgroup wgmma backward at D = 128:
+/// its default) the same cases again in the deterministic mode.
+fn with_deterministic(k: &Kernel, cases: &[flasheva::verify::Case]) -> Vec<flasheva::verify::Case> {
+    let mut v = cases.to_vec();
+    if flasheva::ops::prefill_bwd::has_atomic_mode(&k.spec, &k.tile) {
+        v.extend(cases.iter().map(|c| {
+            let mut d = c.clone();
+            d.problem.deterministic = true;
+            d
+        }));
+    }
+    v
+}
+
+/// The deterministic backward gives the same bits run to run on every engine (the wgmma kernels'
+/// deterministic mode included); the atomic mode's differences are printed, not checked.
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored"]
+fn backward_deterministic_mode_is_bitwise_reproducible() {
+    let (rt, stream) = gpu("backward reproducibility");
+    if !triton_here(&rt) {
+        return;
+    }
+    use flasheva::ops::Problem;
+    use flasheva::workload::Workload;
+    let mut checked = 0;
+    for local in LocalMode::ALL {
+        let s = spec(Op::PrefillBwd, 128, 64, 16, local, DType::Bf16, 1);
+        let mut tiles = vec![Tile::default_for(&s, rt.arch())];
+        tiles.extend(backward_tiles(&rt, &s));
+        let mut p = Problem::new(Workload::new(s, 2, 1500, 4, 2));
+        let (inputs, _) = verify::random_inputs(&p, false);
+        let bits = |o: &[flasheva::hostdata::HostTensor]| -> Vec<Vec<u64>> {
+            o.iter()
+                .map(|t| t.to_f64().iter().map(|x| x.to_bits()).collect())
+                .collect()
+        };
+        for t in tiles {
+            let k = rt
+                .kernel_with_tile(&s, &t)
+                .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
+            for deterministic in [true, false] {
+                if !deterministic && !flasheva::ops::prefill_bwd::has_atomic_mode(&k.spec, &k.tile)
+                {
+                    continue;
+                }
+                p.deterministic = deterministic;
+                let first = bits(&verify::run_once(&stream, &k, &p, &inputs, 0).unwrap());
+                let mut differing = 0;
+                for _ in 0..4 {
+                    let again = bits(&verify::run_once(&stream, &k, &p, &inputs, 0).unwrap());
+                    differing += (again != first) as usize;
+                }
+                println!(
+                    "{s} {} deterministic={deterministic}: {differing} of 4 repeats differ",
+                    t.name(Op::PrefillBwd)
+                );
+                if deterministic {
+                    assert_eq!(
+                        differing, 0,
+                        "{s} {t:?}: the deterministic mode changed bits"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    println!("SUMMARY backward reproducibility: {checked} kernels bitwise reproducible");
 }
 
 /// The tiles of `s` the backward grid checks besides the default one: the Triton kernels' default
@@ -1171,20 +1274,21 @@ fn backward_grid() {
                 cases.push(case(s, 2, 2 * wu + 7, 8, 2, 3, false, false));
                 cases.push(case(s, 2, wu + 17, 4, 1, 0, true, false));
                 cases.push(case(s, 1, 2 * wu + 1, 2, 2, 1, false, true));
-                for cs in &cases {
+                for cs in with_deterministic(&k, &cases) {
                     reports.push(
-                        verify::check(&stream, &k, cs).unwrap_or_else(|e| panic!("{s}: {e}")),
+                        verify::check(&stream, &k, &cs).unwrap_or_else(|e| panic!("{s}: {e}")),
                     );
                 }
                 // the other engines on the same cases: the Triton kernels, the mma kernels (one
                 // stage and two, 2 to 8 warps, every step size), the wgmma kernels on sm_90a
+                // (their atomic dQ mode and the deterministic one)
                 for t in backward_tiles(&rt, &s) {
                     let km = rt
                         .kernel_with_tile(&s, &t)
                         .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
-                    for cs in &cases {
+                    for cs in with_deterministic(&km, &cases) {
                         reports.push(
-                            verify::check(&stream, &km, cs)
+                            verify::check(&stream, &km, &cs)
                                 .unwrap_or_else(|e| panic!("{s} {t:?}: {e}")),
                         );
                     }
@@ -1204,9 +1308,11 @@ fn backward_grid() {
             let k = rt
                 .kernel_with_tile(&s, &t)
                 .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
-            reports.push(
-                verify::check(&stream, &k, &long).unwrap_or_else(|e| panic!("{s} {t:?}: {e}")),
-            );
+            for cs in with_deterministic(&k, std::slice::from_ref(&long)) {
+                reports.push(
+                    verify::check(&stream, &k, &cs).unwrap_or_else(|e| panic!("{s} {t:?}: {e}")),
+                );
+            }
         }
     }
     for d in [32u32, 64, 128, 256] {

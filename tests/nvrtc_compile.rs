@@ -317,6 +317,7 @@ fn the_wgmma_backward_compiles_without_spills() {
         &[
             "engine=wgmma,block_m=64,block_n=64,warps=4,stages=2",
             "engine=wgmma,block_m=64,block_n=128,warps=8,stages=1",
+            "engine=wgmma,block_m=64,block_n=128,warps=8,stages=2",
         ],
         &["sm_90a".parse().unwrap()],
     );

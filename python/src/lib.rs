@@ -146,6 +146,7 @@ fn check(spec: &Bound<'_, PyDict>, tensors_: Vec<TensorDesc>) -> PyResult<()> {
         scale: None,
         splits: 1,
         workspace: None,
+        deterministic: false,
     };
     ops::of(spec.op())
         .plan(&spec, &tile, &args, DeviceFacts::new(132))
@@ -317,6 +318,7 @@ impl Runtime {
                     scale,
                     splits,
                     workspace,
+                    deterministic: false,
                 },
             )
             .map_err(to_py)

@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// prefill_bwd: bitwise-reproducible gradients (the four-kernel schedule). By default the wgmma
+    /// backward adds dQ with fp32 atomics (faster; the last bits vary run to run).
+    #[arg(long)]
+    pub deterministic: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -163,12 +167,19 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
             None => rt.tile_for_workload(&w),
         };
         let kernel = rt.kernel_with_tile(&w.spec, &tile)?;
-        let mut bench = Bencher::new(&gpu, &stream, Problem::new(w), &kernel)?;
+        let mut problem = Problem::new(w);
+        problem.deterministic = a.deterministic;
+        let mut bench = Bencher::new(&gpu, &stream, problem, &kernel)?;
         eprintln!(
-            "timing {} {} ({} rotating input sets) ...",
+            "timing {} {} ({} rotating input sets{}) ...",
             w.spec,
             w.describe(),
-            bench.sets()
+            bench.sets(),
+            if a.deterministic && w.spec.op() == Op::PrefillBwd {
+                ", deterministic"
+            } else {
+                ""
+            }
         );
         let t = bench.time(&kernel, a.warmup, a.iters)?;
         let secs = t.median_ms * 1e-3;

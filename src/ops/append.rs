@@ -124,6 +124,7 @@ impl OpDef for Append {
             workload: w,
             scale: None,
             splits: None,
+            deterministic: false,
         }
     }
 

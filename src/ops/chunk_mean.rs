@@ -41,6 +41,7 @@ impl ChunkMeanArgs {
             scale: None,
             splits: 1,
             workspace: None,
+            deterministic: false,
         }
     }
 

@@ -53,6 +53,7 @@ impl ChunkSummarizeArgs {
             scale: self.scale,
             splits: 1,
             workspace: None,
+            deterministic: false,
         }
     }
 

@@ -71,6 +71,7 @@ impl DecodeArgs {
             scale: self.scale,
             splits,
             workspace,
+            deterministic: false,
         }
     }
 
@@ -562,7 +563,8 @@ impl OpDef for Decode {
         Op::Decode
     }
 
-    fn entry_points(&self, spec: &KernelSpec, engine: Engine) -> Vec<String> {
+    fn entry_points(&self, spec: &KernelSpec, tile: &TileParams) -> Vec<String> {
+        let engine = tile.engine;
         let main = spec.name();
         match engine {
             // the TMA decode always merges its splits in its last block
@@ -674,7 +676,7 @@ impl OpDef for Decode {
     }
 
     fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel> {
-        let entries = self.entry_points(spec, Engine::Triton);
+        let entries = self.entry_points(spec, &tile.params());
         vec![
             TritonKernel {
                 function: "fe_decode",
@@ -752,6 +754,7 @@ impl OpDef for Decode {
             workload: w,
             scale: None,
             splits: None,
+            deterministic: false,
         }
     }
 

@@ -65,7 +65,8 @@ impl OpDef for Extend {
         Op::Extend
     }
 
-    fn entry_points(&self, spec: &KernelSpec, engine: Engine) -> Vec<String> {
+    fn entry_points(&self, spec: &KernelSpec, tile: &TileParams) -> Vec<String> {
+        let engine = tile.engine;
         let main = spec.name();
         match engine {
             Engine::Wgmma => vec![main.clone(), format!("{main}_gather")],
@@ -207,6 +208,7 @@ impl OpDef for Extend {
             workload: w,
             scale: None,
             splits: None,
+            deterministic: false,
         }
     }
 

@@ -349,6 +349,9 @@ pub struct OpArgs {
     /// fp32 workspace as (device address, elements), when [`super::OpDef::workspace`] asks for
     /// one.
     pub workspace: Option<(u64, usize)>,
+    /// prefill_bwd: bitwise-reproducible results (see [`super::Problem::deterministic`]); the
+    /// workspace must then be sized for a deterministic problem or larger.
+    pub deterministic: bool,
 }
 
 impl OpArgs {

@@ -219,6 +219,9 @@ pub struct Problem {
     pub scale: Option<f32>,
     /// Decode splits (default: the kernel's choice for the device).
     pub splits: Option<usize>,
+    /// prefill_bwd: bitwise-reproducible gradients (the four-kernel schedule) even where the
+    /// tile's engine offers the faster atomic dQ mode (default false: atomic where offered).
+    pub deterministic: bool,
 }
 
 impl Problem {
@@ -262,6 +265,7 @@ impl Problem {
             scale: self.scale,
             splits,
             workspace,
+            deterministic: self.deterministic,
         }
     }
 
@@ -376,8 +380,9 @@ pub trait OpDef: Sync {
 
     // ---- the module ---------------------------------------------------------------------
 
-    /// The kernels of a compiled module of `spec`, in the order [`Step::function`] counts.
-    fn entry_points(&self, spec: &KernelSpec, _engine: crate::tile::Engine) -> Vec<String> {
+    /// The kernels of a compiled module of `spec` with `tile`, in the order [`Step::function`]
+    /// counts.
+    fn entry_points(&self, spec: &KernelSpec, _tile: &TileParams) -> Vec<String> {
         vec![spec.name()]
     }
 
@@ -449,6 +454,7 @@ pub trait OpDef: Sync {
             page: 0,
             scale: None,
             splits: None,
+            deterministic: false,
         }
     }
 

@@ -164,7 +164,8 @@ impl OpDef for Paged {
         self.op
     }
 
-    fn entry_points(&self, spec: &KernelSpec, engine: Engine) -> Vec<String> {
+    fn entry_points(&self, spec: &KernelSpec, tile: &TileParams) -> Vec<String> {
+        let engine = tile.engine;
         let main = spec.name();
         match (self.base, engine) {
             (Op::Decode, _) => vec![main.clone(), format!("{main}_combine")],
@@ -227,7 +228,7 @@ impl OpDef for Paged {
     }
 
     fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel> {
-        let entries = self.entry_points(spec, Engine::Triton);
+        let entries = self.entry_points(spec, &tile.params());
         let mut ks = self
             .base_def()
             .triton_kernels(&base_spec(spec, self.base), tile);

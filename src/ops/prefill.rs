@@ -136,6 +136,7 @@ impl PrefillArgs {
             scale: self.scale,
             splits: 1,
             workspace: None,
+            deterministic: false,
         }
     }
 

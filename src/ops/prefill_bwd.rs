@@ -4,8 +4,7 @@
 //! (every one of the NC rows written; zero at or past N/C), each kv gradient summed over its
 //! query-head group.
 //!
-//! FlashAttention-2-style recomputation from the LSE in four kernels of one module (Triton so
-//! far, triton/flasheva_triton.py): Delta = rowsum(dO·O) into an fp32 workspace `[B,H,N]`; one
+//! FlashAttention-2-style recomputation from the LSE in four kernels of one module: Delta = rowsum(dO·O) into an fp32 workspace `[B,H,N]`; one
 //! program per raw key block, or per segment of a summary block's queries, accumulating dK, dV
 //! (partial dks, dvs) over the query blocks that see it and the query heads of its group; the
 //! summary segments added in order; one program per query block for dQ. A summary block is seen
@@ -15,11 +14,18 @@
 //! A tile `m{BM}_n{BN}` holds BN keys against BM-row query steps in the dK/dV kernel and, the
 //! transpose, BN query rows against BM-key steps in the dQ kernel (FlashAttention-2's shapes:
 //! the held side large, the streamed side small). No atomics: results are bitwise reproducible
-//! run to run (the only mode).
+//! run to run.
 //!
-//! Two engines: the Triton kernels (the default), and `mma` (templates/prefill_bwd.cu, the same
-//! four kernels and schedule on `mma.sync` tensor cores, 16 held rows per warp: block_n = 16 x
-//! warps), a tuner candidate.
+//! The atomic dQ mode ([`has_atomic_mode`]: the two-warpgroup wgmma tiles at D = 128, unless
+//! [`crate::ops::Problem::deterministic`]): the dK/dV kernel (`_dkdv_atomic`) also computes dQ's
+//! share dS·K and adds it to an fp32 accumulator `[B,H,N,D]` at the end of the workspace, which
+//! the Delta kernel zeroes first; `_dq_atomic` converts it. No dQ pass (five products instead of
+//! seven); the sums' order, and so their last bits, vary run to run.
+//!
+//! Three engines: Triton (triton/flasheva_triton.py; the default at D = 256), `mma`
+//! (templates/prefill_bwd.cu, the same kernels on `mma.sync`, 16 held rows per warp: block_n =
+//! 16 x warps; the default off Hopper at D <= 128) and `wgmma` (templates/prefill_bwd_sm90a.cu,
+//! 64 held rows per warpgroup; the default on sm_90a at D = 64 and 128).
 
 use super::launch::{
     ArgList, LaunchError, OpArgs, Step, check_op, expect_dtype, expect_shape, expect_vector_layout,
@@ -74,14 +80,20 @@ impl OpDef for PrefillBwd {
         Op::PrefillBwd
     }
 
-    fn entry_points(&self, spec: &KernelSpec, _engine: crate::tile::Engine) -> Vec<String> {
+    fn entry_points(&self, spec: &KernelSpec, tile: &TileParams) -> Vec<String> {
         let main = spec.name();
-        vec![
+        let mut v = vec![
             main.clone(),
             format!("{main}_dkdv"),
             format!("{main}_dsum"),
             format!("{main}_dq"),
-        ]
+        ];
+        if has_atomic_dq(spec, tile) {
+            // the atomic dQ mode: dK/dV adding dQ's share to an fp32 accumulator, its conversion
+            v.push(format!("{main}_dkdv_atomic"));
+            v.push(format!("{main}_dq_atomic"));
+        }
+        v
     }
 
     fn template(&self, tile: &TileParams) -> &'static str {
@@ -206,7 +218,7 @@ impl OpDef for PrefillBwd {
     }
 
     fn triton_kernels(&self, spec: &KernelSpec, tile: &Tile) -> Vec<TritonKernel> {
-        let e = self.entry_points(spec, crate::tile::Engine::Triton);
+        let e = self.entry_points(spec, &tile.params());
         let blocks = |m: u32, n: u32| {
             constexprs(
                 spec,
@@ -425,7 +437,8 @@ impl OpDef for PrefillBwd {
 
     fn workspace(&self, p: &Problem, tile: &Tile, splits: usize) -> usize {
         let w = &p.workload;
-        Sizes::of(w, p.summary_rows).workspace(tile, splits)
+        let atomic = atomic_dq(&w.spec, tile, p.deterministic);
+        Sizes::of(w, p.summary_rows).workspace(tile, splits, atomic)
     }
 
     fn plan(
@@ -496,14 +509,20 @@ impl OpDef for PrefillBwd {
             d: spec.head_dim() as usize,
         };
         let splits = summary_splits(&sizes, tile, device.sm_count);
-        let need = sizes.workspace(tile, splits);
+        let atomic = atomic_dq(spec, tile, args.deterministic);
+        let need = sizes.workspace(tile, splits, atomic);
         let delta = match args.workspace {
             Some((ptr, elems)) if elems >= need => ptr,
             None if need == 0 => 0,
             _ => {
                 return Err(LaunchError::Size(format!(
-                    "prefill_bwd needs a workspace of {need} fp32 elements (Delta [B, H, N] \
-                     and the summary blocks' {splits} partial sums)"
+                    "prefill_bwd needs a workspace of {need} fp32 elements (Delta [B, H, N], \
+                     the summary blocks' {splits} partial sums{})",
+                    if atomic {
+                        " and the dQ accumulator [B, H, N, D]"
+                    } else {
+                        ""
+                    }
                 )));
             }
         };
@@ -515,6 +534,11 @@ impl OpDef for PrefillBwd {
             });
         }
         let part = delta + 4 * sizes.delta_elems() as u64;
+        let dqacc = if atomic {
+            part + 4 * sizes.part_elems(tile, splits) as u64
+        } else {
+            0
+        };
         let (bm, bn) = (tile.block_m() as usize, tile.block_n() as usize);
         let seg = n.div_ceil(splits).div_ceil(bm) * bm;
         let pre_blocks = grid_dim("query blocks", n.div_ceil(bm), i32::MAX as usize)?;
@@ -664,6 +688,7 @@ impl OpDef for PrefillBwd {
                 dvs: t[12].ptr,
                 delta,
                 part,
+                dqacc,
                 strides: [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]
                     .map(|i| [s(i, 0), s(i, 1), s(i, 2)]),
                 lse_sb: s(6, 0),
@@ -687,9 +712,11 @@ impl OpDef for PrefillBwd {
                 smem,
                 params,
             };
+            // the atomic mode: entry points 4 (dK/dV adding dQ's share) and 5 (its conversion)
+            let (dkdv_entry, dq_entry) = if atomic { (4, 5) } else { (1, 3) };
             let mut steps = vec![
                 Step::of(0, &launch((n.div_ceil(PRE_ROWS) as u32, hg, bg), 0)),
-                Step::of(1, &launch((key_programs, 1, 1), dkdv_smem)),
+                Step::of(dkdv_entry, &launch((key_programs, 1, 1), dkdv_smem)),
             ];
             if ncr > 0 {
                 let rows = grid_dim(
@@ -699,7 +726,12 @@ impl OpDef for PrefillBwd {
                 )?;
                 steps.push(Step::of(2, &launch((rows, hkvg, bg), 0)));
             }
-            steps.push(Step::of(3, &launch((dq_blocks, hg, bg), dq_smem)));
+            if atomic {
+                let rows = grid_dim("query rows", n.div_ceil(PRE_ROWS), i32::MAX as usize)?;
+                steps.push(Step::of(dq_entry, &launch((rows, hg, bg), 0)));
+            } else {
+                steps.push(Step::of(dq_entry, &launch((dq_blocks, hg, bg), dq_smem)));
+            }
             steps.retain(|s| s.grid.0 > 0 && s.grid.1 > 0 && s.grid.2 > 0);
             return Ok(steps);
         }
@@ -747,6 +779,7 @@ pub struct PrefillBwdParams {
     pub dvs: u64,
     pub delta: u64,
     pub part: u64,
+    pub dqacc: u64,
     /// (batch, token, head) strides of q, k, v, ks, vs, o, do, dq, dk, dv, dks, dvs.
     pub strides: [[i64; 3]; 12],
     pub lse_sb: i64,
@@ -767,14 +800,44 @@ pub struct PrefillBwdParams {
 /// K, V (or Q, dO) held, `stages` of the streamed pair, and (dK/dV) their LSE and Delta rows.
 /// templates/prefill_bwd.cu pads its rows by SMEM_PAD; templates/prefill_bwd_sm90a.cu keeps
 /// them unpadded (the swizzle spreads the banks) with 1024 bytes of slack to align its panels.
+/// The dK/dV kernels of tiles with the atomic dQ mode also hold its dS^T tile, BN rows of 64
+/// queries.
 fn cuda_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
     let (row, slack) = match t.engine {
         Engine::Wgmma => (spec.head_dim() * 2, 1024),
         _ => ((spec.head_dim() + crate::tile::SMEM_PAD) * 2, 0),
     };
+    let ds = if has_atomic_dq(spec, t) {
+        t.block_n * 128
+    } else {
+        0
+    };
     let (bq, bn, st) = (t.block_m, t.block_n, t.stages.max(1));
     let dq = slack + 2 * bn * row + st * 2 * bq * row;
-    (dq + st * 2 * bq * 4, dq)
+    (dq + ds + st * 2 * bq * 4, dq)
+}
+
+/// Whether tiles with these knobs have the atomic dQ mode: the wgmma kernels with two
+/// warpgroups at D = 128, where each warpgroup computes one 64-column panel of dQ's share over
+/// all 128 keys. With one warpgroup (its own 64 keys, both panels one after the other) the
+/// mode was slower than the dQ pass everywhere it was measured (run 32: 0.76 against 0.67 ms
+/// at N = 16384, 7.06 against 5.50 ms at N = 65536), so those tiles keep the four kernels.
+fn has_atomic_dq(spec: &KernelSpec, t: &TileParams) -> bool {
+    t.engine == Engine::Wgmma && t.warps == 8 && spec.head_dim() == 128
+}
+
+/// Whether a launch runs the atomic dQ mode: its tile has it (above) and the caller did not ask
+/// for bitwise-reproducible gradients.
+fn atomic_dq(spec: &KernelSpec, tile: &Tile, deterministic: bool) -> bool {
+    has_atomic_dq(spec, &tile.params()) && !deterministic
+}
+
+/// Whether prefill_bwd with `tile` adds dQ with fp32 atomics unless asked to be deterministic
+/// ([`crate::ops::Problem::deterministic`], `--deterministic`): the two-warpgroup wgmma tiles at
+/// D = 128. Every other tile, and these in the deterministic mode, give bitwise-reproducible
+/// gradients.
+pub fn has_atomic_mode(spec: &KernelSpec, tile: &Tile) -> bool {
+    has_atomic_dq(spec, &tile.params())
 }
 
 /// A tile of `engine` (the `tile` fields otherwise).
@@ -821,11 +884,22 @@ impl Sizes {
         (self.b * self.h * self.n).next_multiple_of(4)
     }
 
-    /// Delta, then the summary segments' partial dks and dvs `[2, B, Hkv, splits, NSB·BN, D]`.
-    fn workspace(&self, tile: &Tile, splits: usize) -> usize {
+    /// The summary segments' partial dks and dvs `[2, B, Hkv, splits, NSB·BN, D]` (a multiple
+    /// of 4: D is).
+    fn part_elems(&self, tile: &Tile, splits: usize) -> usize {
         let bn = tile.block_n() as usize;
         let rows = self.nc.div_ceil(bn) * bn;
-        self.delta_elems() + 2 * self.b * self.hkv * splits * rows * self.d
+        2 * self.b * self.hkv * splits * rows * self.d
+    }
+
+    /// Delta, the partial sums, and in the atomic mode the fp32 dQ accumulator `[B, H, N, D]`.
+    fn workspace(&self, tile: &Tile, splits: usize, atomic: bool) -> usize {
+        let acc = if atomic {
+            self.b * self.h * self.n * self.d
+        } else {
+            0
+        };
+        self.delta_elems() + self.part_elems(tile, splits) + acc
     }
 }
 
@@ -910,17 +984,18 @@ mod tests {
     #[test]
     fn the_mma_parameter_block_matches_the_template() {
         // templates/prefill_bwd_common.cuh static_asserts the same size
-        assert_eq!(std::mem::size_of::<PrefillBwdParams>(), 464);
-        assert_eq!(std::mem::offset_of!(PrefillBwdParams, strides), 120);
-        assert_eq!(std::mem::offset_of!(PrefillBwdParams, lse_sb), 408);
-        assert_eq!(std::mem::offset_of!(PrefillBwdParams, b), 424);
-        assert_eq!(std::mem::offset_of!(PrefillBwdParams, scale), 456);
+        assert_eq!(std::mem::size_of::<PrefillBwdParams>(), 472);
+        assert_eq!(std::mem::offset_of!(PrefillBwdParams, dqacc), 120);
+        assert_eq!(std::mem::offset_of!(PrefillBwdParams, strides), 128);
+        assert_eq!(std::mem::offset_of!(PrefillBwdParams, lse_sb), 416);
+        assert_eq!(std::mem::offset_of!(PrefillBwdParams, b), 432);
+        assert_eq!(std::mem::offset_of!(PrefillBwdParams, scale), 464);
         let src = crate::render::TEMPLATES
             .iter()
             .find(|(n, _)| *n == "prefill_bwd_common.cuh")
             .unwrap()
             .1;
-        assert!(src.contains("sizeof(PrefillBwdParams) == 464"));
+        assert!(src.contains("sizeof(PrefillBwdParams) == 472"));
     }
 
     #[test]
@@ -1003,6 +1078,60 @@ mod tests {
             Tile::new(&s, wg(64, 64, 4, 2)).unwrap().smem_bytes(&s),
             cuda_smem(&s, &wg(64, 64, 4, 2)).0
         );
+        // two warpgroups at D = 128: the atomic mode's dS^T tile (128 rows of 128 bytes) too
+        assert_eq!(
+            cuda_smem(&s, &wg(64, 128, 8, 2)).0,
+            1024 + 2 * 128 * row + 2 * 2 * 64 * row + 128 * 128 + 2 * 2 * 64 * 4
+        );
+        assert!(has_atomic_dq(&s, &wg(64, 128, 8, 2)));
+        assert!(!has_atomic_dq(&s, &wg(64, 64, 4, 2)));
+        assert!(!has_atomic_dq(&spec(64), &wg(64, 128, 8, 2)));
+        assert!(!has_atomic_dq(&s, &engine_tile(Engine::Mma, 64, 128, 8, 2)));
+        // its module exports the mode's two kernels after the four
+        let e = s.entry_points(&Tile::new(&s, wg(64, 128, 8, 2)).unwrap());
+        assert_eq!(e.len(), 6);
+        assert!(e[4].ends_with("_dkdv_atomic") && e[5].ends_with("_dq_atomic"));
+        assert_eq!(
+            s.entry_points(&Tile::new(&s, wg(64, 64, 4, 2)).unwrap())
+                .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn the_atomic_mode_runs_its_kernels_on_a_larger_workspace_unless_deterministic() {
+        let spec = crate::spec::test_spec(
+            Op::PrefillBwd,
+            (128, 64, 16),
+            crate::spec::LocalMode::Block,
+            crate::spec::DType::Bf16,
+            None,
+        );
+        let t = Tile::new(&spec, engine_tile(Engine::Wgmma, 64, 128, 8, 2)).unwrap();
+        let mut p = Problem::new(Workload::new(spec, 2, 300, 4, 2));
+        let plan = |p: &Problem| {
+            let args = p.placeholder_args(&t, 132, 0x10000, 0x20000);
+            let steps = PrefillBwd
+                .plan(&spec, &t, &args, DeviceFacts::new(132))
+                .unwrap();
+            let ws = args.workspace.unwrap().1;
+            (steps.iter().map(|s| s.function).collect::<Vec<_>>(), ws)
+        };
+        let (atomic, ws_atomic) = plan(&p);
+        p.deterministic = true;
+        let (det, ws_det) = plan(&p);
+        // Delta (which zeroes the accumulator), dK/dV adding dQ, the segment sum, the conversion
+        assert_eq!(atomic, [0, 4, 2, 5]);
+        assert_eq!(det, [0, 1, 2, 3]);
+        assert_eq!(ws_atomic - ws_det, 2 * 4 * 300 * 128);
+        // a deterministic workspace is too small for the atomic mode
+        let mut args = p.placeholder_args(&t, 132, 0x10000, 0x20000);
+        args.deterministic = false;
+        let e = PrefillBwd
+            .plan(&spec, &t, &args, DeviceFacts::new(132))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dQ accumulator"), "{e}");
     }
 
     #[test]
@@ -1058,6 +1187,14 @@ mod tests {
         let s3 = Sizes { n: 101, ..s };
         assert_eq!(s3.delta_elems(), 204);
         // nc = 1 summary, one block of 32 rows, 3 segments: 2 * 1 * 2 * 3 * 32 * 128
-        assert_eq!(s.workspace(&t(16, 32), 3), 200 + 2 * 2 * 3 * 32 * 128);
+        assert_eq!(
+            s.workspace(&t(16, 32), 3, false),
+            200 + 2 * 2 * 3 * 32 * 128
+        );
+        // the atomic mode's dQ accumulator after them: B * H * N * D
+        assert_eq!(
+            s.workspace(&t(16, 32), 3, true),
+            200 + 2 * 2 * 3 * 32 * 128 + 2 * 100 * 128
+        );
     }
 }
