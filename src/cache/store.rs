@@ -105,23 +105,35 @@ fn root_state(root: &Path) -> Result<RootState, CacheError> {
         return Ok(RootState::Foreign("it is not a folder".into()));
     }
     let layout = Layout::new(root);
-    if let Ok(text) = fsx::read_capped(&layout.marker_file(), 4096, false) {
-        let p = layout::MARKER_TEXT.as_bytes();
-        // A marker being written by a concurrent first open is a prefix of the text.
-        if text.starts_with(p) || p.starts_with(&text) {
-            return Ok(RootState::Tagged);
-        }
+    let marked = || {
+        fsx::read_capped(&layout.marker_file(), 4096, false).is_ok_and(|text| {
+            let p = layout::MARKER_TEXT.as_bytes();
+            // A marker being written by a concurrent first open is a prefix of the text.
+            text.starts_with(p) || p.starts_with(&text)
+        })
+    };
+    if marked() {
+        return Ok(RootState::Tagged);
     }
     let mut names = Vec::new();
+    let mut listed_marker = false;
     for e in fs::read_dir(root).map_err(io("read folder", root))? {
         let e = e.map_err(io("read folder", root))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if name != layout::CACHEDIR_TAG && name != layout::MARKER_FILE {
+        if name == layout::MARKER_FILE {
+            listed_marker = true;
+        } else if name != layout::CACHEDIR_TAG {
             names.push(name);
         }
     }
     if names.is_empty() {
         return Ok(RootState::Empty);
+    }
+    // A concurrent first open may have written the marker, then its folders, between the read
+    // above and this listing (CI saw "it holds locks, tmp, v1 and no marker" while eight
+    // processes raced on a new folder): read it again before calling the folder foreign.
+    if listed_marker && marked() {
+        return Ok(RootState::Tagged);
     }
     names.sort();
     let shown: Vec<String> = names.iter().take(3).map(|n| format!("{n:?}")).collect();
