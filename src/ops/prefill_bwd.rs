@@ -9,7 +9,7 @@
 //! (partial dks, dvs) over the query blocks that see it and the query heads of its group; the
 //! summary segments added in order; one program per query block for dQ. A summary block is seen
 //! by every later query, a raw key block by about W of them: unsplit, the few summary programs
-//! were the whole backward's tail ([`summary_splits`] cuts them to the raw blocks' share).
+//! were the whole backward's tail (`summary_splits` cuts them to the raw blocks' share).
 //!
 //! A tile `m{BM}_n{BN}` holds BN keys against BM-row query steps in the dK/dV kernel and, the
 //! transpose, BN query rows against BM-key steps in the dQ kernel (FlashAttention-2's shapes:
