@@ -61,7 +61,7 @@ pub struct Bencher {
     tensors: OpTensors,
     sets: Vec<Vec<DeviceTensor>>,
     current: usize,
-    timer: EventTimer,
+    timer: Arc<EventTimer>,
 }
 
 /// Launches per timed sample.
@@ -150,7 +150,7 @@ impl Bencher {
             tensors,
             sets,
             current: 0,
-            timer: EventTimer::new(gpu)?,
+            timer: Arc::new(EventTimer::new(gpu)?),
         })
     }
 
@@ -198,19 +198,13 @@ impl Bencher {
         self.stream
             .synchronize()
             .map_err(drv("cuStreamSynchronize (a kernel failed)"))?;
-        let mut out = Vec::with_capacity(samples);
+        let (timer, stream) = (Arc::clone(&self.timer), Arc::clone(&self.stream));
         let mut set = warmup;
-        for _ in 0..samples {
+        per_launch(&timer, &stream, samples, || {
             self.launch(kernel, set)?;
             set += 1;
-            self.timer.start(&self.stream)?;
-            for _ in 0..REPS {
-                self.launch(kernel, set)?;
-                set += 1;
-            }
-            out.push(self.timer.stop_ms(&self.stream)? as f64 / REPS as f64);
-        }
-        Ok(Timing::from_samples(out))
+            Ok(())
+        })
     }
 
     /// Runs `kernel` on input set 0 and returns its main output (o, xbar or vs) as float64, the
@@ -223,6 +217,27 @@ impl Bencher {
             .map_err(drv("cuStreamSynchronize (a kernel failed)"))?;
         Ok(self.tensors.outputs[0].download(&self.stream)?.to_f64())
     }
+}
+
+/// `samples` samples of the time per launch: each one untimed `launch` (the GPU stays busy while
+/// the host enqueues the next ones, so no host delay is timed: a short kernel takes about as long
+/// as a launch's host work), then [`REPS`] back-to-back launches between `timer`'s events.
+fn per_launch(
+    timer: &EventTimer,
+    stream: &CudaStream,
+    samples: usize,
+    mut launch: impl FnMut() -> Result<()>,
+) -> Result<Timing> {
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        launch()?;
+        timer.start(stream)?;
+        for _ in 0..REPS {
+            launch()?;
+        }
+        out.push(timer.stop_ms(stream)? as f64 / REPS as f64);
+    }
+    Ok(Timing::from_samples(out))
 }
 
 /// Device-to-device copy bandwidth, bytes read plus written per second (median of `iters`).
@@ -313,19 +328,8 @@ pub fn read_bandwidth(
     for _ in 0..3 {
         launch()?;
     }
-    // As `Bencher::time`: one untimed launch keeps the GPU busy while the host enqueues, then
-    // REPS back-to-back launches between one event pair, so no host delay is timed (a read of a
-    // few tens of MB takes about as long as a launch's host work).
-    let mut s = Vec::new();
-    for _ in 0..iters {
-        launch()?;
-        timer.start(stream)?;
-        for _ in 0..REPS {
-            launch()?;
-        }
-        s.push(timer.stop_ms(stream)? as f64 / REPS as f64);
-    }
-    let t = Timing::from_samples(s);
+    // timed as `Bencher::time` times a kernel
+    let t = per_launch(&timer, stream, iters, launch)?;
     Ok((vectors * 16) as f64 / (t.median_ms * 1e-3))
 }
 

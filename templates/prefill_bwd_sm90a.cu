@@ -47,15 +47,15 @@ constexpr int HELD_PANEL = BN * 128;  // bytes of one 64-column panel of a held 
 constexpr int STEP_PANEL = BQ * 128;  // ... of a streamed tile
 constexpr int HELD_BYTES = PANELS * HELD_PANEL;
 constexpr int STEP_BYTES = PANELS * STEP_PANEL;
-// dK/dV: K, V | Q, dO stages | LSE, Delta stages. dQ: Q, dO | K, V stages. 1024 bytes of slack align
-// the base (the swizzle atoms must start on 1024-byte boundaries).
-// The atomic mode's dS^T tile: BN key rows of 64 queries (128 bytes, swizzled), after the streamed
-// stages (none where the tile has no atomic mode; its four-kernel mode leaves it unused). The mode exists with two warpgroups at D = 128
-// (the host's has_atomic_dq): warpgroup w computes dQ's columns [64 w, 64 w + 64) over all 128
-// keys, 32 accumulator registers beside dK and dV. (One warpgroup would need both panels over its
-// own 64 keys: one after the other, it ran slower than the dQ pass; at once, it spills.)
+// The atomic dQ mode exists with two warpgroups at D = 128 (the host's has_atomic_mode):
+// warpgroup w computes dQ's columns [64 w, 64 w + 64) over all 128 keys, 32 accumulator registers
+// beside dK and dV. (One warpgroup would need both panels over its own 64 keys: one after the
+// other, it ran slower than the dQ pass; at once, it spills.) Its dS^T tile: BN key rows of 64
+// queries (128 bytes, swizzled), after the streamed stages (unused by the four-kernel mode).
 #define FE_ATOMIC_DQ ({{ warps }} == 8 && {{ head_dim }} == 128)
 constexpr int DS_BYTES = FE_ATOMIC_DQ ? BN * 128 : 0;
+// dK/dV: K, V | Q, dO stages | dS^T | LSE, Delta stages. dQ: Q, dO | K, V stages. 1024 bytes of
+// slack align the base (the swizzle atoms must start on 1024-byte boundaries).
 constexpr int SMEM_DKDV = 1024 + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES + DS_BYTES + STAGES * 2 * BQ * 4;
 constexpr int SMEM_DQ = 1024 + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES;
 static_assert(SMEM_DKDV <= 232448 && SMEM_DQ <= 232448, "tile needs more than 227 KiB of shared memory");

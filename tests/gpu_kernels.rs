@@ -968,29 +968,27 @@ fn sanitizer_subset() {
                 .unwrap(),
             );
         }
-        // and the backward (prefill_bwd's Triton kernels, the chunk ops' gradients)
+        // and the backward (the default prefill_bwd kernels, the chunk ops' gradients): B=2 of N
+        // tokens, H=4, Hkv=2, one extra summary row, large logits, padded strides
+        let bwd_check = |k: &Kernel, n: usize, deterministic: bool| {
+            let mut p =
+                flasheva::ops::Problem::new(flasheva::workload::Workload::new(k.spec, 2, n, 4, 2));
+            p.summary_rows += 1;
+            p.deterministic = deterministic;
+            let case = verify::Case {
+                problem: p,
+                large_logits: true,
+                strided: true,
+            };
+            verify::check(&stream, k, &case).unwrap()
+        };
         for (op, n) in [
             (Op::PrefillBwd, 150usize),
             (Op::ChunkSummarizeBwd, 70),
             (Op::ChunkMeanBwd, 70),
         ] {
             let sb = spec(op, 64, 64, 16, LocalMode::Sliding, DType::Bf16, 1);
-            let kb = rt.kernel(&sb).unwrap();
-            let mut p =
-                flasheva::ops::Problem::new(flasheva::workload::Workload::new(sb, 2, n, 4, 2));
-            p.summary_rows += 1;
-            reports.push(
-                verify::check(
-                    &stream,
-                    &kb,
-                    &verify::Case {
-                        problem: p,
-                        large_logits: true,
-                        strided: true,
-                    },
-                )
-                .unwrap(),
-            );
+            reports.push(bwd_check(&rt.kernel(&sb).unwrap(), n, false));
         }
         // the backward's other engines (the default is checked above): Triton, mma and, on
         // sm_90a, wgmma; two stages, summary segments
@@ -1013,22 +1011,11 @@ fn sanitizer_subset() {
         let default = Tile::default_for(&sb, rt.arch());
         tiles.retain(|t| *t != default);
         for t in tiles {
-            let kb = rt.kernel_with_tile(&sb, &t).unwrap();
-            let mut p =
-                flasheva::ops::Problem::new(flasheva::workload::Workload::new(sb, 2, 150, 4, 2));
-            p.summary_rows += 1;
-            reports.push(
-                verify::check(
-                    &stream,
-                    &kb,
-                    &verify::Case {
-                        problem: p,
-                        large_logits: true,
-                        strided: true,
-                    },
-                )
-                .unwrap(),
-            );
+            reports.push(bwd_check(
+                &rt.kernel_with_tile(&sb, &t).unwrap(),
+                150,
+                false,
+            ));
         }
         // the wgmma backward's atomic dQ mode (two warpgroups at D = 128) and its deterministic one
         if rt.arch() == "sm_90a".parse::<Arch>().unwrap() {
@@ -1044,23 +1031,7 @@ fn sanitizer_subset() {
             let t = bwd_tile(&s128, flasheva::tile::Engine::Wgmma, 64, 8, 2);
             let k = rt.kernel_with_tile(&s128, &t).unwrap();
             for deterministic in [false, true] {
-                let mut p = flasheva::ops::Problem::new(flasheva::workload::Workload::new(
-                    s128, 2, 150, 4, 2,
-                ));
-                p.summary_rows += 1;
-                p.deterministic = deterministic;
-                reports.push(
-                    verify::check(
-                        &stream,
-                        &k,
-                        &verify::Case {
-                            problem: p,
-                            large_logits: true,
-                            strided: true,
-                        },
-                    )
-                    .unwrap(),
-                );
+                reports.push(bwd_check(&k, 150, deterministic));
             }
         }
         // the serving ops: extend (mixed L0 and T) and append
@@ -1111,7 +1082,7 @@ fn bwd_tile(
 /// its default) the same cases again in the deterministic mode.
 fn with_deterministic(k: &Kernel, cases: &[flasheva::verify::Case]) -> Vec<flasheva::verify::Case> {
     let mut v = cases.to_vec();
-    if flasheva::ops::prefill_bwd::has_atomic_mode(&k.spec, &k.tile) {
+    if flasheva::ops::prefill_bwd::has_atomic_mode(&k.spec, &k.tile.params()) {
         v.extend(cases.iter().map(|c| {
             let mut d = c.clone();
             d.problem.deterministic = true;
@@ -1127,9 +1098,8 @@ fn with_deterministic(k: &Kernel, cases: &[flasheva::verify::Case]) -> Vec<flash
 #[ignore = "needs a CUDA GPU: run with --include-ignored"]
 fn backward_deterministic_mode_is_bitwise_reproducible() {
     let (rt, stream) = gpu("backward reproducibility");
-    if !triton_here(&rt) {
-        return;
-    }
+    // the CUDA engines are checked either way; the Triton kernels where Triton is here
+    let triton = triton_here(&rt);
     use flasheva::ops::Problem;
     use flasheva::workload::Workload;
     let mut checked = 0;
@@ -1137,6 +1107,7 @@ fn backward_deterministic_mode_is_bitwise_reproducible() {
         let s = spec(Op::PrefillBwd, 128, 64, 16, local, DType::Bf16, 1);
         let mut tiles = vec![Tile::default_for(&s, rt.arch())];
         tiles.extend(backward_tiles(&rt, &s));
+        tiles.retain(|t| triton || t.engine() != flasheva::tile::Engine::Triton);
         let mut p = Problem::new(Workload::new(s, 2, 1500, 4, 2));
         let (inputs, _) = verify::random_inputs(&p, false);
         let bits = |o: &[flasheva::hostdata::HostTensor]| -> Vec<Vec<u64>> {
@@ -1149,7 +1120,8 @@ fn backward_deterministic_mode_is_bitwise_reproducible() {
                 .kernel_with_tile(&s, &t)
                 .unwrap_or_else(|e| panic!("{s} {t:?}: {e}"));
             for deterministic in [true, false] {
-                if !deterministic && !flasheva::ops::prefill_bwd::has_atomic_mode(&k.spec, &k.tile)
+                if !deterministic
+                    && !flasheva::ops::prefill_bwd::has_atomic_mode(&k.spec, &k.tile.params())
                 {
                     continue;
                 }
@@ -1175,6 +1147,7 @@ fn backward_deterministic_mode_is_bitwise_reproducible() {
         }
     }
     println!("SUMMARY backward reproducibility: {checked} kernels bitwise reproducible");
+    assert!(checked > 0, "no backward kernel was checked");
 }
 
 /// The tiles of `s` the backward grid checks besides the default one: the Triton kernels' default

@@ -88,7 +88,7 @@ impl OpDef for PrefillBwd {
             format!("{main}_dsum"),
             format!("{main}_dq"),
         ];
-        if has_atomic_dq(spec, tile) {
+        if has_atomic_mode(spec, tile) {
             // the atomic dQ mode: dK/dV adding dQ's share to an fp32 accumulator, its conversion
             v.push(format!("{main}_dkdv_atomic"));
             v.push(format!("{main}_dq_atomic"));
@@ -807,7 +807,7 @@ fn cuda_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
         Engine::Wgmma => (spec.head_dim() * 2, 1024),
         _ => ((spec.head_dim() + crate::tile::SMEM_PAD) * 2, 0),
     };
-    let ds = if has_atomic_dq(spec, t) {
+    let ds = if has_atomic_mode(spec, t) {
         t.block_n * 128
     } else {
         0
@@ -817,27 +817,22 @@ fn cuda_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
     (dq + ds + st * 2 * bq * 4, dq)
 }
 
-/// Whether tiles with these knobs have the atomic dQ mode: the wgmma kernels with two
-/// warpgroups at D = 128, where each warpgroup computes one 64-column panel of dQ's share over
-/// all 128 keys. With one warpgroup (its own 64 keys, both panels one after the other) the
-/// mode was slower than the dQ pass everywhere it was measured (run 32: 0.76 against 0.67 ms
-/// at N = 16384, 7.06 against 5.50 ms at N = 65536), so those tiles keep the four kernels.
-fn has_atomic_dq(spec: &KernelSpec, t: &TileParams) -> bool {
+/// Whether prefill_bwd with tiles of these knobs adds dQ with fp32 atomics unless asked to be
+/// deterministic ([`crate::ops::Problem::deterministic`], `--deterministic`): the wgmma kernels
+/// with two warpgroups at D = 128, where each warpgroup computes one 64-column panel of dQ's
+/// share over all 128 keys. Every other tile, and these in the deterministic mode, give
+/// bitwise-reproducible gradients. With one warpgroup (its own 64 keys, both panels one after
+/// the other) the mode was slower than the dQ pass everywhere it was measured (run 32: 0.76
+/// against 0.67 ms at N = 16384, 7.06 against 5.50 ms at N = 65536), so those tiles keep the
+/// four kernels. (templates/prefill_bwd_sm90a.cu's `FE_ATOMIC_DQ` states the same rule.)
+pub fn has_atomic_mode(spec: &KernelSpec, t: &TileParams) -> bool {
     t.engine == Engine::Wgmma && t.warps == 8 && spec.head_dim() == 128
 }
 
-/// Whether a launch runs the atomic dQ mode: its tile has it (above) and the caller did not ask
-/// for bitwise-reproducible gradients.
+/// Whether a launch runs the atomic dQ mode: its tile has it and the caller did not ask for
+/// bitwise-reproducible gradients.
 fn atomic_dq(spec: &KernelSpec, tile: &Tile, deterministic: bool) -> bool {
-    has_atomic_dq(spec, &tile.params()) && !deterministic
-}
-
-/// Whether prefill_bwd with `tile` adds dQ with fp32 atomics unless asked to be deterministic
-/// ([`crate::ops::Problem::deterministic`], `--deterministic`): the two-warpgroup wgmma tiles at
-/// D = 128. Every other tile, and these in the deterministic mode, give bitwise-reproducible
-/// gradients.
-pub fn has_atomic_mode(spec: &KernelSpec, tile: &Tile) -> bool {
-    has_atomic_dq(spec, &tile.params())
+    has_atomic_mode(spec, &tile.params()) && !deterministic
 }
 
 /// A tile of `engine` (the `tile` fields otherwise).
@@ -935,6 +930,12 @@ fn summary_splits(s: &Sizes, tile: &Tile, sm_count: u32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::{DType, LocalMode};
+
+    /// A prefill_bwd spec of (head dim, window, chunk).
+    fn bwd_spec(dwc: (u32, u32, u32), local: LocalMode, dtype: DType) -> KernelSpec {
+        crate::spec::test_spec(Op::PrefillBwd, dwc, local, dtype, None)
+    }
 
     fn sizes(n: usize, window: usize, b: usize, hkv: usize) -> Sizes {
         Sizes {
@@ -951,13 +952,7 @@ mod tests {
     }
 
     fn t(bm: u32, bn: u32) -> Tile {
-        let spec = crate::spec::test_spec(
-            Op::PrefillBwd,
-            (128, 512, 64),
-            crate::spec::LocalMode::Block,
-            crate::spec::DType::Bf16,
-            None,
-        );
+        let spec = bwd_spec((128, 512, 64), LocalMode::Block, DType::Bf16);
         Tile::new(&spec, tile(bm, bn, 4, 2)).unwrap()
     }
 
@@ -1000,25 +995,13 @@ mod tests {
 
     #[test]
     fn mma_tiles_hold_16_rows_per_warp() {
-        let spec = crate::spec::test_spec(
-            Op::PrefillBwd,
-            (128, 512, 64),
-            crate::spec::LocalMode::Block,
-            crate::spec::DType::Bf16,
-            None,
-        );
+        let spec = bwd_spec((128, 512, 64), LocalMode::Block, DType::Bf16);
         let mma = |m, n, w, s| engine_tile(Engine::Mma, m, n, w, s);
         assert!(Tile::new(&spec, mma(32, 64, 4, 2)).is_ok());
         let e = Tile::new(&spec, mma(32, 32, 4, 2)).unwrap_err().to_string();
         assert!(e.contains("16 x warps"), "{e}");
         assert!(Tile::new(&spec, mma(128, 64, 4, 2)).is_err());
-        let d256 = crate::spec::test_spec(
-            Op::PrefillBwd,
-            (256, 512, 64),
-            crate::spec::LocalMode::Block,
-            crate::spec::DType::Bf16,
-            None,
-        );
+        let d256 = bwd_spec((256, 512, 64), LocalMode::Block, DType::Bf16);
         assert!(Tile::new(&d256, mma(32, 64, 4, 2)).is_err());
         // the mma kernels first where D <= 128 (they passed the GPU suite), Triton after them
         let t = PrefillBwd.default_tiles(&spec, Arch::new(9, 0));
@@ -1043,15 +1026,7 @@ mod tests {
 
     #[test]
     fn wgmma_tiles_hold_64_rows_per_warpgroup() {
-        let spec = |d| {
-            crate::spec::test_spec(
-                Op::PrefillBwd,
-                (d, 512, 64),
-                crate::spec::LocalMode::Sliding,
-                crate::spec::DType::F16,
-                None,
-            )
-        };
+        let spec = |d| bwd_spec((d, 512, 64), LocalMode::Sliding, DType::F16);
         let wg = |m, n, w, s| engine_tile(Engine::Wgmma, m, n, w, s);
         for d in [64, 128] {
             assert!(Tile::new(&spec(d), wg(64, 64, 4, 2)).is_ok());
@@ -1083,10 +1058,13 @@ mod tests {
             cuda_smem(&s, &wg(64, 128, 8, 2)).0,
             1024 + 2 * 128 * row + 2 * 2 * 64 * row + 128 * 128 + 2 * 2 * 64 * 4
         );
-        assert!(has_atomic_dq(&s, &wg(64, 128, 8, 2)));
-        assert!(!has_atomic_dq(&s, &wg(64, 64, 4, 2)));
-        assert!(!has_atomic_dq(&spec(64), &wg(64, 128, 8, 2)));
-        assert!(!has_atomic_dq(&s, &engine_tile(Engine::Mma, 64, 128, 8, 2)));
+        assert!(has_atomic_mode(&s, &wg(64, 128, 8, 2)));
+        assert!(!has_atomic_mode(&s, &wg(64, 64, 4, 2)));
+        assert!(!has_atomic_mode(&spec(64), &wg(64, 128, 8, 2)));
+        assert!(!has_atomic_mode(
+            &s,
+            &engine_tile(Engine::Mma, 64, 128, 8, 2)
+        ));
         // its module exports the mode's two kernels after the four
         let e = s.entry_points(&Tile::new(&s, wg(64, 128, 8, 2)).unwrap());
         assert_eq!(e.len(), 6);
@@ -1100,13 +1078,7 @@ mod tests {
 
     #[test]
     fn the_atomic_mode_runs_its_kernels_on_a_larger_workspace_unless_deterministic() {
-        let spec = crate::spec::test_spec(
-            Op::PrefillBwd,
-            (128, 64, 16),
-            crate::spec::LocalMode::Block,
-            crate::spec::DType::Bf16,
-            None,
-        );
+        let spec = bwd_spec((128, 64, 16), LocalMode::Block, DType::Bf16);
         let t = Tile::new(&spec, engine_tile(Engine::Wgmma, 64, 128, 8, 2)).unwrap();
         let mut p = Problem::new(Workload::new(spec, 2, 300, 4, 2));
         let plan = |p: &Problem| {
@@ -1136,13 +1108,7 @@ mod tests {
 
     #[test]
     fn no_launch_has_an_empty_grid_and_the_workspace_is_aligned() {
-        let spec = crate::spec::test_spec(
-            Op::PrefillBwd,
-            (64, 64, 16),
-            crate::spec::LocalMode::Sliding,
-            crate::spec::DType::Bf16,
-            None,
-        );
+        let spec = bwd_spec((64, 64, 16), LocalMode::Sliding, DType::Bf16);
         let mma = engine_tile(Engine::Mma, 32, 64, 4, 2);
         for t in [tile(16, 32, 4, 2), mma] {
             let t = Tile::new(&spec, t).unwrap();
