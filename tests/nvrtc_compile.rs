@@ -78,11 +78,25 @@ fn spills(nv: &Nvrtc, spec: &KernelSpec, tile: &Tile, arch: Arch) -> Vec<String>
             options: &opts,
         })
         .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
-    let mut problems: Vec<String> = flasheva::compile::parse_resource_usage(&out.log)
-        .into_iter()
+    let usage = flasheva::compile::parse_resource_usage(&out.log);
+    let mut problems: Vec<String> = usage
+        .iter()
         .filter(|r| r.spill_stores > 0 || r.stack_frame > 0)
         .map(|r| format!("{spec} {}: {r:?}", tile.name(spec.op())))
         .collect();
+    // every kernel the host launches is in the module (the templates restate some host rules:
+    // prefill_bwd_sm90a.cu's FE_ATOMIC_DQ is has_atomic_mode)
+    problems.extend(
+        spec.entry_points(tile)
+            .into_iter()
+            .filter(|e| !usage.iter().any(|r| r.function == *e))
+            .map(|e| {
+                format!(
+                    "{spec} {}: entry point {e} is not in the module",
+                    tile.name(spec.op())
+                )
+            }),
+    );
     problems.extend(
         out.log
             .lines()
