@@ -90,44 +90,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dkdv(const P
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int N = p.n;
   const int group = p.h / p.hkv;
-  const int nsb = (p.nc + BN - 1) / BN;
-  const int n_sum = p.b * p.hkv * nsb * p.splits;
-  const bool summary = (int)blockIdx.x < n_sum;
-  int b, hk, j0, lim, i_lo, i_hi, seg = 0;
-  if (summary) {
-    int t = blockIdx.x;
-    seg = t % p.splits;
-    t /= p.splits;
-    j0 = (t % nsb) * BN;
-    t /= nsb;
-    hk = t % p.hkv;
-    b = t / p.hkv;
-    lim = p.nc;
-    // summary c is seen by every query i >= (c + 1) C; this segment's share of them
-    i_lo = max((j0 + 1) * FE_C, seg * p.seg);
-    i_hi = min((seg + 1) * p.seg, N) - 1;
-  } else {
-    const int raw_blocks = (N + BN - 1) / BN;
-    int t = blockIdx.x - n_sum;
-    j0 = (t % raw_blocks) * BN;
-    t /= raw_blocks;
-    hk = t % p.hkv;
-    b = t / p.hkv;
-    lim = N;
-    // queries that see a key of the block: from its first key to its last key's last viewer
-    i_lo = j0;
-    i_hi = FE_SLIDING ? min(j0 + BN - 1 + FE_W - 1, N - 1) : min(((j0 + BN - 1) / FE_W + 1) * FE_W - 1, N - 1);
-  }
-  const u16* kg = summary ? p.ks + b * p.ks_sb + hk * p.ks_sh : p.k + b * p.k_sb + hk * p.k_sh;
-  const u16* vg = summary ? p.vs + b * p.vs_sb + hk * p.vs_sh : p.v + b * p.v_sb + hk * p.v_sh;
-  const i64 kst = summary ? p.ks_st : p.k_st;
-  const i64 vst = summary ? p.vs_st : p.v_st;
-  fe_load_rows<BN, THREADS>(sK, tid, kg + j0 * kst, kst, lim - j0);
-  fe_load_rows<BN, THREADS>(sV, tid, vg + j0 * vst, vst, lim - j0);
+  const FeBwdBlock blk = fe_bwd_block<BQ>(p);
+  const bool summary = blk.summary;
+  const int b = blk.b, hk = blk.hk, j0 = blk.j0, seg = blk.seg;
+  const int start = blk.start, n_q = blk.n_q, nsb = blk.nsb;
+  fe_load_rows<BN, THREADS>(sK, tid, blk.kg + j0 * blk.kst, blk.kst, blk.lim - j0);
+  fe_load_rows<BN, THREADS>(sV, tid, blk.vg + j0 * blk.vst, blk.vst, blk.lim - j0);
   fe_cp_commit();
 
-  const int start = (i_lo / BQ) * BQ;
-  const int n_q = i_hi >= i_lo ? (i_hi - start) / BQ + 1 : 0;
   const int n_steps = group * n_q;
 
   auto load_step = [&](int t, int stage) {

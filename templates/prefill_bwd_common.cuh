@@ -89,6 +89,69 @@ extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const PrefillBw
   }
 }
 
+// ---- the dK/dV kernels' work item ----------------------------------------------------------------
+// blockIdx.x of a dK/dV kernel (both engines): the summary segments first (they are the long ones),
+// `splits` per summary block of BN rows, then the raw key blocks of BN keys; each names its keys
+// (rows [j0, lim) of K/V or of the summaries) and the queries that see them, walked in BQ-row steps
+// from `start` (n_q steps per query head of the group).
+struct FeBwdBlock {
+  bool summary;
+  int b, hk, j0, lim, seg;
+  int nsb;         // summary blocks: cdiv(nc, BN)
+  int i_lo, i_hi;  // the first and the last query that sees a key of the block
+  const u16* kg;   // the block's K (or ks) rows of this kv head, row stride kst
+  const u16* vg;
+  i64 kst, vst;
+  int start;  // i_lo rounded down to a step
+  int n_q;    // query steps per head (0 when no query sees the block)
+};
+
+template <int BQ_>
+FE_DEV FeBwdBlock fe_bwd_block(const PrefillBwdParams& p) {
+  FeBwdBlock k;
+  const int N = p.n;
+  const int nsb = (p.nc + BN - 1) / BN;
+  const int n_sum = p.b * p.hkv * nsb * p.splits;
+  k.nsb = nsb;
+  k.summary = (int)blockIdx.x < n_sum;
+  k.seg = 0;
+  if (k.summary) {
+    int t = blockIdx.x;
+    k.seg = t % p.splits;
+    t /= p.splits;
+    k.j0 = (t % nsb) * BN;
+    t /= nsb;
+    k.hk = t % p.hkv;
+    k.b = t / p.hkv;
+    k.lim = p.nc;
+    // summary c is seen by every query i >= (c + 1) C; this segment's share of them
+    k.i_lo = max((k.j0 + 1) * FE_C, k.seg * p.seg);
+    k.i_hi = min((k.seg + 1) * p.seg, N) - 1;
+    k.kg = p.ks + k.b * p.ks_sb + k.hk * p.ks_sh;
+    k.vg = p.vs + k.b * p.vs_sb + k.hk * p.vs_sh;
+    k.kst = p.ks_st;
+    k.vst = p.vs_st;
+  } else {
+    const int raw_blocks = (N + BN - 1) / BN;
+    int t = blockIdx.x - n_sum;
+    k.j0 = (t % raw_blocks) * BN;
+    t /= raw_blocks;
+    k.hk = t % p.hkv;
+    k.b = t / p.hkv;
+    k.lim = N;
+    // queries that see a key of the block: from its first key to its last key's last viewer
+    k.i_lo = k.j0;
+    k.i_hi = FE_SLIDING ? min(k.j0 + BN - 1 + FE_W - 1, N - 1) : min(((k.j0 + BN - 1) / FE_W + 1) * FE_W - 1, N - 1);
+    k.kg = p.k + k.b * p.k_sb + k.hk * p.k_sh;
+    k.vg = p.v + k.b * p.v_sb + k.hk * p.v_sh;
+    k.kst = p.k_st;
+    k.vst = p.v_st;
+  }
+  k.start = (k.i_lo / BQ_) * BQ_;
+  k.n_q = k.i_hi >= k.i_lo ? (k.i_hi - k.start) / BQ_ + 1 : 0;
+  return k;
+}
+
 // A warp's 16 x D fp32 accumulator, times `mul`, to rows of the storage type through shared memory
 // (`stage`: 16 FE_DP-strided rows only this warp uses), as whole 16-byte stores: row r goes to
 // `out + r * stride` if r < valid.
