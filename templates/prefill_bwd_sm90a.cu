@@ -14,15 +14,11 @@
 // and, with two warpgroups at D = 128, the atomic dQ mode's two (the plan runs Delta, these, and
 // the segment sum):
 //   {{ name }}_dkdv_atomic  the dK/dV kernel that also writes each step's dS^T to shared memory and
-//                    computes dQ's share dS K (each warpgroup one 64-column panel over all 128 keys,
-//                    both operands read MN-major), stages it in shared memory and adds it to an fp32
-//                    accumulator with one bulk reduction per warpgroup and step
-//                    (cp.reduce.async.bulk ... add.f32). The dQ kernel's recomputation of S and dP
-//                    (two of seven products) is not needed;
+//                    adds dQ's share dS K to an fp32 accumulator [B, H, N, D] with vector reductions
+//                    (red.global.add.v2.f32): each warpgroup one 64-column panel over all 128 keys,
+//                    both operands read MN-major. The dQ kernel's recomputation of S and dP (two of
+//                    seven products) is not needed;
 //   {{ name }}_dq_atomic    the accumulator times the scale to dq's storage type.
-// The accumulator is tiled as the reductions write it: [B, H, cdiv(N, 64), D / 64 panels, 8, 128, 4]
-// fp32, a 64-query x 64-column panel as 16 KiB in the order of the wgmma accumulator fragment (float4
-// v of thread t of the warpgroup at (v * 128 + t) * 16 bytes: conflict-free 16-byte stores).
 // Loads are 16-byte cp.async copies into the swizzled layout (chunk c of row r at chunk c ^ (r & 7)
 // of its 128-byte row: what the wgmma descriptors' 128-byte swizzle mode reads), double-buffered.
 // The four-kernel mode has no atomics: bitwise reproducible run to run, like the other engines. The
@@ -57,9 +53,7 @@ constexpr int STEP_BYTES = PANELS * STEP_PANEL;
 // other, it ran slower than the dQ pass; at once, it spills.) Its dS^T tile: BN key rows of 64
 // queries (128 bytes, swizzled), after the streamed stages (unused by the four-kernel mode).
 #define FE_ATOMIC_DQ ({{ warps }} == 8 && {{ head_dim }} == 128)
-// ... and two staging buffers per warpgroup for its dQ panel (step t's in buffer t % 2).
-constexpr int DQ_PANEL_BYTES = 64 * 64 * 4;
-constexpr int DS_BYTES = FE_ATOMIC_DQ ? BN * 128 + 2 * WGS * DQ_PANEL_BYTES : 0;
+constexpr int DS_BYTES = FE_ATOMIC_DQ ? BN * 128 : 0;
 // dK/dV: K, V | Q, dO stages | dS^T | LSE, Delta stages. dQ: Q, dO | K, V stages. 1024 bytes of
 // slack align the base (the swizzle atoms must start on 1024-byte boundaries).
 constexpr int SMEM_DKDV = 1024 + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES + DS_BYTES + STAGES * 2 * BQ * 4;
@@ -117,11 +111,8 @@ FE_DEV void fe_bwd_rs(float (&acc)[FE_ACC], const u32 (&x)[16], u32 y, int panel
   for (int kk = 0; kk < 4; ++kk) fe_wgmma_rs(acc, x[4 * kk], x[4 * kk + 1], x[4 * kk + 2], x[4 * kk + 3], fe_desc_add(dy, kk * 2048));
 }
 
-// The atomic mode's fp32 accumulator panel of query rows [i0, i0 + 64) (i0 a multiple of 64) and
-// columns [64 panel, 64 panel + 64) of head h, sequence b (the layout above).
-FE_DEV float* fe_dq_panel(const PrefillBwdParams& p, int b, int h, int i0, int panel) {
-  const i64 tiles = (p.n + 63) / 64;
-  return p.dqacc + ((((i64)b * p.h + h) * tiles + i0 / 64) * (FE_D / 64) + panel) * (64 * 64);
+FE_DEV void fe_red_f32x2(float* p, float a, float b) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
 }
 
 // ---- dK, dV (and, with ATOMIC, dQ's share) ---------------------------------------------------------
@@ -132,8 +123,7 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
   const u32 base = (fe_smem_addr(fe_smem) + 1023u) & ~1023u;
   unsigned char* gbase = fe_smem + (base - fe_smem_addr(fe_smem));
   const u32 sK = base, sV = sK + HELD_BYTES, sQ = sV + HELD_BYTES, sO = sQ + STAGES * STEP_BYTES;
-  const u32 sS = sO + STAGES * STEP_BYTES;  // DS_BYTES: dS^T, then the dQ staging buffers
-  const u32 sDQ = sS + BN * 128;
+  const u32 sS = sO + STAGES * STEP_BYTES;                                            // DS_BYTES: dS^T
   float* sL = (float*)(gbase + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES + DS_BYTES);  // STAGES x BQ: LSE * log2(e)
   float* sD = sL + STAGES * BQ;                                             // STAGES x BQ: Delta
 
@@ -246,6 +236,7 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
       }
       fe_fence_proxy_async();
       fe_bar_sync(1, THREADS);  // both warpgroups' rows are read by each
+      const int h = hk * group + t / n_q;
       // the descriptors are made here each step (kept across the loop, they spill at two stages)
       u32 s_base = sS;
       asm volatile("" : "+r"(s_base));
@@ -261,26 +252,16 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
       fe_wgmma_commit();
       fe_wgmma_wait<0>();
       fe_fence_regs(dq);
-      // Staged in fragment order (rows past N included: their dS is zero), then added to the
-      // accumulator by bulk reductions, 128 bytes per lane: the 32 chunks this warp's stores
-      // fill (chunk v * 16 + 4 w + j holds float4 v of threads 32 w + 8 j .. + 7), so a warp-level
-      // barrier orders them, and every thread runs the same code (a divergent branch made the
-      // compiler serialize the wgmma). Buffer t % 2; step t - 2's reductions from it have read it
-      // once at most one group per lane is still reading. (Vector reductions from every thread,
-      // run 39's profile: their register reads and the fences waiting for them to land were about
-      // a fifth of this kernel's stall samples.)
-      fe_bulk_wait_read<1>();
-      __syncwarp();
-      const u32 panel = sDQ + ((t & 1) * WGS + wg) * DQ_PANEL_BYTES;
+      float* acc = p.dqacc + ((i64)b * p.h + h) * N * FE_D + wg * 64 + (lane & 3) * 2;
 #pragma unroll
-      for (int v = 0; v < 8; ++v) {
-        fe_st_shared_v4(panel + (v * 128 + (tid & 127)) * 16, dq[4 * v], dq[4 * v + 1], dq[4 * v + 2], dq[4 * v + 3]);
+      for (int r = 0; r < 2; ++r) {
+        const int i = i0 + (warp & 3) * 16 + (lane >> 2) + 8 * r;
+        if (i < N) {
+          float* row = acc + (i64)i * FE_D;
+#pragma unroll
+          for (int c = 0; c < 8; ++c) fe_red_f32x2(row + c * 8, dq[4 * c + 2 * r], dq[4 * c + 2 * r + 1]);
+        }
       }
-      fe_fence_proxy_async();
-      __syncwarp();
-      const int chunk = (lane >> 2) * 16 + (warp & 3) * 4 + (lane & 3);
-      fe_bulk_reduce_add_f32(fe_dq_panel(p, b, hk * group + t / n_q, i0, wg) + chunk * 32, panel + chunk * 128, 128);
-      fe_bulk_commit();
     } else {
       fe_wgmma_wait<0>();
     }
@@ -306,7 +287,6 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
   } else {
     fe_bwd_store_part(dk4, dv4, p, b, hk, seg, nsb, my_j0, lane);
   }
-  if (ATOMIC) fe_bulk_wait<0>();  // the reductions are done before the CTA (and its shared memory) ends
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dkdv(const PrefillBwdParams p) { fe_dkdv<false>(p); }
@@ -453,25 +433,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dq(const Pre
 // ---- dQ from the atomic mode's accumulator ---------------------------------------------------------
 // grid (cdiv(N, 64), H, B): 64 rows of [B, H, N, D] fp32 times the scale, 16-byte stores to dq.
 extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}_dq_atomic(const PrefillBwdParams p) {
-  // grid (cdiv(N, 64), H, B): one 64-row tile, its panels read in the accumulator's fragment order,
-  // written as rows through shared memory
-  __shared__ __align__(16) u16 tile[64 * FE_DP];
   const int h = blockIdx.y, b = blockIdx.z;
   const int i0 = blockIdx.x * 64;
   const int rows = min(64, p.n - i0);
-  for (int q = threadIdx.x; q < (FE_D / 64) * 8 * 128; q += THREADS) {
-    const int panel = q / 1024, v = (q / 128) % 8, t = q % 128;
-    const int lane = t & 31, row = (t >> 5) * 16 + (lane >> 2), col = panel * 64 + v * 8 + (lane & 3) * 2;
-    float a[4];
-    fe_ld_f32x4(fe_dq_panel(p, b, h, i0, panel) + (v * 128 + t) * 4, a);
-    *reinterpret_cast<u32*>(tile + row * FE_DP + col) = fe_pack2(a[0] * p.scale, a[1] * p.scale);
-    *reinterpret_cast<u32*>(tile + (row + 8) * FE_DP + col) = fe_pack2(a[2] * p.scale, a[3] * p.scale);
-  }
-  __syncthreads();
+  const float* acc = p.dqacc + (((i64)b * p.h + h) * p.n + i0) * FE_D;
   u16* out = p.dq + b * p.dq_sb + h * p.dq_sh + i0 * p.dq_st;
   for (int x = threadIdx.x; x < rows * FE_CH; x += THREADS) {
     const int r = x / FE_CH, c = x % FE_CH;
-    fe_st16(out + r * p.dq_st + c * 8, *reinterpret_cast<const fe_u32x4*>(tile + r * FE_DP + c * 8));
+    float a[4], e[4];
+    fe_ld_f32x4(acc + r * FE_D + c * 8, a);
+    fe_ld_f32x4(acc + r * FE_D + c * 8 + 4, e);
+    const fe_u32x4 v{fe_pack2(a[0] * p.scale, a[1] * p.scale), fe_pack2(a[2] * p.scale, a[3] * p.scale),
+                     fe_pack2(e[0] * p.scale, e[1] * p.scale), fe_pack2(e[2] * p.scale, e[3] * p.scale)};
+    fe_st16(out + r * p.dq_st + c * 8, v);
   }
 }
 #endif
