@@ -165,6 +165,26 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
   const u32 k_rows = sK + wg * 64 * 128, v_rows = sV + wg * 64 * 128;
   const int my_j0 = j0 + warp * 16;
 
+  // ATOMIC: step t's share of dQ (this warpgroup's 64-column panel), added to the accumulator at
+  // the top of step t + 1, after that step's fence and barrier: issued before them, the fence (a
+  // CTA-scope memory barrier in SASS) waited for the reductions to land every step (run 39's
+  // profile: the fence and the barrier after it ~15 % of the stall samples).
+  float dq[32];
+  auto red_dq = [&](int t) {
+    const int h = hk * group + t / n_q;
+    const int i0 = start + (t % n_q) * BQ;
+    float* acc = p.dqacc + ((i64)b * p.h + h) * N * FE_D + wg * 64 + (lane & 3) * 2;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int i = i0 + (warp & 3) * 16 + (lane >> 2) + 8 * r;
+      if (i < N) {
+        float* row = acc + (i64)i * FE_D;
+#pragma unroll
+        for (int c = 0; c < 8; ++c) fe_red_f32x2(row + c * 8, dq[4 * c + 2 * r], dq[4 * c + 2 * r + 1]);
+      }
+    }
+  };
+
   for (int t = 0; t < n_steps; ++t) {
     if (STAGES == 1) {
       load_step(t, 0);
@@ -177,6 +197,7 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
       if (tn < n_steps) load_step(tn, tn % STAGES);
       fe_cp_commit();
     }
+    if (ATOMIC && t > 0) red_dq(t - 1);
     const int stage = t % STAGES;
     const int i0 = start + (t % n_q) * BQ;
     const u32 q_st = sQ + stage * STEP_BYTES, o_st = sO + stage * STEP_BYTES;
@@ -236,14 +257,12 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
       }
       fe_fence_proxy_async();
       fe_bar_sync(1, THREADS);  // both warpgroups' rows are read by each
-      const int h = hk * group + t / n_q;
       // the descriptors are made here each step (kept across the loop, they spill at two stages)
       u32 s_base = sS;
       asm volatile("" : "+r"(s_base));
       const u64 s_cols = fe_desc_sw128(s_base, 8192, 1024);
       const u64 k_cols = fe_desc_sw128(s_base - (sS - sK) + wg * HELD_PANEL, HELD_PANEL, 1024);
       // dQ[64 x 64] (this warpgroup's column panel) = dS[64 x 128] K[128 x 64]
-      float dq[32];
       fe_wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk) {
@@ -252,16 +271,6 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
       fe_wgmma_commit();
       fe_wgmma_wait<0>();
       fe_fence_regs(dq);
-      float* acc = p.dqacc + ((i64)b * p.h + h) * N * FE_D + wg * 64 + (lane & 3) * 2;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int i = i0 + (warp & 3) * 16 + (lane >> 2) + 8 * r;
-        if (i < N) {
-          float* row = acc + (i64)i * FE_D;
-#pragma unroll
-          for (int c = 0; c < 8; ++c) fe_red_f32x2(row + c * 8, dq[4 * c + 2 * r], dq[4 * c + 2 * r + 1]);
-        }
-      }
     } else {
       fe_wgmma_wait<0>();
     }
@@ -271,6 +280,7 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
     // barrier orders that, and the next dS^T's writes after every warpgroup's reads of this one)
     if (STAGES == 1) __syncthreads();
   }
+  if (ATOMIC && n_steps > 0) red_dq(n_steps - 1);
   fe_cp_wait<0>();
   __syncthreads();  // every warpgroup is done with K and V: the warps stage their rows there
 
