@@ -105,6 +105,37 @@ FE_DEV fe_u32x4 fe_ld_shared_v4(u32 addr) {
 // (a TMA load into a buffer the consumers staged their output in).
 FE_DEV void fe_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
+// ---- bulk copies and reductions (no tensor map) -----------------------------------------------------
+FE_DEV void fe_st_shared_v4(u32 addr, float a, float b, float c, float d) {
+  asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+}
+// If `pred`: `bytes` (a multiple of 16; both addresses 16-byte aligned) of fp32 at shared address
+// `src` added element by element to global `dst` by the bulk copy engine (asynchronous proxy: the
+// writes to `src` must be fenced with fe_fence_proxy_async first), as one bulk group. Predicated
+// in PTX rather than branched around, so that one thread can issue it between warpgroup MMAs.
+FE_DEV void fe_bulk_reduce_add_f32_if(bool pred, float* dst, u32 src, u32 bytes) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %3, 0;\n"
+      "@p cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+      "@p cp.async.bulk.commit_group;\n}\n" ::"l"(dst),
+      "r"(src), "r"(bytes), "r"((int)pred)
+      : "memory");
+}
+// If `pred`: at most N of this thread's bulk groups still read their shared source.
+template <int N>
+FE_DEV void fe_bulk_wait_read_if(bool pred) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n@p cp.async.bulk.wait_group.read %0;\n}\n" ::"n"(N),
+               "r"((int)pred)
+               : "memory");
+}
+// If `pred`: at most N of this thread's bulk groups are not complete.
+template <int N>
+FE_DEV void fe_bulk_wait_if(bool pred) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n@p cp.async.bulk.wait_group %0;\n}\n" ::"n"(N),
+               "r"((int)pred)
+               : "memory");
+}
+
 // ---- warpgroup MMA ----------------------------------------------------------------------------------
 FE_DEV void fe_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 FE_DEV void fe_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }

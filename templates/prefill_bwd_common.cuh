@@ -32,7 +32,7 @@ struct PrefillBwdParams {
   u16* dvs;
   float* delta;  // [B, H, N]
   float* part;   // [2, B, HKV, splits, NSB * BN, D]
-  float* dqacc;  // [B, H, N, D] fp32 dQ / scale, added to by the atomic dK/dV kernel; null otherwise
+  float* dqacc;  // fp32 dQ / scale, [B, H, cdiv(N, 64), 64 x D] tiles, added to by the atomic dK/dV kernel; else null
   i64 q_sb, q_st, q_sh;
   i64 k_sb, k_st, k_sh;
   i64 v_sb, v_st, v_sh;
@@ -61,7 +61,7 @@ static_assert(sizeof(PrefillBwdParams) == 472, "PrefillBwdParams must match src/
 
 // ---- Delta ---------------------------------------------------------------------------------------
 // grid (cdiv(N, 64), H, B): a warp per row at a time, 16-byte chunks across the lanes. With an
-// atomic dQ accumulator, the same 64 rows of it are zeroed first (the dK/dV kernel adds to them).
+// atomic dQ accumulator, the tile of the same 64 rows is zeroed first (the dK/dV kernel adds to it).
 extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const PrefillBwdParams p) {
   const int h = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -69,10 +69,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const PrefillBw
   const u16* dg = p.dout + b * p.do_sb + h * p.do_sh;
   float* out = p.delta + ((i64)b * p.h + h) * p.n;
   if (p.dqacc != nullptr) {
-    const int i0 = blockIdx.x * 64;
-    const int rows = min(64, p.n - i0);
-    float* acc = p.dqacc + (((i64)b * p.h + h) * p.n + i0) * FE_D;
-    for (int x = threadIdx.x; x < rows * (FE_D / 4); x += THREADS) fe_st16(acc + 4 * x, fe_u32x4{0u, 0u, 0u, 0u});
+    // the accumulator's 64-row tile (prefill_bwd_sm90a.cu: [B, H, cdiv(N, 64), 64 x D], rows past
+    // N included)
+    float* acc = p.dqacc + (((i64)b * p.h + h) * ((p.n + 63) / 64) + blockIdx.x) * (64 * FE_D);
+    for (int x = threadIdx.x; x < 64 * FE_D / 4; x += THREADS) fe_st16(acc + 4 * x, fe_u32x4{0u, 0u, 0u, 0u});
   }
   for (int r = warp; r < 64; r += NW) {
     const int i = blockIdx.x * 64 + r;

@@ -14,11 +14,15 @@
 // and, with two warpgroups at D = 128, the atomic dQ mode's two (the plan runs Delta, these, and
 // the segment sum):
 //   {{ name }}_dkdv_atomic  the dK/dV kernel that also writes each step's dS^T to shared memory and
-//                    adds dQ's share dS K to an fp32 accumulator [B, H, N, D] with vector reductions
-//                    (red.global.add.v2.f32): each warpgroup one 64-column panel over all 128 keys,
-//                    both operands read MN-major. The dQ kernel's recomputation of S and dP (two of
-//                    seven products) is not needed;
+//                    computes dQ's share dS K (each warpgroup one 64-column panel over all 128 keys,
+//                    both operands read MN-major), stages it in shared memory and adds it to an fp32
+//                    accumulator with one bulk reduction per warpgroup and step
+//                    (cp.reduce.async.bulk ... add.f32). The dQ kernel's recomputation of S and dP
+//                    (two of seven products) is not needed;
 //   {{ name }}_dq_atomic    the accumulator times the scale to dq's storage type.
+// The accumulator is tiled as the reductions write it: [B, H, cdiv(N, 64), D / 64 panels, 8, 128, 4]
+// fp32, a 64-query x 64-column panel as 16 KiB in the order of the wgmma accumulator fragment (float4
+// v of thread t of the warpgroup at (v * 128 + t) * 16 bytes: conflict-free 16-byte stores).
 // Loads are 16-byte cp.async copies into the swizzled layout (chunk c of row r at chunk c ^ (r & 7)
 // of its 128-byte row: what the wgmma descriptors' 128-byte swizzle mode reads), double-buffered.
 // The four-kernel mode has no atomics: bitwise reproducible run to run, like the other engines. The
@@ -53,7 +57,9 @@ constexpr int STEP_BYTES = PANELS * STEP_PANEL;
 // other, it ran slower than the dQ pass; at once, it spills.) Its dS^T tile: BN key rows of 64
 // queries (128 bytes, swizzled), after the streamed stages (unused by the four-kernel mode).
 #define FE_ATOMIC_DQ ({{ warps }} == 8 && {{ head_dim }} == 128)
-constexpr int DS_BYTES = FE_ATOMIC_DQ ? BN * 128 : 0;
+// ... and two staging buffers per warpgroup for its dQ panel (step t's in buffer t % 2).
+constexpr int DQ_PANEL_BYTES = 64 * 64 * 4;
+constexpr int DS_BYTES = FE_ATOMIC_DQ ? BN * 128 + 2 * WGS * DQ_PANEL_BYTES : 0;
 // dK/dV: K, V | Q, dO stages | dS^T | LSE, Delta stages. dQ: Q, dO | K, V stages. 1024 bytes of
 // slack align the base (the swizzle atoms must start on 1024-byte boundaries).
 constexpr int SMEM_DKDV = 1024 + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES + DS_BYTES + STAGES * 2 * BQ * 4;
@@ -111,8 +117,11 @@ FE_DEV void fe_bwd_rs(float (&acc)[FE_ACC], const u32 (&x)[16], u32 y, int panel
   for (int kk = 0; kk < 4; ++kk) fe_wgmma_rs(acc, x[4 * kk], x[4 * kk + 1], x[4 * kk + 2], x[4 * kk + 3], fe_desc_add(dy, kk * 2048));
 }
 
-FE_DEV void fe_red_f32x2(float* p, float a, float b) {
-  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+// The atomic mode's fp32 accumulator panel of query rows [i0, i0 + 64) (i0 a multiple of 64) and
+// columns [64 panel, 64 panel + 64) of head h, sequence b (the layout above).
+FE_DEV float* fe_dq_panel(const PrefillBwdParams& p, int b, int h, int i0, int panel) {
+  const i64 tiles = (p.n + 63) / 64;
+  return p.dqacc + ((((i64)b * p.h + h) * tiles + i0 / 64) * (FE_D / 64) + panel) * (64 * 64);
 }
 
 // ---- dK, dV (and, with ATOMIC, dQ's share) ---------------------------------------------------------
@@ -123,7 +132,8 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
   const u32 base = (fe_smem_addr(fe_smem) + 1023u) & ~1023u;
   unsigned char* gbase = fe_smem + (base - fe_smem_addr(fe_smem));
   const u32 sK = base, sV = sK + HELD_BYTES, sQ = sV + HELD_BYTES, sO = sQ + STAGES * STEP_BYTES;
-  const u32 sS = sO + STAGES * STEP_BYTES;                                            // DS_BYTES: dS^T
+  const u32 sS = sO + STAGES * STEP_BYTES;  // DS_BYTES: dS^T, then the dQ staging buffers
+  const u32 sDQ = sS + BN * 128;
   float* sL = (float*)(gbase + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES + DS_BYTES);  // STAGES x BQ: LSE * log2(e)
   float* sD = sL + STAGES * BQ;                                             // STAGES x BQ: Delta
 
@@ -165,27 +175,14 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
   const u32 k_rows = sK + wg * 64 * 128, v_rows = sV + wg * 64 * 128;
   const int my_j0 = j0 + warp * 16;
 
-  // ATOMIC: step t's share of dQ (this warpgroup's 64-column panel), added to the accumulator at
-  // the top of step t + 1, after that step's fence and barrier: issued before them, the fence (a
-  // CTA-scope memory barrier in SASS) waited for the reductions to land every step (run 39's
-  // profile: the fence and the barrier after it ~15 % of the stall samples).
-  float dq[32];
-  auto red_dq = [&](int t) {
-    const int h = hk * group + t / n_q;
-    const int i0 = start + (t % n_q) * BQ;
-    float* acc = p.dqacc + ((i64)b * p.h + h) * N * FE_D + wg * 64 + (lane & 3) * 2;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int i = i0 + (warp & 3) * 16 + (lane >> 2) + 8 * r;
-      if (i < N) {
-        float* row = acc + (i64)i * FE_D;
-#pragma unroll
-        for (int c = 0; c < 8; ++c) fe_red_f32x2(row + c * 8, dq[4 * c + 2 * r], dq[4 * c + 2 * r + 1]);
-      }
-    }
-  };
+  // ATOMIC: thread 0 of each warpgroup issues its reductions (predicated, not branched: a branch
+  // made the compiler serialize the wgmma)
+  const bool reducer = ATOMIC && (tid & 127) == 0;
 
   for (int t = 0; t < n_steps; ++t) {
+    // ATOMIC: step t - 2's reduction has read buffer t % 2 (step t - 1's may still be reading) before
+    // anyone passes the barrier below
+    if (ATOMIC) fe_bulk_wait_read_if<1>(reducer);
     if (STAGES == 1) {
       load_step(t, 0);
       fe_cp_commit();
@@ -197,7 +194,6 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
       if (tn < n_steps) load_step(tn, tn % STAGES);
       fe_cp_commit();
     }
-    if (ATOMIC && t > 0) red_dq(t - 1);
     const int stage = t % STAGES;
     const int i0 = start + (t % n_q) * BQ;
     const u32 q_st = sQ + stage * STEP_BYTES, o_st = sO + stage * STEP_BYTES;
@@ -263,6 +259,7 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
       const u64 s_cols = fe_desc_sw128(s_base, 8192, 1024);
       const u64 k_cols = fe_desc_sw128(s_base - (sS - sK) + wg * HELD_PANEL, HELD_PANEL, 1024);
       // dQ[64 x 64] (this warpgroup's column panel) = dS[64 x 128] K[128 x 64]
+      float dq[32];
       fe_wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk) {
@@ -271,6 +268,18 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
       fe_wgmma_commit();
       fe_wgmma_wait<0>();
       fe_fence_regs(dq);
+      // staged in fragment order (rows past N included: their dS is zero) and added to the
+      // accumulator by one bulk reduction of the warpgroup's panel (run 39's profile: 32 vector
+      // reductions per thread held their registers in the memory pipe's queue, and the fences
+      // after them waited for them to land)
+      const u32 panel = sDQ + ((t & 1) * WGS + wg) * DQ_PANEL_BYTES;
+#pragma unroll
+      for (int v = 0; v < 8; ++v) {
+        fe_st_shared_v4(panel + (v * 128 + (tid & 127)) * 16, dq[4 * v], dq[4 * v + 1], dq[4 * v + 2], dq[4 * v + 3]);
+      }
+      fe_fence_proxy_async();
+      fe_bar_sync(2 + wg, 128);
+      fe_bulk_reduce_add_f32_if(reducer, fe_dq_panel(p, b, hk * group + t / n_q, i0, wg), panel, DQ_PANEL_BYTES);
     } else {
       fe_wgmma_wait<0>();
     }
@@ -280,7 +289,6 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
     // barrier orders that, and the next dS^T's writes after every warpgroup's reads of this one)
     if (STAGES == 1) __syncthreads();
   }
-  if (ATOMIC && n_steps > 0) red_dq(n_steps - 1);
   fe_cp_wait<0>();
   __syncthreads();  // every warpgroup is done with K and V: the warps stage their rows there
 
@@ -297,6 +305,7 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
   } else {
     fe_bwd_store_part(dk4, dv4, p, b, hk, seg, nsb, my_j0, lane);
   }
+  if (ATOMIC) fe_bulk_wait_if<0>(reducer);  // the reductions are done before the CTA ends
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dkdv(const PrefillBwdParams p) { fe_dkdv<false>(p); }
@@ -443,19 +452,25 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dq(const Pre
 // ---- dQ from the atomic mode's accumulator ---------------------------------------------------------
 // grid (cdiv(N, 64), H, B): 64 rows of [B, H, N, D] fp32 times the scale, 16-byte stores to dq.
 extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}_dq_atomic(const PrefillBwdParams p) {
+  // grid (cdiv(N, 64), H, B): one 64-row tile, its panels read in the accumulator's fragment order,
+  // written as rows through shared memory
+  __shared__ __align__(16) u16 tile[64 * FE_DP];
   const int h = blockIdx.y, b = blockIdx.z;
   const int i0 = blockIdx.x * 64;
   const int rows = min(64, p.n - i0);
-  const float* acc = p.dqacc + (((i64)b * p.h + h) * p.n + i0) * FE_D;
+  for (int q = threadIdx.x; q < (FE_D / 64) * 8 * 128; q += THREADS) {
+    const int panel = q / 1024, v = (q / 128) % 8, t = q % 128;
+    const int lane = t & 31, row = (t >> 5) * 16 + (lane >> 2), col = panel * 64 + v * 8 + (lane & 3) * 2;
+    float a[4];
+    fe_ld_f32x4(fe_dq_panel(p, b, h, i0, panel) + (v * 128 + t) * 4, a);
+    *reinterpret_cast<u32*>(tile + row * FE_DP + col) = fe_pack2(a[0] * p.scale, a[1] * p.scale);
+    *reinterpret_cast<u32*>(tile + (row + 8) * FE_DP + col) = fe_pack2(a[2] * p.scale, a[3] * p.scale);
+  }
+  __syncthreads();
   u16* out = p.dq + b * p.dq_sb + h * p.dq_sh + i0 * p.dq_st;
   for (int x = threadIdx.x; x < rows * FE_CH; x += THREADS) {
     const int r = x / FE_CH, c = x % FE_CH;
-    float a[4], e[4];
-    fe_ld_f32x4(acc + r * FE_D + c * 8, a);
-    fe_ld_f32x4(acc + r * FE_D + c * 8 + 4, e);
-    const fe_u32x4 v{fe_pack2(a[0] * p.scale, a[1] * p.scale), fe_pack2(a[2] * p.scale, a[3] * p.scale),
-                     fe_pack2(e[0] * p.scale, e[1] * p.scale), fe_pack2(e[2] * p.scale, e[3] * p.scale)};
-    fe_st16(out + r * p.dq_st + c * 8, v);
+    fe_st16(out + r * p.dq_st + c * 8, *reinterpret_cast<const fe_u32x4*>(tile + r * FE_DP + c * 8));
   }
 }
 #endif

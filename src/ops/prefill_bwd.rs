@@ -18,9 +18,10 @@
 //!
 //! The atomic dQ mode ([`has_atomic_mode`]: the two-warpgroup wgmma tiles at D = 128, unless
 //! [`crate::ops::Problem::deterministic`]): the dK/dV kernel (`_dkdv_atomic`) also computes dQ's
-//! share dS·K and adds it to an fp32 accumulator `[B,H,N,D]` at the end of the workspace, which
-//! the Delta kernel zeroes first; `_dq_atomic` converts it. No dQ pass (five products instead of
-//! seven); the sums' order, and so their last bits, vary run to run.
+//! share dS·K, stages it in shared memory and adds it to an fp32 accumulator (64-row tiles
+//! `[B, H, cdiv(N, 64), 64 x D]` at the end of the workspace) with one bulk reduction per
+//! warpgroup and step, which the Delta kernel zeroes first; `_dq_atomic` converts it. No dQ pass
+//! (five products instead of seven); the sums' order, and so their last bits, vary run to run.
 //!
 //! Three engines: Triton (triton/flasheva_triton.py; the default at D = 256), `mma`
 //! (templates/prefill_bwd.cu, the same kernels on `mma.sync`, 16 held rows per warp: block_n =
@@ -519,7 +520,7 @@ impl OpDef for PrefillBwd {
                     "prefill_bwd needs a workspace of {need} fp32 elements (Delta [B, H, N], \
                      the summary blocks' {splits} partial sums{})",
                     if atomic {
-                        " and the dQ accumulator [B, H, N, D]"
+                        " and the dQ accumulator [B, H, cdiv(N, 64) * 64, D]"
                     } else {
                         ""
                     }
@@ -801,14 +802,15 @@ pub struct PrefillBwdParams {
 /// templates/prefill_bwd.cu pads its rows by SMEM_PAD; templates/prefill_bwd_sm90a.cu keeps
 /// them unpadded (the swizzle spreads the banks) with 1024 bytes of slack to align its panels.
 /// The dK/dV kernels of tiles with the atomic dQ mode also hold its dS^T tile, BN rows of 64
-/// queries.
+/// queries, and two 64 x 64 fp32 staging panels of dQ per warpgroup.
 fn cuda_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
     let (row, slack) = match t.engine {
         Engine::Wgmma => (spec.head_dim() * 2, 1024),
         _ => ((spec.head_dim() + crate::tile::SMEM_PAD) * 2, 0),
     };
     let ds = if has_atomic_mode(spec, t) {
-        t.block_n * 128
+        // dS^T (BN rows of 64 queries) and two 64 x 64 fp32 dQ staging panels per warpgroup
+        t.block_n * 128 + 2 * (t.warps / 4) * 64 * 64 * 4
     } else {
         0
     };
@@ -887,10 +889,11 @@ impl Sizes {
         2 * self.b * self.hkv * splits * rows * self.d
     }
 
-    /// Delta, the partial sums, and in the atomic mode the fp32 dQ accumulator `[B, H, N, D]`.
+    /// Delta, the partial sums, and in the atomic mode the fp32 dQ accumulator (64-row tiles,
+    /// `[B, H, cdiv(N, 64), 64 x D]`: the last tile whole).
     fn workspace(&self, tile: &Tile, splits: usize, atomic: bool) -> usize {
         let acc = if atomic {
-            self.b * self.h * self.n * self.d
+            self.b * self.h * self.n.next_multiple_of(64) * self.d
         } else {
             0
         };
@@ -1053,10 +1056,11 @@ mod tests {
             Tile::new(&s, wg(64, 64, 4, 2)).unwrap().smem_bytes(&s),
             cuda_smem(&s, &wg(64, 64, 4, 2)).0
         );
-        // two warpgroups at D = 128: the atomic mode's dS^T tile (128 rows of 128 bytes) too
+        // two warpgroups at D = 128: the atomic mode's dS^T tile (128 rows of 128 bytes) and
+        // two 16 KiB dQ staging panels per warpgroup too
         assert_eq!(
             cuda_smem(&s, &wg(64, 128, 8, 2)).0,
-            1024 + 2 * 128 * row + 2 * 2 * 64 * row + 128 * 128 + 2 * 2 * 64 * 4
+            1024 + 2 * 128 * row + 2 * 2 * 64 * row + 128 * 128 + 2 * 2 * 16384 + 2 * 2 * 64 * 4
         );
         assert!(has_atomic_mode(&s, &wg(64, 128, 8, 2)));
         assert!(!has_atomic_mode(&s, &wg(64, 64, 4, 2)));
@@ -1095,7 +1099,8 @@ mod tests {
         // Delta (which zeroes the accumulator), dK/dV adding dQ, the segment sum, the conversion
         assert_eq!(atomic, [0, 4, 2, 5]);
         assert_eq!(det, [0, 1, 2, 3]);
-        assert_eq!(ws_atomic - ws_det, 2 * 4 * 300 * 128);
+        // the accumulator in whole 64-row tiles: 300 rows take 320
+        assert_eq!(ws_atomic - ws_det, 2 * 4 * 320 * 128);
         // a deterministic workspace is too small for the atomic mode
         let mut args = p.placeholder_args(&t, 132, 0x10000, 0x20000);
         args.deterministic = false;
@@ -1157,10 +1162,10 @@ mod tests {
             s.workspace(&t(16, 32), 3, false),
             200 + 2 * 2 * 3 * 32 * 128
         );
-        // the atomic mode's dQ accumulator after them: B * H * N * D
+        // the atomic mode's dQ accumulator after them, in whole 64-row tiles: B * H * 128 * D
         assert_eq!(
             s.workspace(&t(16, 32), 3, true),
-            200 + 2 * 2 * 3 * 32 * 128 + 2 * 100 * 128
+            200 + 2 * 2 * 3 * 32 * 128 + 2 * 128 * 128
         );
     }
 }
