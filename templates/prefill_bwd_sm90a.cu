@@ -60,8 +60,9 @@ constexpr int STEP_BYTES = PANELS * STEP_PANEL;
 // ... and two staging buffers per warpgroup for its dQ panel (step t's in buffer t % 2).
 constexpr int DQ_PANEL_BYTES = 64 * 64 * 4;
 constexpr int DS_BYTES = FE_ATOMIC_DQ ? BN * 128 + 2 * WGS * DQ_PANEL_BYTES : 0;
-// dK/dV: K, V | Q, dO stages | dS^T | LSE, Delta stages. dQ: Q, dO | K, V stages. 1024 bytes of
-// slack align the base (the swizzle atoms must start on 1024-byte boundaries).
+// dK/dV: K, V | Q, dO stages | dS^T, dQ staging (atomic tiles) | LSE, Delta stages. dQ: Q, dO |
+// K, V stages. 1024 bytes of slack align the base (the swizzle atoms must start on 1024-byte
+// boundaries).
 constexpr int SMEM_DKDV = 1024 + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES + DS_BYTES + STAGES * 2 * BQ * 4;
 constexpr int SMEM_DQ = 1024 + 2 * HELD_BYTES + STAGES * 2 * STEP_BYTES;
 static_assert(SMEM_DKDV <= 232448 && SMEM_DQ <= 232448, "tile needs more than 227 KiB of shared memory");
@@ -450,10 +451,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dq(const Pre
 
 #if FE_ATOMIC_DQ
 // ---- dQ from the atomic mode's accumulator ---------------------------------------------------------
-// grid (cdiv(N, 64), H, B): 64 rows of [B, H, N, D] fp32 times the scale, 16-byte stores to dq.
+// grid (cdiv(N, 64), H, B): one 64-row tile of the accumulator times the scale, its panels read in
+// the fragment order, written as rows (16-byte stores) through shared memory. That tile is static
+// shared memory, and the loader gives every entry point of the module SMEM_DKDV of dynamic shared
+// memory: together they must fit the 227 KiB a block may opt into.
+static_assert(SMEM_DKDV + 64 * FE_DP * 2 <= 232448,
+              "the atomic dQ conversion's static tile and the module's dynamic shared memory exceed 227 KiB");
 extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}_dq_atomic(const PrefillBwdParams p) {
-  // grid (cdiv(N, 64), H, B): one 64-row tile, its panels read in the accumulator's fragment order,
-  // written as rows through shared memory
   __shared__ __align__(16) u16 tile[64 * FE_DP];
   const int h = blockIdx.y, b = blockIdx.z;
   const int i0 = blockIdx.x * 64;

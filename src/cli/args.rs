@@ -166,6 +166,16 @@ impl ShapeFlags {
     }
 }
 
+/// How the backward may add up dQ (`run` and `bench`).
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct BackwardFlags {
+    /// prefill_bwd: bitwise-reproducible gradients (the four-kernel schedule). By default the
+    /// two-warpgroup wgmma tiles at D = 128 add dQ with fp32 bulk reductions (faster; the last
+    /// bits vary run to run); every other tile is always deterministic.
+    #[arg(long)]
+    pub deterministic: bool,
+}
+
 /// Which specs a command works on: every spec of a preset, or one op's spec from the spec flags.
 #[derive(Args, Debug, Clone, Default)]
 pub struct Selection {

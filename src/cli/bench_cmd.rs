@@ -43,10 +43,8 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// prefill_bwd: bitwise-reproducible gradients (the four-kernel schedule). By default the wgmma
-    /// backward adds dQ with fp32 atomics (faster; the last bits vary run to run).
-    #[arg(long)]
-    pub deterministic: bool,
+    #[command(flatten)]
+    pub backward: super::args::BackwardFlags,
 }
 
 #[derive(serde::Serialize)]
@@ -168,14 +166,14 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         };
         let kernel = rt.kernel_with_tile(&w.spec, &tile)?;
         let mut problem = Problem::new(w);
-        problem.deterministic = a.deterministic;
+        problem.deterministic = a.backward.deterministic;
         let mut bench = Bencher::new(&gpu, &stream, problem, &kernel)?;
         eprintln!(
             "timing {} {} ({} rotating input sets{}) ...",
             w.spec,
             w.describe(),
             bench.sets(),
-            if a.deterministic && w.spec.op() == Op::PrefillBwd {
+            if a.backward.deterministic && w.spec.op() == Op::PrefillBwd {
                 ", deterministic"
             } else {
                 ""

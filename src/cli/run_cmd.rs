@@ -56,10 +56,8 @@ pub struct RunArgs {
     /// Ignore tuned winners: use the default tile (also: FLASHEVA_NO_TUNE=1).
     #[arg(long)]
     pub ignore_tuning: bool,
-    /// prefill_bwd: bitwise-reproducible gradients (the four-kernel schedule). By default the wgmma
-    /// backward adds dQ with fp32 atomics (faster; the last bits vary run to run).
-    #[arg(long)]
-    pub deterministic: bool,
+    #[command(flatten)]
+    pub backward: super::args::BackwardFlags,
 }
 
 /// Reads the input tensors of `def` from a safetensors file: names, element types, shapes.
@@ -164,7 +162,7 @@ pub fn run(a: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
         .problem_from(&flags, &shapes, lens.as_deref())
         .map_err(usage)?;
     problem.scale = a.scale;
-    problem.deterministic = a.deterministic;
+    problem.deterministic = a.backward.deterministic;
     let spec = problem.spec();
 
     let gpu = Gpu::open(a.device).context("flasheva run needs a CUDA GPU")?;

@@ -819,9 +819,9 @@ fn cuda_smem(spec: &KernelSpec, t: &TileParams) -> (u32, u32) {
     (dq + ds + st * 2 * bq * 4, dq)
 }
 
-/// Whether prefill_bwd with tiles of these knobs adds dQ with fp32 atomics unless asked to be
-/// deterministic ([`crate::ops::Problem::deterministic`], `--deterministic`): the wgmma kernels
-/// with two warpgroups at D = 128, where each warpgroup computes one 64-column panel of dQ's
+/// Whether prefill_bwd with tiles of these knobs adds dQ with fp32 bulk reductions unless asked
+/// to be deterministic ([`crate::ops::Problem::deterministic`], `--deterministic`): the wgmma
+/// kernels with two warpgroups at D = 128, where each warpgroup computes one 64-column panel of dQ's
 /// share over all 128 keys. Every other tile, and these in the deterministic mode, give
 /// bitwise-reproducible gradients. With one warpgroup (its own 64 keys, both panels one after
 /// the other) the mode was slower than the dQ pass everywhere it was measured (run 32: 0.76
