@@ -625,6 +625,21 @@ fn listings_have_json_forms_and_doctor_check_fails_on_problems() {
         ],
         "--format json is not available for render",
     );
+    // ... nor for the cache commands that act (refused before they act)
+    let acting = tempfile::tempdir().unwrap();
+    let acting_cache = acting.path().to_str().unwrap();
+    for args in [
+        vec!["cache", "clear"],
+        vec!["cache", "gc", "--max-size", "0"],
+        vec!["cache", "keygen", "--out", "k.key"],
+    ] {
+        let mut all = vec!["--format", "json", "--cache-dir", acting_cache];
+        all.extend(args.iter().copied());
+        bad_input(
+            &all,
+            &format!("--format json is not available for {}", args[..2].join(" ")),
+        );
+    }
     // a refused environment value is a problem doctor --check reports
     let o = Command::new(bin())
         .args(["doctor", "--check"])

@@ -170,6 +170,18 @@ fn existing(cache_dir: Option<PathBuf>, what: &str) -> anyhow::Result<Option<Cac
 
 pub fn run(a: CacheArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
     let json = format == Format::Json;
+    // the commands that change the cache or write files print text only: refused before they act
+    let text_command = match &a.command {
+        CacheCommand::Clear => Some("cache clear"),
+        CacheCommand::Export(_) => Some("cache export"),
+        CacheCommand::Import(_) => Some("cache import"),
+        CacheCommand::Keygen { .. } => Some("cache keygen"),
+        CacheCommand::Gc { .. } => Some("cache gc"),
+        CacheCommand::Ls | CacheCommand::Show { .. } | CacheCommand::Verify => None,
+    };
+    if let Some(command) = text_command {
+        super::text_only(format, command)?;
+    }
     match a.command {
         CacheCommand::Ls => {
             let store = if json {
