@@ -97,7 +97,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     return (i64)__shfl_sync(0xffffffffu, pg_cur, k & 31);
   };
 
-  auto load_tile = [&](int k, int stage, i64 pg_hint) {
+  auto load_tile = [&](int k, int stage, i64 tile_pg) {
     const int t = t_begin + warp + k * NW;
     u16* dk = sKV + stage * 2 * BN * FE_DP;
     u16* dv = dk + BN * FE_DP;
@@ -112,9 +112,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     } else if (PAGED && whole_pages) {
       const int c0 = (t - t_local) * BN;
       const int row0 = pshift >= 0 ? (c0 & (p.page - 1)) : c0 % p.page;
-      const i64 pg = pg_hint;
-      fe_load_rows<BN, 32>(dk, lane, ksg + pg * p.ks_sb + row0 * p.ks_st, p.ks_st, ns - c0);
-      fe_load_rows<BN, 32>(dv, lane, vsg + pg * p.vs_sb + row0 * p.vs_st, p.vs_st, ns - c0);
+      fe_load_rows<BN, 32>(dk, lane, ksg + tile_pg * p.ks_sb + row0 * p.ks_st, p.ks_st, ns - c0);
+      fe_load_rows<BN, 32>(dv, lane, vsg + tile_pg * p.vs_sb + row0 * p.vs_st, p.vs_st, ns - c0);
     } else if (PAGED) {
       const int c0 = (t - t_local) * BN;
       fe_load_rows_map<BN, 32>(dk, lane, ksg, [&](int r) -> const u16* {
@@ -136,7 +135,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     }
   };
 
-  // PAGED: the prologue's page ids (pg_cur) were asked for above, before anything waits on them.
+  // PAGED: the prologue's page ids, shuffled out of pg_cur (whose load is issued above; the shuffle
+  // waits for it, and so do Q's copies below).
   i64 pro_pg[STAGES];
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) pro_pg[s] = page_id(s);

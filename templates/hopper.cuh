@@ -189,8 +189,7 @@ FE_DEV void fe_wgmma_ss(float (&d)[32], u64 da, u64 db, int acc) {
       : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
 }
 
-// D[64 x 128] (+)= A[64 x 16] * B[16 x 128], A and B from shared memory through descriptors (both
-// K-major), fp32 accumulators; `acc` = 0 overwrites D.
+// D[64 x 128] (+)= A[64 x 16] * B[16 x 128]: as the N = 64 form above.
 template <int TA = 0, int TB = 0>
 FE_DEV void fe_wgmma_ss(float (&d)[64], u64 da, u64 db, int acc) {
   asm volatile(
@@ -209,8 +208,7 @@ FE_DEV void fe_wgmma_ss(float (&d)[64], u64 da, u64 db, int acc) {
       : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
 }
 
-// D[64 x 256] (+)= A[64 x 16] * B[16 x 256], A and B from shared memory through descriptors (both
-// K-major), fp32 accumulators; `acc` = 0 overwrites D.
+// D[64 x 256] (+)= A[64 x 16] * B[16 x 256]: as the N = 64 form above.
 template <int TA = 0, int TB = 0>
 FE_DEV void fe_wgmma_ss(float (&d)[128], u64 da, u64 db, int acc) {
   asm volatile(

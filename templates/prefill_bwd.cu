@@ -90,7 +90,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dkdv(const P
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int N = p.n;
   const int group = p.h / p.hkv;
-  const FeBwdBlock blk = fe_bwd_block<BQ>(p);
+  const FeBwdBlock blk = fe_bwd_block(p);
   const bool summary = blk.summary;
   const int b = blk.b, hk = blk.hk, j0 = blk.j0, seg = blk.seg;
   const int start = blk.start, n_q = blk.n_q, nsb = blk.nsb;

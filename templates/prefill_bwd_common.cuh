@@ -70,7 +70,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const PrefillBw
   float* out = p.delta + ((i64)b * p.h + h) * p.n;
   if (p.dqacc != nullptr) {
     // the accumulator's 64-row tile (prefill_bwd_sm90a.cu: [B, H, cdiv(N, 64), 64 x D], rows past
-    // N included)
+    // N included; fe_dq_panel there addresses its panels)
     float* acc = p.dqacc + (((i64)b * p.h + h) * ((p.n + 63) / 64) + blockIdx.x) * (64 * FE_D);
     for (int x = threadIdx.x; x < 64 * FE_D / 4; x += THREADS) fe_st16(acc + 4 * x, fe_u32x4{0u, 0u, 0u, 0u});
   }
@@ -93,23 +93,22 @@ extern "C" __global__ void __launch_bounds__(THREADS) {{ name }}(const PrefillBw
 // blockIdx.x of a dK/dV kernel (both engines): the summary segments first (they are the long ones),
 // `splits` per summary block of BN rows, then the raw key blocks of BN keys; each names its keys
 // (rows [j0, lim) of K/V or of the summaries) and the queries that see them, walked in BQ-row steps
-// from `start` (n_q steps per query head of the group).
+// from `start` (n_q steps per query head of the group). BN and BQ are the including template's.
 struct FeBwdBlock {
   bool summary;
   int b, hk, j0, lim, seg;
-  int nsb;         // summary blocks: cdiv(nc, BN)
-  int i_lo, i_hi;  // the first and the last query that sees a key of the block
-  const u16* kg;   // the block's K (or ks) rows of this kv head, row stride kst
+  int nsb;        // summary blocks: cdiv(nc, BN)
+  const u16* kg;  // the block's K (or ks) rows of this kv head, row stride kst
   const u16* vg;
   i64 kst, vst;
-  int start;  // i_lo rounded down to a step
+  int start;  // the first query that sees a key of the block, rounded down to a step
   int n_q;    // query steps per head (0 when no query sees the block)
 };
 
-template <int BQ_>
 FE_DEV FeBwdBlock fe_bwd_block(const PrefillBwdParams& p) {
   FeBwdBlock k;
   const int N = p.n;
+  int i_lo, i_hi;  // the first and the last query that sees a key of the block
   const int nsb = (p.nc + BN - 1) / BN;
   const int n_sum = p.b * p.hkv * nsb * p.splits;
   k.nsb = nsb;
@@ -125,8 +124,8 @@ FE_DEV FeBwdBlock fe_bwd_block(const PrefillBwdParams& p) {
     k.b = t / p.hkv;
     k.lim = p.nc;
     // summary c is seen by every query i >= (c + 1) C; this segment's share of them
-    k.i_lo = max((k.j0 + 1) * FE_C, k.seg * p.seg);
-    k.i_hi = min((k.seg + 1) * p.seg, N) - 1;
+    i_lo = max((k.j0 + 1) * FE_C, k.seg * p.seg);
+    i_hi = min((k.seg + 1) * p.seg, N) - 1;
     k.kg = p.ks + k.b * p.ks_sb + k.hk * p.ks_sh;
     k.vg = p.vs + k.b * p.vs_sb + k.hk * p.vs_sh;
     k.kst = p.ks_st;
@@ -140,15 +139,15 @@ FE_DEV FeBwdBlock fe_bwd_block(const PrefillBwdParams& p) {
     k.b = t / p.hkv;
     k.lim = N;
     // queries that see a key of the block: from its first key to its last key's last viewer
-    k.i_lo = k.j0;
-    k.i_hi = FE_SLIDING ? min(k.j0 + BN - 1 + FE_W - 1, N - 1) : min(((k.j0 + BN - 1) / FE_W + 1) * FE_W - 1, N - 1);
+    i_lo = k.j0;
+    i_hi = FE_SLIDING ? min(k.j0 + BN - 1 + FE_W - 1, N - 1) : min(((k.j0 + BN - 1) / FE_W + 1) * FE_W - 1, N - 1);
     k.kg = p.k + k.b * p.k_sb + k.hk * p.k_sh;
     k.vg = p.v + k.b * p.v_sb + k.hk * p.v_sh;
     k.kst = p.k_st;
     k.vst = p.v_st;
   }
-  k.start = (k.i_lo / BQ_) * BQ_;
-  k.n_q = k.i_hi >= k.i_lo ? (k.i_hi - k.start) / BQ_ + 1 : 0;
+  k.start = (i_lo / BQ) * BQ;
+  k.n_q = i_hi >= i_lo ? (i_hi - k.start) / BQ + 1 : 0;
   return k;
 }
 

@@ -119,7 +119,8 @@ FE_DEV void fe_bwd_rs(float (&acc)[FE_ACC], const u32 (&x)[16], u32 y, int panel
 }
 
 // The atomic mode's fp32 accumulator panel of query rows [i0, i0 + 64) (i0 a multiple of 64) and
-// columns [64 panel, 64 panel + 64) of head h, sequence b (the layout above).
+// columns [64 panel, 64 panel + 64) of head h, sequence b (the layout above; the Delta kernel in
+// prefill_bwd_common.cuh zeroes whole tiles with the same tile index).
 FE_DEV float* fe_dq_panel(const PrefillBwdParams& p, int b, int h, int i0, int panel) {
   const i64 tiles = (p.n + 63) / 64;
   return p.dqacc + ((((i64)b * p.h + h) * tiles + i0 / 64) * (FE_D / 64) + panel) * (64 * 64);
@@ -141,7 +142,7 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
   const int N = p.n;
   const int group = p.h / p.hkv;
-  const FeBwdBlock blk = fe_bwd_block<BQ>(p);
+  const FeBwdBlock blk = fe_bwd_block(p);
   const bool summary = blk.summary;
   const int b = blk.b, hk = blk.hk, j0 = blk.j0, seg = blk.seg;
   const int start = blk.start, n_q = blk.n_q, nsb = blk.nsb;

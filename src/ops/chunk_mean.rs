@@ -41,7 +41,7 @@ impl ChunkMeanArgs {
             scale: None,
             splits: 1,
             workspace: None,
-            deterministic: false,
+            ..OpArgs::default() // no backward: deterministic is prefill_bwd's
         }
     }
 

@@ -53,7 +53,7 @@ impl ChunkSummarizeArgs {
             scale: self.scale,
             splits: 1,
             workspace: None,
-            deterministic: false,
+            ..OpArgs::default() // no backward: deterministic is prefill_bwd's
         }
     }
 

@@ -71,7 +71,7 @@ impl DecodeArgs {
             scale: self.scale,
             splits,
             workspace,
-            deterministic: false,
+            ..OpArgs::default() // no backward: deterministic is prefill_bwd's
         }
     }
 

@@ -136,7 +136,7 @@ impl PrefillArgs {
             scale: self.scale,
             splits: 1,
             workspace: None,
-            deterministic: false,
+            ..OpArgs::default() // no backward: deterministic is prefill_bwd's
         }
     }
 

@@ -4,8 +4,8 @@
 //! (every one of the NC rows written; zero at or past N/C), each kv gradient summed over its
 //! query-head group.
 //!
-//! FlashAttention-2-style recomputation from the LSE in four kernels of one module: Delta = rowsum(dO·O) into an fp32 workspace `[B,H,N]`; one
-//! program per raw key block, or per segment of a summary block's queries, accumulating dK, dV
+//! FlashAttention-2-style recomputation from the LSE in four kernels of one module: Delta =
+//! rowsum(dO·O) into an fp32 workspace `[B,H,N]`; one program per raw key block, or per segment of a summary block's queries, accumulating dK, dV
 //! (partial dks, dvs) over the query blocks that see it and the query heads of its group; the
 //! summary segments added in order; one program per query block for dQ. A summary block is seen
 //! by every later query, a raw key block by about W of them: unsplit, the few summary programs
@@ -715,8 +715,10 @@ impl OpDef for PrefillBwd {
             };
             // the atomic mode: entry points 4 (dK/dV adding dQ's share) and 5 (its conversion)
             let (dkdv_entry, dq_entry) = if atomic { (4, 5) } else { (1, 3) };
+            // Delta's blocks of PRE_ROWS rows, which are also the atomic mode's accumulator tiles
+            let pre_rows = grid_dim("query rows", n.div_ceil(PRE_ROWS), i32::MAX as usize)?;
             let mut steps = vec![
-                Step::of(0, &launch((n.div_ceil(PRE_ROWS) as u32, hg, bg), 0)),
+                Step::of(0, &launch((pre_rows, hg, bg), 0)),
                 Step::of(dkdv_entry, &launch((key_programs, 1, 1), dkdv_smem)),
             ];
             if ncr > 0 {
@@ -728,8 +730,7 @@ impl OpDef for PrefillBwd {
                 steps.push(Step::of(2, &launch((rows, hkvg, bg), 0)));
             }
             if atomic {
-                let rows = grid_dim("query rows", n.div_ceil(PRE_ROWS), i32::MAX as usize)?;
-                steps.push(Step::of(dq_entry, &launch((rows, hg, bg), 0)));
+                steps.push(Step::of(dq_entry, &launch((pre_rows, hg, bg), 0)));
             } else {
                 steps.push(Step::of(dq_entry, &launch((dq_blocks, hg, bg), dq_smem)));
             }
@@ -757,7 +758,8 @@ const SUM_ROWS: u32 = 32;
 /// Summary rows one CTA of the mma segment sum adds up (`SUM_ROWS` in templates/prefill_bwd.cu).
 const MMA_SUM_ROWS: usize = 16;
 
-/// Query rows one CTA of the mma Delta kernel covers (templates/prefill_bwd.cu).
+/// Query rows one CTA of the CUDA engines' Delta kernel covers (templates/prefill_bwd_common.cuh),
+/// and the rows of one tile of the atomic mode's dQ accumulator, which that CTA zeroes.
 const PRE_ROWS: usize = 64;
 
 /// Mirrors `PrefillBwdParams` in templates/prefill_bwd.cu (one block for all four kernels).
@@ -889,11 +891,12 @@ impl Sizes {
         2 * self.b * self.hkv * splits * rows * self.d
     }
 
-    /// Delta, the partial sums, and in the atomic mode the fp32 dQ accumulator (64-row tiles,
-    /// `[B, H, cdiv(N, 64), 64 x D]`: the last tile whole).
+    /// Delta, the partial sums, and in the atomic mode the fp32 dQ accumulator (tiles of
+    /// [`PRE_ROWS`] = 64 rows, `[B, H, cdiv(N, 64), 64 x D]`: the last tile whole; Delta's
+    /// blocks zero them, the conversion's read them).
     fn workspace(&self, tile: &Tile, splits: usize, atomic: bool) -> usize {
         let acc = if atomic {
-            self.b * self.h * self.n.next_multiple_of(64) * self.d
+            self.b * self.h * self.n.next_multiple_of(PRE_ROWS) * self.d
         } else {
             0
         };
