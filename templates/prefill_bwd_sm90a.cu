@@ -185,17 +185,8 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
     // ATOMIC: step t - 2's reduction has read buffer t % 2 (step t - 1's may still be reading) before
     // anyone passes the barrier below
     if (ATOMIC) fe_bulk_wait_read_if<1>(reducer);
-    if (STAGES == 1) {
-      load_step(t, 0);
-      fe_cp_commit();
-      fe_sw_ready<0>();
-    } else {
-      fe_sw_ready<(STAGES > 1 ? STAGES - 2 : 0)>();
-      // the stage refilled now was read by the previous step, which every thread finished
-      const int tn = t + STAGES - 1;
-      if (tn < n_steps) load_step(tn, tn % STAGES);
-      fe_cp_commit();
-    }
+    // the copies are also made visible to the wgmma (async proxy) before the barrier
+    fe_stage_top(t, n_steps, [] { fe_fence_proxy_async(); }, load_step);
     const int stage = t % STAGES;
     const int i0 = start + (t % n_q) * BQ;
     const u32 q_st = sQ + stage * STEP_BYTES, o_st = sO + stage * STEP_BYTES;
@@ -384,16 +375,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dq(const Pre
   for (int i = 0; i < FE_ACC; ++i) dq[i] = 0.f;
 
   for (int t = 0; t < n_tiles; ++t) {
-    if (STAGES == 1) {
-      load_tile(t, 0);
-      fe_cp_commit();
-      fe_sw_ready<0>();
-    } else {
-      fe_sw_ready<(STAGES > 1 ? STAGES - 2 : 0)>();
-      const int tn = t + STAGES - 1;
-      if (tn < n_tiles) load_tile(tn, tn % STAGES);
-      fe_cp_commit();
-    }
+    fe_stage_top(t, n_tiles, [] { fe_fence_proxy_async(); }, load_tile);
     const int stage = t % STAGES;
     const bool local = t < n_local;
     const int j0 = local ? lo + t * BQ : (t - n_local) * BQ;
