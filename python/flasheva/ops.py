@@ -52,12 +52,13 @@ def runtime(device) -> "_native.Runtime":
     return rt
 
 
-def tune(spec, b, n, h, hkv, past=0, device=None, warmup=5, samples=20):
+def tune(spec, b, n, h, hkv, past=0, device=None, warmup=5, samples=20, space=None):
     """Tunes ``spec`` (see :func:`flasheva.spec`) for one workload on a device, as
     ``flasheva tune`` does, and records the winner in the cache; the ops use it from their next
-    call. Returns ``(winner tile, winner ms, default ms)``."""
+    call. ``space``: the text of a search-spaces file (as ``flasheva tune --space`` reads;
+    default: the builtin spaces). Returns ``(winner tile, winner ms, default ms)``."""
     dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
-    result = runtime(dev).tune(spec, b, n, h, hkv, past, warmup, samples)
+    result = runtime(dev).tune(spec, b, n, h, hkv, past, warmup, samples, None, space)
     # the runtime remembers which workloads had no winner, and the sizes follow the winner:
     # start a fresh runtime and forget the sizes
     _RUNTIMES.pop(dev.index if dev.index is not None else torch.cuda.current_device(), None)
@@ -109,18 +110,20 @@ def _spec(op, x, chunk, window=None, local=None, group=None, name="q"):
     }
 
 
-def _launch(spec, named, dev, b, n, h, hkv, past=0, summary_rows=None, scale=None):
+def _launch(spec, named, dev, b, n, h, hkv, past=0, summary_rows=None, scale=None,
+            deterministic=False):
     """Launches `spec` on `named` (inputs then outputs) on the current stream, with a workspace
-    when the op asks for one."""
+    when the op asks for one. `deterministic`: prefill_bwd without its atomic dQ mode."""
     descs = _describe(named)  # before anything touches the device
     rt = runtime(dev)
-    # the workspace size depends on the kernel and the capacities only: asked once per shape,
-    # not on every call (each asking resolves the kernel again); _spec builds the dict in one
-    # order, so its values are a key
-    key = (id(rt), tuple(spec.values()), b, n, h, hkv, past, summary_rows)
+    # the workspace size depends on the kernel, the capacities and the mode only: asked once per
+    # shape, not on every call (each asking resolves the kernel again); _spec builds the dict in
+    # one order, so its values are a key
+    key = (id(rt), tuple(spec.values()), b, n, h, hkv, past, summary_rows, deterministic)
     ws_elems = _SIZING.get(key)
     if ws_elems is None:
-        ws_elems = _SIZING[key] = rt.sizing(spec, b, n, h, hkv, past, summary_rows)[1]
+        ws_elems = _SIZING[key] = rt.sizing(spec, b, n, h, hkv, past, summary_rows,
+                                            deterministic)[1]
     s = torch.cuda.current_stream(dev)
     ws = None
     if ws_elems > 0:
@@ -137,7 +140,8 @@ def _launch(spec, named, dev, b, n, h, hkv, past=0, summary_rows=None, scale=Non
             if buf is None or buf.numel() < ws_elems:
                 buf = _WORKSPACES[wkey] = torch.empty(ws_elems, dtype=torch.float32, device=dev)
         ws = (buf.data_ptr(), ws_elems)
-    rt.launch(spec, descs, s.cuda_stream, b, n, h, hkv, past, summary_rows, scale, ws)
+    rt.launch(spec, descs, s.cuda_stream, b, n, h, hkv, past, summary_rows, scale, ws,
+              deterministic)
 
 
 def _vec(t):
@@ -210,9 +214,14 @@ def prefill_bwd(
     chunk: int,
     local: str = "block",
     scale: Optional[float] = None,
+    deterministic: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of prefill from ``do``: ``dq, dk, dv, dks, dvs`` (kv gradients summed over each
-    group; summary rows at or past N/C zero)."""
+    group; summary rows at or past N/C zero). ``deterministic``: bitwise-reproducible gradients
+    (no atomic dQ mode, which the two-warpgroup Hopper tiles at D = 128 otherwise run; faster,
+    the last bits vary run to run); default: ``torch.are_deterministic_algorithms_enabled()``."""
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
     b, n, h, _ = q.shape
     grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v, ks, vs)]
     spec = _spec("prefill_bwd", q, chunk, window, local)
@@ -220,12 +229,13 @@ def prefill_bwd(
     named = [("q", q), ("k", k), ("v", v), ("ks", ks), ("vs", vs), ("o", o), ("lse", lse),
              ("do", do)]
     named += list(zip(("dq", "dk", "dv", "dks", "dvs"), grads))
-    _launch(spec, named, q.device, b, n, h, k.shape[2], summary_rows=ks.shape[1], scale=scale)
+    _launch(spec, named, q.device, b, n, h, k.shape[2], summary_rows=ks.shape[1], scale=scale,
+            deterministic=bool(deterministic))
     return tuple(grads)
 
 
 @prefill_bwd.register_fake
-def _(q, k, v, ks, vs, o, lse, do, window, chunk, local="block", scale=None):
+def _(q, k, v, ks, vs, o, lse, do, window, chunk, local="block", scale=None, deterministic=None):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
                  for t in (q, k, v, ks, vs))
 

@@ -260,7 +260,9 @@ impl Runtime {
 
     /// The split count and fp32 workspace elements a call of `spec` on this workload needs
     /// (decode: from the capacities, not the lengths).
-    #[pyo3(signature = (spec, b, n, h, hkv, past=0, summary_rows=None))]
+    /// `deterministic`: prefill_bwd without its atomic dQ mode (a smaller workspace where the
+    /// tile has the mode).
+    #[pyo3(signature = (spec, b, n, h, hkv, past=0, summary_rows=None, deterministic=false))]
     #[allow(clippy::too_many_arguments)]
     fn sizing(
         &self,
@@ -272,11 +274,13 @@ impl Runtime {
         hkv: usize,
         past: usize,
         summary_rows: Option<usize>,
+        deterministic: bool,
     ) -> PyResult<(usize, usize)> {
         let spec = spec_from_dict(spec)?;
         let rt = self.rt.clone();
         py.detach(move || {
-            let (k, p) = kernel_and_problem(&rt, spec, (b, n, h, hkv, past), summary_rows)?;
+            let (k, mut p) = kernel_and_problem(&rt, spec, (b, n, h, hkv, past), summary_rows)?;
+            p.deterministic = deterministic;
             let splits = k.splits_for(&p);
             Ok((splits, k.workspace_elems(&p)))
         })
@@ -284,8 +288,9 @@ impl Runtime {
 
     /// Launches `spec` on `tensors` (inputs then outputs, in the op's order) on the raw CUDA
     /// stream `stream` (torch's current stream). `b, n, h, hkv, past` pick the tuned winner;
-    /// `workspace` is (address, fp32 elements) when `sizing` asked for one.
-    #[pyo3(signature = (spec, tensors, stream, b, n, h, hkv, past=0, summary_rows=None, scale=None, workspace=None))]
+    /// `workspace` is (address, fp32 elements) when `sizing` asked for one; `deterministic` as in
+    /// `sizing` (the two must agree).
+    #[pyo3(signature = (spec, tensors, stream, b, n, h, hkv, past=0, summary_rows=None, scale=None, workspace=None, deterministic=false))]
     #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
@@ -301,6 +306,7 @@ impl Runtime {
         summary_rows: Option<usize>,
         scale: Option<f32>,
         workspace: Option<(u64, usize)>,
+        deterministic: bool,
     ) -> PyResult<()> {
         let spec = spec_from_dict(spec)?;
         let args = crate::tensors(tensors)?;
@@ -318,7 +324,7 @@ impl Runtime {
                     scale,
                     splits,
                     workspace,
-                    deterministic: false,
+                    deterministic,
                 },
             )
             .map_err(to_py)
@@ -326,11 +332,12 @@ impl Runtime {
     }
 
     /// Tunes `spec` on this workload on this device, as `flasheva tune` does: every candidate
-    /// of the builtin search space (both backends where their compilers are here) compiled,
+    /// of the search space (the builtin one, or `space`, the text of a spaces file as
+    /// `flasheva tune --space` reads; both backends where their compilers are here) compiled,
     /// checked against the float64-trusted default and timed; the winner is recorded in the
     /// cache, where launches find it. Returns the winner's tile name, its median and the
     /// default's (milliseconds).
-    #[pyo3(signature = (spec, b, n, h, hkv, past=0, warmup=5, samples=20, jobs=None))]
+    #[pyo3(signature = (spec, b, n, h, hkv, past=0, warmup=5, samples=20, jobs=None, space=None))]
     #[allow(clippy::too_many_arguments)]
     fn tune(
         &self,
@@ -344,6 +351,7 @@ impl Runtime {
         warmup: usize,
         samples: usize,
         jobs: Option<usize>,
+        space: Option<String>,
     ) -> PyResult<(String, f64, f64)> {
         use flasheva::compile::{CompilerSet, Compilers};
         use flasheva::tune::space::{Pruned, Spaces};
@@ -352,6 +360,10 @@ impl Runtime {
         if samples == 0 {
             return Err(value_err("samples must be at least 1"));
         }
+        let spaces = match space {
+            Some(text) => Spaces::parse(&text).map_err(|e| value_err(format!("space: {e}")))?,
+            None => Spaces::builtin(),
+        };
         let gpu = self.rt.gpu().clone();
         let store = self.rt.store().clone();
         py.detach(move || {
@@ -360,7 +372,7 @@ impl Runtime {
             let mut limits = arch.limits();
             limits.smem_per_block = gpu.info().smem_per_block_optin;
             let compilers = Arc::new(Compilers::new());
-            let mut cands = Spaces::builtin().candidates(&spec, arch, limits);
+            let mut cands = spaces.candidates(&spec, arch, limits);
             let mut keep = Vec::new();
             for t in std::mem::take(&mut cands.keep) {
                 match compilers.for_backend(t.engine().backend()) {
