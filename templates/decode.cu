@@ -135,15 +135,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     }
   };
 
-  const u16* qg = p.q + b * p.q_sb;
-  fe_load_rows<ROWS, THREADS>(sQ, tid, qg + h0 * p.q_sh, p.q_sh, pos >= 0 ? nrows : 0);
-  fe_cp_commit();
-
-  // PAGED: the prologue's page ids, shuffled out of pg_cur (asked for above) once Q's copies are
-  // issued, so the page-table load and Q's copies overlap.
+  // PAGED: the prologue's page ids, shuffled out of pg_cur (whose load is issued above; the shuffle
+  // waits for it, and so do Q's copies below).
   i64 pro_pg[STAGES];
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) pro_pg[s] = page_id(s);
+
+  const u16* qg = p.q + b * p.q_sb;
+  fe_load_rows<ROWS, THREADS>(sQ, tid, qg + h0 * p.q_sh, p.q_sh, pos >= 0 ? nrows : 0);
+  fe_cp_commit();
 
   // Each warp's K/V pipeline starts before the query tile has landed (one memory latency less per
   // block: at small batches every block starts at once). The query tile's copies are the oldest
