@@ -12,10 +12,13 @@ query per sequence at that position with
   - flasheva itself (`flasheva bench decode ... --json`, when --flasheva is given), whose JSON also
     carries the read rate it measured in the same process: decode's share of it is the floor's
     other half (>= 85 %).
-SDPA runs with enable_gqa (the query heads of a kv head share its rows). Timing: CUDA events,
-warm-up, median of --iters samples (each after an untimed call of the same set: the GPU stays
-busy while the timed one is enqueued), each sample on a different input set, the sets together
-larger than three times the L2 cache. Usage (from the repo root on the GPU machine):
+SDPA runs with enable_gqa (the query heads of a kv head share its rows). Timing: --iters calls
+captured in one CUDA graph, round-robin over input sets together larger than three times the L2
+cache, replayed; the median of 15 replays per call (peers.graph_ms: a Python call's host time
+exceeds a small-batch decode kernel's, so calls issued one by one would time the host).
+flasheva's number is `flasheva bench`'s (back-to-back launches from Rust, which include the
+launch gaps a graph removes: about 1 us at these sizes, run 46). Usage (from the repo root on
+the GPU machine):
 
     python3 scripts/decode_peers.py --flasheva .device/bin/flasheva --json $OUT/decode_peers.json
 """
@@ -30,11 +33,9 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-# peers.py's timing (beside this file): each timed call follows an untimed one, so the GPU is
-# busy while the host enqueues it and a small kernel is not charged for the launch gap, as
-# `flasheva bench` times back-to-back launches
+# peers.py's graph timing (beside this file)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import L2_BYTES, time_ms  # noqa: E402
+from peers import L2_BYTES, graph_ms  # noqa: E402
 
 # B, position, H, Hkv, D, W, C: issue 11's table, then its two added shapes
 SHAPES = [
@@ -94,9 +95,14 @@ def main():
     for i in pick:
         b, pos, h, hkv, d, w, c = SHAPES[i]
         rows_read = min(w, pos % w + 1) + pos // c  # block mode: the ring's visible part, the summaries
-        compact = time_ms(sdpa, input_sets((b, h, 1, d), (b, hkv, rows_read, d), dt, 8 << 30), a.iters)
+        # SDPA in CUDA graphs (graph_ms): timed from Python, its host time (tens of microseconds a
+        # call) exceeded the small-batch kernels' and was measured instead (runs 18-38's B=8 and
+        # B=1 "compact" columns were host-bound; run 46 found it)
+        compact_sets = input_sets((b, h, 1, d), (b, hkv, rows_read, d), dt, 8 << 30)
+        compact = graph_ms([lambda t=t: sdpa(*t) for t in compact_sets], a.iters)
+        del compact_sets
         full_sets = input_sets((b, h, 1, d), (b, hkv, pos + 1, d), dt, 24 << 30)
-        full = time_ms(sdpa, full_sets, a.iters)
+        full = graph_ms([lambda t=t: sdpa(*t) for t in full_sets], min(a.iters, 10))
         del full_sets
         torch.cuda.empty_cache()
         fe = run_flasheva(a.flasheva, b, pos, h, hkv, d, w, c, a.iters) if a.flasheva else None

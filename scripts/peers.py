@@ -108,6 +108,37 @@ def time_ms(fn, sets, iters, warmup=5):
     return statistics.median(samples)
 
 
+def graph_ms(calls, reps=40):
+    """Per-call GPU ms of `calls` (closures, run round-robin over rotating inputs): `reps` calls
+    captured in one CUDA graph and replayed, the median of 15 replays. For kernels as short as a
+    decode's (tens of microseconds) a Python call's host time exceeds the kernel's, so timing calls
+    issued from Python (`time_ms`) measures the host, not the GPU."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up on the capture stream (flasheva's decode counters live per stream)
+        for f in calls:
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        for i in range(reps):
+            calls[i % len(calls)]()
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(15):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / reps)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
 def make_sets(b, n, d, nc, dtype, per_set_bytes):
     count = max(2, min(16, math.ceil(3 * L2_BYTES / max(per_set_bytes, 1))))
     sets = []
