@@ -90,14 +90,6 @@ FE_DEV void fe_load_sw(u32 dst, int tid, const u16* base, i64 stride, int valid)
   }
 }
 
-// The copies of this thread are done and visible to every thread's wgmma (async proxy).
-template <int N>
-FE_DEV void fe_sw_ready() {
-  fe_cp_wait<N>();
-  fe_fence_proxy_async();
-  __syncthreads();
-}
-
 // D[64 x 64] = A[64 x D] B[64 x D]^T, both K-major in swizzled panels: A's 64 rows at `a` (panels
 // `a_panel` bytes apart), B's at `b` (panels `b_panel` apart).
 FE_DEV void fe_bwd_ss(float (&d)[32], u32 a, int a_panel, u32 b, int b_panel) {
