@@ -27,11 +27,10 @@ import torch.nn.functional as F
 
 from flasheva import ops
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import graph_ms  # noqa: E402  (scripts/peers.py)
+from peers import L2_BYTES, graph_ms  # noqa: E402  (scripts/peers.py)
 
 H, HKV, D, W, C = 32, 8, 128, 512, 64
 SHAPES = [(64, 32767), (256, 8191), (8, 131071), (1, 1048575)]
-L2_BYTES = 60 << 20  # the H200's
 
 
 def head_major(t):
