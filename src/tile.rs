@@ -16,6 +16,17 @@ use crate::target::Arch;
 
 /// Rows of the query tile a decode CTA handles (query heads of one kv group, padded to an MMA tile).
 pub const DECODE_ROWS: u32 = 16;
+/// The decode's swapped tile (`block_m = 8`, mma engine): keys are the MMA's M dimension and up to
+/// eight query heads of the group its N, so the padded tile is 8 heads instead of 16.
+pub const DECODE_ROWS_KQ: u32 = 8;
+/// Query heads per decode head tile for the knobs `t` (see [`Tile::decode_rows`]).
+pub fn decode_rows(t: &TileParams) -> u32 {
+    if t.engine == Engine::Mma && t.block_m == DECODE_ROWS_KQ {
+        DECODE_ROWS_KQ
+    } else {
+        DECODE_ROWS
+    }
+}
 /// Extra elements at the end of every shared-memory row, so `ldmatrix` reads hit distinct banks.
 pub const SMEM_PAD: u32 = 8;
 
@@ -410,6 +421,12 @@ impl Tile {
     /// Decode splits (0 = chosen at launch; 0 for other ops).
     pub fn splits(&self) -> u32 {
         self.splits
+    }
+
+    /// Query heads per decode head tile: [`DECODE_ROWS_KQ`] for the swapped mma tile
+    /// (`block_m = 8`), else [`DECODE_ROWS`].
+    pub fn decode_rows(&self) -> u32 {
+        decode_rows(&self.params())
     }
 
     /// Whether this tile follows the rules of `spec`'s op as it is (normalized and valid): the

@@ -154,3 +154,27 @@ FE_DEV float fe_warp_max(float x) {
   for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
   return x;
 }
+
+// The top of step t (of n) of a block's S-deep cp.async copy pipeline (the prefill's key tiles, the
+// backward's dK/dV and dQ steps): step t's stage has landed and, after `visible()` (what else the
+// engine needs before its products may read the copies) and a barrier, every thread sees it; then
+// the stage that step t + S - 1 uses is refilled by `load(step, stage)` (step t - 1 read it, and
+// every thread finished that step). With one stage, step t's own copies are made here, and the
+// loop must end each step with a barrier.
+template <int S, class Visible, class Load>
+FE_DEV void fe_stage_top(int t, int n, Visible visible, Load load) {
+  if (S == 1) {
+    load(t, 0);
+    fe_cp_commit();
+    fe_cp_wait<0>();
+  } else {
+    fe_cp_wait<(S > 1 ? S - 2 : 0)>();
+  }
+  visible();
+  __syncthreads();
+  if (S > 1) {
+    const int tn = t + S - 1;
+    if (tn < n) load(tn, tn % S);
+    fe_cp_commit();
+  }
+}

@@ -2,7 +2,9 @@
 // One new query per sequence at position p = len[b] - 1 against the raw ring buffer (token t in slot
 // t mod W) and the summary cache; visible sets are exactly prefill's for row p.
 // Split-KV: grid.x splits the visible items of a sequence; the {{ group }} query heads of a kv head are
-// one 16-row MMA tile ({{ head_tiles }} tile(s) per kv head), so every K/V byte is read once per tile.
+// one {{ decode_rows }}-row head tile ({{ head_tiles }} tile(s) per kv head), so every K/V byte is read once
+// per tile. 16 rows: the heads are the MMA's M dimension; 8 rows (tile knob block_m = 8): the keys are,
+// and the heads its N (the swapped tile of decode_common.cuh).
 // Within a CTA each of the {{ warps }} warps streams its own K/V tiles ({{ block_n }} keys, {{ stages }}
 // stages); warps, then splits (in {{ name }}_combine), are merged with the log-sum-exp rule.
 // PAGED (decode_paged, the contract's item 7): the ring is row slot[b] of a slot pool and summary c is
@@ -19,8 +21,50 @@ constexpr int STAGES = {{ stages }};
 constexpr int THREADS = NW * 32;
 constexpr bool QREGS = FE_D <= 128;
 constexpr bool PAGED = {{ paged }};
+// The swapped tile (decode_common.cuh): keys as the MMA's M dimension, up to 8 heads as its N.
+constexpr bool KQ = ROWS == 8;
+static_assert(ROWS == 8 || ROWS == 16, "decode head tiles are 8 (swapped) or 16 rows");
+
+constexpr bool QR = QREGS && !KQ;  // the 16-row tile keeps Q in registers
 
 <% include "decode_common.cuh" %>
+
+template <bool B, class T, class F>
+struct FeIf {
+  using type = T;
+};
+template <class T, class F>
+struct FeIf<false, T, F> {
+  using type = F;
+};
+using FeState = typename FeIf<KQ, FeColState, FeRowState>::type;
+
+// The warp's query fragments, for the 16-row tile (into registers if QR) or the swapped one.
+FE_DEV void fe_decode_load_q(FeRowState (&)[1], u32 (&qa)[1][QR ? FE_KT : 1][4], u32 (&)[FE_KT][2], u32 q_addr,
+                             int lane) {
+  if (QR) fe_load_q(qa, q_addr, lane);
+}
+FE_DEV void fe_decode_load_q(FeColState (&)[1], u32 (&)[1][QR ? FE_KT : 1][4], u32 (&qb)[FE_KT][2], u32 q_addr,
+                             int lane) {
+  fe_kq_load_q(qb, q_addr, lane);
+}
+
+// One K/V tile of `valid` visible keys (the rest masked), for the warp's head tile: the 16-row tile
+// (Q fragments qa, or Q re-read at q_addr) or the swapped one (Q^T fragments qb).
+template <bool MASKED>
+FE_DEV void fe_decode_tile(FeRowState (&st)[1], const u32 (&qa)[1][QR ? FE_KT : 1][4], const u32 (&)[FE_KT][2],
+                           u32 q_addr, u32 k_addr, u32 v_addr, float scale_log2, int lane, int valid) {
+  fe_attend_tile<1, BN, MASKED, QR>(st, qa, q_addr, k_addr, v_addr, scale_log2, lane, 0, (valid + 15) / 16,
+                                    [&](int, int& clo, int& chi) {
+                                      clo = 0;
+                                      chi = valid - 1;
+                                    });
+}
+template <bool MASKED>
+FE_DEV void fe_decode_tile(FeColState (&st)[1], const u32 (&)[1][QR ? FE_KT : 1][4], const u32 (&qb)[FE_KT][2],
+                           u32, u32 k_addr, u32 v_addr, float scale_log2, int lane, int valid) {
+  fe_kq_attend<BN, MASKED>(st[0], qb, k_addr, v_addr, scale_log2, lane, (valid + 15) / 16, valid);
+}
 
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const DecodeParams p) {
@@ -149,7 +193,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
   // block: at small batches every block starts at once). The query tile's copies are the oldest
   // group, so waiting until only the prologue's STAGES - 1 groups may be pending means this
   // thread's share of Q is in; the barrier then makes all of Q visible to every warp.
-  FeRowState st[1];
+  FeState st[1];
   fe_state_init(st[0]);
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
@@ -159,8 +203,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
   fe_cp_wait<STAGES - 1>();
   __syncthreads();
   const u32 q_addr = fe_smem_addr(sQ);
-  u32 qa[1][QREGS ? FE_KT : 1][4];
-  if (QREGS) fe_load_q(qa, q_addr, lane);
+  u32 qa[1][QR ? FE_KT : 1][4];
+  u32 qb[FE_KT][2];  // (the swapped tile only; unused otherwise)
+  fe_decode_load_q(st, qa, qb, q_addr, lane);
   for (int k = 0; k < my_tiles; ++k) {
     const int kn = k + STAGES - 1;
     const i64 pg = page_id(kn);
@@ -173,14 +218,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     const u32 k_addr = fe_smem_addr(sKV + (k % STAGES) * 2 * BN * FE_DP);
     const u32 v_addr = k_addr + BN * FE_DP * 2;
     if (valid == BN) {
-      fe_attend_tile<1, BN, false, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane, 0, BN / 16,
-                                          [](int, int&, int&) {});
+      fe_decode_tile<false>(st, qa, qb, q_addr, k_addr, v_addr, p.scale_log2, lane, BN);
     } else {
-      fe_attend_tile<1, BN, true, QREGS>(st, qa, q_addr, k_addr, v_addr, p.scale_log2, lane, 0, (valid + 15) / 16,
-                                         [&](int, int& clo, int& chi) {
-                                           clo = 0;
-                                           chi = valid - 1;
-                                         });
+      fe_decode_tile<true>(st, qa, qb, q_addr, k_addr, v_addr, p.scale_log2, lane, valid);
     }
     __syncwarp();
   }

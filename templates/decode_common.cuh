@@ -34,6 +34,183 @@ struct DecodeParams {
 };
 static_assert(sizeof(DecodeParams) == 288, "DecodeParams must match src/ops/decode.rs");
 
+// A warp's finished row state (16 query rows: FeRowState) as rows of `wo` (ROWS x D), with the
+// rows' maxima in `wm` and sums in `wl`.
+FE_DEV void fe_state_to_scratch(const FeRowState& st, float* wo, float* wm, float* wl, int lane) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = (lane >> 2) + r * 8;
+#pragma unroll
+    for (int dt = 0; dt < FE_DT; ++dt) {
+      wo[row * FE_D + dt * 8 + (lane & 3) * 2] = st.o[dt][2 * r];
+      wo[row * FE_D + dt * 8 + (lane & 3) * 2 + 1] = st.o[dt][2 * r + 1];
+    }
+    if ((lane & 3) == 0) {
+      wm[row] = st.m[r];
+      wl[row] = st.l[r];
+    }
+  }
+}
+
+// ---- The swapped decode tile (ROWS = 8, tile knob block_m = 8) -------------------------------------
+// A decode query tile holds only the G query heads of one kv head (G = 4 in common models), so a
+// 16-row MMA tile wastes 12 of its 16 rows: a quarter of its products, accumulators and rescales
+// do work. Swapped, the keys are the MMA's M dimension and the heads its N (8 wide):
+//   S^T (16 keys x 8 heads) = K (16 x D, A operand, ldmatrix) . Q^T (B operand, held in registers)
+//   O^T (D x 8 heads)      += V^T (D x 16 keys, A operand, ldmatrix.trans) . P^T (16 keys x 8 heads)
+// P^T's B fragments come from the S^T accumulators by one movmatrix (an 8x8 transpose within the
+// warp) per 8 keys. Half the products and half the accumulator registers of the 16-row tile; the
+// softmax reduces over keys, i.e. across the eight lane groups that share a head (lanes l, l ^ 4,
+// l ^ 8, l ^ 16 ...).
+// Fragment layout: lane l holds keys (or dims) l/4 and l/4 + 8 of every 16-row tile, for heads
+// 2 (l%4) and 2 (l%4) + 1.
+struct FeColState {
+  float o[FE_D / 16][4];  // O^T, 16-dim tile mt: dims 16 mt + l/4 (e = 0, 1) and + 8 (e = 2, 3), head 2 (l%4) + e%2
+  float m[2];             // running max of head 2 (l%4) + e, log2 domain
+  float l[2];             // this lane's partial sum of exp2(logit - m) for that head
+};
+
+FE_DEV void fe_state_init(FeColState& st) {
+#pragma unroll
+  for (int i = 0; i < FE_D / 16; ++i) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) st.o[i][e] = 0.f;
+  }
+  st.m[0] = st.m[1] = FE_NEG_INF;
+  st.l[0] = st.l[1] = 0.f;
+}
+
+// The 8x8 transpose of a b16 matrix held one pair per lane (movmatrix, sm_75+).
+FE_DEV u32 fe_movmatrix_t(u32 x) {
+  u32 y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// Q^T as the B operands of S^T = K Q^T: qb[kk] for the dims [16 kk, 16 kk + 16), from the 8 padded
+// head rows at q_addr (one ldmatrix.x4 per two k-steps).
+FE_DEV void fe_kq_load_q(u32 (&qb)[FE_KT][2], u32 q_addr, int lane) {
+  static_assert(FE_KT % 2 == 0, "the swapped decode tile takes D a multiple of 32");
+  const u32 a = q_addr + (u32)(((lane & 7) * FE_DP + (lane >> 3) * 8) * 2);
+#pragma unroll
+  for (int k2 = 0; k2 < FE_KT / 2; ++k2) {
+    u32 r[4];
+    fe_ldsm_x4(r, a + (u32)(k2 * 64));
+    qb[2 * k2][0] = r[0];
+    qb[2 * k2][1] = r[1];
+    qb[2 * k2 + 1][0] = r[2];
+    qb[2 * k2 + 1][1] = r[3];
+  }
+}
+
+// One tile of BN keys (padded rows at k_addr, v_addr) for the warp's 8 heads. Only the 16-key
+// sub-tiles below `nsub` are computed; when MASKED, keys from `valid` on (of the tile) are
+// invisible (their V rows must be finite: the loads zero-fill them). scale_log2 > 0.
+template <int BN, bool MASKED>
+FE_DEV void fe_kq_attend(FeColState& st, const u32 (&qb)[FE_KT][2], u32 k_addr, u32 v_addr, float scale_log2,
+                         int lane, int nsub, int valid) {
+  constexpr int NS = BN / 16;
+  // S^T of each 16-key sub-tile, as two accumulators over alternate k-steps (two independent
+  // chains of products instead of one of FE_KT)
+  float s[NS][4], s2[NS][4];
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[j][e] = s2[j][e] = 0.f;
+  }
+  const u32 ka = k_addr + fe_lane_off_a(lane);
+#pragma unroll
+  for (int kk = 0; kk < FE_KT; kk += 2) {
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      if (MASKED && j >= nsub) continue;
+      u32 a[4], a2[4];
+      fe_ldsm_x4(a, ka + (u32)(j * 16 * FE_DP * 2 + kk * 32));
+      fe_ldsm_x4(a2, ka + (u32)(j * 16 * FE_DP * 2 + kk * 32 + 32));
+      fe_mma(s[j], a, qb[kk][0], qb[kk][1]);
+      fe_mma(s2[j], a2, qb[kk + 1][0], qb[kk + 1][1]);
+    }
+  }
+  float mx[2] = {FE_NEG_INF, FE_NEG_INF};
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j][e] += s2[j][e];
+      if (MASKED && j * 16 + (lane >> 2) + 8 * (e >> 1) >= valid) s[j][e] = FE_NEG_INF;
+      mx[e & 1] = fmaxf(mx[e & 1], s[j][e]);
+    }
+  }
+  float base[2], alpha[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 4));
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 8));
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 16));
+    const float m_new = fmaxf(st.m[i], mx[i] * scale_log2);
+    // a head that has seen nothing yet keeps m = -inf; 0 as the reference gives exp2 = 0, not NaN
+    base[i] = (m_new == FE_NEG_INF) ? 0.f : m_new;
+    alpha[i] = fe_exp2(st.m[i] - base[i]);
+    st.m[i] = m_new;
+    st.l[i] *= alpha[i];
+  }
+  // once the running maxima settle, no head's max moves: skip rescaling the accumulators
+  if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+    for (int mt = 0; mt < FE_D / 16; ++mt) {
+      st.o[mt][0] *= alpha[0];
+      st.o[mt][1] *= alpha[1];
+      st.o[mt][2] *= alpha[0];
+      st.o[mt][3] *= alpha[1];
+    }
+  }
+  const u32 vb = v_addr + fe_lane_off_b(lane);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+    if (MASKED && j >= nsub) continue;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j][e] = fe_exp2(fmaf(s[j][e], scale_log2, -base[e & 1]));
+      st.l[e & 1] += s[j][e];
+    }
+    // P^T's B fragments: keys 0-7 and 8-15 of the sub-tile, transposed to (head, key pairs)
+    const u32 b0 = fe_movmatrix_t(fe_pack2(s[j][0], s[j][1]));
+    const u32 b1 = fe_movmatrix_t(fe_pack2(s[j][2], s[j][3]));
+#pragma unroll
+    for (int mt = 0; mt < FE_D / 16; ++mt) {
+      u32 a[4];
+      fe_ldsm_x4_t(a, vb + (u32)(j * 16 * FE_DP * 2 + mt * 32));
+      fe_mma(st.o[mt], a, b0, b1);
+    }
+  }
+}
+
+// Completes the heads' sums across the eight lane groups that share a head.
+FE_DEV void fe_state_finish(FeColState& st) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    st.l[i] += __shfl_xor_sync(0xffffffffu, st.l[i], 4);
+    st.l[i] += __shfl_xor_sync(0xffffffffu, st.l[i], 8);
+    st.l[i] += __shfl_xor_sync(0xffffffffu, st.l[i], 16);
+  }
+}
+
+FE_DEV void fe_state_to_scratch(const FeColState& st, float* wo, float* wm, float* wl, int lane) {
+  const int g = lane >> 2;
+  const int q = (lane & 3) * 2;
+#pragma unroll
+  for (int mt = 0; mt < FE_D / 16; ++mt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) wo[(q + (e & 1)) * FE_D + mt * 16 + g + 8 * (e >> 1)] = st.o[mt][e];
+  }
+  if (g == 0) {
+    wm[q] = st.m[0];
+    wm[q + 1] = st.m[1];
+    wl[q] = st.l[0];
+    wl[q + 1] = st.l[1];
+  }
+}
+
 // The last block of a (sequence, head tile) to finish merges every split's partial rows (written
 // by all blocks to ws_o / ws_ml) into o and lse: a warp per row, each lane D/32 columns, one pass
 // over the splits with their loads independent of each other. Reads go through L2 (ld.cg): the
@@ -81,27 +258,13 @@ FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int
 // or this split's partial rows; split with counters, the block that finishes last for its
 // (sequence, head tile) merges the splits and leaves the counter at zero. Every thread of the
 // block (NTHREADS) calls it; `last` is a shared int, which may alias `scratch`.
-template <int NSTATE, int NTHREADS>
-FE_DEV void fe_decode_finish(const DecodeParams& p, const FeRowState& st, float* scratch, int* last, int b, int h0,
+template <int NSTATE, int NTHREADS, class State>
+FE_DEV void fe_decode_finish(const DecodeParams& p, const State& st, float* scratch, int* last, int b, int h0,
                              int nrows, int split, int warp, int lane, int tid) {
   __syncthreads();
   if (warp < NSTATE) {
     float* wo = scratch + warp * (ROWS * FE_D + 2 * ROWS);
-    float* wm = wo + ROWS * FE_D;
-    float* wl = wm + ROWS;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = (lane >> 2) + r * 8;
-#pragma unroll
-      for (int dt = 0; dt < FE_DT; ++dt) {
-        wo[row * FE_D + dt * 8 + (lane & 3) * 2] = st.o[dt][2 * r];
-        wo[row * FE_D + dt * 8 + (lane & 3) * 2 + 1] = st.o[dt][2 * r + 1];
-      }
-      if ((lane & 3) == 0) {
-        wm[row] = st.m[r];
-        wl[row] = st.l[r];
-      }
-    }
+    fe_state_to_scratch(st, wo, wo + ROWS * FE_D, wo + ROWS * FE_D + ROWS, lane);
   }
   __syncthreads();
   for (int idx = tid; idx < nrows * FE_D; idx += NTHREADS) {

@@ -110,21 +110,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Prefil
   u32 qa[QREGS ? MT : 1][QREGS ? FE_KT : 1][4];
 
   for (int t = 0; t < n_tiles; ++t) {
-    if (STAGES == 1) {
-      load_tile(t, 0);
-      fe_cp_commit();
-      fe_cp_wait<0>();
-    } else {
-      fe_cp_wait<(STAGES > 1 ? STAGES - 2 : 0)>();
-    }
-    // Tile t is visible to every thread, and every warp is done with tile t - 1, whose stage the
-    // next prefetch overwrites.
-    __syncthreads();
-    if (STAGES > 1) {
-      const int tn = t + STAGES - 1;
-      if (tn < n_tiles) load_tile(tn, tn % STAGES);
-      fe_cp_commit();
-    }
+    // tile t visible to every thread, every warp done with tile t - 1, whose stage is refilled
+    fe_stage_top<STAGES>(t, n_tiles, [] {}, load_tile);
     if (QREGS && t == 0) fe_load_q(qa, q_addr, lane);
 
     const int stage = t % STAGES;

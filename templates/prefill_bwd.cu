@@ -132,7 +132,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dkdv(const P
   const int my_j0 = j0 + warp * 16;  // this warp's keys
 
   for (int t = 0; t < n_steps; ++t) {
-    fe_stage_top(t, n_steps, [] {}, load_step);
+    fe_stage_top<STAGES>(t, n_steps, [] {}, load_step);
     const int stage = t % STAGES;
     const int i0 = start + (t % n_q) * BQ;
     const u32 q_base = fe_smem_addr(sQ + stage * BQ * FE_DP);
@@ -254,7 +254,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dq(const Pre
   }
 
   for (int t = 0; t < n_tiles; ++t) {
-    fe_stage_top(t, n_tiles, [] {}, load_tile);
+    fe_stage_top<STAGES>(t, n_tiles, [] {}, load_tile);
     const int stage = t % STAGES;
     const bool local = t < n_local;
     const int j0 = local ? lo + t * BQ : (t - n_local) * BQ;

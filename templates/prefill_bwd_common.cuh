@@ -151,29 +151,6 @@ FE_DEV FeBwdBlock fe_bwd_block(const PrefillBwdParams& p) {
   return k;
 }
 
-// The top of step t (of n) of the dK/dV and dQ loops' STAGES-deep copy pipeline: step t's stage
-// has landed and, after `visible()` (what else the engine needs before its products may read the
-// copies) and a barrier, every thread sees it; then the stage that step t + STAGES - 1 uses is
-// refilled by `load(step, stage)` (step t - 1 read it, and every thread finished that step). With
-// one stage, step t's own copies are made here, and the loop ends each step with a barrier.
-template <class Visible, class Load>
-FE_DEV void fe_stage_top(int t, int n, Visible visible, Load load) {
-  if (STAGES == 1) {
-    load(t, 0);
-    fe_cp_commit();
-    fe_cp_wait<0>();
-  } else {
-    fe_cp_wait<(STAGES > 1 ? STAGES - 2 : 0)>();
-  }
-  visible();
-  __syncthreads();
-  if (STAGES > 1) {
-    const int tn = t + STAGES - 1;
-    if (tn < n) load(tn, tn % STAGES);
-    fe_cp_commit();
-  }
-}
-
 // A warp's 16 x D fp32 accumulator, times `mul`, to rows of the storage type through shared memory
 // (`stage`: 16 FE_DP-strided rows only this warp uses), as whole 16-byte stores: row r goes to
 // `out + r * stride` if r < valid.

@@ -178,7 +178,7 @@ FE_DEV void fe_dkdv(const PrefillBwdParams& p) {
     // anyone passes the barrier below
     if (ATOMIC) fe_bulk_wait_read_if<1>(reducer);
     // the copies are also made visible to the wgmma (async proxy) before the barrier
-    fe_stage_top(t, n_steps, [] { fe_fence_proxy_async(); }, load_step);
+    fe_stage_top<STAGES>(t, n_steps, [] { fe_fence_proxy_async(); }, load_step);
     const int stage = t % STAGES;
     const int i0 = start + (t % n_q) * BQ;
     const u32 q_st = sQ + stage * STEP_BYTES, o_st = sO + stage * STEP_BYTES;
@@ -367,7 +367,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}_dq(const Pre
   for (int i = 0; i < FE_ACC; ++i) dq[i] = 0.f;
 
   for (int t = 0; t < n_tiles; ++t) {
-    fe_stage_top(t, n_tiles, [] { fe_fence_proxy_async(); }, load_tile);
+    fe_stage_top<STAGES>(t, n_tiles, [] { fe_fence_proxy_async(); }, load_tile);
     const int stage = t % STAGES;
     const bool local = t < n_local;
     const int j0 = local ? lo + t * BQ : (t - n_local) * BQ;

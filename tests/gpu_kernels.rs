@@ -170,6 +170,34 @@ fn backends(rt: &Runtime, s: &flasheva::KernelSpec) -> Vec<Tile> {
     v
 }
 
+/// `tiles` and, for the decode ops, their mma tiles with the other head tile (block_m 0 <-> 8: the
+/// 16-row tile and the swapped one of templates/decode_common.cuh), so a grid checks both.
+fn with_other_head_tile(s: &flasheva::KernelSpec, mut tiles: Vec<Tile>) -> Vec<Tile> {
+    if matches!(s.op(), Op::Decode | Op::DecodePaged) {
+        let other: Vec<Tile> = tiles
+            .iter()
+            .filter(|t| t.engine() == flasheva::tile::Engine::Mma)
+            .filter_map(|t| {
+                let m = if t.block_m() == 8 { 0 } else { 8 };
+                Tile::new(
+                    s,
+                    TileParams {
+                        block_m: m,
+                        ..t.params()
+                    },
+                )
+                .ok()
+            })
+            .collect();
+        for t in other {
+            if !tiles.contains(&t) {
+                tiles.push(t);
+            }
+        }
+    }
+    tiles
+}
+
 /// Loads (compiling on a miss) every module of a grid, eight at a time, before its checks: a
 /// grid's compiles are most of its time (a Triton module takes seconds), and the checks then
 /// find the modules loaded. `None`: the spec's kernel as `Runtime::kernel` picks it.
@@ -445,12 +473,13 @@ fn decode_grid() {
             })
         })
     };
+    let tiles = |s: &flasheva::KernelSpec| with_other_head_tile(s, backends(&rt, s));
     let modules: Vec<_> = specs()
-        .flat_map(|(s, ..)| backends(&rt, &s).into_iter().map(move |t| (s, Some(t))))
+        .flat_map(|(s, ..)| tiles(&s).into_iter().map(move |t| (s, Some(t))))
         .collect();
     load_all(&rt, &modules);
     for (s, w, c, h) in specs() {
-        for t in backends(&rt, &s) {
+        for t in tiles(&s) {
             let k = rt
                 .kernel_with_tile(&s, &t)
                 .unwrap_or_else(|e| panic!("{s} {t}: {e}"));
@@ -470,13 +499,16 @@ fn decode_every_tile_shape() {
     let (rt, stream) = gpu("decode tiles");
     let mut reports = Vec::new();
     let s = spec(Op::Decode, 128, 128, 16, LocalMode::Sliding, DType::Bf16, 4);
-    for bn in [16, 32, 64] {
+    for (bm, bn) in [0, 8]
+        .into_iter()
+        .flat_map(|m| [16, 32, 64].map(|n| (m, n)))
+    {
         for warps in [1, 2, 4, 8] {
             for stages in [1, 2, 3] {
                 let Ok(t) = Tile::new(
                     &s,
                     TileParams {
-                        block_m: 0,
+                        block_m: bm,
                         block_n: bn,
                         warps,
                         stages,
@@ -1532,7 +1564,7 @@ fn paged_caches_grid() {
     let shapes = [(64u32, 128u32, 8u32), (128, 64, 16), (32, 32, 8)];
     let ops_here = [Op::DecodePaged, Op::ExtendPaged, Op::AppendPaged];
     let tiles_of = |s: &flasheva::KernelSpec| {
-        let mut tiles = backends(&rt, s);
+        let mut tiles = with_other_head_tile(s, backends(&rt, s));
         tiles.dedup();
         tiles.retain(|t| triton || t.engine() != flasheva::tile::Engine::Triton);
         tiles

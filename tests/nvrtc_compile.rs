@@ -268,6 +268,58 @@ fn the_tma_decode_compiles_without_spills() {
     }
 }
 
+#[test]
+/// The decode's swapped head tile (block_m = 8: keys as the MMA's M, the heads its N;
+/// templates/decode_common.cuh) compiles for sm_80 and sm_90a at every head dim, both dtypes and
+/// modes, one and several head tiles, contiguous and paged, without spills at 16- and 32-key tiles
+/// (16 at D = 256).
+fn the_swapped_decode_tile_compiles_without_spills() {
+    let nv = nvrtc();
+    let mut jobs = Vec::new();
+    for d in [32u32, 64, 96, 128, 256] {
+        for (local, dtype, group) in [
+            (LocalMode::Sliding, DType::F16, 4u32),
+            (LocalMode::Block, DType::Bf16, 20),
+        ] {
+            for op in [Op::Decode, Op::DecodePaged] {
+                let p = SpecParams {
+                    head_dim: Some(d),
+                    window: Some(512),
+                    chunk: Some(64),
+                    local: Some(local),
+                    dtype: Some(dtype),
+                    group: Some(group),
+                };
+                let spec = KernelSpec::new(op, &p).unwrap();
+                // (at D = 256 a warp's 32-row copies of 512-byte rows need 16-key tiles)
+                let second = if d == 256 {
+                    "block_m=8,block_n=16,warps=1,stages=3"
+                } else {
+                    "block_m=8,block_n=32,warps=1,stages=3"
+                };
+                for over in ["block_m=8,block_n=16,warps=4,stages=2", second] {
+                    for arch in [Arch::new(8, 0), "sm_90a".parse().unwrap()] {
+                        jobs.push((spec, over, arch));
+                    }
+                }
+            }
+        }
+    }
+    let problems: Vec<String> = jobs
+        .par_iter()
+        .flat_map(|(spec, over, arch)| {
+            let tile = Tile::default_for(spec, *arch)
+                .with_overrides(spec, over)
+                .unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_eq!(tile.decode_rows(), 8, "{spec} {tile}");
+            tile.validate_for(spec, *arch)
+                .unwrap_or_else(|e| panic!("{spec} {tile}: {e}"));
+            spills(&nv, spec, &tile, *arch)
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 /// Compiles prefill_bwd at every head dim of `dims` in both modes and dtypes with every tile
 /// override of `tiles` for every arch of `archs`, and returns the spills and serialized wgmma
 /// ptxas reported.

@@ -22,7 +22,8 @@ use crate::spec::{KernelSpec, LocalMode, Op, SpecParams};
 use crate::target::Arch;
 use crate::tensor::{ElemType, TensorArg};
 use crate::tile::{
-    DECODE_ROWS, Engine, MAX_SPLITS, SMEM_PAD, STAGES, Tile, TileError, TileParams, WARPS, one_of,
+    DECODE_ROWS, DECODE_ROWS_KQ, Engine, MAX_SPLITS, SMEM_PAD, STAGES, Tile, TileError, TileParams,
+    WARPS, decode_rows, one_of,
 };
 use crate::visibility::{key_range, summaries_visible};
 use crate::workload::Workload;
@@ -180,7 +181,7 @@ pub fn decode_splits(
     if tile.splits() > 0 {
         return tile.splits() as usize;
     }
-    let head_tiles = spec.group_or_one().div_ceil(DECODE_ROWS) as usize;
+    let head_tiles = spec.group_or_one().div_ceil(tile.decode_rows()) as usize;
     let ctas = (b * hkv * head_tiles).max(1);
     let want = sm_count as usize / ctas;
     // The CUDA kernel gives each warp block_n keys per step, the Triton kernel its program.
@@ -434,7 +435,7 @@ pub fn plan_decode(
         page: 1,
         ..DecodeParams::default()
     };
-    let head_tiles = g.div_ceil(DECODE_ROWS as usize);
+    let head_tiles = g.div_ceil(tile.decode_rows() as usize);
     let main = LaunchPlan {
         grid: (
             grid_dim("splits", splits, 65535)?,
@@ -583,8 +584,13 @@ impl OpDef for Decode {
 
     fn tile_name(&self, t: &TileParams) -> String {
         format!(
-            "{}n{}_w{}_s{}_k{}",
+            "{}{}n{}_w{}_s{}_k{}",
             super::engine_prefix(t.engine),
+            if decode_rows(t) == DECODE_ROWS_KQ {
+                "m8_"
+            } else {
+                ""
+            },
             t.block_n,
             t.warps,
             t.stages,
@@ -593,12 +599,18 @@ impl OpDef for Decode {
     }
 
     fn normalize(&self, t: TileParams) -> TileParams {
+        let engine = match t.engine {
+            Engine::Triton | Engine::Tma => t.engine,
+            _ => Engine::Mma,
+        };
         TileParams {
-            block_m: 0,
-            engine: match t.engine {
-                Engine::Triton | Engine::Tma => t.engine,
-                _ => Engine::Mma,
+            // block_m picks the mma engine's head tile: 8 (swapped) or the 16-row default (0)
+            block_m: match (engine, t.block_m) {
+                (Engine::Mma, DECODE_ROWS) => 0,
+                (Engine::Mma, m) => m,
+                _ => 0,
             },
+            engine,
             ..t
         }
     }
@@ -628,6 +640,13 @@ impl OpDef for Decode {
                 });
             }
         } else {
+            one_of(
+                op,
+                "block_m",
+                t.block_m,
+                &[0, DECODE_ROWS_KQ],
+                "0 or 16 (16 query heads per tile), 8 (the swapped tile: keys as the MMA's M)",
+            )?;
             one_of(op, "block_n", t.block_n, &[16, 32, 64], "16, 32, 64")?;
             one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
             one_of(op, "stages", t.stages, &STAGES, "1, 2, 3")?;
@@ -657,10 +676,11 @@ impl OpDef for Decode {
             let merge = (t.warps - 1) * (DECODE_ROWS * d + 2 * DECODE_ROWS) * 4;
             return 1024 + q + ring.max(merge) + 16 * t.stages + 16;
         }
+        let rows = decode_rows(t);
         let row = (d + SMEM_PAD) * 2;
-        let q = DECODE_ROWS * row;
+        let q = rows * row;
         let kv = t.warps * t.stages * 2 * t.block_n * row;
-        let combine = t.warps * (DECODE_ROWS * d + 2 * DECODE_ROWS) * 4;
+        let combine = t.warps * (rows * d + 2 * rows) * 4;
         q + kv.max(combine)
     }
 
@@ -1007,6 +1027,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn block_m_picks_the_head_tile() {
+        let s = spec(); // group 4
+        let sm90a: Arch = "sm_90a".parse().unwrap();
+        let base = Tile::default_for(&s, sm90a);
+        let kq = base.with_overrides(&s, "block_m=8").unwrap();
+        assert_eq!(kq.decode_rows(), DECODE_ROWS_KQ);
+        assert_eq!(base.decode_rows(), DECODE_ROWS);
+        assert!(
+            kq.name(Op::Decode).starts_with("m8_"),
+            "{}",
+            kq.name(Op::Decode)
+        );
+        assert!(!base.name(Op::Decode).starts_with("m8_"));
+        // 16 is the default head tile's height: it normalizes to the same tile (same name, key)
+        assert_eq!(base.with_overrides(&s, "block_m=16").unwrap(), base);
+        // other heights are refused with the accepted values
+        let e = base
+            .with_overrides(&s, "block_m=32")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("block_m") && e.contains('8'), "{e}");
+        // the tma and triton engines have one head tile: block_m is dropped
+        let tma = base
+            .with_overrides(&s, "engine=tma,warps=5,block_n=32,stages=4,block_m=8")
+            .unwrap();
+        assert_eq!(tma.decode_rows(), DECODE_ROWS);
+        assert_eq!(tma.block_m(), 0);
+        // half the query rows: less shared memory for the query tile and the warp merge
+        assert!(kq.smem_bytes(&s) < base.smem_bytes(&s));
+        // the swapped tile renders with 8 rows and as many head tiles as 8-head groups
+        let r = crate::render::RenderContext::new(&s, &kq);
+        assert_eq!((r.decode_rows, r.head_tiles), (8, 1));
+        let s20 = KernelSpec::new(
+            Op::Decode,
+            &SpecParams {
+                head_dim: Some(128),
+                window: Some(128),
+                chunk: Some(8),
+                group: Some(20),
+                dtype: Some(DType::F16),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let kq20 = Tile::default_for(&s20, sm90a)
+            .with_overrides(&s20, "block_m=8")
+            .unwrap();
+        let r = crate::render::RenderContext::new(&s20, &kq20);
+        assert_eq!((r.decode_rows, r.head_tiles), (8, 3));
+        // and the planner counts its blocks per head tile: 3 head tiles of kv head 1 at B = 1
+        // give 3 blocks, so 132 multiprocessors take 44 splits (capped by the keys per split)
+        assert_eq!(decode_splits(&s20, &kq20, 1, 1, 1 << 20, 132), 44);
     }
 
     #[test]

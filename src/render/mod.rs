@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use serde::Serialize;
 
 use crate::spec::KernelSpec;
-use crate::tile::{DECODE_ROWS, SMEM_PAD, Tile, TileError};
+use crate::tile::{SMEM_PAD, Tile, TileError};
 
 /// The templates, by name, exactly as embedded.
 pub const TEMPLATES: [(&str, &str); 13] = [
@@ -93,7 +93,7 @@ pub struct RenderContext {
     pub sliding: bool,
     /// Query heads per kv head (decode; 1 otherwise).
     pub group: u32,
-    /// 16-row MMA tiles per kv head in decode.
+    /// Head tiles (of `decode_rows` heads) per kv head in decode.
     pub head_tiles: u32,
     /// Rows of a decode query tile.
     pub decode_rows: u32,
@@ -129,8 +129,8 @@ impl RenderContext {
             chunk: spec.chunk(),
             sliding: spec.sliding(),
             group,
-            head_tiles: group.div_ceil(DECODE_ROWS),
-            decode_rows: DECODE_ROWS,
+            head_tiles: group.div_ceil(tile.decode_rows()),
+            decode_rows: tile.decode_rows(),
             block_m: tile.block_m(),
             block_n: tile.block_n(),
             warps: tile.warps(),
