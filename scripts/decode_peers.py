@@ -86,9 +86,21 @@ def main():
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--shapes", default="all", help="comma-separated indices into the shape list, or all")
     ap.add_argument("--json", help="write every row here")
+    ap.add_argument("--profile", action="store_true",
+                    help="only call SDPA on the compact copy of each shape 5 times, one call at a time, "
+                         "and exit (for a profiler: ncu -k regex:... --launch-skip 3 --launch-count 1)")
     a = ap.parse_args()
     pick = range(len(SHAPES)) if a.shapes == "all" else [int(i) for i in a.shapes.split(",")]
     dt = torch.bfloat16
+    if a.profile:
+        for i in pick:
+            b, pos, h, hkv, d, w, c = SHAPES[i]
+            rows_read = min(w, pos % w + 1) + pos // c
+            q, k, v = input_sets((b, h, 1, d), (b, hkv, rows_read, d), dt, 0)[0]
+            for _ in range(5):
+                sdpa(q, k, v)
+            torch.cuda.synchronize()
+        return
     rows = []
     print(f"{'shape':44} {'flasheva ms':>11} {'share of read':>13} {'same-size':>9} {'compact ms':>10} "
           f"{'fe/compact':>10} {'full-KV ms':>10}")

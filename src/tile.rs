@@ -186,15 +186,15 @@ impl TryFrom<TileParams> for Tile {
         field(
             "block_m",
             p.block_m,
-            &[16, 32, 64, 128, 192, 256],
-            "0, 16, 32, 64, 128, 192, 256",
+            &[8, 16, 32, 64, 128, 192, 256],
+            "0, 8, 16, 32, 64, 128, 192, 256",
         )?;
         field("block_n", p.block_n, &BLOCK_N, "0, 16, 32, 64, 128")?;
         field(
             "warps",
             p.warps,
-            &[1, 2, 4, 8, 12, 16],
-            "1, 2, 4, 8, 12, 16",
+            &[1, 2, 3, 4, 5, 8, 9, 12, 16],
+            "1, 2, 3, 4, 5, 8, 9, 12, 16",
         )?;
         field("stages", p.stages, &[1, 2, 3, 4, 5, 6, 7, 8], "0..=8")?;
         if p.warps == 0 || p.splits > MAX_SPLITS {
@@ -202,7 +202,7 @@ impl TryFrom<TileParams> for Tile {
                 field: if p.warps == 0 { "warps" } else { "splits" },
                 value: if p.warps == 0 { 0 } else { p.splits },
                 accepted: if p.warps == 0 {
-                    "1, 2, 4, 8, 12, 16"
+                    "1, 2, 3, 4, 5, 8, 9, 12, 16"
                 } else {
                     "0..=128"
                 },
@@ -676,7 +676,7 @@ mod tests {
             r#"{"block_m":128,"block_n":32,"warps":4,"stages":2,"splits":0}"#
         );
         for bad in [
-            r#"{"block_m":128,"block_n":32,"warps":3,"stages":2,"splits":0}"#,
+            r#"{"block_m":128,"block_n":32,"warps":6,"stages":2,"splits":0}"#,
             r#"{"block_m":128,"block_n":32,"warps":0,"stages":2,"splits":0}"#,
             r#"{"block_m":100,"block_n":32,"warps":4,"stages":2,"splits":0}"#,
             r#"{"block_m":128,"block_n":32,"warps":4,"stages":2,"splits":4096}"#,
@@ -684,6 +684,24 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Tile>(bad).is_err(), "{bad}");
         }
+        // the decode's swapped head tile (block_m = 8) reads back, and is the decode's only
+        let kq: Tile =
+            serde_json::from_str(r#"{"block_m":8,"block_n":16,"warps":4,"stages":2,"splits":0}"#)
+                .unwrap();
+        assert!(kq.check(&spec(Op::Decode, 128)).is_ok());
+        assert_eq!(kq.decode_rows(), DECODE_ROWS_KQ);
+        assert!(kq.check(&spec(Op::Prefill, 128)).is_err());
+        // and so does a tma decode tile (a producer warp beside 2, 4 or 8 consumers)
+        let tma: Tile = serde_json::from_str(
+            r#"{"engine":"tma","block_m":0,"block_n":32,"warps":5,"stages":4,"splits":0}"#,
+        )
+        .unwrap();
+        assert!(tma.check(&spec(Op::Decode, 128)).is_ok());
+        // a warp count no op takes is refused at once
+        let e = serde_json::from_str::<Tile>(r#"{"block_m":0,"block_n":32,"warps":6,"stages":2}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("warps"), "{e}");
         // a tile valid for some op but not for this spec is refused by the pair check
         let wide = prefill(256, 32, 8, 2);
         assert!(wide.check(&spec(Op::Prefill, 256)).is_err());

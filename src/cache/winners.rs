@@ -58,8 +58,13 @@ impl CacheStore {
     /// Writes a winner record atomically (staged file, then rename), replacing an older one.
     pub fn put_winner(&self, rec: &WinnerRecord) -> Result<PathBuf, CacheError> {
         let path = self.winner_path(rec);
+        let json = winner_json(rec);
+        // A record the loader would refuse to read is ignored there without a word (the default
+        // tile runs instead): refuse to write it.
+        WinnerRecord::from_json(&json)
+            .map_err(|e| io("check the winner record for", &path)(io::Error::other(e)))?;
         let staged = self.stage(StageKind::File, false)?;
-        fsx::write_new(staged.path(), &winner_json(rec))?;
+        fsx::write_new(staged.path(), &json)?;
         self.place_file(staged.path(), &path)?;
         Ok(path)
     }

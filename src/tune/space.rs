@@ -275,6 +275,40 @@ mod tests {
     }
 
     #[test]
+    fn every_builtin_candidate_survives_a_winner_record() {
+        // The tuner records its winner as JSON and the loader reads it back: a tile the space
+        // offers but JSON refuses would be tuned, recorded and then silently ignored (run 52:
+        // the decode's block_m = 8 before JSON took it).
+        let s = Spaces::builtin();
+        for op in Op::ALL {
+            for arch in [Arch::new(8, 0), "sm_90a".parse().unwrap()] {
+                for d in [64, 128] {
+                    let Ok(sp) = KernelSpec::new(
+                        op,
+                        &SpecParams {
+                            head_dim: Some(d),
+                            window: Some(512),
+                            chunk: Some(64),
+                            local: Some(LocalMode::Block),
+                            group: Some(4),
+                            ..Default::default()
+                        },
+                    ) else {
+                        continue;
+                    };
+                    for t in s.candidates(&sp, arch, arch.limits()).keep {
+                        let json = serde_json::to_string(&t).unwrap();
+                        let back: Tile = serde_json::from_str(&json)
+                            .unwrap_or_else(|e| panic!("{sp} {arch} {json}: {e}"));
+                        assert_eq!(back, t, "{sp} {arch}");
+                        back.check(&sp).unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn builtin_space_expands_and_prunes() {
         let s = Spaces::builtin();
         let h100 = Arch::new(9, 0);
