@@ -684,8 +684,21 @@ impl OpDef for Decode {
         q + kv.max(combine)
     }
 
-    fn default_tiles(&self, _spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
-        vec![tile(16, 4, 2), tile(16, 2, 2), tile(16, 1, 1)]
+    fn default_tiles(&self, spec: &KernelSpec, _arch: Arch) -> Vec<TileParams> {
+        let rows16 = vec![tile(16, 4, 2), tile(16, 2, 2), tile(16, 1, 1)];
+        if spec.group_or_one() > DECODE_ROWS_KQ {
+            // more heads than the swapped tile's 8 columns: it would read K and V once per 8
+            return rows16;
+        }
+        // Groups of 8 heads or fewer: the swapped head tile, three stages (runs 52-53, H200,
+        // against n16_w4_s2: 2 % faster at B=64 and 4 % at B=256, within 1 % at B=8, B=1 and
+        // the D=64 shape; at two stages it runs three blocks per multiprocessor, which loses at B=64)
+        let mut v = vec![TileParams {
+            block_m: DECODE_ROWS_KQ,
+            ..tile(16, 4, 3)
+        }];
+        v.extend(rows16);
+        v
     }
 
     fn triton_default(&self, _spec: &KernelSpec) -> TileParams {
@@ -1033,7 +1046,14 @@ mod tests {
     fn block_m_picks_the_head_tile() {
         let s = spec(); // group 4
         let sm90a: Arch = "sm_90a".parse().unwrap();
-        let base = Tile::default_for(&s, sm90a);
+        // the default at groups of 8 heads or fewer is the swapped tile
+        assert_eq!(
+            Tile::default_for(&s, sm90a).name(Op::Decode),
+            "m8_n16_w4_s3_k0"
+        );
+        let base = Tile::default_for(&s, sm90a)
+            .with_overrides(&s, "block_m=0")
+            .unwrap();
         let kq = base.with_overrides(&s, "block_m=8").unwrap();
         assert_eq!(kq.decode_rows(), DECODE_ROWS_KQ);
         assert_eq!(base.decode_rows(), DECODE_ROWS);
@@ -1074,6 +1094,11 @@ mod tests {
             },
         )
         .unwrap();
+        // more heads than 8: the 16-row tile by default (the swapped one would read K/V 3 times)
+        assert_eq!(
+            Tile::default_for(&s20, sm90a).name(Op::Decode),
+            "n16_w4_s2_k0"
+        );
         let kq20 = Tile::default_for(&s20, sm90a)
             .with_overrides(&s20, "block_m=8")
             .unwrap();
