@@ -55,6 +55,8 @@ def main():
                             F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
                     def fwd_bwd():
+                        # fresh gradients each call (accumulating into .grad would time three adds too)
+                        q.grad = k.grad = v.grad = None
                         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
                         o.backward(do)
 

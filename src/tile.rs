@@ -130,7 +130,8 @@ pub struct TileParams {
     #[serde(default, skip_serializing_if = "Engine::is_mma")]
     pub engine: Engine,
     /// Query rows per CTA (prefill): 16 or 32 per warp (one or two MMA row tiles); with `wgmma`,
-    /// 64 per consumer warpgroup.
+    /// 64 per consumer warpgroup. Decode (mma engine): the head tile, 0 (16 heads as the MMA's
+    /// M dimension) or 8 (the swapped tile: keys as M, up to 8 heads as N).
     #[serde(default)]
     pub block_m: u32,
     /// Keys per pipeline tile (prefill: per CTA; decode: per warp).

@@ -61,8 +61,12 @@ impl CacheStore {
         let json = winner_json(rec);
         // A record the loader would refuse to read is ignored there without a word (the default
         // tile runs instead): refuse to write it.
-        WinnerRecord::from_json(&json)
-            .map_err(|e| io("check the winner record for", &path)(io::Error::other(e)))?;
+        WinnerRecord::from_json(&json).map_err(|e| {
+            io(
+                "refuse to record a winner the loader could not read at",
+                &path,
+            )(io::Error::other(e))
+        })?;
         let staged = self.stage(StageKind::File, false)?;
         fsx::write_new(staged.path(), &json)?;
         self.place_file(staged.path(), &path)?;
