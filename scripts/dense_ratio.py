@@ -4,34 +4,29 @@
 Issue 12's second floor asks flasheva's backward for at most 3x its own forward's time. This
 measures the same ratio for PyTorch SDPA's cuDNN and FlashAttention-2 backends (dense causal,
 bf16, B=1, H=16, D=128, the issue's sequence lengths), in one process, with CUDA events: the
-forward alone, and forward + backward (the backward is the difference), medians of `--iters`.
+forward alone, and forward + backward (the backward is the difference), medians of `--iters`
+(peers.time_ms: each timed call follows an untimed one, so the host's enqueue is not timed).
 The FLOP counts are FlashAttention's: forward 4 N^2 D H / 2 (causal), backward 2.5x that.
 
 Run: python3 scripts/dense_ratio.py [--iters 10] [--json out.json]
 """
 import argparse
 import json
-import statistics
+import os
+import sys
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 import torch.nn.functional as F
 
+# peers.py's event timing (beside this file)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import time_ms  # noqa: E402
+
 
 def timed(fn, iters, warmup=2):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ms = []
-    for _ in range(iters):
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ms.append(a.elapsed_time(b))
-    return statistics.median(ms)
+    """Median ms of `fn()` over `iters` calls (peers.time_ms with one argument-less input set)."""
+    return time_ms(fn, [()], iters, warmup)
 
 
 def main():

@@ -55,6 +55,20 @@ struct FeRowState {
   float l[2];  // this lane's partial sum of exp2(logit - m)
 };
 
+// The online softmax's step for one row (a query row, or a decode head) whose raw logits over a
+// new tile have the maximum `mx` (-inf where none is visible): moves the running max `m` (log2
+// domain) to include it, rescales the running sum `l`, sets `base`, the reference the tile's
+// exponentials subtract (0 while the row has seen nothing, so exp2 gives 0, not NaN), and returns
+// the factor the row's accumulators must be scaled by.
+FE_DEV float fe_softmax_step(float& m, float& l, float mx, float scale_log2, float& base) {
+  const float m_new = fmaxf(m, mx * scale_log2);
+  base = (m_new == FE_NEG_INF) ? 0.f : m_new;
+  const float alpha = fe_exp2(m - base);
+  m = m_new;
+  l *= alpha;
+  return alpha;
+}
+
 FE_DEV void fe_state_init(FeRowState& st) {
 #pragma unroll
   for (int i = 0; i < FE_DT; ++i) {
@@ -169,12 +183,7 @@ FE_DEV void fe_attend_tile(FeRowState (&st)[MT], const u32 (&qa)[QREGS ? MT : 1]
       float mx = red[r][0];
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(st[mt].m[r], mx * scale_log2);
-      // A row that has seen nothing yet keeps m = -inf; use 0 as the reference so exp2 gives 0, not NaN.
-      base[r] = (m_new == FE_NEG_INF) ? 0.f : m_new;
-      alpha[r] = fe_exp2(st[mt].m[r] - base[r]);
-      st[mt].m[r] = m_new;
-      st[mt].l[r] *= alpha[r];
+      alpha[r] = fe_softmax_step(st[mt].m[r], st[mt].l[r], mx, scale_log2, base[r]);
     }
     // Once the running maxima settle, no row's max moves: skip rescaling the accumulators.
     if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {

@@ -147,12 +147,7 @@ FE_DEV void fe_kq_attend(FeColState& st, const u32 (&qb)[FE_KT][2], u32 k_addr, 
     mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 4));
     mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 8));
     mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 16));
-    const float m_new = fmaxf(st.m[i], mx[i] * scale_log2);
-    // a head that has seen nothing yet keeps m = -inf; 0 as the reference gives exp2 = 0, not NaN
-    base[i] = (m_new == FE_NEG_INF) ? 0.f : m_new;
-    alpha[i] = fe_exp2(st.m[i] - base[i]);
-    st.m[i] = m_new;
-    st.l[i] *= alpha[i];
+    alpha[i] = fe_softmax_step(st.m[i], st.l[i], mx[i], scale_log2, base[i]);
   }
   // once the running maxima settle, no head's max moves: skip rescaling the accumulators
   if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {

@@ -1046,11 +1046,9 @@ mod tests {
     fn block_m_picks_the_head_tile() {
         let s = spec(); // group 4
         let sm90a: Arch = "sm_90a".parse().unwrap();
+        let default_name = |s: &KernelSpec| Tile::default_for(s, sm90a).name(Op::Decode);
         // the default at groups of 8 heads or fewer is the swapped tile
-        assert_eq!(
-            Tile::default_for(&s, sm90a).name(Op::Decode),
-            "m8_n16_w4_s3_k0"
-        );
+        assert_eq!(default_name(&s), "m8_n16_w4_s3_k0");
         let base = Tile::default_for(&s, sm90a)
             .with_overrides(&s, "block_m=0")
             .unwrap();
@@ -1095,10 +1093,7 @@ mod tests {
         )
         .unwrap();
         // more heads than 8: the 16-row tile by default (the swapped one would read K/V 3 times)
-        assert_eq!(
-            Tile::default_for(&s20, sm90a).name(Op::Decode),
-            "n16_w4_s2_k0"
-        );
+        assert_eq!(default_name(&s20), "n16_w4_s2_k0");
         let kq20 = Tile::default_for(&s20, sm90a)
             .with_overrides(&s20, "block_m=8")
             .unwrap();
