@@ -16,9 +16,11 @@ SDPA runs with enable_gqa (the query heads of a kv head share its rows). Timing:
 captured in one CUDA graph, round-robin over input sets together larger than three times the L2
 cache, replayed; the median of 15 replays per call (peers.graph_ms: a Python call's host time
 exceeds a small-batch decode kernel's, so calls issued one by one would time the host).
-flasheva's number is `flasheva bench`'s (back-to-back launches from Rust, which include the
-launch gaps a graph removes: about 1 us at these sizes, run 46). Usage (from the repo root on
-the GPU machine):
+flasheva is timed by `flasheva bench --graph` the same way (launches captured in a CUDA graph and
+replayed, as a serving loop runs a step), so the ratio to SDPA is like for like; `flasheva bench`'s
+back-to-back launches (which include the launch gaps a graph removes: about 1 us at these sizes,
+run 46) are printed beside it ("launches"; the only timing of runs 18-60). Usage (from the
+repo root on the GPU machine):
 
     python3 scripts/decode_peers.py --flasheva .device/bin/flasheva --json $OUT/decode_peers.json
 """
@@ -62,13 +64,13 @@ def sdpa(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
 
 
-def run_flasheva(exe, b, pos, h, hkv, d, w, c, iters):
+def run_flasheva(exe, b, pos, h, hkv, d, w, c, iters, graph):
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
     cmd = [exe, "bench", "decode", "--head-dim", str(d), "--window", str(w), "--chunk", str(c),
            "--local", "block", "--dtype", "bf16", "--group", str(h // hkv), "--batch", str(b),
            "--position", str(pos), "--heads", str(h), "--kv-heads", str(hkv), "--iters", str(iters),
-           "--json", path]
+           "--json", path] + (["--graph"] if graph else [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.stderr.write(r.stdout + r.stderr)
@@ -103,7 +105,7 @@ def main():
         return
     rows = []
     print(f"{'shape':44} {'flasheva ms':>11} {'share of read':>13} {'same-size':>9} {'compact ms':>10} "
-          f"{'fe/compact':>10} {'full-KV ms':>10}")
+          f"{'fe/compact':>10} {'full-KV ms':>10} {'launches ms':>11}")
     for i in pick:
         b, pos, h, hkv, d, w, c = SHAPES[i]
         rows_read = min(w, pos % w + 1) + pos // c  # block mode: the ring's visible part, the summaries
@@ -117,7 +119,8 @@ def main():
         full = graph_ms([lambda t=t: sdpa(*t) for t in full_sets], min(a.iters, 10))
         del full_sets
         torch.cuda.empty_cache()
-        fe = run_flasheva(a.flasheva, b, pos, h, hkv, d, w, c, a.iters) if a.flasheva else None
+        fe = run_flasheva(a.flasheva, b, pos, h, hkv, d, w, c, a.iters, True) if a.flasheva else None
+        fe_launches = run_flasheva(a.flasheva, b, pos, h, hkv, d, w, c, a.iters, False) if a.flasheva else None
         row = {"B": b, "position": pos, "H": h, "Hkv": hkv, "D": d, "W": w, "C": c,
                "rows_read": rows_read, "sdpa_compact_ms": compact, "sdpa_full_ms": full}
         share = ratio = same = None
@@ -135,12 +138,17 @@ def main():
                 row["share_of_same_size_read"] = same
             ratio = fe["ms"] / compact
             row["ratio_vs_compact"] = ratio
+            row["flasheva_timing"] = "graph"
+        if fe_launches:
+            row["flasheva_launches_ms"] = fe_launches["ms"]
         rows.append(row)
         shape = f"B={b} pos={pos} H={h} Hkv={hkv} D={d} W={w} C={c}"
         fe_ms = f"{fe['ms']:.4f}" if fe else "-"
+        fl_ms = f"{fe_launches['ms']:.4f}" if fe_launches else "-"
         print(f"{shape:44} {fe_ms:>11} {(f'{100 * share:.1f} %' if share else '-'):>13} "
               f"{(f'{100 * same:.1f} %' if same else '-'):>9} {compact:>10.4f} "
-              f"{(f'{ratio:.2f}x' if ratio else '-'):>10} {full:>10.3f}", flush=True)
+              f"{(f'{ratio:.2f}x' if ratio else '-'):>10} {full:>10.3f} "
+              f"{fl_ms:>11}", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

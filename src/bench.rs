@@ -67,6 +67,10 @@ pub struct Bencher {
 /// Launches per timed sample.
 pub const REPS: usize = 4;
 
+/// Launches captured in the CUDA graph that [`Bencher::time_graph`] replays (as many as
+/// `scripts/peers.py`'s `graph_ms` captures for the peers).
+pub const GRAPH_REPS: usize = 40;
+
 fn random_like(src: &HostTensor, rng: &mut impl rand::Rng, shape: &[usize]) -> HostTensor {
     // Fresh values are costly for 100M-element tensors: reuse one random pool, offset randomly.
     let n: usize = shape.iter().product();
@@ -192,15 +196,31 @@ impl Bencher {
     /// one event pair each (after one untimed launch, so that the GPU is busy while the host
     /// enqueues and no host delay is timed), rotating input sets; the sample time is per launch.
     pub fn time(&mut self, kernel: &Kernel, warmup: usize, samples: usize) -> Result<Timing> {
-        for i in 0..warmup {
+        self.time_as(kernel, warmup, samples, false)
+    }
+
+    /// [`Bencher::time`], or with `graph` as a serving loop runs a step: after the warm-up
+    /// (which sizes the workspace and makes the stream's counters, so nothing is allocated
+    /// under capture) [`GRAPH_REPS`] launches over the rotating input sets are captured in one
+    /// CUDA graph, replayed once untimed, then `samples` times between one event pair each. No
+    /// launch gaps are timed: the peers' way (`graph_ms` in scripts/peers.py), so a kernel of
+    /// tens of microseconds compares with them like for like.
+    pub fn time_as(
+        &mut self,
+        kernel: &Kernel,
+        warmup: usize,
+        samples: usize,
+        graph: bool,
+    ) -> Result<Timing> {
+        for i in 0..warmup.max(1) {
             self.launch(kernel, i)?;
         }
         self.stream
             .synchronize()
             .map_err(drv("cuStreamSynchronize (a kernel failed)"))?;
         let (timer, stream) = (Arc::clone(&self.timer), Arc::clone(&self.stream));
-        let mut set = warmup;
-        per_launch(&timer, &stream, samples, || {
+        let mut set = warmup.max(1);
+        timed(&timer, &stream, samples, graph, || {
             self.launch(kernel, set)?;
             set += 1;
             Ok(())
@@ -236,6 +256,35 @@ fn per_launch(
             launch()?;
         }
         out.push(timer.stop_ms(stream)? as f64 / REPS as f64);
+    }
+    Ok(Timing::from_samples(out))
+}
+
+/// `samples` per-launch times of `launch`: back-to-back launches ([`per_launch`]), or with
+/// `graph` [`GRAPH_REPS`] launches captured in one CUDA graph and replayed (after one untimed
+/// replay) between one event pair per sample.
+fn timed(
+    timer: &EventTimer,
+    stream: &Arc<CudaStream>,
+    samples: usize,
+    graph: bool,
+    mut launch: impl FnMut() -> Result<()>,
+) -> Result<Timing> {
+    if !graph {
+        return per_launch(timer, stream, samples, launch);
+    }
+    let g = crate::gpu::graph::StepGraph::capture(stream, |_| -> Result<()> {
+        for _ in 0..GRAPH_REPS {
+            launch()?;
+        }
+        Ok(())
+    })?;
+    g.replay()?;
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        timer.start(stream)?;
+        g.replay()?;
+        out.push(timer.stop_ms(stream)? as f64 / GRAPH_REPS as f64);
     }
     Ok(Timing::from_samples(out))
 }
@@ -284,12 +333,14 @@ struct ReadParams {
 /// 8 CTAs of 256 threads per multiprocessor, four 16-byte loads in flight per thread. One set far
 /// larger than L2 gives the device's rate; the sets and bytes of a benchmark's rotating inputs give
 /// what a read of the same size reaches (its start and tail included, as a short kernel's are).
+/// `graph`: timed as [`Bencher::time_as`] times a kernel in a CUDA graph (no launch gaps).
 pub fn read_bandwidth(
     gpu: &Gpu,
     stream: &Arc<CudaStream>,
     bytes: usize,
     sets: usize,
     iters: usize,
+    graph: bool,
 ) -> Result<f64> {
     use crate::compile::{CompileJob, Compiler, nvrtc::Nvrtc, options_for};
     let info = gpu.info();
@@ -328,8 +379,11 @@ pub fn read_bandwidth(
     for _ in 0..3 {
         launch()?;
     }
-    // timed as `Bencher::time` times a kernel
-    let t = per_launch(&timer, stream, iters, launch)?;
+    // timed as `Bencher::time_as` times a kernel
+    stream
+        .synchronize()
+        .map_err(drv("cuStreamSynchronize (the read-rate probe failed)"))?;
+    let t = timed(&timer, stream, iters, graph, launch)?;
     Ok((vectors * 16) as f64 / (t.median_ms * 1e-3))
 }
 

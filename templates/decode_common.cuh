@@ -206,41 +206,86 @@ FE_DEV void fe_state_to_scratch(const FeColState& st, float* wo, float* wm, floa
   }
 }
 
+// atomicInc at device scope with acquire-release semantics (inline PTX: the CUDA headers' scoped
+// atomics are not available to NVRTC without them); returns the old value.
+FE_DEV unsigned fe_atomic_inc_acq_rel(unsigned* c, unsigned wrap) {
+  unsigned old;
+  asm volatile("atom.acq_rel.gpu.global.inc.u32 %0, [%1], %2;" : "=r"(old) : "l"(c), "r"(wrap) : "memory");
+  return old;
+}
+
 // The last block of a (sequence, head tile) to finish merges every split's partial rows (written
-// by all blocks to ws_o / ws_ml) into o and lse: a warp per row, each lane D/32 columns, one pass
-// over the splits with their loads independent of each other. Reads go through L2 (ld.cg): the
-// partials were written by other blocks.
+// by all blocks to ws_o / ws_ml) into o and lse: a warp per row, each lane D/32 columns. The merge
+// is the decode's tail (the device waits on it), so it is written for few dependent round trips
+// to L2: lane s holds split s's (max, sum) from the first pass and hands its weight to the other
+// lanes by shuffle, and the partial rows are loaded FE_MU splits at a time, all loads before any
+// use. Reads go through L2 (ld.cg): the partials were written by other blocks.
+constexpr int FE_MCPL = (FE_D + 31) / 32;     // columns per lane
+constexpr int FE_MU = FE_MCPL <= 2 ? 8 : 4;  // splits loaded at once (32 registers at most)
 template <int WARPS>
 FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int warp, int lane) {
-  constexpr int CPL = (FE_D + 31) / 32;  // columns per lane
-  const i64 sstride = (i64)p.b * p.h;    // rows between two splits' partials
+  const i64 sstride = (i64)p.b * p.h;  // rows between two splits' partials
   for (int r = warp; r < nrows; r += WARPS) {
     const int h = h0 + r;
     const i64 row = (i64)b * p.h + h;
-    float mx = FE_NEG_INF;
-    for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, __ldcg(p.ws_ml + (s * sstride + row) * 2));
+    // Lane s's split (the first 32): its (max, sum) stay in registers for the weights below.
+    float m0 = FE_NEG_INF, l0 = 0.f;
+    if (lane < p.splits) {
+      m0 = __ldcg(p.ws_ml + (lane * sstride + row) * 2);
+      l0 = __ldcg(p.ws_ml + (lane * sstride + row) * 2 + 1);
+    }
+    float mx = m0;
+    for (int s = lane + 32; s < p.splits; s += 32) mx = fmaxf(mx, __ldcg(p.ws_ml + (s * sstride + row) * 2));
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float acc[CPL];
+    float acc[FE_MCPL];
 #pragma unroll
-    for (int c = 0; c < CPL; ++c) acc[c] = 0.f;
+    for (int c = 0; c < FE_MCPL; ++c) acc[c] = 0.f;
     float lsum = 0.f;
     if (mx != FE_NEG_INF) {  // (a sequence with len <= 0: every split empty, o = 0, lse = -inf)
-#pragma unroll 4
-      for (int s = 0; s < p.splits; ++s) {
-        const i64 rs = s * sstride + row;
-        const float w = fe_exp2(__ldcg(p.ws_ml + rs * 2) - mx);
-        lsum += __ldcg(p.ws_ml + rs * 2 + 1) * w;
+#pragma unroll 1
+      for (int s0 = 0; s0 < p.splits; s0 += 32) {
+        // this lane's split s0 + lane: its weight (0 past the last split) and weighted sum
+        float w = 0.f;
+        if (s0 + lane < p.splits) {
+          float m = m0, l = l0;
+          if (s0 > 0) {
+            const i64 rs = (s0 + lane) * sstride + row;
+            m = __ldcg(p.ws_ml + rs * 2);
+            l = __ldcg(p.ws_ml + rs * 2 + 1);
+          }
+          w = fe_exp2(m - mx);
+          lsum += l * w;
+        }
+        const int n = min(32, p.splits - s0);
+        // (not unrolled: a software-pipelined copy would hold two batches of loads, 64 more
+        // registers than the main loop needs)
+#pragma unroll 1
+        for (int j0 = 0; j0 < n; j0 += FE_MU) {
+          float x[FE_MU][FE_MCPL];
 #pragma unroll
-        for (int c = 0; c < CPL; ++c) {
-          const int d = lane + 32 * c;
-          if (d < FE_D) acc[c] += __ldcg(p.ws_o + rs * FE_D + d) * w;
+          for (int u = 0; u < FE_MU; ++u) {
+            const i64 rs = (s0 + j0 + u) * sstride + row;
+#pragma unroll
+            for (int c = 0; c < FE_MCPL; ++c) {
+              const int d = lane + 32 * c;
+              x[u][c] = j0 + u < n && d < FE_D ? __ldcg(p.ws_o + rs * FE_D + d) : 0.f;
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < FE_MU; ++u) {
+            const float wu = __shfl_sync(0xffffffffu, w, (j0 + u) & 31);
+#pragma unroll
+            for (int c = 0; c < FE_MCPL; ++c) acc[c] += x[u][c] * wu;
+          }
         }
       }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) lsum += __shfl_xor_sync(0xffffffffu, lsum, o);
     }
     const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
 #pragma unroll
-    for (int c = 0; c < CPL; ++c) {
+    for (int c = 0; c < FE_MCPL; ++c) {
       const int d = lane + 32 * c;
       if (d < FE_D) p.o[b * p.o_sb + h * p.o_sh + d] = fe_from_f32(acc[c] * inv);
     }
@@ -292,19 +337,18 @@ FE_DEV void fe_decode_finish(const DecodeParams& p, const State& st, float* scra
     }
   }
   if (p.splits > 1 && p.counters != nullptr) {
-    // This block's partials are visible device-wide before it counts itself finished; the block
-    // that counts last merges and leaves the counter at zero for the next launch on the stream.
-    __threadfence();
+    // The block counts itself finished with one acquire-release atomic after a block barrier: the
+    // barrier orders every thread's partials before thread 0's release at device scope, and the
+    // acquire plus the barrier after it order the other blocks' partials before the merge's
+    // reads (no per-thread fences: each waited for its own stores, on the tail's critical path).
+    // The block that counts last merges and leaves the counter at zero for the next launch.
     __syncthreads();
     if (tid == 0) {
-      // atomicInc wraps at splits - 1: the last arrival leaves the counter at zero in the same step
+      // inc wraps at splits - 1: the last arrival leaves the counter at zero in the same step
       unsigned* c = reinterpret_cast<unsigned*>(p.counters + (i64)b * gridDim.y + blockIdx.y);
-      *last = atomicInc(c, (unsigned)p.splits - 1u) == (unsigned)p.splits - 1u;
+      *last = fe_atomic_inc_acq_rel(c, (unsigned)p.splits - 1u) == (unsigned)p.splits - 1u;
     }
     __syncthreads();
-    if (*last) {
-      __threadfence();
-      fe_merge_splits<NTHREADS / 32>(p, b, h0, nrows, warp, lane);
-    }
+    if (*last) fe_merge_splits<NTHREADS / 32>(p, b, h0, nrows, warp, lane);
   }
 }

@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// Untimed launches first.
     #[arg(long, default_value_t = 10)]
     pub warmup: usize,
+    /// Time launches replayed from a CUDA graph (as a serving loop runs a step, and as
+    /// scripts/peers.py times the peers: no launch gaps) instead of back-to-back launches. The
+    /// same-size read is timed the same way.
+    #[arg(long)]
+    pub graph: bool,
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
@@ -144,7 +149,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         .any(|w| flasheva::ops::of(w.spec.op()).rate() == Rate::Bytes)
     {
         eprintln!("measuring the read rate (a read-only kernel over 4 GiB) ...");
-        match read_bandwidth(&gpu, &stream, 4 << 30, 1, 20) {
+        match read_bandwidth(&gpu, &stream, 4 << 30, 1, 20, false) {
             Ok(r) => Some(r),
             Err(e) => {
                 eprintln!(
@@ -179,7 +184,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
                 ""
             }
         );
-        let t = bench.time(&kernel, a.warmup, a.iters)?;
+        let t = bench.time_as(&kernel, a.warmup, a.iters, a.graph)?;
         let secs = t.median_ms * 1e-3;
         // A memory-bound op also against a read of its own size over as many rotating buffers
         // (what a kernel that short can reach, its start and tail included).
@@ -191,6 +196,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
                     w.bytes() as usize,
                     bench.sets(),
                     a.iters.max(5),
+                    a.graph,
                 ) {
                     Ok(x) => Some(x),
                     Err(e) => {
@@ -258,6 +264,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         "read_gbps": read.map(|r| r / 1e9),
         "iters": a.iters,
         "warmup": a.warmup,
+        "timing": if a.graph { "graph" } else { "launches" },
         "results": out_rows,
     });
     if let Some(path) = &a.json {
@@ -270,7 +277,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         return json_doc("flasheva/bench/1", doc);
     }
     outln!(
-        "device: {} (sm_{}{}, {} SMs); device-to-device copy {:.0} GB/s (read + write){}; {} timed launches per kernel after {} warm-up",
+        "device: {} (sm_{}{}, {} SMs); device-to-device copy {:.0} GB/s (read + write){}; {} per kernel after {} warm-up",
         info.name,
         info.capability.0,
         info.capability.1,
@@ -278,7 +285,19 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         copy / 1e9,
         read.map(|r| format!(", read {:.0} GB/s", r / 1e9))
             .unwrap_or_default(),
-        a.iters,
+        if a.graph {
+            format!(
+                "{} timed replays of a CUDA graph of {} launches",
+                a.iters,
+                flasheva::bench::GRAPH_REPS
+            )
+        } else {
+            format!(
+                "{} timed samples of {} launches",
+                a.iters,
+                flasheva::bench::REPS
+            )
+        },
         a.warmup
     );
     out!(

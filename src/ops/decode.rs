@@ -22,8 +22,8 @@ use crate::spec::{KernelSpec, LocalMode, Op, SpecParams};
 use crate::target::Arch;
 use crate::tensor::{ElemType, TensorArg};
 use crate::tile::{
-    DECODE_ROWS, DECODE_ROWS_KQ, Engine, MAX_SPLITS, SMEM_PAD, STAGES, Tile, TileError, TileParams,
-    WARPS, decode_rows, one_of,
+    DECODE_ROWS, DECODE_ROWS_KQ, Engine, MAX_SPLITS, SMEM_PAD, Tile, TileError, TileParams, WARPS,
+    decode_rows, one_of,
 };
 use crate::visibility::{key_range, summaries_visible};
 use crate::workload::Workload;
@@ -616,6 +616,7 @@ impl OpDef for Decode {
     }
 
     fn check_tile(&self, spec: &KernelSpec, t: &TileParams) -> Result<(), TileError> {
+        const DECODE_STAGES: [u32; 6] = [1, 2, 3, 4, 5, 6];
         let op = Op::Decode;
         if t.engine == Engine::Triton {
             check_triton_tile(op, t, false, true, true)?;
@@ -649,7 +650,9 @@ impl OpDef for Decode {
             )?;
             one_of(op, "block_n", t.block_n, &[16, 32, 64], "16, 32, 64")?;
             one_of(op, "warps", t.warps, &WARPS, "1, 2, 4, 8")?;
-            one_of(op, "stages", t.stages, &STAGES, "1, 2, 3")?;
+            // deeper pipelines than the prefill's: a few blocks per device stream long rows at
+            // small batches (shared memory per block bounds them: the fit check)
+            one_of(op, "stages", t.stages, &DECODE_STAGES, "1..=6")?;
         }
         if t.splits > MAX_SPLITS {
             return Err(TileError::Field {
