@@ -150,8 +150,8 @@ pub struct TileParams {
 
 /// The launch-shape knobs of one kernel (block sizes, warps, pipeline stages, splits), checked
 /// against the rules of its op: construct with [`Tile::new`] or [`Tile::default_for`]. Fields the
-/// op does not use are 0. Reading a tile from JSON checks every field against the values some op
-/// accepts; whether it fits a particular spec is checked where the pair is read
+/// op does not use are 0. Reading a tile from JSON checks only bounds that hold for every op;
+/// whether it fits a particular spec (the op's rules) is checked where the pair is read
 /// ([`Tile::check`]), so an edited record can never hand the loader an impossible tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "TileParams", into = "TileParams")]
@@ -172,42 +172,27 @@ impl From<Tile> for TileParams {
 
 impl TryFrom<TileParams> for Tile {
     type Error = TileError;
+    /// Bounds that hold for every op, so that nothing computed from a tile read from a file can
+    /// overflow before its spec is known. Which values an op accepts is its rule alone
+    /// (`check_tile`), checked where a tile meets its spec ([`Tile::check`]): a second list of
+    /// accepted values here went stale twice (the decode's `block_m = 8`, the tma decode's warps),
+    /// and tuned winners were refused without a word.
     fn try_from(p: TileParams) -> Result<Tile, TileError> {
-        let field = |field: &'static str, value: u32, set: &[u32], accepted: &'static str| {
-            if value == 0 || set.contains(&value) {
-                Ok(())
-            } else {
-                Err(TileError::Domain {
+        let bounds: [(&'static str, u32, u32, u32, &'static str); 5] = [
+            ("block_m", p.block_m, 0, TILE_MAX_BLOCK_M, "0..=256"),
+            ("block_n", p.block_n, 0, TILE_MAX_BLOCK_N, "0..=128"),
+            ("warps", p.warps, 1, TILE_MAX_WARPS, "1..=16"),
+            ("stages", p.stages, 0, TILE_MAX_STAGES, "0..=8"),
+            ("splits", p.splits, 0, MAX_SPLITS, "0..=128"),
+        ];
+        for (field, value, lo, hi, accepted) in bounds {
+            if value < lo || value > hi {
+                return Err(TileError::Domain {
                     field,
                     value,
                     accepted,
-                })
+                });
             }
-        };
-        field(
-            "block_m",
-            p.block_m,
-            &[8, 16, 32, 64, 128, 192, 256],
-            "0, 8, 16, 32, 64, 128, 192, 256",
-        )?;
-        field("block_n", p.block_n, &BLOCK_N, "0, 16, 32, 64, 128")?;
-        field(
-            "warps",
-            p.warps,
-            &[1, 2, 3, 4, 5, 8, 9, 12, 16],
-            "1, 2, 3, 4, 5, 8, 9, 12, 16",
-        )?;
-        field("stages", p.stages, &[1, 2, 3, 4, 5, 6, 7, 8], "0..=8")?;
-        if p.warps == 0 || p.splits > MAX_SPLITS {
-            return Err(TileError::Domain {
-                field: if p.warps == 0 { "warps" } else { "splits" },
-                value: if p.warps == 0 { 0 } else { p.splits },
-                accepted: if p.warps == 0 {
-                    "1, 2, 3, 4, 5, 8, 9, 12, 16"
-                } else {
-                    "0..=128"
-                },
-            });
         }
         Ok(Tile {
             engine: p.engine,
@@ -219,6 +204,13 @@ impl TryFrom<TileParams> for Tile {
         })
     }
 }
+
+/// The largest block_m of any op (the wgmma prefill's 256), and likewise below: the bounds of a
+/// tile read from a file.
+pub(crate) const TILE_MAX_BLOCK_M: u32 = 256;
+pub(crate) const TILE_MAX_BLOCK_N: u32 = 128;
+pub(crate) const TILE_MAX_WARPS: u32 = 16;
+pub(crate) const TILE_MAX_STAGES: u32 = 8;
 
 /// block_m values of the `mma` prefill.
 pub(crate) const BLOCK_M: [u32; 5] = [16, 32, 64, 128, 256];
@@ -273,7 +265,7 @@ pub enum TileError {
         /// Allowed.
         limit: u32,
     },
-    /// A field value no op accepts (read from a file).
+    /// A field value outside the bounds of every op (read from a file).
     #[error("tile {field} = {value} is not accepted: accepted are {accepted}")]
     Domain {
         /// The tile field.
@@ -676,14 +668,27 @@ mod tests {
             serde_json::to_string(&t).unwrap(),
             r#"{"block_m":128,"block_n":32,"warps":4,"stages":2,"splits":0}"#
         );
+        // out of every op's bounds, or unknown fields: refused when read
         for bad in [
-            r#"{"block_m":128,"block_n":32,"warps":6,"stages":2,"splits":0}"#,
             r#"{"block_m":128,"block_n":32,"warps":0,"stages":2,"splits":0}"#,
-            r#"{"block_m":100,"block_n":32,"warps":4,"stages":2,"splits":0}"#,
+            r#"{"block_m":128,"block_n":32,"warps":17,"stages":2,"splits":0}"#,
+            r#"{"block_m":512,"block_n":32,"warps":4,"stages":2,"splits":0}"#,
+            r#"{"block_m":128,"block_n":4096,"warps":4,"stages":2,"splits":0}"#,
+            r#"{"block_m":128,"block_n":32,"warps":4,"stages":9,"splits":0}"#,
             r#"{"block_m":128,"block_n":32,"warps":4,"stages":2,"splits":4096}"#,
             r#"{"block_m":128,"block_n":32,"warps":4,"stages":2,"splits":0,"x":1}"#,
         ] {
             assert!(serde_json::from_str::<Tile>(bad).is_err(), "{bad}");
+        }
+        // within the bounds but no op's value (block_m = 100, warps = 6): read, then refused by
+        // the op's rule where it meets its spec, which names what the op accepts
+        for odd in [
+            r#"{"block_m":100,"block_n":32,"warps":4,"stages":2,"splits":0}"#,
+            r#"{"block_m":128,"block_n":32,"warps":6,"stages":2,"splits":0}"#,
+        ] {
+            let t: Tile = serde_json::from_str(odd).unwrap();
+            let e = t.check(&spec(Op::Prefill, 128)).unwrap_err().to_string();
+            assert!(e.contains("accepted are"), "{e}");
         }
         // the decode's swapped head tile (block_m = 8) reads back, and is the decode's only
         let kq: Tile =
@@ -698,8 +703,8 @@ mod tests {
         )
         .unwrap();
         assert!(tma.check(&spec(Op::Decode, 128)).is_ok());
-        // a warp count no op takes is refused at once
-        let e = serde_json::from_str::<Tile>(r#"{"block_m":0,"block_n":32,"warps":6,"stages":2}"#)
+        // a warp count past every op's is refused at once, naming the field
+        let e = serde_json::from_str::<Tile>(r#"{"block_m":0,"block_n":32,"warps":32,"stages":2}"#)
             .unwrap_err()
             .to_string();
         assert!(e.contains("warps"), "{e}");
