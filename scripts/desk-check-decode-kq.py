@@ -5,7 +5,8 @@ fe_state_finish, fe_state_to_scratch for FeColState) without a GPU.
 One warp's 32 lanes, `ldmatrix` (plain and .trans), `movmatrix.trans` and the m16n8k16 `mma.sync`
 fragments are modelled as the PTX ISA defines them (the primitives of
 scripts/desk-check-prefill-bwd.py), in float64, and the template's loops are followed line for line
-over a run of K/V tiles whose last one is partly visible, for every block_n. The result (the
+over a run of K/V tiles whose last one is partly visible, for every block_n, with K/V in padded
+rows and (D a multiple of 64) in the 128-byte-swizzled panels of fe_sw_addr. The result (the
 scratch rows the block merge reads) must equal a float64 softmax attention of the warp's heads.
 Agreement to ~1e-15 means the operand roles, fragment mappings and masks are right; it says nothing
 about races, rounding or speed (the GPU suite does). Run: python3 scripts/desk-check-decode-kq.py
@@ -41,7 +42,11 @@ def lane_off_b(l, DP):  # fe_lane_off_b, bytes
     return (((l >> 4) * 8 + (l & 7)) * DP + ((l >> 3) & 1) * 8) * 2
 
 
-def run(D, BN, nkeys, G, seed):
+def sw_addr(BN, row, chunk):  # fe_sw_addr, bytes from the tile's base
+    return (chunk >> 3) * BN * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4)
+
+
+def run(D, BN, nkeys, G, seed, kvsw=0):
     rng = np.random.default_rng(seed)
     DP = D + PAD
     KT = D // 16
@@ -69,8 +74,16 @@ def run(D, BN, nkeys, G, seed):
         sk = dc.Smem(BN * DP)
         sv = dc.Smem(BN * DP)
         for r in range(BN):  # rows past the visible ones: K anything, V zero-filled
-            sk.m[r * DP:r * DP + D] = keys[t0 + r] if r < valid else 1e3
-            sv.m[r * DP:r * DP + D] = vals[t0 + r] if r < valid else 0.0
+            krow = keys[t0 + r] if r < valid else np.full(D, 1e3)
+            vrow = vals[t0 + r] if r < valid else np.zeros(D)
+            if kvsw:  # fe_load_rows<..., SW = true>: 16-byte chunk c of row r at fe_sw_addr
+                for c in range(D // 8):
+                    a = sw_addr(BN, r, c) // 2
+                    sk.m[a:a + 8] = krow[8 * c:8 * c + 8]
+                    sv.m[a:a + 8] = vrow[8 * c:8 * c + 8]
+            else:
+                sk.m[r * DP:r * DP + D] = krow
+                sv.m[r * DP:r * DP + D] = vrow
         NS = BN // 16
         s = np.zeros((NS, 32, 4))
         s2 = np.zeros((NS, 32, 4))
@@ -78,8 +91,13 @@ def run(D, BN, nkeys, G, seed):
             for j in range(NS):
                 if masked and j >= nsub:
                     continue
-                a = dc.ldsm_x4(sk, [lane_off_a(l, DP) + j * 16 * DP * 2 + kk * 32 for l in range(32)])
-                a2 = dc.ldsm_x4(sk, [lane_off_a(l, DP) + j * 16 * DP * 2 + kk * 32 + 32 for l in range(32)])
+                if kvsw:
+                    rows = [j * 16 + ((l >> 3) & 1) * 8 + (l & 7) for l in range(32)]
+                    a = dc.ldsm_x4(sk, [sw_addr(BN, rows[l], kk * 2 + (l >> 4)) for l in range(32)])
+                    a2 = dc.ldsm_x4(sk, [sw_addr(BN, rows[l], kk * 2 + 2 + (l >> 4)) for l in range(32)])
+                else:
+                    a = dc.ldsm_x4(sk, [lane_off_a(l, DP) + j * 16 * DP * 2 + kk * 32 for l in range(32)])
+                    a2 = dc.ldsm_x4(sk, [lane_off_a(l, DP) + j * 16 * DP * 2 + kk * 32 + 32 for l in range(32)])
                 dc.mma(s[j], a, qb[kk, 0], qb[kk, 1])
                 dc.mma(s2[j], a2, qb[kk + 1, 0], qb[kk + 1, 1])
         mx = np.full((32, 2), -np.inf)
@@ -112,7 +130,11 @@ def run(D, BN, nkeys, G, seed):
             b0 = movmatrix_t(s[j][:, 0:2])
             b1 = movmatrix_t(s[j][:, 2:4])
             for mt in range(D // 16):
-                a = dc.ldsm_x4_t(sv, [lane_off_b(l, DP) + j * 16 * DP * 2 + mt * 32 for l in range(32)])
+                if kvsw:
+                    a = dc.ldsm_x4_t(sv, [sw_addr(BN, j * 16 + (l >> 4) * 8 + (l & 7), mt * 2 + ((l >> 3) & 1))
+                                          for l in range(32)])
+                else:
+                    a = dc.ldsm_x4_t(sv, [lane_off_b(l, DP) + j * 16 * DP * 2 + mt * 32 for l in range(32)])
                 dc.mma(o[mt], a, b0, b1)
     for off in (4, 8, 16):  # fe_state_finish
         lsum = lsum + lsum[[l ^ off for l in range(32)]]
@@ -147,8 +169,12 @@ if __name__ == "__main__":
         (96, 32, 5, 7, 4),
         (64, 16, 49, 8, 5),
     ]:
-        err = run(D, BN, nkeys, G, seed)
-        print(f"D={D:3d} BN={BN:2d} keys={nkeys:3d} heads={G}: max |error| {err:.2e}")
-        worst = max(worst, err)
+        for kvsw in (0, 1):
+            if kvsw and D % 64:
+                continue  # the swizzled panels take D a multiple of 64 (decode.cu's KVSW)
+            err = run(D, BN, nkeys, G, seed, kvsw)
+            layout = "swizzled" if kvsw else "padded"
+            print(f"D={D:3d} BN={BN:2d} keys={nkeys:3d} heads={G} {layout:8s}: max |error| {err:.2e}")
+            worst = max(worst, err)
     print("PASS" if worst < 1e-12 else "FAIL", f"(worst {worst:.2e})")
     raise SystemExit(0 if worst < 1e-12 else 1)

@@ -261,7 +261,11 @@ FE_DEV void fe_state_finish(FeRowState& st) {
 // Asynchronously copies BN rows, D wide, of a token-major tensor into a padded shared tile: row r
 // starts at `base + r * stride` and is read only if r < valid (otherwise zero-filled without a
 // read). The trip count is a compile-time constant, so the loop unrolls without remainder code.
-template <int BN, int NTHREADS>
+// SW: dst is a tile in the 128-byte-swizzled panels of fe_sw_addr (D a multiple of 64, rows of D
+// elements unpadded) instead of FE_DP-padded rows: each 128-byte line of a source row lands in one
+// 128-byte row of shared memory (run 55: the padded rows made the copies ask L2 for 1.5x the
+// sectors they read).
+template <int BN, int NTHREADS, bool SW = false>
 FE_DEV void fe_load_rows(u16* dst, int tid, const u16* base, i64 stride, int valid) {
   constexpr int TOTAL = BN * FE_CH;
   constexpr int ITERS = (TOTAL + NTHREADS - 1) / NTHREADS;
@@ -277,7 +281,8 @@ FE_DEV void fe_load_rows(u16* dst, int tid, const u16* base, i64 stride, int val
       const int r = r0 + k * STEP;
       if (TOTAL % NTHREADS != 0 && r >= BN) break;
       const bool ok = r < valid;
-      fe_cp_async16(d0 + (u32)(k * STEP * FE_DP * 2), ok ? src + (i64)k * STEP * stride : base, ok);
+      const u32 d = SW ? fe_sw_addr<BN>(fe_smem_addr(dst), r, c) : d0 + (u32)(k * STEP * FE_DP * 2);
+      fe_cp_async16(d, ok ? src + (i64)k * STEP * stride : base, ok);
     }
   } else {
 #pragma unroll
@@ -287,7 +292,8 @@ FE_DEV void fe_load_rows(u16* dst, int tid, const u16* base, i64 stride, int val
       const int r = i / FE_CH;
       const int c = i % FE_CH;
       const bool ok = r < valid;
-      fe_cp_async16(fe_smem_addr(dst + r * FE_DP + c * 8), ok ? base + r * stride + c * 8 : base, ok);
+      const u32 d = SW ? fe_sw_addr<BN>(fe_smem_addr(dst), r, c) : fe_smem_addr(dst + r * FE_DP + c * 8);
+      fe_cp_async16(d, ok ? base + r * stride + c * 8 : base, ok);
     }
   }
 }
@@ -295,7 +301,7 @@ FE_DEV void fe_load_rows(u16* dst, int tid, const u16* base, i64 stride, int val
 // As fe_load_rows, for rows that are not evenly strided (the decode ring buffer): row r starts at
 // `row_ptr(r)`, or is zero-filled when that is null (`any` is then given to the copy as a harmless
 // source address).
-template <int BN, int NTHREADS, class RowPtr>
+template <int BN, int NTHREADS, bool SW = false, class RowPtr>
 FE_DEV void fe_load_rows_map(u16* dst, int tid, const u16* any, RowPtr row_ptr) {
   constexpr int TOTAL = BN * FE_CH;
   constexpr int ITERS = (TOTAL + NTHREADS - 1) / NTHREADS;
@@ -306,7 +312,8 @@ FE_DEV void fe_load_rows_map(u16* dst, int tid, const u16* any, RowPtr row_ptr) 
     const int r = i / FE_CH;
     const int c = i % FE_CH;
     const u16* src = row_ptr(r);
-    fe_cp_async16(fe_smem_addr(dst + r * FE_DP + c * 8), src ? src + c * 8 : any, src != nullptr);
+    const u32 d = SW ? fe_sw_addr<BN>(fe_smem_addr(dst), r, c) : fe_smem_addr(dst + r * FE_DP + c * 8);
+    fe_cp_async16(d, src ? src + c * 8 : any, src != nullptr);
   }
 }
 

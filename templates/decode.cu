@@ -26,6 +26,11 @@ constexpr bool KQ = ROWS == 8;
 static_assert(ROWS == 8 || ROWS == 16, "decode head tiles are 8 (swapped) or 16 rows");
 
 constexpr bool QR = QREGS && !KQ;  // the 16-row tile keeps Q in registers
+// K/V tiles in 128-byte-swizzled panels (fe_sw_addr) where D is a multiple of 64, else in padded
+// rows: with padded rows a 128-byte line of a source row straddled two 128-byte rows of shared
+// memory and the copies asked L2 for 1.5x the sectors they read (runs 53 and 55).
+constexpr int KVSW = FE_D % 64 == 0 ? 1 : 0;
+constexpr int KV_ROW = KVSW ? FE_D : FE_DP;  // elements per K/V row in shared memory
 
 <% include "decode_common.cuh" %>
 
@@ -54,7 +59,7 @@ FE_DEV void fe_decode_load_q(FeColState (&)[1], u32 (&)[1][QR ? FE_KT : 1][4], u
 template <bool MASKED>
 FE_DEV void fe_decode_tile(FeRowState (&st)[1], const u32 (&qa)[1][QR ? FE_KT : 1][4], const u32 (&)[FE_KT][2],
                            u32 q_addr, u32 k_addr, u32 v_addr, float scale_log2, int lane, int valid) {
-  fe_attend_tile<1, BN, MASKED, QR>(st, qa, q_addr, k_addr, v_addr, scale_log2, lane, 0, (valid + 15) / 16,
+  fe_attend_tile<1, BN, MASKED, QR, KVSW>(st, qa, q_addr, k_addr, v_addr, scale_log2, lane, 0, (valid + 15) / 16,
                                     [&](int, int& clo, int& chi) {
                                       clo = 0;
                                       chi = valid - 1;
@@ -63,14 +68,14 @@ FE_DEV void fe_decode_tile(FeRowState (&st)[1], const u32 (&qa)[1][QR ? FE_KT : 
 template <bool MASKED>
 FE_DEV void fe_decode_tile(FeColState (&st)[1], const u32 (&)[1][QR ? FE_KT : 1][4], const u32 (&qb)[FE_KT][2],
                            u32, u32 k_addr, u32 v_addr, float scale_log2, int lane, int valid) {
-  fe_kq_attend<BN, MASKED>(st[0], qb, k_addr, v_addr, scale_log2, lane, (valid + 15) / 16, valid);
+  fe_kq_attend<BN, MASKED, KVSW>(st[0], qb, k_addr, v_addr, scale_log2, lane, (valid + 15) / 16, valid);
 }
 
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const DecodeParams p) {
   extern __shared__ __align__(16) unsigned char fe_smem[];
   u16* sQ = (u16*)fe_smem;
-  u16* sKV = sQ + ROWS * FE_DP + (threadIdx.x >> 5) * (STAGES * 2 * BN * FE_DP);
+  u16* sKV = sQ + ROWS * FE_DP + (threadIdx.x >> 5) * (STAGES * 2 * BN * KV_ROW);
   float* scratch = (float*)(sQ + ROWS * FE_DP);
 
   const int split = blockIdx.x;
@@ -143,30 +148,30 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
 
   auto load_tile = [&](int k, int stage, i64 tile_pg) {
     const int t = t_begin + warp + k * NW;
-    u16* dk = sKV + stage * 2 * BN * FE_DP;
-    u16* dv = dk + BN * FE_DP;
+    u16* dk = sKV + stage * 2 * BN * KV_ROW;
+    u16* dv = dk + BN * KV_ROW;
     if (t < t_local) {
       const int u0 = t * BN;
-      fe_load_rows_map<BN, 32>(dk, lane, krg, [&](int r) -> const u16* {
+      fe_load_rows_map<BN, 32, KVSW != 0>(dk, lane, krg, [&](int r) -> const u16* {
         return u0 + r < n_local ? krg + ((lo + u0 + r) % FE_W) * p.kr_ss : nullptr;
       });
-      fe_load_rows_map<BN, 32>(dv, lane, vrg, [&](int r) -> const u16* {
+      fe_load_rows_map<BN, 32, KVSW != 0>(dv, lane, vrg, [&](int r) -> const u16* {
         return u0 + r < n_local ? vrg + ((lo + u0 + r) % FE_W) * p.vr_ss : nullptr;
       });
     } else if (PAGED && whole_pages) {
       const int c0 = (t - t_local) * BN;
       const int row0 = pshift >= 0 ? (c0 & (p.page - 1)) : c0 % p.page;
-      fe_load_rows<BN, 32>(dk, lane, ksg + tile_pg * p.ks_sb + row0 * p.ks_st, p.ks_st, ns - c0);
-      fe_load_rows<BN, 32>(dv, lane, vsg + tile_pg * p.vs_sb + row0 * p.vs_st, p.vs_st, ns - c0);
+      fe_load_rows<BN, 32, KVSW != 0>(dk, lane, ksg + tile_pg * p.ks_sb + row0 * p.ks_st, p.ks_st, ns - c0);
+      fe_load_rows<BN, 32, KVSW != 0>(dv, lane, vsg + tile_pg * p.vs_sb + row0 * p.vs_st, p.vs_st, ns - c0);
     } else if (PAGED) {
       const int c0 = (t - t_local) * BN;
-      fe_load_rows_map<BN, 32>(dk, lane, ksg, [&](int r) -> const u16* {
+      fe_load_rows_map<BN, 32, KVSW != 0>(dk, lane, ksg, [&](int r) -> const u16* {
         if (c0 + r >= ns) return nullptr;
         int row;
         const i64 pg = page_of(c0 + r, row);
         return ksg + pg * p.ks_sb + row * p.ks_st;
       });
-      fe_load_rows_map<BN, 32>(dv, lane, vsg, [&](int r) -> const u16* {
+      fe_load_rows_map<BN, 32, KVSW != 0>(dv, lane, vsg, [&](int r) -> const u16* {
         if (c0 + r >= ns) return nullptr;
         int row;
         const i64 pg = page_of(c0 + r, row);
@@ -174,8 +179,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
       });
     } else {
       const int c0 = (t - t_local) * BN;
-      fe_load_rows<BN, 32>(dk, lane, ksg + c0 * p.ks_st, p.ks_st, ns - c0);
-      fe_load_rows<BN, 32>(dv, lane, vsg + c0 * p.vs_st, p.vs_st, ns - c0);
+      fe_load_rows<BN, 32, KVSW != 0>(dk, lane, ksg + c0 * p.ks_st, p.ks_st, ns - c0);
+      fe_load_rows<BN, 32, KVSW != 0>(dv, lane, vsg + c0 * p.vs_st, p.vs_st, ns - c0);
     }
   };
 
@@ -215,8 +220,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     __syncwarp();
     const int t = t_begin + warp + k * NW;
     const int valid = t < t_local ? min(BN, n_local - t * BN) : min(BN, ns - (t - t_local) * BN);
-    const u32 k_addr = fe_smem_addr(sKV + (k % STAGES) * 2 * BN * FE_DP);
-    const u32 v_addr = k_addr + BN * FE_DP * 2;
+    const u32 k_addr = fe_smem_addr(sKV + (k % STAGES) * 2 * BN * KV_ROW);
+    const u32 v_addr = k_addr + BN * KV_ROW * 2;
     if (valid == BN) {
       fe_decode_tile<false>(st, qa, qb, q_addr, k_addr, v_addr, p.scale_log2, lane, BN);
     } else {

@@ -106,7 +106,8 @@ FE_DEV void fe_kq_load_q(u32 (&qb)[FE_KT][2], u32 q_addr, int lane) {
 // One tile of BN keys (padded rows at k_addr, v_addr) for the warp's 8 heads. Only the 16-key
 // sub-tiles below `nsub` are computed; when MASKED, keys from `valid` on (of the tile) are
 // invisible (their V rows must be finite: the loads zero-fill them). scale_log2 > 0.
-template <int BN, bool MASKED>
+// KVSW: K and V tiles in padded rows (0) or in 128-byte-swizzled panels (1, fe_sw_addr).
+template <int BN, bool MASKED, int KVSW = 0>
 FE_DEV void fe_kq_attend(FeColState& st, const u32 (&qb)[FE_KT][2], u32 k_addr, u32 v_addr, float scale_log2,
                          int lane, int nsub, int valid) {
   constexpr int NS = BN / 16;
@@ -125,8 +126,15 @@ FE_DEV void fe_kq_attend(FeColState& st, const u32 (&qb)[FE_KT][2], u32 k_addr, 
     for (int j = 0; j < NS; ++j) {
       if (MASKED && j >= nsub) continue;
       u32 a[4], a2[4];
-      fe_ldsm_x4(a, ka + (u32)(j * 16 * FE_DP * 2 + kk * 32));
-      fe_ldsm_x4(a2, ka + (u32)(j * 16 * FE_DP * 2 + kk * 32 + 32));
+      if (KVSW) {
+        // fe_lane_off_a's rows and 16-byte columns, through the swizzle
+        const int row = j * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+        fe_ldsm_x4(a, fe_sw_addr<BN>(k_addr, row, kk * 2 + (lane >> 4)));
+        fe_ldsm_x4(a2, fe_sw_addr<BN>(k_addr, row, kk * 2 + 2 + (lane >> 4)));
+      } else {
+        fe_ldsm_x4(a, ka + (u32)(j * 16 * FE_DP * 2 + kk * 32));
+        fe_ldsm_x4(a2, ka + (u32)(j * 16 * FE_DP * 2 + kk * 32 + 32));
+      }
       fe_mma(s[j], a, qb[kk][0], qb[kk][1]);
       fe_mma(s2[j], a2, qb[kk + 1][0], qb[kk + 1][1]);
     }
@@ -174,7 +182,12 @@ FE_DEV void fe_kq_attend(FeColState& st, const u32 (&qb)[FE_KT][2], u32 k_addr, 
 #pragma unroll
     for (int mt = 0; mt < FE_D / 16; ++mt) {
       u32 a[4];
-      fe_ldsm_x4_t(a, vb + (u32)(j * 16 * FE_DP * 2 + mt * 32));
+      if (KVSW) {
+        // fe_lane_off_b's rows and 16-byte columns, through the swizzle
+        fe_ldsm_x4_t(a, fe_sw_addr<BN>(v_addr, j * 16 + (lane >> 4) * 8 + (lane & 7), mt * 2 + ((lane >> 3) & 1)));
+      } else {
+        fe_ldsm_x4_t(a, vb + (u32)(j * 16 * FE_DP * 2 + mt * 32));
+      }
       fe_mma(st.o[mt], a, b0, b1);
     }
   }
