@@ -66,8 +66,18 @@ pub use error::{Error, Result};
 /// `gpu::RawStream` instead.
 pub use cudarc;
 
-/// The crate version: part of every cache key, and the loader uses only entries of its own.
+/// The crate version.
 pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The crate version and a fingerprint of its kernel sources (templates/, triton/, src/ops/;
+/// build.rs): part of every cache key and recorded in every entry, and the loader uses only
+/// entries of its own. Two builds of one version with different kernels (a branch, a local
+/// edit) never load each other's binaries, whose launch parameters they would get wrong.
+pub const ARTIFACT_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "+kernels.",
+    env!("FLASHEVA_KERNELS_SHA")
+);
 pub use key::Key;
 pub use spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
 pub use target::Arch;

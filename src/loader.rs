@@ -327,7 +327,12 @@ impl Runtime {
                 });
             }
             for e in good {
-                match usable_on(&e.meta, cc, self.gpu.driver_version(), crate::CRATE_VERSION) {
+                match usable_on(
+                    &e.meta,
+                    cc,
+                    self.gpu.driver_version(),
+                    crate::ARTIFACT_VERSION,
+                ) {
                     Ok(Usable::Cubin) => cubins.push(e),
                     Ok(Usable::Ptx) => ptxs.push(e),
                     Err(reason) => {

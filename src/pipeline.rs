@@ -12,7 +12,7 @@ use crate::spec::KernelSpec;
 use crate::target::Arch;
 use crate::tile::Tile;
 
-pub use crate::CRATE_VERSION;
+pub use crate::ARTIFACT_VERSION;
 
 /// Whether an artifact came from the cache or was compiled now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl<'a> Pipeline<'a> {
         let source = render(spec, tile)?;
         let options = compiler.options(arch);
         let key = ArtifactId {
-            crate_version: CRATE_VERSION,
+            crate_version: ARTIFACT_VERSION,
             spec,
             tile,
             source: &source,
@@ -142,7 +142,7 @@ impl<'a> Pipeline<'a> {
         let meta = EntryMeta {
             format: crate::cache::meta::META_FORMAT,
             key: plan.key,
-            crate_version: CRATE_VERSION.to_string(),
+            crate_version: ARTIFACT_VERSION.to_string(),
             name: spec.name(),
             spec: *spec,
             tile: *tile,

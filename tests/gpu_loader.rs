@@ -177,7 +177,7 @@ fn tuned_winners_are_used_unless_switched_off() {
     store
         .put_winner(&WinnerRecord {
             format: WINNER_FORMAT,
-            crate_version: flasheva::CRATE_VERSION.into(),
+            crate_version: flasheva::ARTIFACT_VERSION.into(),
             device: DeviceId {
                 name: info.name.clone(),
                 capability: info.capability,
@@ -277,7 +277,7 @@ fn a_triton_winner_from_a_bundle_loads_without_compiling() {
     bstore
         .put_winner(&WinnerRecord {
             format: WINNER_FORMAT,
-            crate_version: flasheva::CRATE_VERSION.into(),
+            crate_version: flasheva::ARTIFACT_VERSION.into(),
             device: DeviceId {
                 name: info.name.clone(),
                 capability: info.capability,

@@ -15,10 +15,9 @@ use std::path::{Path, PathBuf};
 fn layer(module: &str) -> Option<(usize, &'static str)> {
     Some(match module {
         "config" | "spec" | "tile" | "target" | "key" | "tensor" | "visibility" | "workload"
-        | "ops" | "presets" | "hostdata" | "reference" | "render" | "CRATE_VERSION" | "Key"
-        | "KernelSpec" | "Tile" | "Arch" | "DType" | "LocalMode" | "Op" | "SpecParams" => {
-            (0, "core")
-        }
+        | "ops" | "presets" | "hostdata" | "reference" | "render" | "CRATE_VERSION"
+        | "ARTIFACT_VERSION" | "Key" | "KernelSpec" | "Tile" | "Arch" | "DType" | "LocalMode"
+        | "Op" | "SpecParams" => (0, "core"),
         "compile" => (1, "compile"),
         "cache" => (2, "cache"),
         "gpu" => (3, "gpu"),

@@ -27,8 +27,15 @@ pub fn usable_on(
     crate_version: &str,
 ) -> Result<Usable, String> {
     if meta.crate_version != crate_version {
+        // (versions are `<crate version>+kernels.<fingerprint of the kernel sources>`)
+        let base = |v: &str| v.split('+').next().unwrap_or_default().to_string();
+        let why = if base(&meta.crate_version) == base(crate_version) {
+            " (the same version built from other kernel sources)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "built by flasheva {}, this is {crate_version}",
+            "built by flasheva {}, this is {crate_version}{why}",
             meta.crate_version
         ));
     }
@@ -129,5 +136,29 @@ mod tests {
         assert!(usable_on(&meta("sm_90a", "9.0", "0.1.0"), (10, 0), 13000, "0.1.0").is_err());
         let e = usable_on(&meta("sm_90", "9.0", "0.0.9"), (9, 0), 13000, "0.1.0").unwrap_err();
         assert_eq!(e, "built by flasheva 0.0.9, this is 0.1.0");
+        // the same version built from other kernel sources (another branch, a local edit)
+        let e = usable_on(
+            &meta("sm_90", "9.0", "0.1.0+kernels.000000000000"),
+            (9, 0),
+            13000,
+            crate::ARTIFACT_VERSION,
+        )
+        .unwrap_err();
+        assert!(
+            e.ends_with("(the same version built from other kernel sources)"),
+            "{e}"
+        );
+        assert_eq!(
+            usable_on(
+                &meta("sm_90", "9.0", crate::ARTIFACT_VERSION),
+                (9, 0),
+                13000,
+                crate::ARTIFACT_VERSION
+            ),
+            Ok(Usable::Cubin)
+        );
+        assert!(
+            crate::ARTIFACT_VERSION.starts_with(concat!(env!("CARGO_PKG_VERSION"), "+kernels."))
+        );
     }
 }

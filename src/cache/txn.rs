@@ -225,7 +225,7 @@ mod tests {
         let mut meta = EntryMeta {
             format: META_FORMAT,
             key: Key([0; 32]),
-            crate_version: crate::CRATE_VERSION.into(),
+            crate_version: crate::ARTIFACT_VERSION.into(),
             name: spec.name(),
             spec,
             tile: Tile::default_for(&spec, arch),

@@ -126,7 +126,7 @@ pub fn usability(meta: &EntryMeta, here: &Result<driver::DriverInfo, driver::Gpu
         Ok(d) => {
             let mut best = String::new();
             for g in &d.devices {
-                match usable_on(meta, g.capability, d.version, flasheva::CRATE_VERSION) {
+                match usable_on(meta, g.capability, d.version, flasheva::ARTIFACT_VERSION) {
                     Ok(Usable::Cubin) => return format!("yes: cubin on gpu {}", g.ordinal),
                     Ok(Usable::Ptx) => best = format!("yes: PTX (driver JIT) on gpu {}", g.ordinal),
                     Err(r) if best.is_empty() => best = format!("no: {r}"),

@@ -227,8 +227,9 @@ fn long_version() -> String {
         Err(_) => "none".into(),
     };
     format!(
-        "{}\nnvrtc: {nvrtc}\ndriver: {driver}\ncuda bindings: cudarc 0.19 (CUDA 13.0 API, loaded at run time)",
-        env!("CARGO_PKG_VERSION")
+        "{}\nartifacts: {} (cache entries of this build only)\nnvrtc: {nvrtc}\ndriver: {driver}\ncuda bindings: cudarc 0.19 (CUDA 13.0 API, loaded at run time)",
+        env!("CARGO_PKG_VERSION"),
+        flasheva::ARTIFACT_VERSION
     )
 }
 

@@ -120,7 +120,7 @@ pub fn device_id(rt: &Runtime, compilers: &dyn CompilerSet) -> DeviceId {
 
 fn run_key(dev: &DeviceId, w: &Workload, cands: &Candidates, cfg: &TuneConfig) -> crate::key::Key {
     let mut b = KeyBuilder::new("flasheva-tune-run/1");
-    b.field("crate_version", crate::CRATE_VERSION)
+    b.field("crate_version", crate::ARTIFACT_VERSION)
         .field("device", &dev.name)
         .field("spec", &w.spec.name())
         .field("shape", &format!("{}x{}x{}x{}", w.b, w.n, w.h, w.hkv))
@@ -296,7 +296,7 @@ pub fn tune(
     let (best, default_result) = choose(&mut results, &default)?;
     let record = WinnerRecord {
         format: WINNER_FORMAT,
-        crate_version: crate::CRATE_VERSION.to_string(),
+        crate_version: crate::ARTIFACT_VERSION.to_string(),
         device: dev,
         spec: w.spec,
         bucket: Bucket::of_workload(&w),

@@ -137,7 +137,7 @@ pub fn winner(
     };
     WinnerRecord {
         format: WINNER_FORMAT,
-        crate_version: flasheva::CRATE_VERSION.into(),
+        crate_version: flasheva::ARTIFACT_VERSION.into(),
         device: DeviceId {
             name: "NVIDIA H100 80GB HBM3".into(),
             capability: (9, 0),

@@ -295,7 +295,7 @@ fn collect(store: &CacheStore, opts: &ExportOptions) -> Result<Contents, BundleE
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let mut manifest = Manifest {
         format: BUNDLE_FORMAT,
-        crate_version: crate::CRATE_VERSION.to_string(),
+        crate_version: crate::ARTIFACT_VERSION.to_string(),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -609,7 +609,7 @@ fn import_inner(
 /// Where an entry's inputs can be checked here: a bundle of this flasheva version must carry
 /// the source this version renders for its spec and tile, compiled with this version's options.
 fn check_inputs(meta: &EntryMeta, source: &[u8]) -> Result<(), String> {
-    if meta.crate_version != crate::CRATE_VERSION {
+    if meta.crate_version != crate::ARTIFACT_VERSION {
         return Ok(());
     }
     let rendered = crate::render::render(&meta.spec, &meta.tile).map_err(|e| e.to_string())?;
