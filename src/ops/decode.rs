@@ -683,7 +683,7 @@ impl OpDef for Decode {
         let row = (d + SMEM_PAD) * 2;
         let q = rows * row;
         // K/V rows: 128-byte-swizzled panels, unpadded, where D is a multiple of 64 (decode.cu's KVSW)
-        let kv_row = if d % 64 == 0 { d * 2 } else { row };
+        let kv_row = if d.is_multiple_of(64) { d * 2 } else { row };
         let kv = t.warps * t.stages * 2 * t.block_n * kv_row;
         let combine = t.warps * (rows * d + 2 * rows) * 4;
         q + kv.max(combine)
