@@ -101,7 +101,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("cache key of a rendered prefill", |b| {
         b.iter(|| {
             ArtifactId {
-                crate_version: flasheva::CRATE_VERSION,
+                crate_version: flasheva::ARTIFACT_VERSION,
                 spec: &spec,
                 tile: &tile,
                 source: &src,

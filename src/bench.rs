@@ -67,7 +67,7 @@ pub struct Bencher {
 /// Launches per timed sample.
 pub const REPS: usize = 4;
 
-/// Launches captured in the CUDA graph that [`Bencher::time_graph`] replays (as many as
+/// Launches captured in the CUDA graph that [`Bencher::time_as`] replays (as many as
 /// `scripts/peers.py`'s `graph_ms` captures for the peers).
 pub const GRAPH_REPS: usize = 40;
 
@@ -212,14 +212,16 @@ impl Bencher {
         samples: usize,
         graph: bool,
     ) -> Result<Timing> {
-        for i in 0..warmup.max(1) {
+        // (in a graph at least one: it sizes the workspace and makes the counters before capture)
+        let warmup = if graph { warmup.max(1) } else { warmup };
+        for i in 0..warmup {
             self.launch(kernel, i)?;
         }
         self.stream
             .synchronize()
             .map_err(drv("cuStreamSynchronize (a kernel failed)"))?;
         let (timer, stream) = (Arc::clone(&self.timer), Arc::clone(&self.stream));
-        let mut set = warmup.max(1);
+        let mut set = warmup;
         timed(&timer, &stream, samples, graph, || {
             self.launch(kernel, set)?;
             set += 1;

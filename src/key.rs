@@ -123,7 +123,7 @@ impl fmt::Display for CompilerId {
 /// Everything that identifies one compiled artifact; [`ArtifactId::key`] is its cache key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArtifactId<'a> {
-    /// The crate version that rendered it.
+    /// The artifact version that rendered it ([`crate::ARTIFACT_VERSION`]).
     pub crate_version: &'a str,
     /// The kernel spec.
     pub spec: &'a KernelSpec,

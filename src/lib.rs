@@ -69,10 +69,11 @@ pub use cudarc;
 /// The crate version.
 pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The crate version and a fingerprint of its kernel sources (templates/, triton/, src/ops/;
+/// The crate version and a fingerprint of its sources (templates/, triton/ and src/ but the CLI;
 /// build.rs): part of every cache key and recorded in every entry, and the loader uses only
 /// entries of its own. Two builds of one version with different kernels (a branch, a local
-/// edit) never load each other's binaries, whose launch parameters they would get wrong.
+/// edit, even of a test) never load each other's binaries, whose launch parameters they would
+/// get wrong.
 pub const ARTIFACT_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     "+kernels.",

@@ -690,6 +690,16 @@ mod tests {
             let e = t.check(&spec(Op::Prefill, 128)).unwrap_err().to_string();
             assert!(e.contains("accepted are"), "{e}");
         }
+        // and for the decode: 7 stages (mma takes 1-6), 7 warps (tma takes 3, 5, 9), 100 keys
+        for odd in [
+            r#"{"block_m":8,"block_n":16,"warps":4,"stages":7,"splits":0}"#,
+            r#"{"engine":"tma","block_m":0,"block_n":32,"warps":7,"stages":6,"splits":0}"#,
+            r#"{"block_m":8,"block_n":100,"warps":4,"stages":2,"splits":0}"#,
+        ] {
+            let t: Tile = serde_json::from_str(odd).unwrap();
+            let e = t.check(&spec(Op::Decode, 128)).unwrap_err().to_string();
+            assert!(e.contains("accepted are"), "{odd}: {e}");
+        }
         // the decode's swapped head tile (block_m = 8) reads back, and is the decode's only
         let kq: Tile =
             serde_json::from_str(r#"{"block_m":8,"block_n":16,"warps":4,"stages":2,"splits":0}"#)

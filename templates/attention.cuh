@@ -32,9 +32,10 @@ FE_DEV void fe_load_q(u32 (&qa)[MT][KT][4], u32 q_addr, int lane) {
   }
 }
 
-// K/V tiles written by TMA with the 128-byte swizzle (the Hopper decode): D/64 panels of BN rows of
-// 128 bytes; the 16-byte unit c of row r of a panel sits at unit c ^ (r % 8). `chunk` counts 16-byte
-// units along D (0 .. D/8 - 1).
+// K/V tiles in the 128-byte swizzle (written by TMA in the Hopper decode, by cp.async in the mma
+// decode): D/64 panels of BN rows of 128 bytes; the 16-byte unit c of row r of a panel sits at unit
+// c ^ (r % 8). `chunk` counts 16-byte units along D (0 .. D/8 - 1). The swizzle is computed here,
+// not by hardware, so the tile needs only 16-byte alignment.
 template <int BN>
 FE_DEV u32 fe_sw_addr(u32 base, int row, int chunk) {
   return base + (u32)((chunk >> 3) * BN * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));

@@ -234,7 +234,8 @@ FE_DEV unsigned fe_atomic_inc_acq_rel(unsigned* c, unsigned wrap) {
 // lanes by shuffle, and the partial rows are loaded FE_MU splits at a time, all loads before any
 // use. Reads go through L2 (ld.cg): the partials were written by other blocks.
 constexpr int FE_MCPL = (FE_D + 31) / 32;     // columns per lane
-constexpr int FE_MU = FE_MCPL <= 2 ? 8 : 4;  // splits loaded at once (32 registers at most)
+constexpr int FE_MU = FE_MCPL <= 2 ? 8 : 4;
+static_assert(32 % FE_MU == 0, "a batch of splits must not straddle two groups of 32 lanes");  // splits loaded at once (32 registers at most)
 template <int WARPS>
 FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int warp, int lane) {
   const i64 sstride = (i64)p.b * p.h;  // rows between two splits' partials

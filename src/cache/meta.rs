@@ -20,6 +20,9 @@ use crate::tile::Tile;
 
 /// Metadata format version.
 pub const META_FORMAT: u32 = 1;
+/// Longest artifact version (`crate_version` fields) read from metadata, manifests and winner
+/// records: the crate version and `+kernels.` and 12 hex digits, with room for pre-release tags.
+pub const MAX_VERSION_LEN: usize = 64;
 /// Largest metadata file read.
 pub const MAX_META_BYTES: u64 = 1 << 20;
 /// Largest file an entry may record (and a bundle member may be).
@@ -57,8 +60,9 @@ pub struct EntryMeta {
     pub format: u32,
     /// The cache key (also the entry's folder name).
     pub key: Key,
-    /// Crate version that rendered the source; the loader uses only entries of its own version,
-    /// whose kernel parameter layout it knows.
+    /// The artifact version ([`crate::ARTIFACT_VERSION`]: crate version and a fingerprint of the
+    /// sources) that rendered it; the loader uses only entries of its own, whose kernel
+    /// parameter layout it knows.
     pub crate_version: String,
     /// Readable spec name.
     pub name: String,
@@ -177,7 +181,7 @@ impl EntryMeta {
             );
         }
         let texts = [
-            (&self.crate_version, 32),
+            (&self.crate_version, MAX_VERSION_LEN),
             (&self.compiler.name, 64),
             (&self.compiler.version, 64),
         ];

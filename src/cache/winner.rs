@@ -281,7 +281,7 @@ impl WinnerRecord {
                     .chars()
                     .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
         };
-        if !text_ok(&r.crate_version, 32)
+        if !text_ok(&r.crate_version, crate::cache::meta::MAX_VERSION_LEN)
             || !text_ok(&r.device.name, 256)
             || r.device
                 .nvrtc_version

@@ -264,7 +264,8 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         "read_gbps": read.map(|r| r / 1e9),
         "iters": a.iters,
         "warmup": a.warmup,
-        "timing": if a.graph { "graph" } else { "launches" },
+        "timing_mode": if a.graph { "graph" } else { "launches" },
+        "launches_per_sample": if a.graph { flasheva::bench::GRAPH_REPS } else { flasheva::bench::REPS },
         "results": out_rows,
     });
     if let Some(path) = &a.json {

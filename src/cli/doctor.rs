@@ -26,6 +26,8 @@ pub struct DoctorArgs {
 struct Report {
     schema: &'static str,
     version: &'static str,
+    /// The cache entries this build uses (crate version and source fingerprint).
+    artifact_version: &'static str,
     #[serde(serialize_with = "found_or_error")]
     nvrtc: Result<NvrtcReport, String>,
     /// The optional Triton backend (its absence is not a problem).
@@ -239,6 +241,7 @@ fn gather(cache_dir: Option<PathBuf>) -> anyhow::Result<Report> {
     Ok(Report {
         schema: "flasheva/doctor/1",
         version: env!("CARGO_PKG_VERSION"),
+        artifact_version: flasheva::ARTIFACT_VERSION,
         nvrtc,
         triton,
         driver,
@@ -266,7 +269,7 @@ pub fn run(a: DoctorArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow:
 }
 
 fn print_text(r: &Report) {
-    outln!("flasheva {}", r.version);
+    outln!("flasheva {} (artifacts {})", r.version, r.artifact_version);
     match &r.nvrtc {
         Ok(n) => outln!(
             "nvrtc:  {} ({}); targets {}",

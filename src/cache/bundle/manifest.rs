@@ -109,7 +109,7 @@ impl Manifest {
 
     /// The checks of [`Manifest::parse`].
     pub fn validate(&self) -> Result<(), String> {
-        if !is_plain_text(&self.crate_version, 32) {
+        if !is_plain_text(&self.crate_version, crate::cache::meta::MAX_VERSION_LEN) {
             return Err("its crate version is not plain text".into());
         }
         if self.entries.len() * (layout::ENTRY_FILES.len() + 1) + self.winners.len() > MAX_MEMBERS {
