@@ -165,6 +165,8 @@ fn version() -> &'static str {
 fn doctor(py: Python<'_>) -> PyResult<Py<PyDict>> {
     let d = PyDict::new(py);
     d.set_item("version", flasheva::CRATE_VERSION)?;
+    // the cache entries this build uses (crate version and source fingerprint)
+    d.set_item("artifact_version", flasheva::ARTIFACT_VERSION)?;
     match flasheva::gpu::probe() {
         Ok(info) => {
             d.set_item("driver", info.version)?;

@@ -69,6 +69,7 @@ def test_check_accepts_a_valid_call_and_names_what_is_wrong():
 def test_doctor_reports_what_this_machine_has():
     d = fe.doctor()
     assert d["version"] == fe.__version__
+    assert d["artifact_version"].startswith(fe.__version__ + "+kernels.")
     assert "cache_dir" in d
     assert ("driver" in d) != ("driver_error" in d)
     assert ("nvrtc" in d) != ("nvrtc_error" in d)
