@@ -27,6 +27,13 @@ pub fn decode_rows(t: &TileParams) -> u32 {
         DECODE_ROWS
     }
 }
+/// Whether the mma decode keeps K/V tiles in 128-byte-swizzled panels without padding (D a
+/// multiple of 64) rather than in padded rows: padded rows made each copy ask L2 for 1.5x the
+/// sectors it read (run 67). The one place the rule lives: the shared-memory size and the
+/// template (`kv_swizzle`) both read it.
+pub fn decode_kv_swizzled(head_dim: u32) -> bool {
+    head_dim.is_multiple_of(64)
+}
 /// Extra elements at the end of every shared-memory row, so `ldmatrix` reads hit distinct banks.
 pub const SMEM_PAD: u32 = 8;
 
@@ -205,10 +212,10 @@ impl TryFrom<TileParams> for Tile {
     }
 }
 
-/// The largest block_m of any op (the wgmma prefill's 256), and likewise below: the bounds of a
-/// tile read from a file.
-pub(crate) const TILE_MAX_BLOCK_M: u32 = 256;
-pub(crate) const TILE_MAX_BLOCK_N: u32 = 128;
+/// The largest block_m of any op (the prefill's), and likewise below: the bounds of a tile read
+/// from a file (the test every_builtin_candidate_survives_a_winner_record keeps them wide enough).
+pub(crate) const TILE_MAX_BLOCK_M: u32 = BLOCK_M[BLOCK_M.len() - 1];
+pub(crate) const TILE_MAX_BLOCK_N: u32 = BLOCK_N[BLOCK_N.len() - 1];
 pub(crate) const TILE_MAX_WARPS: u32 = 16;
 pub(crate) const TILE_MAX_STAGES: u32 = 8;
 

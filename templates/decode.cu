@@ -29,7 +29,7 @@ constexpr bool QR = QREGS && !KQ;  // the 16-row tile keeps Q in registers
 // K/V tiles in 128-byte-swizzled panels (fe_sw_addr) where D is a multiple of 64, else in padded
 // rows: with padded rows a 128-byte line of a source row straddled two 128-byte rows of shared
 // memory and the copies asked L2 for 1.5x the sectors they read (runs 53 and 55).
-constexpr int KVSW = FE_D % 64 == 0 ? 1 : 0;
+constexpr int KVSW = {{ kv_swizzle }} ? 1 : 0;  // (the rule: decode_kv_swizzled in src/tile.rs)
 constexpr int KV_ROW = KVSW ? FE_D : FE_DP;  // elements per K/V row in shared memory
 
 <% include "decode_common.cuh" %>

@@ -233,9 +233,11 @@ FE_DEV unsigned fe_atomic_inc_acq_rel(unsigned* c, unsigned wrap) {
 // to L2: lane s holds split s's (max, sum) from the first pass and hands its weight to the other
 // lanes by shuffle, and the partial rows are loaded FE_MU splits at a time, all loads before any
 // use. Reads go through L2 (ld.cg): the partials were written by other blocks.
-constexpr int FE_MCPL = (FE_D + 31) / 32;     // columns per lane
+constexpr int FE_MCPL = (FE_D + 31) / 32;  // columns per lane
+// Splits whose partial rows are loaded at once: 32 registers at most (16 splits at D = 128 took
+// the kernel from 126 registers to 182, above the main loop's).
 constexpr int FE_MU = FE_MCPL <= 2 ? 8 : 4;
-static_assert(32 % FE_MU == 0, "a batch of splits must not straddle two groups of 32 lanes");  // splits loaded at once (32 registers at most)
+static_assert(32 % FE_MU == 0, "a batch of splits must not straddle two groups of 32 lanes");
 template <int WARPS>
 FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int warp, int lane) {
   const i64 sstride = (i64)p.b * p.h;  // rows between two splits' partials
@@ -272,8 +274,7 @@ FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int
           lsum += l * w;
         }
         const int n = min(32, p.splits - s0);
-        // (not unrolled: a software-pipelined copy would hold two batches of loads, 64 more
-        // registers than the main loop needs)
+        // (one batch of loads in flight at a time)
 #pragma unroll 1
         for (int j0 = 0; j0 < n; j0 += FE_MU) {
           float x[FE_MU][FE_MCPL];

@@ -23,7 +23,7 @@ use crate::target::Arch;
 use crate::tensor::{ElemType, TensorArg};
 use crate::tile::{
     DECODE_ROWS, DECODE_ROWS_KQ, Engine, MAX_SPLITS, SMEM_PAD, Tile, TileError, TileParams, WARPS,
-    decode_rows, one_of,
+    decode_kv_swizzled, decode_rows, one_of,
 };
 use crate::visibility::{key_range, summaries_visible};
 use crate::workload::Workload;
@@ -682,8 +682,8 @@ impl OpDef for Decode {
         let rows = decode_rows(t);
         let row = (d + SMEM_PAD) * 2;
         let q = rows * row;
-        // K/V rows: 128-byte-swizzled panels, unpadded, where D is a multiple of 64 (decode.cu's KVSW)
-        let kv_row = if d.is_multiple_of(64) { d * 2 } else { row };
+        // K/V rows: 128-byte-swizzled panels, unpadded, or padded rows (decode.cu's KVSW)
+        let kv_row = if decode_kv_swizzled(d) { d * 2 } else { row };
         let kv = t.warps * t.stages * 2 * t.block_n * kv_row;
         let combine = t.warps * (rows * d + 2 * rows) * 4;
         q + kv.max(combine)

@@ -109,6 +109,8 @@ pub struct RenderContext {
     pub stages: u32,
     /// Shared-memory row padding (elements).
     pub pad: u32,
+    /// The mma decode's K/V tiles in 128-byte-swizzled panels ([`crate::tile::decode_kv_swizzled`]).
+    pub kv_swizzle: bool,
     /// The paged form of the op (decode_paged: ring and summaries through slot and page tables).
     pub paged: bool,
     /// The extend ops on the Hopper prefill template (positions offset per sequence, a gather
@@ -137,6 +139,7 @@ impl RenderContext {
             warp_rows: tile.block_m() / tile.warps().max(1),
             stages: tile.stages(),
             pad: SMEM_PAD,
+            kv_swizzle: crate::tile::decode_kv_swizzled(spec.head_dim()),
             paged: matches!(
                 spec.op(),
                 crate::spec::Op::DecodePaged

@@ -75,7 +75,7 @@ pub struct ManifestWinner {
 pub struct Manifest {
     /// [`BUNDLE_FORMAT`].
     pub format: u32,
-    /// Crate version that exported it.
+    /// Artifact version ([`crate::ARTIFACT_VERSION`]) that exported it.
     pub crate_version: String,
     /// Seconds since the Unix epoch.
     pub created_unix: u64,
@@ -230,4 +230,31 @@ pub fn member_name(raw: &[u8]) -> Result<String, &'static str> {
         return Err("is deeper than any member of a bundle");
     }
     Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(version: &str) -> Manifest {
+        Manifest {
+            format: BUNDLE_FORMAT,
+            crate_version: version.into(),
+            created_unix: 0,
+            entries: Vec::new(),
+            winners: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn artifact_versions_are_read_up_to_the_shared_limit() {
+        // this build's, and a longer pre-release one, as metadata and winner records take them
+        assert_eq!(manifest(crate::ARTIFACT_VERSION).validate(), Ok(()));
+        assert_eq!(
+            manifest("0.12.0-alpha.10+kernels.0123456789ab").validate(),
+            Ok(())
+        );
+        let long = "9".repeat(crate::cache::meta::MAX_VERSION_LEN + 1);
+        assert!(manifest(&long).validate().is_err());
+    }
 }
