@@ -230,14 +230,50 @@ FE_DEV unsigned fe_atomic_inc_acq_rel(unsigned* c, unsigned wrap) {
 // The last block of a (sequence, head tile) to finish merges every split's partial rows (written
 // by all blocks to ws_o / ws_ml) into o and lse: a warp per row, each lane D/32 columns. The merge
 // is the decode's tail (the device waits on it), so it is written for few dependent round trips
-// to L2: lane s holds split s's (max, sum) from the first pass and hands its weight to the other
-// lanes by shuffle, and the partial rows are loaded FE_MU splits at a time, all loads before any
-// use. Reads go through L2 (ld.cg): the partials were written by other blocks.
-constexpr int FE_MCPL = (FE_D + 31) / 32;  // columns per lane
-// Splits whose partial rows are loaded at once: 32 registers at most (16 splits at D = 128 took
-// the kernel from 126 registers to 182, above the main loop's).
-constexpr int FE_MU = FE_MCPL <= 2 ? 8 : 4;
+// to L2: lane s loads split s's (max, sum), and the partial rows of the first FE_MU splits are
+// requested in the same breath, before the maximum is known (their weights are applied after), so
+// up to FE_MU splits cost one round trip; lane s hands its weight to the other lanes by shuffle.
+// (Run 47, H200: the decode's time at 1x, 2x and 4x the context streams at the device's read rate
+// and carries a fixed 8 us at B=1 with 16 splits, 6.5 us at B=8 with 2, 4.6 us unsplit: the merge
+// loaded its rows 4 splits at a time, one round trip each.) Reads go through L2 (ld.cg): the
+// partials were written by other blocks.
+static_assert(FE_D % 32 == 0, "the merge gives every lane D / 32 columns");
+constexpr int FE_MCPL = FE_D / 32;  // columns per lane: lane l has columns [l MCPL, l MCPL + MCPL)
+// Splits whose partial rows are loaded at once (16 x MCPL registers; a lane's columns are one or
+// two vector loads per split, so few addresses are live: scalar loads of 16 splits at D = 128
+// took the kernel from 128 registers to 212).
+constexpr int FE_MU = FE_MCPL <= 4 ? 16 : 8;
 static_assert(32 % FE_MU == 0, "a batch of splits must not straddle two groups of 32 lanes");
+// One lane's columns of one partial row, through L2 (volatile: not above the merge's acquire).
+FE_DEV void fe_ldcg_cols(float (&x)[FE_MCPL], const float* src) {
+  if (FE_MCPL % 4 == 0) {
+#pragma unroll
+    for (int c = 0; c < FE_MCPL; c += 4) {
+      asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
+                   : "=f"(x[c]), "=f"(x[(c + 1) % FE_MCPL]), "=f"(x[(c + 2) % FE_MCPL]), "=f"(x[(c + 3) % FE_MCPL])
+                   : "l"(src + c));
+    }
+  } else if (FE_MCPL == 2) {
+    asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(x[0]), "=f"(x[1 % FE_MCPL]) : "l"(src));
+  } else {
+#pragma unroll
+    for (int c = 0; c < FE_MCPL; ++c) asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(x[c]) : "l"(src + c));
+  }
+}
+// Requests the partial rows of splits [s0, s0 + n) (n <= FE_MU; the rest zero) of `row`.
+FE_DEV void fe_merge_load(float (&x)[FE_MU][FE_MCPL], const DecodeParams& p, int s0, int n, i64 row,
+                          i64 sstride, int lane) {
+  const float* src = p.ws_o + (s0 * sstride + row) * FE_D + lane * FE_MCPL;
+#pragma unroll
+  for (int u = 0; u < FE_MU; ++u) {
+    if (u < n) {
+      fe_ldcg_cols(x[u], src + u * sstride * FE_D);
+    } else {
+#pragma unroll
+      for (int c = 0; c < FE_MCPL; ++c) x[u][c] = 0.f;
+    }
+  }
+}
 template <int WARPS>
 FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int warp, int lane) {
   const i64 sstride = (i64)p.b * p.h;  // rows between two splits' partials
@@ -250,6 +286,8 @@ FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int
       m0 = __ldcg(p.ws_ml + (lane * sstride + row) * 2);
       l0 = __ldcg(p.ws_ml + (lane * sstride + row) * 2 + 1);
     }
+    float x[FE_MU][FE_MCPL];
+    fe_merge_load(x, p, 0, min(FE_MU, p.splits), row, sstride, lane);
     float mx = m0;
     for (int s = lane + 32; s < p.splits; s += 32) mx = fmaxf(mx, __ldcg(p.ws_ml + (s * sstride + row) * 2));
 #pragma unroll
@@ -274,19 +312,10 @@ FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int
           lsum += l * w;
         }
         const int n = min(32, p.splits - s0);
-        // (one batch of loads in flight at a time)
 #pragma unroll 1
         for (int j0 = 0; j0 < n; j0 += FE_MU) {
-          float x[FE_MU][FE_MCPL];
-#pragma unroll
-          for (int u = 0; u < FE_MU; ++u) {
-            const i64 rs = (s0 + j0 + u) * sstride + row;
-#pragma unroll
-            for (int c = 0; c < FE_MCPL; ++c) {
-              const int d = lane + 32 * c;
-              x[u][c] = j0 + u < n && d < FE_D ? __ldcg(p.ws_o + rs * FE_D + d) : 0.f;
-            }
-          }
+          // (the first batch was requested above; later ones one at a time)
+          if (s0 + j0 > 0) fe_merge_load(x, p, s0 + j0, min(FE_MU, n - j0), row, sstride, lane);
 #pragma unroll
           for (int u = 0; u < FE_MU; ++u) {
             const float wu = __shfl_sync(0xffffffffu, w, (j0 + u) & 31);
@@ -300,10 +329,7 @@ FE_DEV void fe_merge_splits(const DecodeParams& p, int b, int h0, int nrows, int
     }
     const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
 #pragma unroll
-    for (int c = 0; c < FE_MCPL; ++c) {
-      const int d = lane + 32 * c;
-      if (d < FE_D) p.o[b * p.o_sb + h * p.o_sh + d] = fe_from_f32(acc[c] * inv);
-    }
+    for (int c = 0; c < FE_MCPL; ++c) p.o[b * p.o_sb + h * p.o_sh + lane * FE_MCPL + c] = fe_from_f32(acc[c] * inv);
     if (lane == 0) p.lse[b * p.lse_sb + h * p.lse_sh] = fe_lse(mx, lsum);
   }
 }
