@@ -299,6 +299,34 @@ FE_DEV void fe_load_rows(u16* dst, int tid, const u16* base, i64 stride, int val
   }
 }
 
+// As fe_load_rows with every row valid: unpredicated copies, one 64-bit add per copy (no per-row
+// guard, select of the source or source-size operand). For loops that are issue-bound with one
+// warp per scheduler (the decode at small batches). Branch `unguarded`: not yet measured.
+template <int BN, int NTHREADS, bool SW = false>
+FE_DEV void fe_load_rows_full(u16* dst, int tid, const u16* base, i64 stride) {
+  constexpr int TOTAL = BN * FE_CH;
+  constexpr int ITERS = (TOTAL + NTHREADS - 1) / NTHREADS;
+  if (NTHREADS % FE_CH == 0) {
+    constexpr int STEP = NTHREADS / FE_CH;
+    const int r0 = tid / FE_CH;
+    const int c = tid % FE_CH;
+    const u16* src = base + r0 * stride + c * 8;
+    const i64 step = (i64)STEP * stride;
+    const u32 d0 = fe_smem_addr(dst + r0 * FE_DP + c * 8);
+#pragma unroll
+    for (int k = 0; k < ITERS; ++k) {
+      const int r = r0 + k * STEP;
+      if (TOTAL % NTHREADS != 0 && r >= BN) break;
+      const u32 d = SW ? fe_sw_addr<BN>(fe_smem_addr(dst), r, c) : d0 + (u32)(k * STEP * FE_DP * 2);
+      fe_cp_async16_full(d, src + k * step);
+    }
+  } else {
+    // (rows not a whole number of the threads' chunks, D = 96: each copy its own row and column,
+    // whose addresses held at once spilled; the guarded loader's code)
+    fe_load_rows<BN, NTHREADS, SW>(dst, tid, base, stride, BN);
+  }
+}
+
 // As fe_load_rows, for rows that are not evenly strided (the decode ring buffer): row r starts at
 // `row_ptr(r)`, or is zero-filled when that is null (`any` is then given to the copy as a harmless
 // source address).
