@@ -96,6 +96,10 @@ FE_DEV void fe_cp_async16(u32 dst, const void* src, bool valid) {
   int n = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
 }
+// The same copy, always valid (no source-size operand, so no per-copy select of it).
+FE_DEV void fe_cp_async16_full(u32 dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
 FE_DEV void fe_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 FE_DEV void fe_cp_wait() {

@@ -146,12 +146,29 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     return (i64)__shfl_sync(0xffffffffu, pg_cur, k & 31);
   };
 
+  // A tile's K and V rows when they are evenly strided: unpredicated copies when every row is
+  // visible (all but a sequence's last tile), guarded ones otherwise.
+  auto load_strided = [&](u16* dk, u16* dv, const u16* kb, i64 kst, const u16* vb, i64 vst, int valid) {
+    if (valid >= BN) {
+      fe_load_rows<BN, 32, KVSW != 0, true>(dk, lane, kb, kst, BN);
+      fe_load_rows<BN, 32, KVSW != 0, true>(dv, lane, vb, vst, BN);
+    } else {
+      fe_load_rows<BN, 32, KVSW != 0>(dk, lane, kb, kst, valid);
+      fe_load_rows<BN, 32, KVSW != 0>(dv, lane, vb, vst, valid);
+    }
+  };
   auto load_tile = [&](int k, int stage, i64 tile_pg) {
     const int t = t_begin + warp + k * NW;
     u16* dk = sKV + stage * 2 * BN * KV_ROW;
     u16* dv = dk + BN * KV_ROW;
     if (t < t_local) {
       const int u0 = t * BN;
+      // ring slots (lo + u0 + r) mod W: one strided run unless the tile wraps or is the last
+      const int s0 = (lo + u0) % FE_W;
+      if (u0 + BN <= n_local && s0 + BN <= FE_W) {
+        load_strided(dk, dv, krg + s0 * p.kr_ss, p.kr_ss, vrg + s0 * p.vr_ss, p.vr_ss, BN);
+        return;
+      }
       fe_load_rows_map<BN, 32, KVSW != 0>(dk, lane, krg, [&](int r) -> const u16* {
         return u0 + r < n_local ? krg + ((lo + u0 + r) % FE_W) * p.kr_ss : nullptr;
       });
@@ -161,8 +178,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
     } else if (PAGED && whole_pages) {
       const int c0 = (t - t_local) * BN;
       const int row0 = pshift >= 0 ? (c0 & (p.page - 1)) : c0 % p.page;
-      fe_load_rows<BN, 32, KVSW != 0>(dk, lane, ksg + tile_pg * p.ks_sb + row0 * p.ks_st, p.ks_st, ns - c0);
-      fe_load_rows<BN, 32, KVSW != 0>(dv, lane, vsg + tile_pg * p.vs_sb + row0 * p.vs_st, p.vs_st, ns - c0);
+      load_strided(dk, dv, ksg + tile_pg * p.ks_sb + row0 * p.ks_st, p.ks_st, vsg + tile_pg * p.vs_sb + row0 * p.vs_st,
+                   p.vs_st, ns - c0);
     } else if (PAGED) {
       const int c0 = (t - t_local) * BN;
       fe_load_rows_map<BN, 32, KVSW != 0>(dk, lane, ksg, [&](int r) -> const u16* {
@@ -179,8 +196,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) {{ name }}(const Decode
       });
     } else {
       const int c0 = (t - t_local) * BN;
-      fe_load_rows<BN, 32, KVSW != 0>(dk, lane, ksg + c0 * p.ks_st, p.ks_st, ns - c0);
-      fe_load_rows<BN, 32, KVSW != 0>(dv, lane, vsg + c0 * p.vs_st, p.vs_st, ns - c0);
+      load_strided(dk, dv, ksg + c0 * p.ks_st, p.ks_st, vsg + c0 * p.vs_st, p.vs_st, ns - c0);
     }
   };
 
