@@ -105,7 +105,8 @@ assert ctypes.sizeof(Params) == 288
 def nvrtc_cubin(src):
     """The kernel compiled by NVRTC with flasheva's options (src/compile/mod.rs) for sm_90a."""
     dirs = [os.path.dirname(os.environ["FLASHEVA_NVRTC"])] if os.environ.get("FLASHEVA_NVRTC") else []
-    dirs += ["/usr/local/cuda/lib64", os.path.expanduser("~/.local/share/flasheva/nvrtc/nvidia/cu13/lib")]
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    dirs += ["/usr/local/cuda/lib64", os.path.join(data, "flasheva/nvrtc/nvidia/cu13/lib")]  # (scripts/with-nvrtc's)
     lib = None
     for d in dirs:
         if os.path.exists(os.path.join(d, "libnvrtc.so.13")):

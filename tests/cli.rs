@@ -670,3 +670,23 @@ fn completions_for_every_shell() {
     }
     bad_input(&["completions", "tcsh"], "invalid value 'tcsh'");
 }
+
+/// scripts/decode_timeline.py patches timestamps into the rendered decode at marker lines: when a
+/// template edit moves one, the script must fail here, not on the GPU machine.
+#[test]
+fn the_decode_timeline_script_still_instruments_the_decode() {
+    let o = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/decode_timeline.py"
+        ))
+        .args(["--flasheva", bin().to_str().unwrap(), "--compile-only"])
+        .output()
+        .expect("run python3 (the scripts need it)");
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success(),
+        "decode_timeline.py failed:\n{out}\n{err}"
+    );
+    assert!(out.contains("compiled"), "{out}");
+}
