@@ -835,6 +835,26 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("tensor k has shape"), "{e}");
     }
+    /// The CUDA decode kernels' launch asks for the shared memory their op says the tile needs:
+    /// the paged decode is planned through the contiguous decode, and a paged kernel that needed
+    /// more (run 75: its page table row after the decode's tiles) took the contiguous one's and
+    /// faulted.
+    #[test]
+    fn decode_launches_take_their_ops_shared_memory() {
+        let dev = DeviceFacts::new(4);
+        for op in [Op::Decode, Op::DecodePaged] {
+            for arch in [Arch::new(8, 0), "sm_90a".parse().unwrap()] {
+                let def = of(op);
+                let mut p = Problem::new(workload(op, 77));
+                p.splits = Some(3);
+                let spec = p.spec();
+                let tile = Tile::default_for(&spec, arch);
+                let args = p.placeholder_args(&tile, dev.sm_count, 0x10000, 0x20000);
+                let steps = def.plan(&spec, &tile, &args, dev).unwrap();
+                assert_eq!(steps[0].smem, tile.smem_bytes(&spec), "{op} {arch} {tile}");
+            }
+        }
+    }
     /// The Triton launches pass exactly the parameters of the Python kernels, in order (every
     /// non-constexpr parameter of the `def`, then Triton's two scratch pointers).
     #[test]

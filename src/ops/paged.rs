@@ -696,6 +696,9 @@ impl OpDef for Paged {
                 };
                 if tile.engine() != Engine::Triton {
                     main.params = main.params.paged(&paging);
+                    // the paged op's shared memory (today the decode's: run 75's kernel held
+                    // its page table row after it, and faulted while this took the decode's)
+                    main.smem = tile.smem_bytes(spec);
                     return Ok(super::decode::cuda_decode_steps(
                         &main,
                         combine.as_ref(),
