@@ -266,6 +266,12 @@ def main():
         fin = r[:, 11] - r[:, 7:7 + NW].max(1).values
         print(f"  finish of the merging blocks {us(fin[mergers].median().item()):.3f} us, "
               f"of the others {us(fin[~mergers].median().item()):.3f} us")
+    # %clock64 (cycle-exact within a block, where %globaltimer moves in 256 ns steps on the H200)
+    r = t[-1].double()
+    cyc, at_len = r[:, 14], r[:, 15]
+    ghz = (cyc / (r[:, 11] - r[:, 0]).clamp(min=1)).median().item()
+    print(f"  cycles per block (last launch): median {cyc.median().item():.0f}, max {cyc.max().item():.0f}; "
+          f"to the length {at_len.median().item():.0f}; about {ghz:.2f} GHz")
     span = torch.tensor([us(x["end"].max().item()) for x in rows]).median().item()
     print(f"  launch span (first block start to last block end): {span:.3f} us; "
           f"gap to the next launch's first block: {us(torch.tensor(gaps).median().item()):.3f} us")

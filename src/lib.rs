@@ -79,6 +79,14 @@ pub const ARTIFACT_VERSION: &str = concat!(
     "+kernels.",
     env!("FLASHEVA_KERNELS_SHA")
 );
+
+/// The crate version an artifact version was built from (its part before `+kernels.`; a version
+/// without that suffix is all crate version).
+pub fn artifact_crate_version(artifact_version: &str) -> &str {
+    artifact_version
+        .split_once("+kernels.")
+        .map_or(artifact_version, |(crate_version, _)| crate_version)
+}
 pub use key::Key;
 pub use spec::{DType, KernelSpec, LocalMode, Op, SpecParams};
 pub use target::Arch;

@@ -27,8 +27,7 @@ pub fn usable_on(
     crate_version: &str,
 ) -> Result<Usable, String> {
     if meta.crate_version != crate_version {
-        // (versions are `<crate version>+kernels.<fingerprint of the kernel sources>`)
-        let base = |v: &str| v.split('+').next().unwrap_or_default().to_string();
+        let base = crate::artifact_crate_version;
         let why = if base(&meta.crate_version) == base(crate_version) {
             " (the same version built from other kernel sources)"
         } else {
@@ -136,6 +135,18 @@ mod tests {
         assert!(usable_on(&meta("sm_90a", "9.0", "0.1.0"), (10, 0), 13000, "0.1.0").is_err());
         let e = usable_on(&meta("sm_90", "9.0", "0.0.9"), (9, 0), 13000, "0.1.0").unwrap_err();
         assert_eq!(e, "built by flasheva 0.0.9, this is 0.1.0");
+        // an artifact version's crate version: the part before `+kernels.` (a crate version may
+        // carry its own `+` build metadata)
+        assert_eq!(crate::artifact_crate_version("0.1.0+kernels.abc"), "0.1.0");
+        assert_eq!(
+            crate::artifact_crate_version("0.1.0+cu13+kernels.abc"),
+            "0.1.0+cu13"
+        );
+        assert_eq!(crate::artifact_crate_version("0.1.0"), "0.1.0");
+        assert_eq!(
+            crate::artifact_crate_version(crate::ARTIFACT_VERSION),
+            crate::CRATE_VERSION
+        );
         // the same version built from other kernel sources (another branch, a local edit)
         let e = usable_on(
             &meta("sm_90", "9.0", "0.1.0+kernels.000000000000"),
