@@ -233,10 +233,9 @@ FE_DEV unsigned fe_atomic_inc_acq_rel(unsigned* c, unsigned wrap) {
 // to L2: lane s loads split s's (max, sum), and the partial rows of the first FE_MU splits are
 // requested in the same breath, before the maximum is known (their weights are applied after), so
 // up to FE_MU splits cost one round trip; lane s hands its weight to the other lanes by shuffle.
-// (Run 47, H200: the decode's time at 1x, 2x and 4x the context streams at the device's read rate
-// and carries a fixed 8 us at B=1 with 16 splits, 6.5 us at B=8 with 2, 4.6 us unsplit: the merge
-// loaded its rows 4 splits at a time, one round trip each.) Reads go through L2 (ld.cg): the
-// partials were written by other blocks.
+// (Run 72, H200: 3.5 % faster at B=1 with 16 splits than loading 4 splits per round trip; the
+// decode's fixed cost per launch, runs 71 and 73, has the merge as one part of several.) Reads go
+// through L2 (ld.cg): the partials were written by other blocks.
 static_assert(FE_D % 32 == 0, "the merge gives every lane D / 32 columns");
 constexpr int FE_MCPL = FE_D / 32;  // columns per lane: lane l has columns [l MCPL, l MCPL + MCPL)
 // Splits whose partial rows are loaded at once (16 x MCPL registers; a lane's columns are one or
