@@ -17,8 +17,9 @@ Needs only the driver and NVRTC (no torch). Run on the GPU machine:
     python3 scripts/cluster_probe.py
 """
 import ctypes
-import os
-import sys
+
+import nvrtc_ctypes  # scripts/nvrtc_ctypes.py (a script's own folder is on sys.path)
+from nvrtc_ctypes import check
 
 SRC = rb"""
 extern "C" __global__ void probe(unsigned* out, long long spin) {
@@ -55,38 +56,6 @@ CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
 
 
-def check(rc, what):
-    if rc != 0:
-        sys.exit(f"cluster_probe: {what} failed with CUDA error {rc}")
-
-
-def nvrtc_cubin(src):
-    dirs = ["/usr/local/cuda/lib64",
-            os.path.join(os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"),
-                         "flasheva/nvrtc/nvidia/cu13/lib")]
-    for d in dirs:
-        if os.path.exists(os.path.join(d, "libnvrtc.so.13")):
-            ctypes.CDLL(os.path.join(d, "libnvrtc-builtins.so.13.0"), mode=ctypes.RTLD_GLOBAL)
-            lib = ctypes.CDLL(os.path.join(d, "libnvrtc.so.13"))
-            break
-    else:
-        sys.exit(f"cluster_probe: no libnvrtc.so.13 in {dirs}")
-    prog = ctypes.c_void_p()
-    check(lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"probe.cu", 0, None, None), "nvrtcCreateProgram")
-    opts = [b"--gpu-architecture=sm_90a", b"--std=c++17"]
-    rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-    n = ctypes.c_size_t()
-    if rc != 0:
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
-        log = ctypes.create_string_buffer(n.value)
-        lib.nvrtcGetProgramLog(prog, log)
-        sys.exit("cluster_probe: NVRTC failed:\n" + log.value.decode())
-    check(lib.nvrtcGetCUBINSize(prog, ctypes.byref(n)), "nvrtcGetCUBINSize")
-    cubin = ctypes.create_string_buffer(n.value)
-    check(lib.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-    return cubin.raw
-
-
 def main():
     cuda = ctypes.CDLL("libcuda.so.1")
     check(cuda.cuInit(0), "cuInit")
@@ -97,7 +66,7 @@ def main():
     sms = ctypes.c_int()
     check(cuda.cuDeviceGetAttribute(ctypes.byref(sms), 16, dev), "cuDeviceGetAttribute")  # MULTIPROCESSOR_COUNT
     mod, fn = ctypes.c_void_p(), ctypes.c_void_p()
-    check(cuda.cuModuleLoadData(ctypes.byref(mod), nvrtc_cubin(SRC)), "cuModuleLoadData")
+    check(cuda.cuModuleLoadData(ctypes.byref(mod), nvrtc_ctypes.cubin(SRC, options=("--std=c++17",))), "cuModuleLoadData")
     check(cuda.cuModuleGetFunction(ctypes.byref(fn), mod, b"probe"), "cuModuleGetFunction")
     check(cuda.cuFuncSetAttribute(fn, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
           "cuFuncSetAttribute(non-portable cluster size)")

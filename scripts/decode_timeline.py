@@ -25,10 +25,12 @@ The kernel is this build's decode (the render); only the timestamps are added.
 import argparse
 import ctypes
 import math
-import os
 import re
 import subprocess
 import sys
+
+import nvrtc_ctypes  # scripts/nvrtc_ctypes.py (a script's own folder is on sys.path)
+from nvrtc_ctypes import check
 
 
 H, HKV, D, W, C, G = 32, 8, 128, 512, 64, 4
@@ -102,41 +104,6 @@ class Params(ctypes.Structure):  # templates/decode_common.cuh DecodeParams (288
 assert ctypes.sizeof(Params) == 288
 
 
-def nvrtc_cubin(src):
-    """The kernel compiled by NVRTC with flasheva's options (src/compile/mod.rs) for sm_90a."""
-    dirs = [os.path.dirname(os.environ["FLASHEVA_NVRTC"])] if os.environ.get("FLASHEVA_NVRTC") else []
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    dirs += ["/usr/local/cuda/lib64", os.path.join(data, "flasheva/nvrtc/nvidia/cu13/lib")]  # (scripts/with-nvrtc's)
-    lib = None
-    for d in dirs:
-        if os.path.exists(os.path.join(d, "libnvrtc.so.13")):
-            # (its builtins first, found by name when NVRTC asks for them)
-            ctypes.CDLL(os.path.join(d, "libnvrtc-builtins.so.13.0"), mode=ctypes.RTLD_GLOBAL)
-            lib = ctypes.CDLL(os.path.join(d, "libnvrtc.so.13"))
-            break
-    if lib is None:
-        sys.exit(f"decode_timeline: no libnvrtc.so.13 in {dirs}")
-    prog = ctypes.c_void_p()
-    check(lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"decode.cu", 0, None, None), "nvrtcCreateProgram")
-    opts = [b"--gpu-architecture=sm_90a", b"--std=c++17", b"--generate-line-info"]
-    rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-    n = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
-    log = ctypes.create_string_buffer(n.value)
-    lib.nvrtcGetProgramLog(prog, log)
-    if rc != 0:
-        sys.exit("decode_timeline: NVRTC failed:\n" + log.value.decode())
-    check(lib.nvrtcGetCUBINSize(prog, ctypes.byref(n)), "nvrtcGetCUBINSize")
-    cubin = ctypes.create_string_buffer(n.value)
-    check(lib.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-    return cubin.raw
-
-
-def check(rc, what):
-    if rc != 0:
-        sys.exit(f"decode_timeline: {what} failed with CUDA error {rc}")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flasheva", default=".device/bin/flasheva")
@@ -158,7 +125,7 @@ def main():
         with open(args.emit, "w") as f:
             f.write(src)
         return
-    image = nvrtc_cubin(src)
+    image = nvrtc_ctypes.cubin(src)
     if args.compile_only:
         print(f"decode_timeline: {name} compiled, {len(image)} bytes of cubin")
         return

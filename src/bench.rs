@@ -71,6 +71,12 @@ pub const REPS: usize = 4;
 /// `scripts/peers.py`'s `graph_ms` captures for the peers).
 pub const GRAPH_REPS: usize = 40;
 
+/// Launches behind one timed sample of [`Bencher::time_as`]: [`GRAPH_REPS`] in a graph, else
+/// [`REPS`].
+pub fn launches_per_sample(graph: bool) -> usize {
+    if graph { GRAPH_REPS } else { REPS }
+}
+
 fn random_like(src: &HostTensor, rng: &mut impl rand::Rng, shape: &[usize]) -> HostTensor {
     // Fresh values are costly for 100M-element tensors: reuse one random pool, offset randomly.
     let n: usize = shape.iter().product();

@@ -245,15 +245,15 @@ constexpr int FE_MU = FE_MCPL <= 4 ? 16 : 8;
 static_assert(32 % FE_MU == 0, "a batch of splits must not straddle two groups of 32 lanes");
 // One lane's columns of one partial row, through L2 (volatile: not above the merge's acquire).
 FE_DEV void fe_ldcg_cols(float (&x)[FE_MCPL], const float* src) {
-  if (FE_MCPL % 4 == 0) {
+  if constexpr (FE_MCPL % 4 == 0) {
 #pragma unroll
     for (int c = 0; c < FE_MCPL; c += 4) {
       asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
-                   : "=f"(x[c]), "=f"(x[(c + 1) % FE_MCPL]), "=f"(x[(c + 2) % FE_MCPL]), "=f"(x[(c + 3) % FE_MCPL])
+                   : "=f"(x[c]), "=f"(x[c + 1]), "=f"(x[c + 2]), "=f"(x[c + 3])
                    : "l"(src + c));
     }
-  } else if (FE_MCPL == 2) {
-    asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(x[0]), "=f"(x[1 % FE_MCPL]) : "l"(src));
+  } else if constexpr (FE_MCPL == 2) {
+    asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(x[0]), "=f"(x[1]) : "l"(src));
   } else {
 #pragma unroll
     for (int c = 0; c < FE_MCPL; ++c) asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(x[c]) : "l"(src + c));

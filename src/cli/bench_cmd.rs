@@ -265,7 +265,7 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         "iters": a.iters,
         "warmup": a.warmup,
         "timing_mode": if a.graph { "graph" } else { "launches" },
-        "launches_per_sample": if a.graph { flasheva::bench::GRAPH_REPS } else { flasheva::bench::REPS },
+        "launches_per_sample": flasheva::bench::launches_per_sample(a.graph),
         "results": out_rows,
     });
     if let Some(path) = &a.json {
@@ -286,19 +286,16 @@ pub fn run(a: BenchArgs, cache_dir: Option<PathBuf>, format: Format) -> anyhow::
         copy / 1e9,
         read.map(|r| format!(", read {:.0} GB/s", r / 1e9))
             .unwrap_or_default(),
-        if a.graph {
-            format!(
-                "{} timed replays of a CUDA graph of {} launches",
-                a.iters,
-                flasheva::bench::GRAPH_REPS
-            )
-        } else {
-            format!(
-                "{} timed samples of {} launches",
-                a.iters,
-                flasheva::bench::REPS
-            )
-        },
+        format!(
+            "{} timed {} of {} launches",
+            a.iters,
+            if a.graph {
+                "replays of a CUDA graph"
+            } else {
+                "samples"
+            },
+            flasheva::bench::launches_per_sample(a.graph)
+        ),
         a.warmup
     );
     out!(
